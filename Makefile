@@ -1,0 +1,41 @@
+# Orchestrator developer commands. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup demo test test-fast lint typecheck bench build clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install the package with its development tools
+
+demo: $(STAMP) ## run the bundled offline demo pipeline on the embedded engine
+	$(BIN)/orchestrator run pipelines/demo.yaml -i topic=serverless
+
+test: $(STAMP) ## run the whole test suite
+	$(BIN)/pytest -q
+
+test-fast: $(STAMP) ## run the tests not marked slow
+	$(BIN)/pytest -q -m 'not slow'
+
+lint: $(STAMP) ## ruff and mypy --strict
+	$(BIN)/ruff check shared tests
+	$(BIN)/ruff format --check shared tests
+	$(BIN)/mypy
+
+bench: $(STAMP) ## run the benchmarks and write bench/RESULTS.md
+	$(BIN)/python bench/run.py
+
+build: $(STAMP) ## validate every bundled pipeline
+	$(BIN)/orchestrator validate pipelines/*.yaml
+
+clean: ## remove the virtual environment and local state
+	rm -rf $(VENV) .orchestrator .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,236 @@
+"""The `orchestrator` command: parse arguments, call the package, print. No rules live here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, ClassVar, TextIO
+
+from orchestrator import __version__
+from orchestrator.errors import (
+    ConfigError,
+    InputError,
+    OrchestratorError,
+    PipelineValidationError,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+class Progress:
+    """A line per top-level task on stderr, with status and duration; silent when not a terminal."""
+
+    SYMBOLS: ClassVar[dict[str, str]] = {
+        "succeeded": "✓",
+        "cached": "↺",
+        "fallback": "↯",
+        "skipped": "–",
+        "failed": "✗",
+        "cancelled": "⊘",
+        "not_run": "·",
+    }
+
+    def __init__(self, stream: TextIO, enabled: bool) -> None:
+        self._stream = stream
+        self._enabled = enabled
+        self._started: dict[str, float] = {}
+
+    def task_started(self, name: str) -> None:
+        self._started[name] = time.perf_counter()
+        if self._enabled:
+            self._stream.write(f"  ▶ {name} running\n")
+            self._stream.flush()
+
+    def task_finished(self, name: str, outcome: Any) -> None:
+        if not self._enabled:
+            return
+        took = time.perf_counter() - self._started.get(name, time.perf_counter())
+        status = str(outcome.status.value)
+        tries = f", {outcome.attempts} attempts" if outcome.attempts > 1 else ""
+        self._stream.write(f"  {self.SYMBOLS.get(status, '?')} {name} {status} in {took:.2f}s{tries}\n")
+        self._stream.flush()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator", description="Run AI and data pipelines written in YAML."
+    )
+    parser.add_argument("--version", action="version", version=f"orchestrator {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    validate = commands.add_parser("validate", help="check pipeline files; exit 1 on any error")
+    validate.add_argument("files", nargs="+", type=Path)
+
+    run = commands.add_parser("run", help="run a pipeline")
+    run.add_argument("file", type=Path)
+    run.add_argument(
+        "-i",
+        "--input",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an input value (parsed as a YAML scalar, then coerced to its declared type)",
+    )
+    run.add_argument("--inputs-file", type=Path, help="a JSON or YAML mapping of inputs")
+    run.add_argument("--engine", choices=["local"], default="local")
+    run.add_argument("--json", action="store_true", help="print exactly the run document on stdout")
+    run.add_argument("--no-cache", action="store_true", help="do not read cached task outputs")
+    run.add_argument("--user", help="the user id recorded for this run (default: the OS user)")
+
+    graph = commands.add_parser("graph", help="draw the pipeline as Mermaid or DOT")
+    graph.add_argument("file", type=Path)
+    graph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+
+    commands.add_parser("schema", help="print the JSON Schema of pipeline files")
+    return parser
+
+
+def _load_plan(file: Path) -> Any:
+    from orchestrator.plan import build_plan
+    from orchestrator.spec.loading import read_pipeline
+
+    return build_plan(read_pipeline(file))
+
+
+def _print_warnings(plan: Any) -> None:
+    for warning in plan.warnings:
+        print(warning.format(), file=sys.stderr)
+
+
+def command_validate(arguments: argparse.Namespace) -> int:
+    status = EXIT_OK
+    for file in arguments.files:
+        try:
+            plan = _load_plan(file)
+        except PipelineValidationError as error:
+            for diagnostic in error.diagnostics:
+                print(diagnostic.format(), file=sys.stderr)
+            status = EXIT_FAILED
+            continue
+        _print_warnings(plan)
+        print(f"{file}: ok ({len(plan.body.nodes)} tasks)")
+    return status
+
+
+def _read_inputs(arguments: argparse.Namespace) -> tuple[dict[str, Any], frozenset[str]]:
+    from orchestrator.runtime.inputs import parse_assignment
+
+    given: dict[str, Any] = {}
+    if arguments.inputs_file is not None:
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(arguments.inputs_file.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as error:
+            raise InputError(f"--inputs-file {arguments.inputs_file}: {error}") from None
+        if not isinstance(loaded, dict):
+            raise InputError(f"--inputs-file {arguments.inputs_file}: must be a mapping of name: value")
+        given.update(loaded)
+    text_keys: set[str] = set()
+    for assignment in arguments.input:
+        key, value = parse_assignment(assignment)
+        given[key] = value
+        text_keys.add(key)
+    return given, frozenset(text_keys)
+
+
+def command_run(arguments: argparse.Namespace) -> int:
+    from orchestrator.engine.local import RunOptions, run_plan
+    from orchestrator.runtime.inputs import resolve_inputs
+    from orchestrator.settings import load_settings
+    from orchestrator.stores.factory import open_stores
+
+    try:
+        plan = _load_plan(arguments.file)
+    except PipelineValidationError as error:
+        for diagnostic in error.diagnostics:
+            print(diagnostic.format(), file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        given, text_keys = _read_inputs(arguments)
+        inputs = resolve_inputs(plan.pipeline, given, text_keys=text_keys)
+    except InputError as error:
+        print(f"{arguments.file}: input error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    settings = load_settings()
+    stores = open_stores(settings, plan.pipeline.state_management.storage_backend)
+    progress = Progress(sys.stderr, sys.stderr.isatty() and not arguments.json)
+    options = RunOptions(
+        settings=settings,
+        stores=stores,
+        no_cache=arguments.no_cache,
+        user_id=arguments.user,
+        observer=progress,
+    )
+    document = run_plan(plan, inputs, options)
+    if arguments.json:
+        print(json.dumps(document, indent=2, default=str))
+    else:
+        _print_summary(document)
+    return EXIT_FAILED if document["status"] == "failed" else EXIT_OK
+
+
+def _print_summary(document: dict[str, Any]) -> None:
+    print(f"run {document['run_id']}: {document['status']}")
+    for name, record in document["tasks"].items():
+        line = f"  {name}: {record['status']}"
+        if record["attempts"] > 1:
+            line += f" ({record['attempts']} attempts)"
+        if record["error"]:
+            line += f" - {record['error']['type']}: {record['error']['message']}"
+        print(line)
+    if document["error"]:
+        error = document["error"]
+        print(f"error in task '{error['task']}': {error['type']}: {error['message']}")
+    shown = document["result"] if document["result"] is not None else document["outputs"]
+    print(json.dumps(shown, indent=2, default=str))
+
+
+def command_graph(arguments: argparse.Namespace) -> int:
+    from orchestrator.graph import to_dot, to_mermaid
+
+    try:
+        plan = _load_plan(arguments.file)
+    except PipelineValidationError as error:
+        for diagnostic in error.diagnostics:
+            print(diagnostic.format(), file=sys.stderr)
+        return EXIT_FAILED
+    print(to_mermaid(plan) if arguments.format == "mermaid" else to_dot(plan), end="")
+    return EXIT_OK
+
+
+def command_schema(arguments: argparse.Namespace) -> int:
+    from orchestrator.spec.schema import pipeline_json_schema
+
+    print(json.dumps(pipeline_json_schema(), indent=2))
+    return EXIT_OK
+
+
+COMMANDS = {
+    "validate": command_validate,
+    "run": command_run,
+    "graph": command_graph,
+    "schema": command_schema,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    try:
+        return COMMANDS[arguments.command](arguments)
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    except OrchestratorError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

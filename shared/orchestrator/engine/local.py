@@ -1,0 +1,599 @@
+"""The embedded engine: schedules a plan's bodies on asyncio, leaf work on daemon threads.
+
+A task starts as soon as every sibling it depends on has finished (a callback per finished
+task, so scheduling costs O(1) per task). Leaf tasks run on worker threads; loops and
+groups are coroutines that schedule their own bodies the same way. Error policy (retries,
+fallback, `on_failure`) wraps every task, leaf or container (SPEC section 7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import getpass
+import hashlib
+import itertools
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import TypeAdapter, ValidationError
+
+from orchestrator.engine.threads import DaemonThreadPool
+from orchestrator.errors import OrchestratorError, PipelineValidationError, TaskError
+from orchestrator.plan import Body, Node, Plan, build_plan, plan_tasks
+from orchestrator.runtime.context import RunInfo, StateConflictError
+from orchestrator.runtime.documents import (
+    ErrorInfo,
+    RunStatus,
+    TaskOutcome,
+    TaskStatus,
+    run_document,
+)
+from orchestrator.runtime.inputs import resolve_inputs
+from orchestrator.runtime.leaf import LEAF_TYPES, Services, cache_key, render, run_leaf
+from orchestrator.runtime.policy import effective_policy, task_timeout
+from orchestrator.runtime.redact import MASK, Redactor
+from orchestrator.runtime.scope import LoopFrame, Scope
+from orchestrator.settings import Settings
+from orchestrator.spec.loading import read_pipeline
+from orchestrator.spec.models import (
+    DynamicTaskGroup,
+    ForLoop,
+    ParallelGroup,
+    PipelineGroup,
+    Task,
+    TaskBase,
+    WhileLoop,
+)
+from orchestrator.stores.base import Stores
+from orchestrator.template import jinja
+
+CONFLICT_RERUNS = 50
+_TASK_ADAPTER: TypeAdapter[Any] = TypeAdapter(Task)
+
+
+class Observer(Protocol):
+    """Hears about top-level tasks as they start and finish (the CLI draws progress from it)."""
+
+    def task_started(self, name: str) -> None: ...
+
+    def task_finished(self, name: str, outcome: TaskOutcome) -> None: ...
+
+
+@dataclass
+class RunOptions:
+    """How to run: configuration, stores, clients and who is asking."""
+
+    settings: Settings
+    stores: Stores
+    services: Services | None = None
+    no_cache: bool = False
+    user_id: str | None = None
+    run_id: str | None = None
+    observer: Observer | None = None
+    sleep: Callable[[float], Any] = asyncio.sleep
+
+
+class AbortError(Exception):
+    """A task failed with `on_failure: abort_pipeline`; unwinds the bodies that contain it."""
+
+    def __init__(self, task: str, outcome: TaskOutcome) -> None:
+        super().__init__(task)
+        self.task = task
+        self.outcome = outcome
+        self.body_outcomes: dict[str, TaskOutcome] = {}
+
+
+@dataclass
+class _Shared:
+    """What a run and its child pipeline runs share."""
+
+    options: RunOptions
+    services: Services
+    pool: DaemonThreadPool
+    redactor: Redactor
+    pipeline_stack: tuple[Path, ...] = ()
+    degraded: list[str] = field(default_factory=list)
+
+
+def _dependents(body: Body) -> dict[str, list[str]]:
+    cached: dict[str, list[str]] | None = getattr(body, "_dependents", None)
+    if cached is None:
+        cached = {name: [] for name in body.nodes}
+        for node in body.nodes.values():
+            for dependency in node.dependencies:
+                cached[dependency].append(node.name)
+        body._dependents = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def _unwound(
+    body: Body, outcomes: dict[str, TaskOutcome], cancelled: set[str], error: BaseException
+) -> BaseException:
+    """The error that ends a body, with every unfinished node marked cancelled or not run."""
+    for name in body.nodes:
+        if name not in outcomes:
+            status = TaskStatus.CANCELLED if name in cancelled else TaskStatus.NOT_RUN
+            outcomes[name] = TaskOutcome(status)
+    if isinstance(error, AbortError):
+        error.body_outcomes = outcomes
+    return error
+
+
+def input_hash(inputs: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of the run's inputs (SPEC section 4)."""
+    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class _BodySchedule:
+    """One run of one body: starts each node when its last dependency finishes."""
+
+    def __init__(
+        self,
+        run: _Run,
+        body: Body,
+        scope: Scope,
+        max_concurrency: int | None,
+        observer: Observer | None,
+    ) -> None:
+        self.run_ = run
+        self.body = body
+        self.scope = scope
+        self.observer = observer
+        self.loop = asyncio.get_running_loop()
+        self.outcomes: dict[str, TaskOutcome] = {}
+        self.waiting = {name: len(node.dependencies) for name, node in body.nodes.items()}
+        self.dependents = _dependents(body)
+        self.running: dict[str, asyncio.Task[TaskOutcome]] = {}
+        self.finished: asyncio.Future[None] = self.loop.create_future()
+        self.failures: list[BaseException] = []
+        self.limit = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+
+    async def run(self) -> dict[str, TaskOutcome]:
+        for name, count in self.waiting.items():
+            if count == 0:
+                self.start(name)
+        try:
+            await self.finished
+        finally:
+            cancelled = set(self.running)
+            for task in list(self.running.values()):
+                task.cancel()
+        if self.failures:
+            raise _unwound(self.body, self.outcomes, cancelled, self.failures[0])
+        return self.outcomes
+
+    def start(self, name: str) -> None:
+        if self.observer:
+            self.observer.task_started(name)
+        node = self.body.nodes[name]
+        task = self.loop.create_task(
+            self.run_.run_node(node, self.scope, self.limit, self.observer is not None)
+        )
+        self.running[name] = task
+        task.add_done_callback(functools.partial(self.done, name))
+
+    def done(self, name: str, task: asyncio.Task[TaskOutcome]) -> None:
+        self.running.pop(name, None)
+        if task.cancelled() or self.finished.done():
+            return
+        error = task.exception()
+        if error is not None:
+            self.fail(name, error)
+            return
+        self.outcomes[name] = outcome = task.result()
+        self.scope.outputs[name] = outcome.output
+        if self.observer:
+            self.observer.task_finished(name, outcome)
+        for dependent in self.dependents[name]:
+            self.waiting[dependent] -= 1
+            if self.waiting[dependent] == 0:
+                self.start(dependent)
+        if len(self.outcomes) == len(self.body.nodes):
+            self.finished.set_result(None)
+
+    def fail(self, name: str, error: BaseException) -> None:
+        if isinstance(error, AbortError):
+            self.outcomes[name] = error.outcome
+            if self.observer:
+                self.observer.task_finished(name, error.outcome)
+        self.failures.append(error)
+        self.finished.set_result(None)
+
+
+class _Run:
+    def __init__(self, plan: Plan, inputs: dict[str, Any], shared: _Shared, run_id: str) -> None:
+        self.plan = plan
+        self.pipeline = plan.pipeline
+        self.inputs = inputs
+        self.shared = shared
+        options = shared.options
+        self.info = RunInfo(
+            run_id=run_id,
+            pipeline_id=plan.pipeline_id,
+            user_id=options.user_id or getpass.getuser(),
+            stores=options.stores,
+            redactor=shared.redactor,
+            persistence=self.pipeline.state_management.persistence,
+            state_ttl=self.pipeline.state_management.ttl,
+        )
+        self.group_children: dict[str, dict[str, TaskOutcome]] = {}
+
+    # scheduling -------------------------------------------------------------------------
+    async def run_body(
+        self, body: Body, scope: Scope, *, max_concurrency: int | None = None, report: bool = False
+    ) -> dict[str, TaskOutcome]:
+        """Run every node of a body as soon as its dependencies are done."""
+        if not body.nodes:
+            return {}
+        observer = self.shared.options.observer if report else None
+        return await _BodySchedule(self, body, scope, max_concurrency, observer).run()
+
+    async def run_node(
+        self, node: Node, scope: Scope, limit: asyncio.Semaphore | None, report: bool
+    ) -> TaskOutcome:
+        if limit is None:
+            return await self.run_task(node.task, node.name, scope, node, report)
+        async with limit:
+            return await self.run_task(node.task, node.name, scope, node, report)
+
+    # one task, with its policy ------------------------------------------------------------
+    async def run_task(
+        self, task: TaskBase, name: str, scope: Scope, node: Node | None, report: bool
+    ) -> TaskOutcome:
+        started = time.perf_counter()
+        if not isinstance(task, WhileLoop) and task.condition is not None:
+            try:
+                should_run = jinja.evaluate_condition(task.condition, scope)
+            except OrchestratorError as error:
+                failure = TaskOutcome(TaskStatus.FAILED, None, 0, ErrorInfo("TemplateError", str(error)))
+                return self.apply_failure(task, name, scope, failure, started)
+            if not should_run:
+                return TaskOutcome(TaskStatus.SKIPPED, None, 0, None, time.perf_counter() - started)
+        policy = effective_policy(task, self.pipeline)
+        entry = None
+        try:
+            entry = cache_key(
+                task,
+                name,
+                scope,
+                self.pipeline,
+                self.plan.pipeline_id,
+                node.reads if node else frozenset(),
+                self.shared.services.settings.default_model,
+            )
+        except TaskError as error:
+            failure = TaskOutcome(TaskStatus.FAILED, None, 0, ErrorInfo(error.error_type, error.message))
+            return self.apply_failure(task, name, scope, failure, started)
+        cache = self.shared.options.stores.cache
+        if entry is not None and not self.shared.options.no_cache:
+            hit, value = cache.get(entry[0])
+            if hit:
+                return TaskOutcome(TaskStatus.CACHED, value, 0, None, time.perf_counter() - started)
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                output = await self.attempt(task, name, scope, node, report)
+            except TaskError as error:
+                info = ErrorInfo(error.error_type, self.shared.redactor.text(error.message))
+                if error.retryable and attempts <= policy.retry_count:
+                    await self.shared.options.sleep(policy.delay_before(attempts))
+                    continue
+                failure = TaskOutcome(TaskStatus.FAILED, None, attempts, info)
+                break
+            if entry is not None:
+                cache.put(entry[0], output, entry[1])
+            return TaskOutcome(TaskStatus.SUCCEEDED, output, attempts, None, time.perf_counter() - started)
+        if policy.fallback is not None:
+            try:
+                output = await self.attempt(policy.fallback, name, scope, None, False)
+            except TaskError:
+                pass
+            else:
+                return TaskOutcome(TaskStatus.FALLBACK, output, attempts, None, time.perf_counter() - started)
+        return self.apply_failure(task, name, scope, failure, started)
+
+    def apply_failure(
+        self, task: TaskBase, name: str, scope: Scope, failure: TaskOutcome, started: float
+    ) -> TaskOutcome:
+        """`on_failure` after retries and fallback are spent."""
+        policy = effective_policy(task, self.pipeline)
+        failure.duration = time.perf_counter() - started
+        if policy.on_failure == "abort_pipeline":
+            raise AbortError(name, failure)
+        try:
+            failure.output = render(policy.fallback_value, scope)
+        except TaskError:
+            failure.output = None
+        if policy.on_failure == "skip":
+            failure.status = TaskStatus.SKIPPED
+        else:
+            self.shared.degraded.append(name)
+        return failure
+
+    async def attempt(self, task: TaskBase, name: str, scope: Scope, node: Node | None, report: bool) -> Any:
+        """One attempt; state conflicts re-run it without counting against retries."""
+        timeout = task_timeout(task)
+        for rerun in range(CONFLICT_RERUNS):
+            try:
+                work = self.execute(task, name, scope, node, report)
+                if timeout is None:
+                    return await work
+                return await asyncio.wait_for(work, timeout)
+            except StateConflictError:
+                await asyncio.sleep(random.uniform(0, 0.005 * (rerun + 1)))
+            except TimeoutError:
+                raise TaskError(
+                    "TaskTimeout", f"task '{name}' exceeded its timeout of {timeout:g}s"
+                ) from None
+        raise TaskError("StateConflict", f"task '{name}' kept conflicting with concurrent writers")
+
+    async def execute(self, task: TaskBase, name: str, scope: Scope, node: Node | None, report: bool) -> Any:
+        if isinstance(task, LEAF_TYPES):
+            future = self.shared.pool.submit(
+                run_leaf, task, name, scope, self.info, self.shared.services, dict(self.inputs)
+            )
+            return await asyncio.wrap_future(future)
+        body = node.body if node is not None else None
+        try:
+            if isinstance(task, ForLoop):
+                return await self.for_loop(task, body or self.plan_inline(task.tasks), scope)
+            if isinstance(task, WhileLoop):
+                return await self.while_loop(task, body or self.plan_inline(task.tasks), scope)
+            if isinstance(task, ParallelGroup):
+                return await self.parallel_group(
+                    task, name, body or self.plan_inline(task.tasks), scope, report
+                )
+            if isinstance(task, DynamicTaskGroup):
+                return await self.dynamic_group(task, scope)
+            if isinstance(task, PipelineGroup):
+                return await self.pipeline_group(task, scope)
+        except AbortError as abort:
+            error = abort.outcome.error or ErrorInfo("TaskFailed", "failed")
+            raise TaskError(error.type, f"task '{abort.task}' failed: {error.message}") from None
+        raise TypeError(f"unknown task type {type(task).__name__}")
+
+    def plan_inline(self, tasks: list[Any]) -> Body:
+        return plan_tasks(tasks, self.plan.source.source)
+
+    # containers ---------------------------------------------------------------------------
+    async def for_loop(self, task: ForLoop, body: Body, scope: Scope) -> list[Any]:
+        items = render(task.iterate_over, scope) if isinstance(task.iterate_over, str) else task.iterate_over
+        if isinstance(items, dict):
+            items = list(items.items())
+        if not isinstance(items, list | tuple):
+            raise TaskError(
+                "InvalidLoopItems",
+                f"iterate_over must give a list, got {type(items).__name__}",
+                retryable=False,
+            )
+        results: list[Any] = [None] * len(items)
+        positions = iter(range(len(items)))
+
+        async def worker() -> None:
+            for index in positions:
+                frame = LoopFrame(index, item_variable=task.item_variable, item=items[index])
+                iteration = scope.child({task.item_variable: items[index], "loop_index": index}, loop=frame)
+                outcomes = await self.run_body(body, iteration)
+                results[index] = {name: outcome.output for name, outcome in outcomes.items()}
+
+        workers = [asyncio.ensure_future(worker()) for _ in range(min(task.max_concurrency, len(items)))]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for pending in workers:
+                pending.cancel()
+        return results
+
+    async def while_loop(self, task: WhileLoop, body: Body, scope: Scope) -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        last = list(body.nodes)[-1] if body.nodes else None
+        iterations = 0
+        for index in range(task.max_iterations):
+            frame = LoopFrame(index, state=state)
+            iteration = scope.child({"loop_state": state, "loop_index": index}, loop=frame)
+            try:
+                keep_going = jinja.evaluate_condition(task.condition, iteration)
+            except OrchestratorError as error:
+                raise TaskError("TemplateError", str(error), retryable=False) from None
+            if not keep_going:
+                break
+            outcomes = await self.run_body(body, iteration)
+            iterations += 1
+            final = outcomes[last].output if last else None
+            state = final if isinstance(final, dict) else {}
+        return {"iterations": iterations, "state": state}
+
+    async def parallel_group(
+        self, task: ParallelGroup, name: str, body: Body, scope: Scope, report: bool
+    ) -> dict[str, Any]:
+        inner = scope.child()
+        try:
+            outcomes = await self.run_body(body, inner, max_concurrency=task.max_concurrency, report=report)
+        except AbortError as abort:
+            self.group_children[name] = abort.body_outcomes
+            raise
+        self.group_children[name] = outcomes
+        for child, outcome in outcomes.items():
+            scope.outputs[child] = outcome.output
+        return {child: outcome.output for child, outcome in outcomes.items()}
+
+    async def dynamic_group(self, task: DynamicTaskGroup, scope: Scope) -> list[Any]:
+        specs = render(task.tasks, scope) if isinstance(task.tasks, str) else task.tasks
+        if not isinstance(specs, list):
+            raise TaskError(
+                "InvalidTaskSpec",
+                f"tasks must give a list of task specs, got {type(specs).__name__}",
+                retryable=False,
+            )
+        parsed: list[Any] = []
+        for index, spec in enumerate(specs):
+            try:
+                parsed.append(_TASK_ADAPTER.validate_python(spec))
+            except ValidationError as error:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+                )
+                raise TaskError(
+                    "InvalidTaskSpec", f"generated task {index}: {problems}", retryable=False
+                ) from None
+        try:
+            body = plan_tasks(parsed, self.plan.source.source)
+        except PipelineValidationError as error:
+            message = "; ".join(d.message for d in error.diagnostics)
+            raise TaskError("InvalidTaskSpec", message, retryable=False) from None
+        names = list(body.nodes)
+        if not task.parallel:
+            for previous, current in itertools.pairwise(names):
+                body.nodes[current].dependencies.add(previous)
+        outcomes = await self.run_body(body, scope.child(), max_concurrency=task.max_concurrency)
+        return [outcomes[name].output for name in names]
+
+    async def pipeline_group(self, task: PipelineGroup, scope: Scope) -> dict[str, Any]:
+        async def run_child(index: int) -> tuple[str, dict[str, Any]]:
+            child = task.pipelines[index]
+            path = (self.plan.path.parent / child.pipeline).resolve()
+            if path in self.shared.pipeline_stack:
+                chain = " -> ".join(p.name for p in (*self.shared.pipeline_stack, path))
+                raise TaskError("PipelineCycle", f"pipelines include each other: {chain}", retryable=False)
+            try:
+                child_plan = build_plan(read_pipeline(path))
+                inputs = resolve_inputs(child_plan.pipeline, render(child.inputs, scope))
+            except OrchestratorError as error:
+                raise TaskError(
+                    "ChildPipelineInvalid", f"{child.pipeline}: {error}", retryable=False
+                ) from None
+            shared = _Shared(
+                self.shared.options,
+                self.shared.services,
+                self.shared.pool,
+                self.shared.redactor,
+                (*self.shared.pipeline_stack, path),
+                self.shared.degraded,
+            )
+            child_run = _Run(child_plan, inputs, shared, f"{self.info.run_id}.{child_plan.pipeline_id}")
+            document = await child_run.run()
+            if document["status"] == RunStatus.FAILED:
+                failed = document["error"] or {}
+                raise TaskError(
+                    "ChildPipelineFailed",
+                    f"{child.pipeline}: task '{failed.get('task')}' failed: "
+                    f"{failed.get('type')}: {failed.get('message')}",
+                )
+            return child_plan.pipeline_id, document["outputs"]
+
+        if task.mode == "sequential":
+            results = [await run_child(index) for index in range(len(task.pipelines))]
+        else:
+            results = list(await asyncio.gather(*(run_child(i) for i in range(len(task.pipelines)))))
+        outputs = dict(results)
+        self.info.child_outputs.update(outputs)
+        return outputs
+
+    # the whole run ------------------------------------------------------------------------
+    def top_scope(self) -> Scope:
+        values: dict[str, Any] = dict(jinja.GLOBALS)
+        values.update(self.inputs)
+        values["input_hash"] = input_hash(self.inputs)
+        values["run"] = {
+            "id": self.info.run_id,
+            "pipeline": self.info.pipeline_id,
+            "started_at": self.info.started_at,
+        }
+        return Scope({}, Scope(values)).child()
+
+    async def run(self) -> dict[str, Any]:
+        scope = self.top_scope()
+        outcomes: dict[str, TaskOutcome] = {}
+        error: dict[str, Any] | None = None
+        status = RunStatus.SUCCEEDED
+        timeout = self.pipeline.resource_limits.timeout
+        try:
+            work = self.run_body(self.plan.body, scope, report=True)
+            outcomes = await (asyncio.wait_for(work, timeout) if timeout else work)
+        except AbortError as abort:
+            outcomes = abort.body_outcomes
+            failed = abort.outcome.error or ErrorInfo("TaskFailed", "failed")
+            error = failed.as_dict(abort.task)
+            status = RunStatus.FAILED
+        except TimeoutError:
+            error = {
+                "task": None,
+                "type": "PipelineTimeout",
+                "message": f"the run exceeded its timeout of {timeout:g}s",
+            }
+            status = RunStatus.FAILED
+            outcomes = {name: TaskOutcome(TaskStatus.CANCELLED) for name in self.plan.body.nodes}
+        result = None
+        if status is RunStatus.SUCCEEDED and self.pipeline.outputs is not None:
+            try:
+                result = render(self.pipeline.outputs, scope)
+            except TaskError as failure:
+                error = {
+                    "task": None,
+                    "type": failure.error_type,
+                    "message": f"outputs: {failure.message}",
+                }
+                status = RunStatus.FAILED
+        if status is RunStatus.SUCCEEDED and self.shared.degraded:
+            status = RunStatus.DEGRADED
+        document = run_document(
+            run_id=self.info.run_id,
+            pipeline=self.info.pipeline_id,
+            status=status,
+            outcomes=self.flatten(outcomes),
+            result=result,
+            error=error,
+        )
+        return dict(self.shared.redactor.value(document))
+
+    def flatten(self, outcomes: dict[str, TaskOutcome]) -> dict[str, TaskOutcome]:
+        """Top-level outcomes in file order, with parallel-group children after their group."""
+        flat: dict[str, TaskOutcome] = {}
+        for name, node in self.plan.body.nodes.items():
+            flat[name] = outcomes.get(name, TaskOutcome(TaskStatus.NOT_RUN))
+            if isinstance(node.task, ParallelGroup):
+                children = self.group_children.get(name, {})
+                for child in node.task.tasks:
+                    if child.name:
+                        flat[child.name] = children.get(child.name, TaskOutcome(TaskStatus.NOT_RUN))
+        return flat
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+def run_plan(plan: Plan, inputs: dict[str, Any], options: RunOptions) -> dict[str, Any]:
+    """Run a plan with already resolved inputs and return its run document."""
+    redactor = Redactor()
+    for name in plan.pipeline.sensitive_inputs():
+        if name in inputs:
+            redactor.add(inputs[name])
+    services = options.services or Services(options.settings)
+    shared = _Shared(
+        options,
+        services,
+        DaemonThreadPool(options.settings.max_threads),
+        redactor,
+        (plan.path.resolve(),),
+    )
+    run = _Run(plan, inputs, shared, options.run_id or new_run_id())
+    document = asyncio.run(run.run())
+    options.stores.runs.save(document)
+    return document
+
+
+def masked_inputs(plan: Plan, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Inputs as they may be shown or stored: sensitive values replaced by `***`."""
+    sensitive = plan.pipeline.sensitive_inputs()
+    return {name: (MASK if name in sensitive else value) for name, value in inputs.items()}

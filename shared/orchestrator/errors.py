@@ -1,0 +1,56 @@
+"""The exception hierarchy: user mistakes become messages, internal bugs stay loud."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class OrchestratorError(Exception):
+    """Root of every error Orchestrator raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One problem found in a pipeline file, located by line, column and YAML path."""
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+    severity: str = "error"
+
+    def format(self) -> str:
+        where = f" ({self.path})" if self.path else ""
+        prefix = "" if self.severity == "error" else "warning: "
+        return f"{self.file}:{self.line}:{self.column}: {prefix}{self.message}{where}"
+
+
+class PipelineValidationError(OrchestratorError):
+    """A pipeline file is not valid; carries every diagnostic found."""
+
+    def __init__(self, diagnostics: list[Diagnostic]) -> None:
+        self.diagnostics = diagnostics
+        super().__init__("\n".join(d.format() for d in diagnostics))
+
+
+class InputError(OrchestratorError):
+    """The inputs given to a run do not match the pipeline's `input_variables`."""
+
+
+class TemplateError(OrchestratorError):
+    """A template failed to compile or to render (undefined name, bad syntax, sandbox)."""
+
+
+class ConfigError(OrchestratorError):
+    """The Orchestrator configuration (environment or config file) is wrong."""
+
+
+class TaskError(OrchestratorError):
+    """A task attempt failed. `error_type` is what run documents and Catch rules see."""
+
+    def __init__(self, error_type: str, message: str, *, retryable: bool = True) -> None:
+        self.error_type = error_type
+        self.message = message
+        self.retryable = retryable
+        super().__init__(f"{error_type}: {message}")

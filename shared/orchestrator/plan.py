@@ -1,0 +1,361 @@
+"""Spec -> plan: named nodes in nested bodies, inferred dependencies, reference and cycle checks.
+
+A body is the list of tasks of the pipeline, of a loop or of a group. Inside a body a task
+depends on every sibling it names (`depends_on`, templates, condition, cache key,
+`context.get_task_output("...")`); a name that no sibling defines is looked up in the
+enclosing body, where it becomes a dependency of the whole container (SPEC section 5).
+Children of a `parallel_group` are also visible in the group's own body, standing for the group.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import Diagnostic, PipelineValidationError, TemplateError
+from orchestrator.spec.loading import PipelineSource
+from orchestrator.spec.models import (
+    DynamicTaskGroup,
+    ForLoop,
+    LLMTask,
+    ParallelGroup,
+    PipelineGroup,
+    PythonTask,
+    TaskBase,
+    WebSearchTask,
+    WhileLoop,
+)
+from orchestrator.spec.yaml_source import Location, SourceMap
+from orchestrator.template import jinja
+from orchestrator.template.script import check_script_syntax, find_script_expressions
+
+_TASK_OUTPUT_CALL = re.compile(
+    r"""\bget_task_output\(\s*(?P<quote>['"])(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P=quote)"""
+)
+ALWAYS_DEFINED = frozenset({"input_hash", "run", "inputs"}) | frozenset(jinja.STRICT.globals)
+CONTAINERS = (ForLoop, WhileLoop, ParallelGroup)
+
+
+@dataclass
+class Node:
+    """One task of a body, with the siblings it waits for."""
+
+    name: str
+    task: TaskBase
+    location: Location
+    dependencies: set[str] = field(default_factory=set)
+    body: Body | None = None
+    reads: frozenset[str] = frozenset()  # every name the task's own fields read
+
+    @property
+    def kind(self) -> str:
+        return str(getattr(self.task, "type", "task"))
+
+
+@dataclass
+class Body:
+    """Tasks that are scheduled together, in file order."""
+
+    nodes: dict[str, Node]
+    exposed: dict[str, str]  # visible name -> node in this body (group children -> the group)
+
+    def order(self) -> list[str]:
+        return list(self.nodes)
+
+
+@dataclass
+class Plan:
+    """A validated pipeline, ready for an engine or the compiler."""
+
+    source: PipelineSource
+    body: Body
+    warnings: list[Diagnostic]
+
+    @property
+    def pipeline(self) -> Any:
+        return self.source.pipeline
+
+    @property
+    def pipeline_id(self) -> str:
+        return self.source.pipeline_id
+
+    @property
+    def path(self) -> Path:
+        return self.source.path
+
+
+@dataclass
+class _Reference:
+    name: str
+    location: Location
+    hard: bool  # depends_on / get_task_output: must name a task
+
+
+@dataclass
+class _Analysis:
+    source: SourceMap
+    errors: list[Diagnostic] = field(default_factory=list)
+    warnings: list[Diagnostic] = field(default_factory=list)
+
+    def error(self, location: Location, message: str) -> None:
+        self.errors.append(self.source.diagnostic(location, message))
+
+    def warn(self, location: Location, message: str) -> None:
+        self.warnings.append(self.source.diagnostic(location, message, severity="warning"))
+
+
+def _template_references(
+    value: Any, location: Location, analysis: _Analysis, *, expression: bool = False
+) -> list[_Reference]:
+    if isinstance(value, dict):
+        return [
+            reference
+            for key, item in value.items()
+            for reference in _template_references(item, (*location, key), analysis)
+        ]
+    if isinstance(value, list):
+        return [
+            reference
+            for index, item in enumerate(value)
+            for reference in _template_references(item, (*location, index), analysis)
+        ]
+    if not isinstance(value, str) or not (expression or jinja.is_template(value)):
+        return []
+    source = jinja.condition_expression(value) if expression else value
+    try:
+        names = jinja.referenced_names(source, expression=expression)
+    except TemplateError as error:
+        analysis.error(location, str(error))
+        return []
+    return [_Reference(name, location, hard=False) for name in sorted(names)]
+
+
+def _script_references(script: str, location: Location, analysis: _Analysis) -> list[_Reference]:
+    problem = check_script_syntax(script)
+    if problem is not None:
+        line, column, message = problem
+        analysis.error(location, f"python syntax error in script line {line}, column {column}: {message}")
+        return []
+    references: list[_Reference] = []
+    for expression in find_script_expressions(script):
+        references += _template_references(expression, location, analysis, expression=True)
+    references += [
+        _Reference(match.group("name"), location, hard=True) for match in _TASK_OUTPUT_CALL.finditer(script)
+    ]
+    return references
+
+
+def _own_references(task: TaskBase, location: Location, analysis: _Analysis) -> list[_Reference]:
+    """What a task reads, not counting the tasks nested in it."""
+    references = [
+        _Reference(name, (*location, "depends_on", index), hard=True)
+        for index, name in enumerate(task.depends_on)
+    ]
+    if task.condition is not None and not isinstance(task, WhileLoop):
+        references += _template_references(
+            task.condition, (*location, "condition"), analysis, expression=True
+        )
+    if task.cache_key is not None:
+        references += _template_references(task.cache_key, (*location, "cache_key"), analysis)
+    handling = task.error_handling
+    if handling is not None:
+        references += _template_references(
+            handling.fallback_value, (*location, "error_handling", "fallback_value"), analysis
+        )
+        if handling.fallback is not None:
+            references += _own_references(
+                handling.fallback, (*location, "error_handling", "fallback"), analysis
+            )
+    if isinstance(task, PythonTask):
+        references += _script_references(task.script, (*location, "script"), analysis)
+    elif isinstance(task, LLMTask):
+        for key in ("prompt", "system", "model"):
+            references += _template_references(getattr(task, key), (*location, key), analysis)
+    elif isinstance(task, WebSearchTask):
+        references += _template_references(task.query, (*location, "query"), analysis)
+    elif isinstance(task, ForLoop):
+        references += _template_references(task.iterate_over, (*location, "iterate_over"), analysis)
+    elif isinstance(task, DynamicTaskGroup) and isinstance(task.tasks, str):
+        references += _template_references(task.tasks, (*location, "tasks"), analysis)
+    elif isinstance(task, PipelineGroup):
+        for index, child in enumerate(task.pipelines):
+            references += _template_references(
+                child.inputs, (*location, "pipelines", index, "inputs"), analysis
+            )
+    return references
+
+
+def _loop_names(task: TaskBase) -> set[str]:
+    if isinstance(task, ForLoop):
+        return {task.item_variable, "loop_index"}
+    if isinstance(task, WhileLoop):
+        return {"loop_state", "loop_index"}
+    return set()
+
+
+def _find_cycle(body: Body) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        state[name] = 1
+        stack.append(name)
+        for dependency in sorted(body.nodes[name].dependencies):
+            if state.get(dependency) == 1:
+                return [*stack[stack.index(dependency) :], dependency]
+            if dependency not in state and (cycle := visit(dependency)):
+                return cycle
+        stack.pop()
+        state[name] = 2
+        return None
+
+    for name in body.nodes:
+        if name not in state and (cycle := visit(name)):
+            return cycle
+    return None
+
+
+def analyse_body(
+    tasks: list[Any], location: Location, analysis: _Analysis, *, default_names: bool = False
+) -> tuple[Body, list[_Reference]]:
+    """Build a body; return it and the references it could not resolve itself."""
+    nodes: dict[str, Node] = {}
+    exposed: dict[str, str] = {}
+    for index, task in enumerate(tasks):
+        task_location = (*location, index)
+        name = task.name or (f"task_{index}" if default_names else None)
+        if name is None:
+            analysis.error(task_location, "task needs a 'name'")
+            continue
+        if name in exposed:
+            analysis.error((*task_location, "name"), f"duplicate task name '{name}' in this scope")
+            continue
+        nodes[name] = Node(name, task, task_location)
+        exposed[name] = name
+        if isinstance(task, ParallelGroup):
+            for child in task.tasks:
+                if child.name and child.name not in exposed:
+                    exposed[child.name] = name
+    unresolved: list[_Reference] = []
+    for node in nodes.values():
+        references = _own_references(node.task, node.location, analysis)
+        node.reads = frozenset(reference.name for reference in references)
+        if isinstance(node.task, CONTAINERS):
+            inner_body, inner = analyse_body(node.task.tasks, (*node.location, "tasks"), analysis)
+            node.body = inner_body
+            local = _loop_names(node.task)
+            if isinstance(node.task, WhileLoop):
+                inner += [
+                    r
+                    for r in _template_references(
+                        node.task.condition,
+                        (*node.location, "condition"),
+                        analysis,
+                        expression=True,
+                    )
+                    if r.name not in inner_body.exposed
+                ]
+            references += [r for r in inner if r.name not in local]
+        for reference in references:
+            target = exposed.get(reference.name)
+            if target is None:
+                unresolved.append(reference)
+            elif target == node.name:
+                if reference.name == node.name:
+                    analysis.error(reference.location, f"task '{node.name}' refers to itself")
+            else:
+                node.dependencies.add(target)
+    body = Body(nodes, exposed)
+    cycle = _find_cycle(body)
+    if cycle:
+        first = body.nodes[cycle[0]]
+        analysis.error(first.location, "dependency cycle: " + " -> ".join(cycle))
+    return body, unresolved
+
+
+def build_plan(source: PipelineSource) -> Plan:
+    """Check references and cycles and infer dependencies; raises `PipelineValidationError`."""
+    analysis = _Analysis(source.source)
+    body, unresolved = analyse_body(source.pipeline.tasks, ("tasks",), analysis)
+    known = set(source.pipeline.input_variables) | ALWAYS_DEFINED
+    every_task = _every_task_name(body)
+    for reference in unresolved:
+        if reference.name in known:
+            continue
+        if reference.hard:
+            close = difflib.get_close_matches(reference.name, sorted(every_task), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            where = " in this scope" if reference.name in every_task else ""
+            analysis.error(reference.location, f"no task named '{reference.name}'{where}{hint}")
+        else:
+            analysis.warn(
+                reference.location,
+                f"'{reference.name}' is not a declared input or a task; "
+                "it must be passed with -i at run time",
+            )
+    _check_child_pipelines(body, source.path, analysis, (source.path.resolve(),))
+    for name in source.pipeline.security.sensitive_variables:
+        if name not in source.pipeline.input_variables:
+            analysis.warn(("security", "sensitive_variables"), f"'{name}' is not a declared input")
+    if analysis.errors:
+        raise PipelineValidationError(
+            sorted(analysis.errors, key=lambda d: (d.line, d.column)) + analysis.warnings
+        )
+    return Plan(source, body, _unique(analysis.warnings))
+
+
+def _check_child_pipelines(body: Body, path: Path, analysis: _Analysis, stack: tuple[Path, ...]) -> None:
+    """Child pipelines must validate and must not include each other; missing ones only warn."""
+    from orchestrator.spec.loading import read_pipeline
+
+    for node in body.nodes.values():
+        if node.body is not None:
+            _check_child_pipelines(node.body, path, analysis, stack)
+        if not isinstance(node.task, PipelineGroup):
+            continue
+        for index, child in enumerate(node.task.pipelines):
+            location = (*node.location, "pipelines", index, "pipeline")
+            child_path = (path.parent / child.pipeline).resolve()
+            if child_path in stack:
+                chain = " -> ".join(p.name for p in (*stack, child_path))
+                analysis.error(location, f"pipelines include each other: {chain}")
+                continue
+            if not child_path.is_file():
+                analysis.warn(location, f"'{child.pipeline}' does not exist (yet): the run will fail here")
+                continue
+            try:
+                child_source = read_pipeline(child_path)
+                child_analysis = _Analysis(child_source.source)
+                child_body, _ = analyse_body(child_source.pipeline.tasks, ("tasks",), child_analysis)
+                _check_child_pipelines(child_body, child_path, child_analysis, (*stack, child_path))
+            except PipelineValidationError as error:
+                analysis.errors.extend(error.diagnostics)
+                continue
+            analysis.errors.extend(child_analysis.errors)
+
+
+def _every_task_name(body: Body) -> set[str]:
+    names = set(body.exposed)
+    for node in body.nodes.values():
+        if node.body is not None:
+            names |= _every_task_name(node.body)
+    return names
+
+
+def _unique(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    seen: dict[tuple[str, int, int, str], Diagnostic] = {}
+    for diagnostic in diagnostics:
+        seen.setdefault((diagnostic.file, diagnostic.line, diagnostic.column, diagnostic.message), diagnostic)
+    return sorted(seen.values(), key=lambda d: (d.line, d.column))
+
+
+def plan_tasks(tasks: list[Any], source: SourceMap) -> Body:
+    """Plan generated task specs (a `dynamic_task_group`'s list) as one body."""
+    analysis = _Analysis(source)
+    body, _ = analyse_body(tasks, ("tasks",), analysis, default_names=True)
+    if analysis.errors:
+        raise PipelineValidationError(analysis.errors)
+    return body

@@ -1,0 +1,233 @@
+"""The `context` object and `storage` mapping python scripts receive (SPEC section 8)."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from orchestrator.errors import TaskError
+from orchestrator.runtime.redact import Redactor
+from orchestrator.runtime.scope import Scope
+from orchestrator.stores.base import Stores
+
+SHARED_NAMESPACE = "shared"
+CONFLICT_ATTEMPTS = 20
+
+
+class StateConflictError(Exception):
+    """Another writer changed a key between this attempt's read and its write."""
+
+
+@dataclass
+class RunInfo:
+    """What every task of one run shares."""
+
+    run_id: str
+    pipeline_id: str
+    user_id: str
+    stores: Stores
+    redactor: Redactor
+    persistence: bool = False
+    state_ttl: float | None = None
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    child_outputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def persistent_namespace(self) -> str:
+        if self.persistence:
+            return f"pipeline:{self.pipeline_id}"
+        return f"run:{self.run_id}"
+
+
+class Context:
+    """What a python script calls as `context`; one per task attempt."""
+
+    def __init__(self, run: RunInfo, scope: Scope, task_name: str) -> None:
+        self._run = run
+        self._scope = scope
+        self._task = task_name
+        self._versions: dict[tuple[str, str], int] = {}
+
+    # task outputs and loops -------------------------------------------------------------
+    def get_task_output(self, name: str, default: Any = None) -> Any:
+        found, value = self._scope.task_output(name)
+        return value if found and value is not None else default
+
+    def get_loop_variable(self, name: str, default: Any = None) -> Any:
+        loop = self._scope.loop
+        if loop is None:
+            return default
+        if loop.item_variable == name:
+            return loop.item
+        return loop.state.get(name, default)
+
+    def get_loop_iteration(self) -> int:
+        return self._scope.loop.index if self._scope.loop else 0
+
+    def get_pipeline_output(self, file_or_id: str) -> Any:
+        key = file_or_id.rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
+        return self._run.child_outputs.get(key)
+
+    # state ------------------------------------------------------------------------------
+    def _get(self, namespace: str, key: str, default: Any) -> Any:
+        versioned = self._run.stores.state.read(namespace, key)
+        self._versions[(namespace, key)] = versioned.version
+        return default if versioned.value is None else versioned.value
+
+    def _set(self, namespace: str, key: str, value: Any, ttl: float | None) -> None:
+        value = _json_value(value, f"state '{key}'")
+        expected = self._versions.get((namespace, key))
+        state = self._run.stores.state
+        if expected is None:
+            self._versions[(namespace, key)] = state.write(namespace, key, value, ttl=ttl)
+            return
+        version = state.compare_and_set(namespace, key, value, expected, ttl=ttl)
+        if version is None:
+            raise StateConflictError(key)
+        self._versions[(namespace, key)] = version
+
+    def _update(
+        self,
+        namespace: str,
+        key: str,
+        update: Callable[[Any], Any],
+        default: Any,
+        ttl: float | None,
+    ) -> Any:
+        state = self._run.stores.state
+        for attempt in range(CONFLICT_ATTEMPTS):
+            versioned = state.read(namespace, key)
+            current = default if versioned.value is None else versioned.value
+            new_value = _json_value(update(current), f"state '{key}'")
+            version = state.compare_and_set(namespace, key, new_value, versioned.version, ttl=ttl)
+            if version is not None:
+                self._versions[(namespace, key)] = version
+                return new_value
+            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+        raise TaskError("StateConflict", f"could not update '{key}': too many concurrent writers")
+
+    def get_persistent_state(self, key: str, default: Any = None) -> Any:
+        return self._get(self._run.persistent_namespace, key, default)
+
+    def set_persistent_state(self, key: str, value: Any) -> None:
+        self._set(self._run.persistent_namespace, key, value, self._run.state_ttl)
+
+    def update_persistent_state(self, key: str, update: Callable[[Any], Any], default: Any = None) -> Any:
+        return self._update(self._run.persistent_namespace, key, update, default, self._run.state_ttl)
+
+    def get_shared_state(self, key: str, default: Any = None) -> Any:
+        return self._get(SHARED_NAMESPACE, key, default)
+
+    def set_shared_state(self, key: str, value: Any) -> None:
+        self._set(SHARED_NAMESPACE, key, value, None)
+
+    def update_shared_state(self, key: str, update: Callable[[Any], Any], default: Any = None) -> Any:
+        return self._update(SHARED_NAMESPACE, key, update, default, None)
+
+    get_global_state = get_shared_state
+    set_global_state = set_shared_state
+
+    # caches -----------------------------------------------------------------------------
+    def _task_cache_key(self, key: str) -> str:
+        return f"task:{self._run.pipeline_id}:{self._task}:{key}"
+
+    def get_task_cache(self, key: str, default: Any = None) -> Any:
+        found, value = self._run.stores.cache.get(self._task_cache_key(key))
+        return value if found else default
+
+    def set_task_cache(self, key: str, value: Any, ttl: float | None = None) -> None:
+        value = _json_value(value, f"cache '{key}'")
+        self._run.stores.cache.put(self._task_cache_key(key), value, ttl)
+
+    def get_cache(self, key: str, default: Any = None) -> Any:
+        found, value = self._run.stores.cache.get(f"global:{key}")
+        return value if found else default
+
+    def set_cache(self, key: str, value: Any, ttl: float | None = None) -> None:
+        self._run.stores.cache.put(f"global:{key}", _json_value(value, f"cache '{key}'"), ttl)
+
+    # secrets, ids, audit ------------------------------------------------------------------
+    def get_secret(self, name: str) -> str:
+        value = self._run.stores.secrets.get(name)
+        if value is None:
+            variable = "ORCHESTRATOR_SECRET_" + name.upper().replace("-", "_").replace("/", "_")
+            raise TaskError(
+                "SecretNotFound",
+                f"secret '{name}' is not set: export {variable}=... or add '{name}' to the "
+                "secrets file (secrets.yaml in the state folder, mode 0600)",
+                retryable=False,
+            )
+        self._run.redactor.add(value)
+        return value
+
+    def get_pipeline_id(self) -> str:
+        return self._run.pipeline_id
+
+    def get_execution_id(self) -> str:
+        return self._run.run_id
+
+    def get_user_id(self) -> str:
+        return self._run.user_id
+
+    def log_audit_event(self, event: dict[str, Any]) -> None:
+        entry = {
+            "pipeline_id": self._run.pipeline_id,
+            "execution_id": self._run.run_id,
+            "task": self._task,
+            "user_id": self._run.user_id,
+            "logged_at": datetime.now(UTC).isoformat(),
+            **_json_value(dict(event), "audit event"),
+        }
+        self._run.stores.audit.append(self._run.redactor.value(entry))
+
+    # storage ----------------------------------------------------------------------------
+    def storage(self) -> Storage:
+        return Storage(self)
+
+
+class Storage(MutableMapping[str, Any]):
+    """`storage[key]`: the pipeline's persistent state under the prefix `storage/`."""
+
+    PREFIX = "storage/"
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+        self._written: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        missing = object()
+        value = self._context.get_persistent_state(self.PREFIX + key, missing)
+        if value is missing:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._context.get_persistent_state(self.PREFIX + key, default)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._context.set_persistent_state(self.PREFIX + str(key), value)
+        self._written[str(key)] = value
+
+    def __delitem__(self, key: str) -> None:
+        self._context.set_persistent_state(self.PREFIX + key, None)
+        self._written.pop(key, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._written)
+
+    def __len__(self) -> int:
+        return len(self._written)
+
+
+def _json_value(value: Any, what: str) -> Any:
+    """Values kept by stores must be JSON: reject anything else with a clear task error."""
+    import json
+
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as error:
+        raise TaskError("NotSerializable", f"{what} is not JSON-serialisable: {error}") from None

@@ -1,0 +1,74 @@
+"""Statuses, task outcomes and the run document: defined once, used by every engine and the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class TaskStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    SKIPPED = "skipped"
+    CACHED = "cached"
+    FALLBACK = "fallback"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # was running when the run was aborted
+    NOT_RUN = "not_run"  # never started because the run ended first
+
+
+class RunStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    DEGRADED = "degraded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """What went wrong in a task: the error type a Catch rule would match, and its message."""
+
+    type: str
+    message: str
+
+    def as_dict(self, task: str | None = None) -> dict[str, Any]:
+        found: dict[str, Any] = {"type": self.type, "message": self.message}
+        return {"task": task, **found} if task is not None else found
+
+
+@dataclass
+class TaskOutcome:
+    """How one task ended."""
+
+    status: TaskStatus
+    output: Any = None
+    attempts: int = 0
+    error: ErrorInfo | None = None
+    duration: float = 0.0
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "error": self.error.as_dict() if self.error else None,
+        }
+
+
+def run_document(
+    *,
+    run_id: str,
+    pipeline: str,
+    status: RunStatus,
+    outcomes: dict[str, TaskOutcome],
+    result: Any,
+    error: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The run document of SPEC section 11, exactly."""
+    return {
+        "run_id": run_id,
+        "pipeline": pipeline,
+        "status": status.value,
+        "outputs": {name: outcome.output for name, outcome in outcomes.items()},
+        "tasks": {name: outcome.record() for name, outcome in outcomes.items()},
+        "result": result,
+        "error": error,
+    }

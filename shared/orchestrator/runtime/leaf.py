@@ -1,0 +1,155 @@
+"""One attempt of a leaf task (python, LLM, web search): render, execute, check the output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import TaskError, TemplateError
+from orchestrator.runtime.context import Context, RunInfo
+from orchestrator.runtime.python_task import run_script
+from orchestrator.runtime.scope import Scope
+from orchestrator.settings import Settings
+from orchestrator.spec.models import LLMTask, Pipeline, PythonTask, TaskBase, WebSearchTask
+from orchestrator.template import jinja
+from orchestrator.template.script import render_script
+
+if TYPE_CHECKING:
+    from orchestrator.runtime.llm import LLMClient
+    from orchestrator.runtime.search import SearchClient
+
+LEAF_TYPES = (PythonTask, LLMTask, WebSearchTask)
+
+
+@dataclass
+class Services:
+    """Clients for the outside world, built on first use so a python-only run never imports them."""
+
+    settings: Settings
+    llm: LLMClient | None = None
+    search: SearchClient | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def llm_client(self) -> LLMClient:
+        with self._lock:
+            if self.llm is None:
+                from orchestrator.runtime.llm import OpenAIChatClient
+
+                self.llm = OpenAIChatClient(self.settings)
+            return self.llm
+
+    def search_client(self) -> SearchClient:
+        with self._lock:
+            if self.search is None:
+                from orchestrator.runtime.search import HttpJsonSearchClient
+
+                self.search = HttpJsonSearchClient(self.settings)
+            return self.search
+
+
+def render(value: Any, scope: Scope) -> Any:
+    """Render a task field; template problems are task errors that retrying cannot fix."""
+    try:
+        return jinja.render_value(value, scope)
+    except TemplateError as error:
+        raise TaskError("TemplateError", str(error), retryable=False) from None
+
+
+def _check_json(value: Any, task_name: str) -> Any:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as error:
+        raise TaskError(
+            "OutputNotSerializable",
+            f"task '{task_name}' returned a value that is not JSON-serialisable: {error}",
+            retryable=False,
+        ) from None
+    return value
+
+
+def _evaluate_in_script(scope: Scope) -> Any:
+    def evaluate(expression: str) -> Any:
+        try:
+            return jinja.evaluate_expression(expression, scope)
+        except TemplateError as error:
+            raise TaskError("TemplateError", str(error), retryable=False) from None
+
+    return evaluate
+
+
+def llm_request_fields(task: LLMTask, scope: Scope, default_model: str) -> dict[str, Any]:
+    """The rendered request of an LLM task (also what `prompt_hash` caching hashes)."""
+    return {
+        "model": str(render(task.model, scope)) if task.model else default_model,
+        "prompt": str(render(task.prompt, scope)),
+        "system": str(render(task.system, scope)) if task.system is not None else None,
+        "temperature": task.temperature,
+        "max_tokens": task.max_tokens,
+        "output_type": task.output_type,
+    }
+
+
+def run_leaf(
+    task: TaskBase,
+    name: str,
+    scope: Scope,
+    run: RunInfo,
+    services: Services,
+    inputs: dict[str, Any],
+) -> Any:
+    """Run one attempt of a leaf task and return its output."""
+    if isinstance(task, PythonTask):
+        script = render_script(task.script, _evaluate_in_script(scope))
+        context = Context(run, scope, name)
+        output = run_script(script, name, context, inputs, context.storage())
+        return _check_json(output, name)
+    if isinstance(task, LLMTask):
+        from orchestrator.runtime.llm import LLMRequest, parse_llm_output
+
+        fields = llm_request_fields(task, scope, services.settings.default_model)
+        output_type = fields.pop("output_type")
+        text = services.llm_client().complete(LLMRequest(**fields))
+        return parse_llm_output(text, output_type)
+    if isinstance(task, WebSearchTask):
+        from orchestrator.runtime.search import search_output
+
+        query = str(render(task.query, scope))
+        results = services.search_client().search(query, task.max_results)
+        return search_output(query, results)
+    raise TypeError(f"not a leaf task: {type(task).__name__}")
+
+
+def canonical_hash(value: Any) -> str:
+    """sha256 of the canonical JSON of a value."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cache_key(
+    task: TaskBase,
+    name: str,
+    scope: Scope,
+    pipeline: Pipeline,
+    pipeline_id: str,
+    reads: frozenset[str],
+    default_model: str,
+) -> tuple[str, float | None] | None:
+    """The cache entry a task reads and writes, and its TTL; None when the task is not cached."""
+    config = pipeline.cache_config
+    ttl = task.cache_ttl if task.cache_ttl is not None else config.ttl
+    prefix = f"task:{pipeline_id}:{name}:"
+    if task.cache_key is not None:
+        return prefix + "key:" + str(render(task.cache_key, scope)), ttl
+    strategy = task.cache_strategy or (config.strategy if config.enabled else None)
+    if strategy is None or strategy == "custom" or not isinstance(task, LEAF_TYPES):
+        return None
+    if strategy == "prompt_hash" and isinstance(task, LLMTask):
+        return prefix + "prompt:" + canonical_hash(llm_request_fields(task, scope, default_model)), ttl
+    if strategy == "input_hash":
+        return prefix + "input:" + str(scope["input_hash"]), ttl
+    definition = task.model_dump(mode="json", exclude_none=True)
+    values = {ref: scope.get(ref) for ref in sorted(reads) if ref in scope}
+    return prefix + "content:" + canonical_hash([definition, values]), ttl

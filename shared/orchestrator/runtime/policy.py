@@ -1,0 +1,61 @@
+"""Effective error handling of a task: task settings over pipeline settings over defaults (SPEC 7)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.spec.models import Pipeline, TaskBase
+
+
+@dataclass(frozen=True)
+class ErrorPolicy:
+    retry_count: int
+    retry_delay: float
+    backoff_rate: float
+    on_failure: str
+    fallback: TaskBase | None
+    fallback_value: Any
+
+    def delay_before(self, retry: int) -> float:
+        """Seconds to wait before retry number `retry` (1-based)."""
+        return self.retry_delay * self.backoff_rate ** (retry - 1)
+
+
+def backoff_rate(backoff: str | float) -> float:
+    if backoff == "exponential":
+        return 2.0
+    if backoff == "fixed":
+        return 1.0
+    return float(backoff)
+
+
+def effective_policy(task: TaskBase, pipeline: Pipeline) -> ErrorPolicy:
+    defaults = pipeline.error_handling
+    own = task.error_handling
+    if own is None:
+        return ErrorPolicy(
+            defaults.default_retry_count,
+            defaults.retry_delay,
+            backoff_rate(defaults.retry_backoff),
+            defaults.on_failure,
+            None,
+            None,
+        )
+    return ErrorPolicy(
+        own.retry_count if own.retry_count is not None else defaults.default_retry_count,
+        own.retry_delay if own.retry_delay is not None else defaults.retry_delay,
+        backoff_rate(own.retry_backoff if own.retry_backoff is not None else defaults.retry_backoff),
+        own.on_failure or defaults.on_failure,
+        own.fallback,
+        own.fallback_value,
+    )
+
+
+def task_timeout(task: TaskBase) -> float | None:
+    """Wall-clock limit of one attempt, from `timeout` or `resource_limits.timeout`."""
+    if task.timeout is not None:
+        return task.timeout
+    if task.resource_limits is not None:
+        return task.resource_limits.timeout
+    return None

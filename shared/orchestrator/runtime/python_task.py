@@ -1,0 +1,90 @@
+"""Run a `python_task` script: compile it as a function body and call it with `context`."""
+
+from __future__ import annotations
+
+import datetime as _datetime
+import functools
+import io
+import json
+import math
+import tokenize
+import traceback
+from typing import Any
+
+from orchestrator.errors import TaskError
+from orchestrator.runtime.context import StateConflictError
+
+FUNCTION_NAME = "__orchestrator_task__"
+PRELUDE: dict[str, Any] = {
+    "json": json,
+    "math": math,
+    "datetime": _datetime.datetime,
+    "timedelta": _datetime.timedelta,
+}
+"""Names every script may use without importing (the guide calls `datetime.now()` bare)."""
+
+
+def _rows_inside_strings(script: str) -> set[int]:
+    """1-based rows that begin inside a multi-line string: indenting them would change it."""
+    rows: set[int] = set()
+    start: tuple[int, int] | None = None
+    string_kinds = {tokenize.STRING}
+    fstring_start = getattr(tokenize, "FSTRING_START", None)
+    fstring_end = getattr(tokenize, "FSTRING_END", None)
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(script).readline):
+            if token.type == fstring_start:
+                start = token.start
+            elif token.type == fstring_end and start is not None:
+                rows.update(range(start[0] + 1, token.end[0] + 1))
+                start = None
+            elif token.type in string_kinds and token.end[0] > token.start[0]:
+                rows.update(range(token.start[0] + 1, token.end[0] + 1))
+    except (tokenize.TokenError, SyntaxError):
+        pass  # compile() reports the real problem with its line
+    return rows
+
+
+@functools.lru_cache(maxsize=2048)
+def compile_script(script: str, filename: str) -> Any:
+    """Code object of a function whose body is the script; line numbers are kept."""
+    inside = _rows_inside_strings(script)
+    lines = script.splitlines()
+    body = [
+        line if (row in inside or not line.strip()) else "    " + line
+        for row, line in enumerate(lines, start=1)
+    ]
+    if not any(line.strip() for line in lines):
+        body = ["    pass"]
+    source = f"def {FUNCTION_NAME}(context, inputs, storage):\n" + "\n".join(body) + "\n"
+    try:
+        code = compile(source, filename, "exec")
+    except SyntaxError as error:
+        line = (error.lineno or 2) - 1
+        raise TaskError("ScriptSyntaxError", f"line {line}: {error.msg}", retryable=False) from None
+    return code
+
+
+def run_script(script: str, task_name: str, context: Any, inputs: dict[str, Any], storage: Any) -> Any:
+    """Execute a rendered script; its return value is the task's output."""
+    filename = f"<task {task_name}>"
+    code = compile_script(script, filename)
+    namespace: dict[str, Any] = {"__name__": f"orchestrator_task_{task_name}", **PRELUDE}
+    exec(code, namespace)
+    try:
+        result = namespace[FUNCTION_NAME](context, inputs, storage)
+    except (TaskError, StateConflictError):
+        raise
+    except Exception as error:
+        raise TaskError(type(error).__name__, _describe(error, filename)) from error
+    return result
+
+
+def _describe(error: BaseException, filename: str) -> str:
+    """The exception's message with the script line it came from."""
+    line = None
+    for frame in traceback.extract_tb(error.__traceback__):
+        if frame.filename == filename and frame.lineno is not None:
+            line = frame.lineno - 1
+    message = str(error) or type(error).__name__
+    return f"{message} (script line {line})" if line else message

@@ -1,0 +1,113 @@
+"""Every environment variable and the optional config file, read in one place.
+
+| variable | meaning |
+|---|---|
+| `ORCHESTRATOR_HOME` | folder for local state (default `./.orchestrator`) |
+| `ORCHESTRATOR_CONFIG` | config file (default `$ORCHESTRATOR_HOME/config.yaml`, then `./orchestrator.yaml`) |
+| `ORCHESTRATOR_DEFAULT_MODEL` | model for `llm_task`s that name none (default `gpt-4o-mini`) |
+| `OPENAI_API_KEY`, `OPENAI_BASE_URL` | the OpenAI-compatible endpoint used by `llm_task` |
+| `ORCHESTRATOR_SEARCH_URL`, `ORCHESTRATOR_SEARCH_API_KEY` | the JSON search endpoint of `web_search_task` |
+| `ORCHESTRATOR_MAX_THREADS` | worker threads of the embedded engine (default 256) |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """Where one model's requests go: its own endpoint, key and upstream model name."""
+
+    base_url: str | None = None
+    api_key: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration for one process."""
+
+    home: Path
+    default_model: str = "gpt-4o-mini"
+    openai_base_url: str | None = None
+    openai_api_key: str | None = None
+    model_routes: dict[str, ModelRoute] = field(default_factory=dict)
+    search_url: str | None = None
+    search_api_key: str | None = None
+    max_threads: int = 256
+    llm_timeout: float = 60.0
+    llm_max_retries: int = 4
+
+    def route_for(self, model: str) -> ModelRoute:
+        """The endpoint, key and upstream name for `model`, falling back to the defaults."""
+        route = self.model_routes.get(model, ModelRoute())
+        return ModelRoute(
+            base_url=route.base_url or self.openai_base_url,
+            api_key=route.api_key or self.openai_api_key,
+            model=route.model or model,
+        )
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the config file must be a mapping")
+    return loaded
+
+
+def _model_routes(config: dict[str, Any], env: dict[str, str], path: Path) -> dict[str, ModelRoute]:
+    routes: dict[str, ModelRoute] = {}
+    models = (config.get("llm") or {}).get("models") or {}
+    if not isinstance(models, dict):
+        raise ConfigError(f"{path}: llm.models must map model names to routes")
+    for name, entry in models.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: llm.models.{name} must be a mapping")
+        key = entry.get("api_key")
+        if key is None and entry.get("api_key_env"):
+            key = env.get(str(entry["api_key_env"]))
+        routes[str(name)] = ModelRoute(base_url=entry.get("base_url"), api_key=key, model=entry.get("model"))
+    return routes
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Build `Settings` from the environment (default `os.environ`) and the config file."""
+    env = dict(os.environ) if env is None else env
+    home = Path(env.get("ORCHESTRATOR_HOME") or ".orchestrator")
+    config_path = Path(env["ORCHESTRATOR_CONFIG"]) if env.get("ORCHESTRATOR_CONFIG") else None
+    if config_path is None:
+        for candidate in (home / "config.yaml", Path("orchestrator.yaml")):
+            if candidate.is_file():
+                config_path = candidate
+                break
+    config: dict[str, Any] = {}
+    if config_path is not None:
+        if not config_path.is_file():
+            raise ConfigError(f"{config_path}: ORCHESTRATOR_CONFIG names a file that does not exist")
+        config = _read_config_file(config_path)
+    llm = config.get("llm") or {}
+    search = config.get("search") or {}
+    search_key = env.get("ORCHESTRATOR_SEARCH_API_KEY") or search.get("api_key")
+    if search_key is None and search.get("api_key_env"):
+        search_key = env.get(str(search["api_key_env"]))
+    return Settings(
+        home=home,
+        default_model=env.get("ORCHESTRATOR_DEFAULT_MODEL") or llm.get("default_model") or "gpt-4o-mini",
+        openai_base_url=env.get("OPENAI_BASE_URL") or llm.get("base_url"),
+        openai_api_key=env.get("OPENAI_API_KEY") or llm.get("api_key"),
+        model_routes=_model_routes(config, env, config_path or Path("config")),
+        search_url=env.get("ORCHESTRATOR_SEARCH_URL") or search.get("url"),
+        search_api_key=search_key,
+        max_threads=int(env.get("ORCHESTRATOR_MAX_THREADS") or 256),
+    )

@@ -1,0 +1,1 @@
+"""The pipeline file: pydantic models, YAML loading with positions, validation and JSON Schema."""

@@ -1,0 +1,167 @@
+"""Read a pipeline file into a `Pipeline`, turning every schema problem into a located diagnostic."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.errors import Diagnostic, PipelineValidationError
+from orchestrator.spec.models import TASK_TYPES, Pipeline, TaskBase
+from orchestrator.spec.yaml_source import Location, SourceMap, load_yaml
+
+
+@dataclass(frozen=True)
+class PipelineSource:
+    """A parsed pipeline with where it came from."""
+
+    pipeline: Pipeline
+    source: SourceMap
+    path: Path
+
+    @property
+    def pipeline_id(self) -> str:
+        return self.path.stem
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _model_at(data: Any, location: Location) -> type[BaseModel] | None:
+    """The model class that parses the mapping at `location` (for key suggestions)."""
+    model: type[BaseModel] | None = Pipeline
+    current = data
+    for part in location:
+        if (
+            isinstance(current, dict)
+            and isinstance(current.get("type"), str)
+            and (model is None or issubclass(model, TaskBase) or model is TaskBase)
+        ):
+            model = TASK_TYPES.get(current["type"], TaskBase)
+        current = _step(current, part)
+        if isinstance(part, int):
+            continue
+        if model is None:
+            return None
+        field = model.model_fields.get(str(part))
+        model = _field_model(field.annotation) if field else None
+    if isinstance(current, dict) and isinstance(current.get("type"), str):
+        return TASK_TYPES.get(current["type"], TaskBase)
+    return model
+
+
+def _field_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in getattr(annotation, "__args__", ()) or ():
+        found = _field_model(argument)
+        if found is not None:
+            return found
+    metadata = getattr(annotation, "__metadata__", None)
+    if metadata is not None:
+        return _field_model(annotation.__origin__)
+    if str(annotation).startswith("Task") or "PythonTask" in str(annotation):
+        return TaskBase
+    return None
+
+
+def _data_location(data: Any, loc: tuple[int | str, ...]) -> Location:
+    """Drop the discriminator tags pydantic inserts (`tasks.0.python_task.script`)."""
+    location: list[str | int] = []
+    current = data
+    for part in loc:
+        if location and not isinstance(current, dict | list):
+            break  # the rest names union members of a scalar, not places in the file
+        if (
+            isinstance(current, dict)
+            and isinstance(part, str)
+            and part not in current
+            and (part in TASK_TYPES or not part.isidentifier() or part in {"str", "int", "float", "bool"})
+        ):
+            continue
+        if isinstance(current, list) and isinstance(part, str):
+            continue
+        location.append(part)
+        current = _step(current, part)
+    return tuple(location)
+
+
+def _step(current: Any, part: int | str) -> Any:
+    """`current[part]` when it exists, else None."""
+    if isinstance(current, dict):
+        return current.get(part)
+    if isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+        return current[part]
+    return None
+
+
+def _message(error: Any, data: Any, location: Location) -> tuple[str, bool]:
+    """Readable message for one pydantic error, and whether it points at a key."""
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        key = str(location[-1])
+        model = _model_at(data, location[:-1])
+        hint = _suggest(key, list(model.model_fields)) if model else ""
+        where = "at the top level" if len(location) == 1 else "here"
+        return f"unknown key '{key}' {where}{hint}", True
+    if kind == "union_tag_invalid":
+        tag = str(error["ctx"]["tag"])
+        hint = _suggest(tag, list(TASK_TYPES))
+        return f"unknown task type '{tag}'{hint} (one of: {', '.join(TASK_TYPES)})", False
+    if kind == "union_tag_not_found":
+        return f"task needs a 'type' (one of: {', '.join(TASK_TYPES)})", False
+    if kind == "missing":
+        return f"missing required key '{location[-1]}'", False
+    if kind == "string_pattern_mismatch" and location and location[-1] == "name":
+        return "task name must match [A-Za-z_][A-Za-z0-9_]* (letters, digits, underscores)", False
+    message = str(error["msg"])
+    if message.startswith("Value error, "):
+        message = message.removeprefix("Value error, ")
+    given = error.get("input")
+    if kind not in {"missing", "model_type"} and not isinstance(given, dict | list):
+        message += f" (got {given!r})"
+    return message, False
+
+
+def diagnostics_from_validation(error: ValidationError, data: Any, source: SourceMap) -> list[Diagnostic]:
+    """Turn pydantic's errors into one diagnostic per location, the first (clearest) kept."""
+    found: dict[Location, Diagnostic] = {}
+    for item in error.errors():
+        location = _data_location(data, item["loc"])
+        if location in found:
+            continue
+        message, at_key = _message(item, data, location)
+        found[location] = source.diagnostic(location, message, key=at_key)
+    return sorted(found.values(), key=lambda d: (d.line, d.column))
+
+
+def parse_pipeline(text: str, path: Path) -> PipelineSource:
+    """Parse and schema-check pipeline text; raises `PipelineValidationError`."""
+    data, source = load_yaml(text, str(path))
+    if not isinstance(data, dict):
+        raise PipelineValidationError(
+            [Diagnostic(str(path), 1, 1, "", "a pipeline file must be a mapping with 'name' and 'tasks'")]
+        )
+    try:
+        pipeline = Pipeline.model_validate(data)
+    except ValidationError as error:
+        raise PipelineValidationError(diagnostics_from_validation(error, data, source)) from None
+    return PipelineSource(pipeline, source, path)
+
+
+def read_pipeline(path: Path) -> PipelineSource:
+    """Read and schema-check a pipeline file; a missing file is a diagnostic too."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PipelineValidationError(
+            [Diagnostic(str(path), 1, 1, "", "no such file; check the path")]
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise PipelineValidationError([Diagnostic(str(path), 1, 1, "", f"cannot read: {error}")]) from None
+    return parse_pipeline(text, path)

@@ -1,0 +1,79 @@
+"""The store protocols every backend implements (memory now; SQLite, Redis, DynamoDB beside it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """A value read from a `StateStore` with the version a later compare-and-set checks."""
+
+    value: Any
+    version: int  # 0 means "no such key"
+
+
+class StateStore(Protocol):
+    """Key/value state with versioned reads and compare-and-set writes."""
+
+    def read(self, namespace: str, key: str) -> Versioned: ...
+
+    def write(self, namespace: str, key: str, value: Any, *, ttl: float | None = None) -> int:
+        """Unconditional write; returns the new version."""
+        ...
+
+    def compare_and_set(
+        self,
+        namespace: str,
+        key: str,
+        value: Any,
+        expected_version: int,
+        *,
+        ttl: float | None = None,
+    ) -> int | None:
+        """Write only if the stored version is still `expected_version`; new version or None."""
+        ...
+
+
+class CacheStore(Protocol):
+    """Values with a time to live; an expired entry is never returned."""
+
+    def get(self, key: str) -> tuple[bool, Any]: ...
+
+    def put(self, key: str, value: Any, ttl: float | None) -> None: ...
+
+
+class AuditLog(Protocol):
+    """Append-only audit entries, queryable per pipeline and run."""
+
+    def append(self, entry: dict[str, Any]) -> None: ...
+
+    def query(self, *, pipeline: str | None = None, run: str | None = None) -> list[dict[str, Any]]: ...
+
+
+class RunStore(Protocol):
+    """Run documents by run id."""
+
+    def save(self, document: dict[str, Any]) -> None: ...
+
+    def load(self, run_id: str) -> dict[str, Any] | None: ...
+
+    def list(self, *, pipeline: str | None = None, limit: int = 50) -> list[dict[str, Any]]: ...
+
+
+class Secrets(Protocol):
+    """Named secret values; None when the secret does not exist."""
+
+    def get(self, name: str) -> str | None: ...
+
+
+@dataclass
+class Stores:
+    """The stores one run uses, chosen by `stores.factory`."""
+
+    state: StateStore
+    cache: CacheStore
+    audit: AuditLog
+    runs: RunStore
+    secrets: Secrets

@@ -1,0 +1,1 @@
+"""Templates: sandboxed Jinja rendering, conditions, safe script rendering, reference scanning."""

@@ -1,0 +1,187 @@
+"""Sandboxed Jinja: render values keeping their type, evaluate conditions, find referenced names.
+
+Every string in a pipeline is a template. A string that is exactly one `{{ expr }}` yields the
+value of `expr` itself (a list stays a list); any other string renders to text. Rendering uses
+`StrictUndefined`, so a name that does not exist is an error unless guarded by `default(...)`
+or `is defined`. Conditions use a lenient undefined instead: a missing key is falsy, so
+`not loop_state.quality_met` is true before the first iteration (SPEC section 8).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from jinja2 import (
+    ChainableUndefined,
+    StrictUndefined,
+    TemplateSyntaxError,
+    Undefined,
+    UndefinedError,
+    meta,
+    nodes,
+)
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from orchestrator.errors import TemplateError
+
+_SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
+
+
+def _tojson(value: Any) -> str:
+    import json
+
+    return json.dumps(value, default=str)
+
+
+def _make_environment(undefined: type[Undefined]) -> ImmutableSandboxedEnvironment:
+    environment = ImmutableSandboxedEnvironment(
+        undefined=undefined, autoescape=False, keep_trailing_newline=True
+    )
+    environment.filters["tojson"] = _tojson
+    environment.policies["json.dumps_kwargs"] = {"sort_keys": False}
+    return environment
+
+
+STRICT = _make_environment(StrictUndefined)
+LENIENT = _make_environment(ChainableUndefined)
+GLOBALS: dict[str, Any] = dict(STRICT.globals)
+"""Jinja's own globals (`range`, `dict`, `namespace`, ...): a scope must offer them itself."""
+
+
+def _error(source: str, error: Exception) -> TemplateError:
+    text = source if len(source) <= 80 else source[:77] + "..."
+    if isinstance(error, TemplateSyntaxError):
+        return TemplateError(f"template syntax error in {text!r}: {error.message} (line {error.lineno})")
+    if isinstance(error, UndefinedError):
+        return TemplateError(
+            f"{error.message} in {text!r}; pass it as an input (-i name=value), or guard it "
+            "with '| default(...)'"
+        )
+    if isinstance(error, SecurityError):
+        return TemplateError(f"not allowed in templates: {error} in {text!r}")
+    return TemplateError(f"{type(error).__name__}: {error} in {text!r}")
+
+
+def single_expression(source: str) -> str | None:
+    """The expression of a value that is exactly one `{{ expr }}`, else None."""
+    match = _SINGLE_EXPRESSION.match(source)
+    if not match:
+        return None
+    expression = match.group("expr")
+    if "{{" in expression or "}}" in expression or "{%" in source:
+        return None
+    return expression.strip()
+
+
+def is_template(source: str) -> bool:
+    return "{{" in source or "{%" in source
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled_expression(expression: str, lenient: bool) -> Any:
+    environment = LENIENT if lenient else STRICT
+    return environment.compile_expression(expression, undefined_to_none=False)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled_template(source: str) -> Any:
+    return STRICT.from_string(source)
+
+
+def evaluate_expression(expression: str, scope: Mapping[str, Any], *, lenient: bool = False) -> Any:
+    """Value of one Jinja expression in `scope` (read in place: the scope is never copied)."""
+    try:
+        template = _compiled_expression(expression, lenient)._template
+        context = template.new_context(scope, shared=True)
+        for _ in template.root_render_func(context):
+            pass
+        value = context.vars["result"]
+        if isinstance(value, Undefined):
+            if lenient:
+                return None
+            str(value)  # raises UndefinedError with Jinja's own message
+        return value
+    except TemplateError:
+        raise
+    except Exception as error:
+        raise _error("{{ " + expression + " }}", error) from None
+
+
+def render_string(source: str, scope: Mapping[str, Any]) -> Any:
+    """Render one string: a single expression keeps its type, anything else becomes text."""
+    if not is_template(source):
+        return source
+    expression = single_expression(source)
+    if expression is not None:
+        return evaluate_expression(expression, scope)
+    try:
+        template = _compiled_template(source)
+        context = template.new_context(scope, shared=True)
+        return "".join(template.root_render_func(context))
+    except Exception as error:
+        raise _error(source, error) from None
+
+
+def render_value(value: Any, scope: Mapping[str, Any]) -> Any:
+    """Render every string inside a value (mappings and lists recursively)."""
+    if isinstance(value, str):
+        return render_string(value, scope)
+    if isinstance(value, dict):
+        return {key: render_value(item, scope) for key, item in value.items()}
+    if isinstance(value, list):
+        return [render_value(item, scope) for item in value]
+    return value
+
+
+def condition_expression(condition: str) -> str:
+    """The expression of a condition, written with or without `{{ }}`."""
+    expression = single_expression(condition)
+    return expression if expression is not None else condition.strip()
+
+
+def evaluate_condition(condition: str | bool | None, scope: Mapping[str, Any]) -> bool:
+    """Truthiness of a condition's value (never of its text: `"False"` is not true)."""
+    if condition is None:
+        return True
+    if isinstance(condition, bool):
+        return condition
+    return bool(evaluate_expression(condition_expression(condition), scope, lenient=True))
+
+
+@functools.lru_cache(maxsize=4096)
+def referenced_names(source: str, *, expression: bool = False) -> frozenset[str]:
+    """Top-level names a template (or a bare expression) reads; raises `TemplateError` on bad syntax."""
+    text = "{{ " + source + " }}" if expression else source
+    try:
+        tree = STRICT.parse(text)
+    except TemplateSyntaxError as error:
+        raise _error(source, error) from None
+    return frozenset(meta.find_undeclared_variables(tree))
+
+
+def check_template(source: str, *, expression: bool = False) -> str | None:
+    """A syntax problem in a template, or None."""
+    try:
+        referenced_names(source, expression=expression)
+    except TemplateError as error:
+        return str(error)
+    return None
+
+
+def attribute_paths(expression: str) -> list[tuple[str, ...]]:
+    """Dotted paths an expression reads (`a.b.c` -> ("a", "b", "c")), for the ASL compiler."""
+    tree = STRICT.parse("{{ " + expression + " }}")
+    paths: list[tuple[str, ...]] = []
+    for node in tree.find_all((nodes.Getattr, nodes.Name)):
+        parts: list[str] = []
+        current: nodes.Node = node
+        while isinstance(current, nodes.Getattr):
+            parts.append(current.attr)
+            current = current.node
+        if isinstance(current, nodes.Name):
+            paths.append((current.name, *reversed(parts)))
+    return paths

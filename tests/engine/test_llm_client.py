@@ -1,0 +1,380 @@
+"""The OpenAI chat client against a real local fake server, and the parsing of replies."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fakes.fixtures import fake_openai
+from fakes.servers import FakeOpenAIServer, FakeResponse
+from orchestrator.errors import TaskError
+from orchestrator.runtime.llm import (
+    LLMRequest,
+    OpenAIChatClient,
+    backoff_delay,
+    parse_llm_output,
+    parse_retry_after,
+)
+from orchestrator.settings import Settings, load_settings
+
+# Imported fixtures are found by name; listing them here marks the import as used.
+__all__ = ["fake_openai"]
+
+
+def make_settings(tmp_path: Path, config: dict[str, Any] | None = None, **env: str) -> Settings:
+    """Settings from `env` and a config file in tmp_path (never the developer's own)."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config or {}), encoding="utf-8")
+    return load_settings(
+        {"ORCHESTRATOR_HOME": str(tmp_path / "home"), "ORCHESTRATOR_CONFIG": str(path), **env}
+    )
+
+
+def served_by(server: FakeOpenAIServer, tmp_path: Path, **changes: Any) -> Settings:
+    settings = make_settings(tmp_path, OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY="sk-test")
+    return dataclasses.replace(settings, **changes)
+
+
+class Sleeps(list[float]):
+    """An injected sleep that records the delays instead of waiting."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+# -- requests ---------------------------------------------------------------------------
+
+
+def test_request_carries_model_messages_parameters_and_key(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    # GIVEN a server that answers "Paris"
+    fake_openai.enqueue("Paris")
+    request = LLMRequest(
+        model="gpt-4o-mini",
+        prompt="Capital of France?",
+        system="Answer in one word.",
+        temperature=0.2,
+        max_tokens=5,
+    )
+    # WHEN the client sends a full request
+    with OpenAIChatClient(served_by(fake_openai, tmp_path)) as client:
+        reply = client.complete(request)
+    # THEN the reply is the text and the request carries every field
+    assert reply == "Paris"
+    sent = fake_openai.last_request
+    assert sent.path == "/v1/chat/completions"
+    assert sent.headers["authorization"] == "Bearer sk-test"
+    assert sent.json["model"] == "gpt-4o-mini"
+    assert sent.json["messages"] == [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "Capital of France?"},
+    ]
+    assert sent.json["temperature"] == 0.2
+    assert sent.json["max_tokens"] == 5
+
+
+def test_unset_fields_are_not_sent(fake_openai: FakeOpenAIServer, tmp_path: Path) -> None:
+    with OpenAIChatClient(served_by(fake_openai, tmp_path)) as client:
+        reply = client.complete(LLMRequest(model="m", prompt="echo me"))
+    assert reply == "echo me"  # the fake's default reply echoes the prompt
+    body = fake_openai.last_request.json
+    assert body["messages"] == [{"role": "user", "content": "echo me"}]
+    assert "temperature" not in body
+    assert "max_tokens" not in body
+
+
+def test_model_routed_in_config_file_goes_to_its_own_endpoint(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    # GIVEN a default endpoint and a config file routing claude-3 to a second server
+    with FakeOpenAIServer(reply=lambda body: "from second") as second:
+        config = {
+            "llm": {
+                "models": {
+                    "claude-3": {
+                        "base_url": second.base_url,
+                        "api_key_env": "CLAUDE_KEY",
+                        "model": "claude-3-5-sonnet-upstream",
+                    }
+                }
+            }
+        }
+        settings = make_settings(
+            tmp_path,
+            config,
+            OPENAI_BASE_URL=fake_openai.base_url,
+            OPENAI_API_KEY="sk-default",
+            CLAUDE_KEY="sk-claude",
+        )
+        # WHEN both models are asked
+        with OpenAIChatClient(settings) as client:
+            routed = client.complete(LLMRequest(model="claude-3", prompt="hi"))
+            default = client.complete(LLMRequest(model="gpt-4o-mini", prompt="hi"))
+        # THEN each went to its own server with its own key and upstream name
+        assert (routed, default) == ("from second", "hi")
+        assert second.request_count == 1
+        assert second.last_request.headers["authorization"] == "Bearer sk-claude"
+        assert second.last_request.json["model"] == "claude-3-5-sonnet-upstream"
+    assert fake_openai.request_count == 1
+    assert fake_openai.last_request.headers["authorization"] == "Bearer sk-default"
+    assert fake_openai.last_request.json["model"] == "gpt-4o-mini"
+
+
+def test_local_server_without_key_gets_placeholder_key(fake_openai: FakeOpenAIServer, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, OPENAI_BASE_URL=fake_openai.base_url)
+    with OpenAIChatClient(settings) as client:
+        client.complete(LLMRequest(model="llama3", prompt="hi"))
+    assert fake_openai.last_request.headers["authorization"] == "Bearer not-needed"
+
+
+def test_neither_key_nor_url_is_a_configuration_error(tmp_path: Path) -> None:
+    with OpenAIChatClient(make_settings(tmp_path)) as client, pytest.raises(TaskError) as caught:
+        client.complete(LLMRequest(model="gpt-4o-mini", prompt="hi"))
+    assert caught.value.error_type == "LLMConfigurationError"
+    assert caught.value.retryable is False
+    assert "OPENAI_API_KEY" in caught.value.message
+    assert "OPENAI_BASE_URL" in caught.value.message
+
+
+def test_one_openai_client_per_endpoint_shared_by_threads(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    replies: list[str] = []
+    with OpenAIChatClient(served_by(fake_openai, tmp_path)) as client:
+
+        def ask(number: int) -> None:
+            replies.append(client.complete(LLMRequest(model=f"model-{number % 2}", prompt="x")))
+
+        threads = [threading.Thread(target=ask, args=(number,)) for number in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(client._clients) == 1
+    assert replies == ["x"] * 8
+    assert fake_openai.request_count == 8
+
+
+# -- failures and retries ---------------------------------------------------------------
+
+
+def test_rate_limit_then_server_error_then_success_is_retried(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    # GIVEN a 429, then a 500, then a reply
+    fake_openai.enqueue(FakeResponse(status=429), FakeResponse(status=500), "finally")
+    sleeps = Sleeps()
+    # WHEN the client asks once
+    with OpenAIChatClient(served_by(fake_openai, tmp_path), sleep=sleeps, rng=lambda: 1.0) as c:
+        reply = c.complete(LLMRequest(model="m", prompt="p"))
+    # THEN it tried three times, backing off in between
+    assert reply == "finally"
+    assert fake_openai.request_count == 3
+    assert sleeps == [0.5, 1.0]
+
+
+def test_persistent_unavailability_gives_up_after_the_configured_retries(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    fake_openai.reply = lambda body: FakeResponse(status=503, message="overloaded")
+    sleeps = Sleeps()
+    settings = served_by(fake_openai, tmp_path, llm_max_retries=3)
+    with OpenAIChatClient(settings, sleep=sleeps) as client, pytest.raises(TaskError) as caught:
+        client.complete(LLMRequest(model="m", prompt="p"))
+    assert caught.value.error_type == "LLMTransientError"
+    assert caught.value.retryable is True
+    assert "503" in caught.value.message
+    assert "overloaded" in caught.value.message
+    assert "4 attempt" in caught.value.message
+    assert fake_openai.request_count == 4
+    assert len(sleeps) == 3
+
+
+@pytest.mark.parametrize(("status", "message"), [(401, "bad key"), (400, "bad request")])
+def test_client_errors_are_not_retried(
+    fake_openai: FakeOpenAIServer, tmp_path: Path, status: int, message: str
+) -> None:
+    fake_openai.enqueue(FakeResponse(status=status, message=message), "never reached")
+    sleeps = Sleeps()
+    with (
+        OpenAIChatClient(served_by(fake_openai, tmp_path), sleep=sleeps) as client,
+        pytest.raises(TaskError) as caught,
+    ):
+        client.complete(LLMRequest(model="m", prompt="p"))
+    assert caught.value.error_type == "LLMRequestError"
+    assert caught.value.retryable is False
+    assert f"HTTP {status}" in caught.value.message
+    assert message in caught.value.message
+    assert fake_openai.request_count == 1
+    assert sleeps == []
+
+
+def test_retry_after_header_is_honoured(fake_openai: FakeOpenAIServer, tmp_path: Path) -> None:
+    fake_openai.enqueue(FakeResponse(status=429, headers={"Retry-After": "7"}), "ok")
+    sleeps = Sleeps()
+    with OpenAIChatClient(served_by(fake_openai, tmp_path), sleep=sleeps) as client:
+        assert client.complete(LLMRequest(model="m", prompt="p")) == "ok"
+    assert sleeps == [7.0]
+
+
+def test_timeouts_are_retried(fake_openai: FakeOpenAIServer, tmp_path: Path) -> None:
+    # GIVEN a first answer slower than the timeout, then a prompt one
+    fake_openai.enqueue(FakeResponse(delay=5.0, text="too late"), "in time")
+    settings = served_by(fake_openai, tmp_path, llm_timeout=0.05)
+    sleeps = Sleeps()
+    # WHEN the client asks
+    with OpenAIChatClient(settings, sleep=sleeps) as client:
+        reply = client.complete(LLMRequest(model="m", prompt="p"))
+    # THEN the slow attempt was abandoned and retried
+    assert reply == "in time"
+    assert fake_openai.request_count == 2
+    assert len(sleeps) == 1
+
+
+def test_timeouts_exhausted_are_transient_errors(fake_openai: FakeOpenAIServer, tmp_path: Path) -> None:
+    fake_openai.reply = lambda body: FakeResponse(delay=5.0, text="too late")
+    settings = served_by(fake_openai, tmp_path, llm_timeout=0.05, llm_max_retries=1)
+    with OpenAIChatClient(settings, sleep=Sleeps()) as client, pytest.raises(TaskError) as caught:
+        client.complete(LLMRequest(model="m", prompt="p"))
+    assert caught.value.error_type == "LLMTransientError"
+    assert "timeout" in caught.value.message
+    assert fake_openai.request_count == 2
+
+
+def test_connection_refused_is_transient(tmp_path: Path) -> None:
+    with FakeOpenAIServer() as server:
+        base_url = server.base_url  # a port nobody listens on once the server stops
+    settings = dataclasses.replace(make_settings(tmp_path, OPENAI_BASE_URL=base_url), llm_max_retries=2)
+    sleeps = Sleeps()
+    with OpenAIChatClient(settings, sleep=sleeps) as client, pytest.raises(TaskError) as caught:
+        client.complete(LLMRequest(model="m", prompt="p"))
+    assert caught.value.error_type == "LLMTransientError"
+    assert "connection" in caught.value.message.lower()
+    assert len(sleeps) == 2
+
+
+def test_reply_without_text_is_a_response_error(fake_openai: FakeOpenAIServer, tmp_path: Path) -> None:
+    fake_openai.enqueue(
+        FakeResponse(
+            json_body={
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "m",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": None},
+                        "finish_reason": "length",
+                    }
+                ],
+            }
+        )
+    )
+    with (
+        OpenAIChatClient(served_by(fake_openai, tmp_path)) as c,
+        pytest.raises(TaskError) as caught,
+    ):
+        c.complete(LLMRequest(model="m", prompt="p"))
+    assert caught.value.error_type == "LLMResponseError"
+    assert "length" in caught.value.message
+
+
+# -- the retry policy -------------------------------------------------------------------
+
+
+def test_backoff_doubles_with_jitter_and_a_cap() -> None:
+    assert [backoff_delay(n, rng=lambda: 1.0) for n in range(4)] == [0.5, 1.0, 2.0, 4.0]
+    assert [backoff_delay(n, rng=lambda: 0.0) for n in range(4)] == [0.25, 0.5, 1.0, 2.0]
+    assert backoff_delay(20, rng=lambda: 1.0) == 30.0
+    assert backoff_delay(0, retry_after=4.0, rng=lambda: 0.0) == 4.0
+    assert backoff_delay(0, retry_after=999.0, rng=lambda: 0.0) == 30.0
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("3", 3.0), (" 1.5 ", 1.5), (None, None), ("", None), ("-1", None), ("nan", None),
+     ("Wed, 21 Oct 2015 07:28:00 GMT", None)],
+)  # fmt: skip
+def test_retry_after_parsing(header: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(header) == seconds
+
+
+# -- parsing replies --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "output_type", "expected"),
+    [
+        ("  any text\n", "text", "  any text\n"),
+        ("0.85", "number", 0.85),
+        (" -3 \n", "number", -3.0),
+        ("1e3", "number", 1000.0),
+        ("Score: 0.85", "number", 0.85),
+        ("The answer is 42.", "number", 42.0),
+        ("about 1,234.5 units", "number", 1234.5),
+        ("7", "integer", 7),
+        ("3.0", "integer", 3),
+        ("There are 12 apples.", "integer", 12),
+        ("12345678901234567890", "integer", 12345678901234567890),
+        ("true", "boolean", True),
+        ("Yes.", "boolean", True),
+        (" FALSE \n", "boolean", False),
+        ("no", "boolean", False),
+        ("**No**", "boolean", False),
+        ('{"a": [1, 2]}', "json", {"a": [1, 2]}),
+        ("  [1, 2, 3]  ", "json", [1, 2, 3]),
+        ('Here you go:\n```json\n{"ok": true}\n```\nDone.', "json", {"ok": True}),
+        ('```\n{"plain": "fence"}\n```', "json", {"plain": "fence"}),
+        ('"just a string"', "json", "just a string"),
+    ],
+)
+def test_replies_parse_to_their_output_type(text: str, output_type: str, expected: object) -> None:
+    parsed = parse_llm_output(text, output_type)
+    assert parsed == expected
+    assert type(parsed) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "output_type"),
+    [
+        ("no number here", "number"),
+        ("between 3 and 5", "number"),
+        ("nan", "number"),
+        ("inf", "number"),
+        ("1_000", "number"),
+        ("about 1_000", "number"),
+        ("1,2345", "number"),
+        ("3.5", "integer"),
+        ("", "integer"),
+        ("maybe", "boolean"),
+        ("yes and no", "boolean"),
+        ("{not json}", "json"),
+        ("NaN", "json"),
+        ("```json\n{broken\n```", "json"),
+    ],
+)
+def test_replies_that_do_not_parse_are_retryable_parse_errors(text: str, output_type: str) -> None:
+    with pytest.raises(TaskError) as caught:
+        parse_llm_output(text, output_type)
+    assert caught.value.error_type == "OutputParseError"
+    assert caught.value.retryable is True
+    assert f"expected {output_type}" in caught.value.message
+
+
+def test_parse_error_quotes_at_most_200_characters() -> None:
+    with pytest.raises(TaskError) as caught:
+        parse_llm_output("x" * 1000, "number")
+    assert "x" * 200 in caught.value.message
+    assert "x" * 201 not in caught.value.message
+
+
+def test_unknown_output_type_is_a_bug() -> None:
+    with pytest.raises(ValueError, match="output_type"):
+        parse_llm_output("1", "float")

@@ -1,0 +1,1 @@
+"""Local fake servers (OpenAI-compatible chat, JSON search) and their pytest fixtures."""
