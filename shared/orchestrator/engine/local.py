@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from pydantic import TypeAdapter, ValidationError
 
-from orchestrator.engine.threads import DaemonThreadPool
+from orchestrator.engine.threads import DaemonThreadPool, shared_pool
 from orchestrator.errors import OrchestratorError, PipelineValidationError, TaskError
 from orchestrator.plan import Body, Node, Plan, build_plan, plan_tasks
 from orchestrator.runtime.context import RunInfo, StateConflictError
@@ -579,16 +579,21 @@ def run_plan(plan: Plan, inputs: dict[str, Any], options: RunOptions) -> dict[st
     for name in plan.pipeline.sensitive_inputs():
         if name in inputs:
             redactor.add(inputs[name])
+    own_services = options.services is None
     services = options.services or Services(options.settings)
     shared = _Shared(
         options,
         services,
-        DaemonThreadPool(options.settings.max_threads),
+        shared_pool(options.settings.max_threads),
         redactor,
         (plan.path.resolve(),),
     )
     run = _Run(plan, inputs, shared, options.run_id or new_run_id())
-    document = asyncio.run(run.run())
+    try:
+        document = asyncio.run(run.run())
+    finally:
+        if own_services:
+            services.close()
     options.stores.runs.save(document)
     return document
 

@@ -42,3 +42,16 @@ class DaemonThreadPool:
                     future.set_exception(error)
             with self._lock:
                 self._idle += 1
+
+
+_POOL: DaemonThreadPool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def shared_pool(max_threads: int) -> DaemonThreadPool:
+    """The process's one pool: runs in the same process reuse its idle threads."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max < max_threads:
+            _POOL = DaemonThreadPool(max_threads)
+        return _POOL

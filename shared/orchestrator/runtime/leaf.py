@@ -41,6 +41,14 @@ class Services:
                 self.llm = OpenAIChatClient(self.settings)
             return self.llm
 
+    def close(self) -> None:
+        """Release the clients' connections (the run that built them calls this at its end)."""
+        with self._lock:
+            close = getattr(self.llm, "close", None)
+            if close is not None:
+                close()
+            self.llm = None
+
     def search_client(self) -> SearchClient:
         with self._lock:
             if self.search is None:
