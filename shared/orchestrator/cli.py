@@ -13,6 +13,7 @@ from orchestrator import __version__
 from orchestrator.errors import (
     ConfigError,
     InputError,
+    MissingDependenciesError,
     OrchestratorError,
     PipelineValidationError,
 )
@@ -80,6 +81,32 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true", help="do not read cached task outputs")
     run.add_argument("--user", help="the user id recorded for this run (default: the OS user)")
 
+    resume = commands.add_parser("resume", help="finish a killed or failed run; finished tasks are kept")
+    resume.add_argument("run_id")
+    resume.add_argument(
+        "-i",
+        "--input",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="inputs to give again (sensitive inputs that were not encrypted at rest)",
+    )
+    resume.add_argument("--inputs-file", type=Path)
+    resume.add_argument("--json", action="store_true", help="print exactly the run document on stdout")
+
+    runs = commands.add_parser("runs", help="list recorded runs, or show one")
+    runs_commands = runs.add_subparsers(dest="runs_command", required=True)
+    runs_list = runs_commands.add_parser("list", help="the most recent runs, newest first")
+    runs_list.add_argument("--pipeline", help="only runs of this pipeline id")
+    runs_list.add_argument("--limit", type=int, default=20)
+    runs_list.add_argument("--json", action="store_true")
+    runs_show = runs_commands.add_parser("show", help="a run's document (as run --json prints it)")
+    runs_show.add_argument("run_id")
+
+    audit = commands.add_parser("audit", help="print audit entries as JSON lines")
+    audit.add_argument("--pipeline", help="only entries of this pipeline id")
+    audit.add_argument("--run", help="only entries of this run id")
+
     graph = commands.add_parser("graph", help="draw the pipeline as Mermaid or DOT")
     graph.add_argument("file", type=Path)
     graph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
@@ -139,6 +166,7 @@ def _read_inputs(arguments: argparse.Namespace) -> tuple[dict[str, Any], frozens
 
 def command_run(arguments: argparse.Namespace) -> int:
     from orchestrator.engine.local import RunOptions, run_plan
+    from orchestrator.runtime.dependencies import check_dependencies
     from orchestrator.runtime.inputs import resolve_inputs
     from orchestrator.settings import load_settings
     from orchestrator.stores.factory import open_stores
@@ -155,6 +183,7 @@ def command_run(arguments: argparse.Namespace) -> int:
     except InputError as error:
         print(f"{arguments.file}: input error: {error}", file=sys.stderr)
         return EXIT_INVALID
+    check_dependencies(plan.pipeline.dependencies)
     settings = load_settings()
     stores = open_stores(settings, plan.pipeline.state_management.storage_backend)
     progress = Progress(sys.stderr, sys.stderr.isatty() and not arguments.json)
@@ -171,6 +200,76 @@ def command_run(arguments: argparse.Namespace) -> int:
     else:
         _print_summary(document)
     return EXIT_FAILED if document["status"] == "failed" else EXIT_OK
+
+
+def command_resume(arguments: argparse.Namespace) -> int:
+    from orchestrator.engine.local import RunOptions, resume_run
+    from orchestrator.settings import load_settings
+    from orchestrator.stores.factory import open_stores
+
+    settings = load_settings()
+    stores = open_stores(settings)
+    record = stores.runs.load(arguments.run_id)
+    backend = "database"
+    if record is not None:
+        point = stores.runs.resume_point(arguments.run_id)
+        if point is not None:
+            backend = _backend_of(Path(point[0]["pipeline_path"]))
+    stores = open_stores(settings, backend)
+    try:
+        given, text_keys = _read_inputs(arguments)
+        progress = Progress(sys.stderr, sys.stderr.isatty() and not arguments.json)
+        options = RunOptions(settings=settings, stores=stores, observer=progress)
+        document = resume_run(arguments.run_id, options, given, text_keys)
+    except (InputError, PipelineValidationError) as error:
+        print(f"cannot resume {arguments.run_id}: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    if arguments.json:
+        print(json.dumps(document, indent=2, default=str))
+    else:
+        _print_summary(document)
+    return EXIT_FAILED if document["status"] == "failed" else EXIT_OK
+
+
+def _backend_of(path: Path) -> str:
+    try:
+        return str(_load_plan(path).pipeline.state_management.storage_backend)
+    except OrchestratorError:
+        return "database"
+
+
+def command_runs(arguments: argparse.Namespace) -> int:
+    from orchestrator.settings import load_settings
+    from orchestrator.stores.factory import open_stores
+
+    runs = open_stores(load_settings(), "memory").runs
+    if arguments.runs_command == "show":
+        document = runs.load(arguments.run_id)
+        if document is None:
+            print(f"no run '{arguments.run_id}': see 'orchestrator runs list'", file=sys.stderr)
+            return EXIT_FAILED
+        print(json.dumps(document, indent=2, default=str))
+        return EXIT_OK
+    listed = runs.list(pipeline=arguments.pipeline, limit=arguments.limit)
+    if arguments.json:
+        print(json.dumps(listed, indent=2, default=str))
+        return EXIT_OK
+    for document in listed:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(document["started_at"]))
+        print(f"{document['run_id']}  {started}  {document['status']:<9}  {document['pipeline']}")
+    if not listed:
+        print("no runs recorded yet", file=sys.stderr)
+    return EXIT_OK
+
+
+def command_audit(arguments: argparse.Namespace) -> int:
+    from orchestrator.settings import load_settings
+    from orchestrator.stores.factory import open_stores
+
+    audit = open_stores(load_settings(), "memory").audit
+    for entry in audit.query(pipeline=arguments.pipeline, run=arguments.run):
+        print(json.dumps(entry, default=str))
+    return EXIT_OK
 
 
 def _print_summary(document: dict[str, Any]) -> None:
@@ -212,6 +311,9 @@ def command_schema(arguments: argparse.Namespace) -> int:
 COMMANDS = {
     "validate": command_validate,
     "run": command_run,
+    "resume": command_resume,
+    "runs": command_runs,
+    "audit": command_audit,
     "graph": command_graph,
     "schema": command_schema,
 }
@@ -221,12 +323,18 @@ def main(argv: list[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
     try:
         return COMMANDS[arguments.command](arguments)
+    except MissingDependenciesError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return EXIT_INVALID
     except OrchestratorError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        sys.stderr.close()
+        return EXIT_OK
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -54,3 +54,7 @@ class TaskError(OrchestratorError):
         self.message = message
         self.retryable = retryable
         super().__init__(f"{error_type}: {message}")
+
+
+class MissingDependenciesError(OrchestratorError):
+    """Some packages a pipeline needs are not installed (or not in a matching version)."""

@@ -8,6 +8,7 @@
 | `OPENAI_API_KEY`, `OPENAI_BASE_URL` | the OpenAI-compatible endpoint used by `llm_task` |
 | `ORCHESTRATOR_SEARCH_URL`, `ORCHESTRATOR_SEARCH_API_KEY` | the JSON search endpoint of `web_search_task` |
 | `ORCHESTRATOR_MAX_THREADS` | worker threads of the embedded engine (default 256) |
+| `ORCHESTRATOR_REDIS_URL` | Redis server for `storage_backend: redis` (default `redis://127.0.0.1:6379/0`) |
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Settings:
     search_url: str | None = None
     search_api_key: str | None = None
     max_threads: int = 256
+    redis_url: str = "redis://127.0.0.1:6379/0"
     llm_timeout: float = 60.0
     llm_max_retries: int = 4
 
@@ -110,4 +112,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         search_url=env.get("ORCHESTRATOR_SEARCH_URL") or search.get("url"),
         search_api_key=search_key,
         max_threads=int(env.get("ORCHESTRATOR_MAX_THREADS") or 256),
+        redis_url=env.get("ORCHESTRATOR_REDIS_URL") or "redis://127.0.0.1:6379/0",
     )

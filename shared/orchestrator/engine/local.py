@@ -133,6 +133,43 @@ def input_hash(inputs: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+class _Reporter:
+    """Top-level task events: progress for the observer, a checkpoint for `resume`."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.observer = run.shared.options.observer if run.top_level else None
+
+    def task_started(self, name: str) -> None:
+        if self.observer:
+            self.observer.task_started(name)
+
+    def task_finished(self, name: str, outcome: TaskOutcome) -> None:
+        if self.observer:
+            self.observer.task_finished(name, outcome)
+        if outcome.status in FINISHED and (
+            outcome.status is not TaskStatus.FAILED or name in self.run.shared.degraded
+        ):
+            record = self.run.shared.redactor.value({**outcome.record(), "output": outcome.output})
+            self.run.shared.options.stores.runs.checkpoint(self.run.info.run_id, name, record)
+
+
+FINISHED = frozenset(
+    {TaskStatus.SUCCEEDED, TaskStatus.SKIPPED, TaskStatus.CACHED, TaskStatus.FALLBACK, TaskStatus.FAILED}
+)
+
+
+def outcome_from_record(record: dict[str, Any]) -> TaskOutcome:
+    """A checkpointed outcome, as `resume` restores it."""
+    error = record.get("error")
+    return TaskOutcome(
+        TaskStatus(record["status"]),
+        record.get("output"),
+        int(record.get("attempts", 0)),
+        ErrorInfo(error["type"], error["message"]) if error else None,
+    )
+
+
 class _BodySchedule:
     """One run of one body: starts each node when its last dependency finishes."""
 
@@ -143,7 +180,9 @@ class _BodySchedule:
         scope: Scope,
         max_concurrency: int | None,
         observer: Observer | None,
+        completed: dict[str, TaskOutcome] | None = None,
     ) -> None:
+        self.completed = completed or {}
         self.run_ = run
         self.body = body
         self.scope = scope
@@ -158,8 +197,15 @@ class _BodySchedule:
         self.limit = asyncio.Semaphore(max_concurrency) if max_concurrency else None
 
     async def run(self) -> dict[str, TaskOutcome]:
+        for name, outcome in self.completed.items():
+            self.outcomes[name] = outcome
+            self.scope.outputs[name] = outcome.output
+            for dependent in self.dependents[name]:
+                self.waiting[dependent] -= 1
+        if len(self.outcomes) == len(self.body.nodes):
+            return self.outcomes
         for name, count in self.waiting.items():
-            if count == 0:
+            if count == 0 and name not in self.completed:
                 self.start(name)
         try:
             await self.finished
@@ -210,7 +256,10 @@ class _BodySchedule:
 
 
 class _Run:
-    def __init__(self, plan: Plan, inputs: dict[str, Any], shared: _Shared, run_id: str) -> None:
+    def __init__(
+        self, plan: Plan, inputs: dict[str, Any], shared: _Shared, run_id: str, *, top_level: bool = True
+    ) -> None:
+        self.top_level = top_level
         self.plan = plan
         self.pipeline = plan.pipeline
         self.inputs = inputs
@@ -226,16 +275,23 @@ class _Run:
             state_ttl=self.pipeline.state_management.ttl,
         )
         self.group_children: dict[str, dict[str, TaskOutcome]] = {}
+        self.reporter = _Reporter(self)
 
     # scheduling -------------------------------------------------------------------------
     async def run_body(
-        self, body: Body, scope: Scope, *, max_concurrency: int | None = None, report: bool = False
+        self,
+        body: Body,
+        scope: Scope,
+        *,
+        max_concurrency: int | None = None,
+        report: bool = False,
+        completed: dict[str, TaskOutcome] | None = None,
     ) -> dict[str, TaskOutcome]:
         """Run every node of a body as soon as its dependencies are done."""
         if not body.nodes:
             return {}
-        observer = self.shared.options.observer if report else None
-        return await _BodySchedule(self, body, scope, max_concurrency, observer).run()
+        observer = self.reporter if report else None
+        return await _BodySchedule(self, body, scope, max_concurrency, observer, completed).run()
 
     async def run_node(
         self, node: Node, scope: Scope, limit: asyncio.Semaphore | None, report: bool
@@ -291,7 +347,7 @@ class _Run:
                 failure = TaskOutcome(TaskStatus.FAILED, None, attempts, info)
                 break
             if entry is not None:
-                cache.put(entry[0], output, entry[1])
+                cache.put(entry[0], self.shared.redactor.value(output), entry[1])
             return TaskOutcome(TaskStatus.SUCCEEDED, output, attempts, None, time.perf_counter() - started)
         if policy.fallback is not None:
             try:
@@ -480,7 +536,9 @@ class _Run:
                 (*self.shared.pipeline_stack, path),
                 self.shared.degraded,
             )
-            child_run = _Run(child_plan, inputs, shared, f"{self.info.run_id}.{child_plan.pipeline_id}")
+            child_run = _Run(
+                child_plan, inputs, shared, f"{self.info.run_id}.{child_plan.pipeline_id}", top_level=False
+            )
             document = await child_run.run()
             if document["status"] == RunStatus.FAILED:
                 failed = document["error"] or {}
@@ -511,14 +569,19 @@ class _Run:
         }
         return Scope({}, Scope(values)).child()
 
-    async def run(self) -> dict[str, Any]:
+    async def run(self, completed: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Run the pipeline; `completed` are checkpoints of top-level tasks a resumed run keeps."""
         scope = self.top_scope()
+        finished = self.restore(completed or {})
+        for children in self.group_children.values():
+            for child, outcome in children.items():
+                scope.outputs[child] = outcome.output
         outcomes: dict[str, TaskOutcome] = {}
         error: dict[str, Any] | None = None
         status = RunStatus.SUCCEEDED
         timeout = self.pipeline.resource_limits.timeout
         try:
-            work = self.run_body(self.plan.body, scope, report=True)
+            work = self.run_body(self.plan.body, scope, report=True, completed=finished)
             outcomes = await (asyncio.wait_for(work, timeout) if timeout else work)
         except AbortError as abort:
             outcomes = abort.body_outcomes
@@ -556,6 +619,23 @@ class _Run:
         )
         return dict(self.shared.redactor.value(document))
 
+    def restore(self, completed: dict[str, dict[str, Any]]) -> dict[str, TaskOutcome]:
+        """Outcomes of the top-level tasks a resumed run does not run again."""
+        finished: dict[str, TaskOutcome] = {}
+        for name, node in self.plan.body.nodes.items():
+            if name not in completed:
+                continue
+            finished[name] = outcome = outcome_from_record(completed[name])
+            if outcome.status is TaskStatus.FAILED:
+                self.shared.degraded.append(name)
+            if isinstance(node.task, ParallelGroup):
+                self.group_children[name] = {
+                    child: outcome_from_record(completed[child])
+                    for child in (c.name for c in node.task.tasks)
+                    if child and child in completed
+                }
+        return finished
+
     def flatten(self, outcomes: dict[str, TaskOutcome]) -> dict[str, TaskOutcome]:
         """Top-level outcomes in file order, with parallel-group children after their group."""
         flat: dict[str, TaskOutcome] = {}
@@ -573,8 +653,18 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
 
 
-def run_plan(plan: Plan, inputs: dict[str, Any], options: RunOptions) -> dict[str, Any]:
-    """Run a plan with already resolved inputs and return its run document."""
+def run_plan(
+    plan: Plan,
+    inputs: dict[str, Any],
+    options: RunOptions,
+    *,
+    completed: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Run a plan with resolved inputs and return its run document.
+
+    The run is recorded before it starts, with what `resume` needs, and every top-level task
+    that finishes is checkpointed; `completed` holds the checkpoints a resumed run keeps.
+    """
     redactor = Redactor()
     for name in plan.pipeline.sensitive_inputs():
         if name in inputs:
@@ -582,20 +672,70 @@ def run_plan(plan: Plan, inputs: dict[str, Any], options: RunOptions) -> dict[st
     own_services = options.services is None
     services = options.services or Services(options.settings)
     shared = _Shared(
-        options,
-        services,
-        shared_pool(options.settings.max_threads),
-        redactor,
-        (plan.path.resolve(),),
+        options, services, shared_pool(options.settings.max_threads), redactor, (plan.path.resolve(),)
     )
     run = _Run(plan, inputs, shared, options.run_id or new_run_id())
+    if completed is None:
+        running = run_document(
+            run_id=run.info.run_id,
+            pipeline=plan.pipeline_id,
+            status=RunStatus.SUCCEEDED,
+            outcomes={},
+            result=None,
+            error=None,
+        )
+        running["status"] = "running"
+        options.stores.runs.save(running, resume=_resume_record(plan, inputs, run.info.user_id, options))
     try:
-        document = asyncio.run(run.run())
+        document = asyncio.run(run.run(completed))
     finally:
         if own_services:
             services.close()
     options.stores.runs.save(document)
     return document
+
+
+def _resume_record(plan: Plan, inputs: dict[str, Any], user_id: str, options: RunOptions) -> dict[str, Any]:
+    """What `resume` needs: the file, the inputs (sensitive ones sealed or left out), the user."""
+    sensitive = plan.pipeline.sensitive_inputs()
+    record: dict[str, Any] = {
+        "pipeline_path": str(plan.path.resolve()),
+        "inputs": {name: value for name, value in inputs.items() if name not in sensitive},
+        "sealed_inputs": None,
+        "user_id": user_id,
+        "no_cache": options.no_cache,
+    }
+    secret_inputs = {name: value for name, value in inputs.items() if name in sensitive}
+    if secret_inputs and plan.pipeline.security.encrypt_variables:
+        from orchestrator.runtime.sealing import seal
+
+        record["sealed_inputs"] = seal(secret_inputs, options.settings.home)
+    return record
+
+
+def resume_run(
+    run_id: str, options: RunOptions, given: dict[str, Any], text_keys: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """Finish a run that was killed or failed: tasks it finished are not run again."""
+    point = options.stores.runs.resume_point(run_id)
+    if point is None:
+        raise OrchestratorError(f"no run '{run_id}' to resume: see 'orchestrator runs list'")
+    record, completed = point
+    previous = options.stores.runs.load(run_id) or {}
+    if previous.get("status") in {RunStatus.SUCCEEDED, RunStatus.DEGRADED}:
+        raise OrchestratorError(f"run '{run_id}' already finished ({previous['status']}); nothing to resume")
+    plan = build_plan(read_pipeline(Path(record["pipeline_path"])))
+    inputs = dict(record["inputs"])
+    if record.get("sealed_inputs"):
+        from orchestrator.runtime.sealing import unseal
+
+        inputs.update(unseal(record["sealed_inputs"], options.settings.home))
+    inputs.update(given)
+    resolved = resolve_inputs(plan.pipeline, inputs, text_keys=text_keys)
+    options.run_id = run_id
+    options.user_id = options.user_id or record.get("user_id")
+    options.no_cache = options.no_cache or bool(record.get("no_cache"))
+    return run_plan(plan, resolved, options, completed=completed)
 
 
 def masked_inputs(plan: Plan, inputs: dict[str, Any]) -> dict[str, Any]:

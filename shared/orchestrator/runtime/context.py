@@ -79,7 +79,7 @@ class Context:
         return default if versioned.value is None else versioned.value
 
     def _set(self, namespace: str, key: str, value: Any, ttl: float | None) -> None:
-        value = _json_value(value, f"state '{key}'")
+        value = self._run.redactor.value(_json_value(value, f"state '{key}'"))
         expected = self._versions.get((namespace, key))
         state = self._run.stores.state
         if expected is None:
@@ -102,7 +102,7 @@ class Context:
         for attempt in range(CONFLICT_ATTEMPTS):
             versioned = state.read(namespace, key)
             current = default if versioned.value is None else versioned.value
-            new_value = _json_value(update(current), f"state '{key}'")
+            new_value = self._run.redactor.value(_json_value(update(current), f"state '{key}'"))
             version = state.compare_and_set(namespace, key, new_value, versioned.version, ttl=ttl)
             if version is not None:
                 self._versions[(namespace, key)] = version
@@ -140,7 +140,7 @@ class Context:
         return value if found else default
 
     def set_task_cache(self, key: str, value: Any, ttl: float | None = None) -> None:
-        value = _json_value(value, f"cache '{key}'")
+        value = self._run.redactor.value(_json_value(value, f"cache '{key}'"))
         self._run.stores.cache.put(self._task_cache_key(key), value, ttl)
 
     def get_cache(self, key: str, default: Any = None) -> Any:
@@ -148,7 +148,8 @@ class Context:
         return value if found else default
 
     def set_cache(self, key: str, value: Any, ttl: float | None = None) -> None:
-        self._run.stores.cache.put(f"global:{key}", _json_value(value, f"cache '{key}'"), ttl)
+        value = self._run.redactor.value(_json_value(value, f"cache '{key}'"))
+        self._run.stores.cache.put(f"global:{key}", value, ttl)
 
     # secrets, ids, audit ------------------------------------------------------------------
     def get_secret(self, name: str) -> str:

@@ -53,13 +53,17 @@ class AuditLog(Protocol):
 
 
 class RunStore(Protocol):
-    """Run documents by run id."""
+    """Run documents by run id, with what `resume` needs: a record and per-task checkpoints."""
 
-    def save(self, document: dict[str, Any]) -> None: ...
+    def save(self, document: dict[str, Any], resume: dict[str, Any] | None = None) -> None: ...
 
     def load(self, run_id: str) -> dict[str, Any] | None: ...
 
     def list(self, *, pipeline: str | None = None, limit: int = 50) -> list[dict[str, Any]]: ...
+
+    def checkpoint(self, run_id: str, task: str, outcome: dict[str, Any]) -> None: ...
+
+    def resume_point(self, run_id: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]] | None: ...
 
 
 class Secrets(Protocol):

@@ -1,25 +1,72 @@
-"""The one place that chooses store backends from configuration."""
+"""The one place that chooses store backends from configuration.
+
+`storage_backend` picks where state and cache live: `database`, `filesystem` (and, off AWS,
+`dynamodb`) map to the SQLite file under the state folder, `redis` to the Redis server of
+`ORCHESTRATOR_REDIS_URL`, `memory` to this process only. Run records and the audit log always
+live in the state folder's SQLite file, so `orchestrator runs` and `orchestrator audit` see
+every run whatever its pipeline chose.
+"""
 
 from __future__ import annotations
 
+import atexit
+import threading
+from pathlib import Path
+
 from orchestrator.settings import Settings
-from orchestrator.stores.base import Stores
-from orchestrator.stores.memory import (
-    MemoryAuditLog,
-    MemoryCacheStore,
-    MemoryRunStore,
-    MemoryStateStore,
-)
+from orchestrator.stores.base import CacheStore, StateStore, Stores
+from orchestrator.stores.memory import MemoryCacheStore, MemoryStateStore
 from orchestrator.stores.secrets_local import LocalSecrets
+from orchestrator.stores.sqlite import (
+    Database,
+    SqliteAuditLog,
+    SqliteCacheStore,
+    SqliteRunStore,
+    SqliteStateStore,
+)
+
+_DATABASES: dict[Path, Database] = {}
+_LOCK = threading.Lock()
 
 
-def open_stores(settings: Settings, backend: str = "memory") -> Stores:
-    """Stores for `backend`; until durable backends land every name maps to process memory."""
-    del backend
+def database(settings: Settings) -> Database:
+    """The state folder's database, opened once per process."""
+    path = (settings.home / "state.db").resolve()
+    with _LOCK:
+        found = _DATABASES.get(path)
+        if found is None:
+            found = _DATABASES[path] = Database(path)
+        return found
+
+
+@atexit.register
+def close_databases() -> None:
+    with _LOCK:
+        for opened in _DATABASES.values():
+            opened.close()
+        _DATABASES.clear()
+
+
+def _state_and_cache(settings: Settings, backend: str) -> tuple[StateStore, CacheStore]:
+    if backend == "memory":
+        return MemoryStateStore(), MemoryCacheStore()
+    if backend == "redis":
+        from orchestrator.stores.redis import RedisCacheStore, RedisStateStore, connect
+
+        client = connect(settings.redis_url)
+        return RedisStateStore(client), RedisCacheStore(client)
+    opened = database(settings)
+    return SqliteStateStore(opened), SqliteCacheStore(opened)
+
+
+def open_stores(settings: Settings, backend: str = "database") -> Stores:
+    """Stores for a pipeline whose `state_management.storage_backend` is `backend`."""
+    state, cache = _state_and_cache(settings, backend)
+    opened = database(settings)
     return Stores(
-        state=MemoryStateStore(),
-        cache=MemoryCacheStore(),
-        audit=MemoryAuditLog(),
-        runs=MemoryRunStore(),
+        state=state,
+        cache=cache,
+        audit=SqliteAuditLog(opened),
+        runs=SqliteRunStore(opened),
         secrets=LocalSecrets(settings.home / "secrets.yaml"),
     )

@@ -109,11 +109,25 @@ class MemoryRunStore:
 
     def __init__(self) -> None:
         self._runs: dict[str, dict[str, Any]] = {}
+        self._resume: dict[str, dict[str, Any]] = {}
+        self._finished: dict[str, dict[str, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
-    def save(self, document: dict[str, Any]) -> None:
+    def save(self, document: dict[str, Any], resume: dict[str, Any] | None = None) -> None:
         with self._lock:
             self._runs[document["run_id"]] = copy.deepcopy(document)
+            if resume is not None:
+                self._resume[document["run_id"]] = copy.deepcopy(resume)
+
+    def checkpoint(self, run_id: str, task: str, outcome: dict[str, Any]) -> None:
+        with self._lock:
+            self._finished.setdefault(run_id, {})[task] = copy.deepcopy(outcome)
+
+    def resume_point(self, run_id: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]] | None:
+        with self._lock:
+            if run_id not in self._resume:
+                return None
+            return copy.deepcopy(self._resume[run_id]), copy.deepcopy(self._finished.get(run_id, {}))
 
     def load(self, run_id: str) -> dict[str, Any] | None:
         with self._lock:

@@ -1,0 +1,221 @@
+"""SQLite stores under the state folder: safe for many threads and processes at once.
+
+One database file (`state.db`) in WAL mode with a long busy timeout; every write is a
+single statement (an upsert or a conditional update with `RETURNING`), so no transaction
+is ever upgraded from read to write and "database is locked" cannot surface under load.
+Each thread keeps its own connection.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator.stores.base import Versioned
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS state (
+    namespace TEXT NOT NULL, key TEXT NOT NULL, value TEXT, version INTEGER NOT NULL,
+    expires_at REAL, PRIMARY KEY (namespace, key));
+CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at REAL);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, pipeline_id TEXT, execution_id TEXT,
+    logged_at REAL NOT NULL, entry TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_by_pipeline ON audit (pipeline_id, id);
+CREATE INDEX IF NOT EXISTS audit_by_run ON audit (execution_id, id);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, status TEXT NOT NULL,
+    started_at REAL NOT NULL, updated_at REAL NOT NULL, document TEXT NOT NULL, resume TEXT);
+CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline, started_at);
+CREATE TABLE IF NOT EXISTS run_tasks (
+    run_id TEXT NOT NULL, task TEXT NOT NULL, outcome TEXT NOT NULL, PRIMARY KEY (run_id, task));
+"""
+
+
+class Database:
+    """The state folder's SQLite file, with one connection per thread."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+        self.path = path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self.connection().executescript(SCHEMA)
+        path.chmod(0o600)
+
+    def connection(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            connection.execute("PRAGMA busy_timeout = 60000")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")
+            self._local.connection = connection
+            with self._lock:
+                self._all.append(connection)
+        return connection
+
+    def execute(self, sql: str, parameters: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        return self.connection().execute(sql, parameters)
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._all:
+                connection.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class SqliteStateStore:
+    """Versioned state rows; compare-and-set is one conditional statement."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def read(self, namespace: str, key: str) -> Versioned:
+        row = self._db.execute(
+            "SELECT value, version, expires_at FROM state WHERE namespace = ? AND key = ?", (namespace, key)
+        ).fetchone()
+        if row is None:
+            return Versioned(None, 0)
+        value, version, expires_at = row
+        if value is None or (expires_at is not None and expires_at <= time.time()):
+            return Versioned(None, version)
+        return Versioned(json.loads(value), version)
+
+    def write(self, namespace: str, key: str, value: Any, *, ttl: float | None = None) -> int:
+        row = self._db.execute(
+            "INSERT INTO state (namespace, key, value, version, expires_at) VALUES (?, ?, ?, 1, ?) "
+            "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
+            "version = state.version + 1, expires_at = excluded.expires_at RETURNING version",
+            (namespace, key, _dump(value), _expiry(ttl)),
+        ).fetchone()
+        return int(row[0])
+
+    def compare_and_set(
+        self, namespace: str, key: str, value: Any, expected_version: int, *, ttl: float | None = None
+    ) -> int | None:
+        if expected_version == 0:
+            row = self._db.execute(
+                "INSERT INTO state (namespace, key, value, version, expires_at) VALUES (?, ?, ?, 1, ?) "
+                "ON CONFLICT (namespace, key) DO NOTHING RETURNING version",
+                (namespace, key, _dump(value), _expiry(ttl)),
+            ).fetchone()
+        else:
+            row = self._db.execute(
+                "UPDATE state SET value = ?, version = version + 1, expires_at = ? "
+                "WHERE namespace = ? AND key = ? AND version = ? RETURNING version",
+                (_dump(value), _expiry(ttl), namespace, key, expected_version),
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+
+class SqliteCacheStore:
+    """Cache rows with an absolute expiry; an expired row is never returned."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def get(self, key: str) -> tuple[bool, Any]:
+        row = self._db.execute("SELECT value, expires_at FROM cache WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return False, None
+        value, expires_at = row
+        if expires_at is not None and expires_at <= time.time():
+            self._db.execute("DELETE FROM cache WHERE key = ? AND expires_at <= ?", (key, time.time()))
+            return False, None
+        return True, json.loads(value)
+
+    def put(self, key: str, value: Any, ttl: float | None) -> None:
+        self._db.execute(
+            "INSERT INTO cache (key, value, expires_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+            (key, _dump(value), _expiry(ttl)),
+        )
+
+
+class SqliteAuditLog:
+    """Append-only audit rows."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def append(self, entry: dict[str, Any]) -> None:
+        self._db.execute(
+            "INSERT INTO audit (pipeline_id, execution_id, logged_at, entry) VALUES (?, ?, ?, ?)",
+            (entry.get("pipeline_id"), entry.get("execution_id"), time.time(), _dump(entry)),
+        )
+
+    def query(self, *, pipeline: str | None = None, run: str | None = None) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT entry FROM audit WHERE (? IS NULL OR pipeline_id = ?) "
+            "AND (? IS NULL OR execution_id = ?) ORDER BY id",
+            (pipeline, pipeline, run, run),
+        ).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+
+class SqliteRunStore:
+    """Run documents, what a resume needs, and each finished top-level task as a checkpoint."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def save(self, document: dict[str, Any], resume: dict[str, Any] | None = None) -> None:
+        now = time.time()
+        self._db.execute(
+            "INSERT INTO runs (run_id, pipeline, status, started_at, updated_at, document, resume) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, "
+            "updated_at = excluded.updated_at, document = excluded.document, "
+            "resume = COALESCE(excluded.resume, runs.resume)",
+            (
+                document["run_id"],
+                document["pipeline"],
+                document["status"],
+                now,
+                now,
+                _dump(document),
+                None if resume is None else _dump(resume),
+            ),
+        )
+
+    def load(self, run_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT document FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def list(self, *, pipeline: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT document, started_at, updated_at FROM runs WHERE (? IS NULL OR pipeline = ?) "
+            "ORDER BY started_at DESC, run_id DESC LIMIT ?",
+            (pipeline, pipeline, limit),
+        ).fetchall()
+        return [dict(json.loads(row[0]), started_at=row[1], updated_at=row[2]) for row in rows]
+
+    def checkpoint(self, run_id: str, task: str, outcome: dict[str, Any]) -> None:
+        self._db.execute(
+            "INSERT INTO run_tasks (run_id, task, outcome) VALUES (?, ?, ?) "
+            "ON CONFLICT (run_id, task) DO UPDATE SET outcome = excluded.outcome",
+            (run_id, task, _dump(outcome)),
+        )
+
+    def resume_point(self, run_id: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]] | None:
+        """What the run needs to go on (its resume record) and the tasks it already finished."""
+        row = self._db.execute("SELECT resume FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        finished = self._db.execute("SELECT task, outcome FROM run_tasks WHERE run_id = ?", (run_id,))
+        return json.loads(row[0]), {task: json.loads(outcome) for task, outcome in finished}
+
+
+def _expiry(ttl: float | None) -> float | None:
+    return None if ttl is None else time.time() + ttl
