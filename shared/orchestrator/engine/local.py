@@ -41,6 +41,7 @@ from orchestrator.runtime.leaf import LEAF_TYPES, Services, cache_key, render, r
 from orchestrator.runtime.policy import effective_policy, task_timeout
 from orchestrator.runtime.redact import MASK, Redactor
 from orchestrator.runtime.scope import LoopFrame, Scope
+from orchestrator.runtime.task_streams import task_streams
 from orchestrator.settings import Settings
 from orchestrator.spec.loading import read_pipeline
 from orchestrator.spec.models import (
@@ -687,7 +688,8 @@ def run_plan(
         running["status"] = "running"
         options.stores.runs.save(running, resume=_resume_record(plan, inputs, run.info.user_id, options))
     try:
-        document = asyncio.run(run.run(completed))
+        with task_streams():
+            document = asyncio.run(run.run(completed))
     finally:
         if own_services:
             services.close()

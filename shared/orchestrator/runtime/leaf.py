@@ -12,6 +12,7 @@ from orchestrator.errors import TaskError, TemplateError
 from orchestrator.runtime.context import Context, RunInfo
 from orchestrator.runtime.python_task import run_script
 from orchestrator.runtime.scope import Scope
+from orchestrator.runtime.task_streams import real_stderr, writing_as
 from orchestrator.settings import Settings
 from orchestrator.spec.models import LLMTask, Pipeline, PythonTask, TaskBase, WebSearchTask
 from orchestrator.template import jinja
@@ -66,6 +67,31 @@ def render(value: Any, scope: Scope) -> Any:
         raise TaskError("TemplateError", str(error), retryable=False) from None
 
 
+class TaskLog:
+    """A script's output as log lines on the real stderr: prefixed with the task, secrets masked."""
+
+    def __init__(self, name: str, run: RunInfo) -> None:
+        self._name = name
+        self._run = run
+        self._partial = ""
+
+    def write(self, text: str) -> None:
+        complete, _, self._partial = (self._partial + text).rpartition("\n")
+        if complete or text.endswith("\n"):
+            self._emit(complete)
+
+    def close(self) -> None:
+        if self._partial:
+            self._emit(self._partial)
+            self._partial = ""
+
+    def _emit(self, text: str) -> None:
+        lines = self._run.redactor.text(text).splitlines() or [""]
+        stream = real_stderr()
+        stream.write("".join(f"[{self._name}] {line}\n" for line in lines))
+        stream.flush()
+
+
 def _check_json(value: Any, task_name: str) -> Any:
     try:
         json.dumps(value)
@@ -112,7 +138,12 @@ def run_leaf(
     if isinstance(task, PythonTask):
         script = render_script(task.script, _evaluate_in_script(scope))
         context = Context(run, scope, name)
-        output = run_script(script, name, context, inputs, context.storage())
+        log = TaskLog(name, run)
+        try:
+            with writing_as(log.write):
+                output = run_script(script, name, context, inputs, context.storage())
+        finally:
+            log.close()
         return _check_json(output, name)
     if isinstance(task, LLMTask):
         from orchestrator.runtime.llm import LLMRequest, parse_llm_output
