@@ -10,7 +10,9 @@ Children of a `parallel_group` are also visible in the group's own body, standin
 from __future__ import annotations
 
 import difflib
+import io
 import re
+import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ from orchestrator.template.script import check_script_syntax, find_script_expres
 _TASK_OUTPUT_CALL = re.compile(
     r"""\bget_task_output\(\s*(?P<quote>['"])(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P=quote)"""
 )
+_STRING_NAME = re.compile(r"""[rRuU]?(?P<quote>['"])(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P=quote)""")
+_STRING_NAME = re.compile(r"""[rRuU]?(?P<quote>['"])(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P=quote)""")
 ALWAYS_DEFINED = frozenset({"input_hash", "run", "inputs"}) | frozenset(jinja.STRICT.globals)
 CONTAINERS = (ForLoop, WhileLoop, ParallelGroup)
 
@@ -142,10 +146,32 @@ def _script_references(script: str, location: Location, analysis: _Analysis) -> 
     references: list[_Reference] = []
     for expression in find_script_expressions(script):
         references += _template_references(expression, location, analysis, expression=True)
-    references += [
-        _Reference(match.group("name"), location, hard=True) for match in _TASK_OUTPUT_CALL.finditer(script)
-    ]
+    references += [_Reference(name, location, hard=True) for name in _task_output_calls(script)]
     return references
+
+
+def _task_output_calls(script: str) -> list[str]:
+    """Names in `get_task_output("name")` calls written as code (not inside string literals)."""
+    try:
+        tokens = [
+            token
+            for token in tokenize.generate_tokens(io.StringIO(script).readline)
+            if token.type not in {tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT}
+        ]
+    except (tokenize.TokenError, SyntaxError):
+        return [match.group("name") for match in _TASK_OUTPUT_CALL.finditer(script)]
+    names: list[str] = []
+    for first, second, third in zip(tokens, tokens[1:], tokens[2:], strict=False):
+        if (
+            first.type == tokenize.NAME
+            and first.string == "get_task_output"
+            and second.string == "("
+            and third.type == tokenize.STRING
+        ):
+            match = _STRING_NAME.fullmatch(third.string)
+            if match:
+                names.append(match.group("name"))
+    return names
 
 
 def _own_references(task: TaskBase, location: Location, analysis: _Analysis) -> list[_Reference]:
