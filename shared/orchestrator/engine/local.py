@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from pydantic import TypeAdapter, ValidationError
 
+from orchestrator.engine.sandbox import Limits, limits_for, run_sandboxed
 from orchestrator.engine.threads import DaemonThreadPool, shared_pool
 from orchestrator.errors import OrchestratorError, PipelineValidationError, TaskError
 from orchestrator.plan import Body, Node, Plan, build_plan, plan_tasks
@@ -57,6 +58,7 @@ from orchestrator.stores.base import Stores
 from orchestrator.template import jinja
 
 CONFLICT_RERUNS = 50
+SANDBOX_GRACE = 5.0
 _TASK_ADAPTER: TypeAdapter[Any] = TypeAdapter(Task)
 
 
@@ -380,12 +382,15 @@ class _Run:
     async def attempt(self, task: TaskBase, name: str, scope: Scope, node: Node | None, report: bool) -> Any:
         """One attempt; state conflicts re-run it without counting against retries."""
         timeout = task_timeout(task)
+        limits = limits_for(task, self.pipeline) if isinstance(task, LEAF_TYPES) else None
+        # a sandboxed child is killed at its own deadline; the wait here is only a backstop
+        deadline = None if timeout is None else timeout + (SANDBOX_GRACE if limits else 0.0)
         for rerun in range(CONFLICT_RERUNS):
             try:
-                work = self.execute(task, name, scope, node, report)
-                if timeout is None:
+                work = self.execute(task, name, scope, node, report, limits)
+                if deadline is None:
                     return await work
-                return await asyncio.wait_for(work, timeout)
+                return await asyncio.wait_for(work, deadline)
             except StateConflictError:
                 await asyncio.sleep(random.uniform(0, 0.005 * (rerun + 1)))
             except TimeoutError:
@@ -394,7 +399,21 @@ class _Run:
                 ) from None
         raise TaskError("StateConflict", f"task '{name}' kept conflicting with concurrent writers")
 
-    async def execute(self, task: TaskBase, name: str, scope: Scope, node: Node | None, report: bool) -> Any:
+    async def execute(
+        self,
+        task: TaskBase,
+        name: str,
+        scope: Scope,
+        node: Node | None,
+        report: bool,
+        limits: Limits | None = None,
+    ) -> Any:
+        if isinstance(task, LEAF_TYPES) and limits is not None:
+            backend = self.pipeline.state_management.storage_backend
+            future = self.shared.pool.submit(
+                run_sandboxed, task, name, scope, self.info, backend, dict(self.inputs), limits
+            )
+            return await asyncio.wrap_future(future)
         if isinstance(task, LEAF_TYPES):
             future = self.shared.pool.submit(
                 run_leaf, task, name, scope, self.info, self.shared.services, dict(self.inputs)

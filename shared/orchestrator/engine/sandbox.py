@@ -1,0 +1,430 @@
+"""Run one attempt of a leaf task in a child process with a memory limit, CPU affinity and a wall-clock kill.
+
+SPEC section 10: locally, `memory_limit` is an address-space limit (RLIMIT_AS), `cpu_limit`
+is CPU affinity where the platform has it, and a timeout kills the child. The parent sends
+one JSON request on the child's stdin (the task, a JSON copy of its scope, run ids and
+limits) and reads one JSON reply from its stdout. The child opens the same stores as the
+parent (`open_stores(load_settings(), backend)`), so state, caches and the audit log are
+shared. Secrets the task reads come back in the reply so the parent can redact them.
+
+The child is started with `subprocess.Popen` (never fork: the parent has threads). Its own
+side is `main()`, run as `python -m orchestrator.engine.sandbox`; it sets its limits before
+importing anything heavy. This module's top level therefore imports only light modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from orchestrator.errors import TaskError
+from orchestrator.runtime.redact import Redactor
+
+if TYPE_CHECKING:
+    from orchestrator.runtime.context import RunInfo
+    from orchestrator.runtime.scope import Scope
+    from orchestrator.spec.models import Pipeline, TaskBase
+
+CHILD_MODULE = "orchestrator.engine.sandbox"
+STDERR_TAIL_LINES = 20
+_PARENT_POLL_SECONDS = 0.5
+_WATCHER_STACK_BYTES = 256 * 1024
+_FATAL_MEMORY_MARKERS = ("MemoryError", "Cannot allocate memory", "out of memory")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one sandboxed attempt may use."""
+
+    memory_bytes: int | None  # address-space limit (RLIMIT_AS)
+    cpus: float | None  # CPU affinity: the first ceil(cpus) CPUs of os.sched_getaffinity(0), where available
+    timeout: float | None  # wall clock; the child is killed (SIGKILL) when it is exceeded
+
+
+def limits_for(task: TaskBase, pipeline: Pipeline) -> Limits | None:
+    """Task resource_limits / timeout over pipeline resource_limits (memory_limit, cpu_limit only; the
+    pipeline's timeout bounds the whole run, not each task). None when the task has no memory or cpu
+    limit, so it stays in process. (A task with only `timeout` stays in process: the engine already
+    enforces timeouts in process.)"""
+    from orchestrator.runtime.policy import task_timeout
+
+    own = task.resource_limits
+    shared = pipeline.resource_limits
+    memory = own.memory_bytes() if own is not None and own.memory_limit is not None else None
+    if memory is None:
+        memory = shared.memory_bytes()
+    cpus = own.cpu_limit if own is not None and own.cpu_limit is not None else shared.cpu_limit
+    if memory is None and cpus is None:
+        return None
+    return Limits(memory_bytes=memory, cpus=cpus, timeout=task_timeout(task))
+
+
+# -- the parent's side ----------------------------------------------------------------------------
+
+
+def run_sandboxed(
+    task: TaskBase,
+    name: str,
+    scope: Scope,
+    run: RunInfo,
+    backend: str,
+    inputs: dict[str, Any],
+    limits: Limits,
+) -> Any:
+    """Run one attempt of a leaf task in a child process and return its output, or raise TaskError."""
+    from orchestrator.runtime.context import StateConflictError
+
+    request = _request(task, name, scope, run, backend, inputs, limits)
+    with tempfile.TemporaryFile() as stderr_file:
+        # stderr goes to a file, not a pipe: a process the script starts may keep it open.
+        with subprocess.Popen(
+            [sys.executable, "-m", CHILD_MODULE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr_file,
+            env=_child_environment(),
+            start_new_session=os.name == "posix",  # its own process group, killed as a whole
+        ) as process:
+            try:
+                stdout, _ = process.communicate(request, timeout=limits.timeout)
+            except subprocess.TimeoutExpired:
+                _kill(process)
+                raise TaskError(
+                    "TaskTimeout", f"task '{name}' exceeded its timeout of {limits.timeout:g}s"
+                ) from None
+            finally:
+                if process.poll() is None:  # interrupted while waiting: never leave the child behind
+                    _kill(process)
+        stderr_file.seek(0)
+        stderr = stderr_file.read().decode("utf-8", errors="replace")
+    reply = _parse_reply(stdout)
+    if reply is None:
+        raise _crash_error(name, process.returncode, stderr, limits)
+    for secret in reply.get("secrets") or []:
+        run.redactor.add(secret)
+    if stderr.strip():
+        sys.stderr.write(run.redactor.text(stderr))
+    if reply.get("ok"):
+        return reply.get("output")
+    if reply.get("conflict"):
+        raise StateConflictError(str(reply.get("message", "")))
+    error_type = str(reply.get("type") or "TaskFailed")
+    if error_type == "MemoryError" and limits.memory_bytes is not None:
+        raise _memory_error(name, limits.memory_bytes)
+    raise TaskError(error_type, str(reply.get("message", "")), retryable=bool(reply.get("retryable", True)))
+
+
+def _request(
+    task: TaskBase,
+    name: str,
+    scope: Scope,
+    run: RunInfo,
+    backend: str,
+    inputs: dict[str, Any],
+    limits: Limits,
+) -> bytes:
+    outputs = _visible_outputs(scope)
+    loop = scope.loop
+    frame = None
+    if loop is not None:
+        frame = {
+            "index": loop.index,
+            "state": loop.state if _is_json(loop.state) else {},
+            "item_variable": loop.item_variable,
+            "item": loop.item if _is_json(loop.item) else None,
+        }
+    request = {
+        "parent": os.getpid(),
+        "limits": dataclasses.asdict(limits),
+        "task": task.model_dump(mode="json"),
+        "name": name,
+        "values": _scope_values(scope, outputs),
+        "outputs": outputs,
+        "loop": frame,
+        "run": {
+            "run_id": run.run_id,
+            "pipeline_id": run.pipeline_id,
+            "user_id": run.user_id,
+            "persistence": run.persistence,
+            "state_ttl": run.state_ttl,
+            "started_at": run.started_at,
+            "child_outputs": {k: v for k, v in run.child_outputs.items() if _is_json(v)},
+        },
+        "backend": backend,
+        "inputs": inputs,
+        # what the parent already redacts, so the child's audit entries are redacted the same way
+        "known_secrets": _known_secrets(run.redactor),
+    }
+    return json.dumps(request, default=str).encode("utf-8")
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+def _visible_outputs(scope: Scope) -> dict[str, Any]:
+    """What `context.get_task_output` can see: every frame's outputs, innermost first."""
+    outputs: dict[str, Any] = {}
+    seen: set[str] = set()
+    frame: Scope | None = scope
+    while frame is not None:
+        for key, value in frame.outputs.items():
+            if key not in seen:
+                seen.add(key)
+                if _is_json(value):
+                    outputs[key] = value
+        frame = frame.parent
+    return outputs
+
+
+def _scope_values(scope: Scope, outputs: dict[str, Any]) -> dict[str, Any]:
+    """Every name the scope resolves to a JSON value, except Jinja's globals (the child has its own)
+    and names that resolve to a task output (sent once, in `outputs`)."""
+    from orchestrator.template.jinja import GLOBALS
+
+    values: dict[str, Any] = {}
+    for key in scope:
+        value = scope[key]
+        if key in GLOBALS and value is GLOBALS[key]:
+            continue
+        if key in outputs and outputs[key] is value:
+            continue
+        if _is_json(value):
+            values[key] = value
+    return values
+
+
+def _known_secrets(redactor: Redactor) -> list[str]:
+    with redactor._lock:
+        return sorted(redactor._secrets)
+
+
+def _child_environment() -> dict[str, str]:
+    """The parent's environment, with this package importable however the parent found it."""
+    import orchestrator
+
+    environment = dict(os.environ)
+    root = str(Path(orchestrator.__file__).resolve().parent.parent)
+    paths = environment.get("PYTHONPATH", "").split(os.pathsep)
+    if root not in paths:
+        environment["PYTHONPATH"] = os.pathsep.join(p for p in (root, *paths) if p)
+    return environment
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the child and whatever it started (its process group), then reap it."""
+    killpg = getattr(os, "killpg", None)
+    try:
+        if killpg is not None:
+            import signal
+
+            killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
+    except (ProcessLookupError, PermissionError):
+        process.kill()
+    process.wait()
+
+
+def _parse_reply(stdout: bytes) -> dict[str, Any] | None:
+    try:
+        reply = json.loads(stdout)
+    except ValueError:
+        return None
+    return reply if isinstance(reply, dict) and "ok" in reply else None
+
+
+def _memory_error(name: str, memory_bytes: int) -> TaskError:
+    return TaskError(
+        "MemoryLimitExceeded",
+        f"task '{name}' exceeded its memory limit of {memory_bytes / 1024**2:g} MB",
+        retryable=True,
+    )
+
+
+def _crash_error(name: str, returncode: int, stderr: str, limits: Limits) -> TaskError:
+    """The child ended without a reply."""
+    if limits.memory_bytes is not None:
+        # Running out of address space can kill the interpreter in C code (abort, segfault,
+        # "Cannot allocate memory") before it could raise MemoryError and reply.
+        return _memory_error(name, limits.memory_bytes)
+    if any(marker in stderr for marker in _FATAL_MEMORY_MARKERS):
+        return TaskError("MemoryError", f"task '{name}' ran out of memory: {_tail(stderr)}")
+    if returncode < 0:
+        import signal
+
+        try:
+            how = f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            how = f"was killed by signal {-returncode}"
+    else:
+        how = f"exited with code {returncode}"
+    tail = _tail(stderr)
+    return TaskError("SandboxError", f"task '{name}' {how} without a result" + (f": {tail}" if tail else ""))
+
+
+def _tail(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(lines[-STDERR_TAIL_LINES:])
+
+
+# -- the child's side -----------------------------------------------------------------------------
+
+
+class _CollectingRedactor(Redactor):
+    """A redactor that can say which secrets it learned."""
+
+    def known(self) -> set[str]:
+        with self._lock:
+            return set(self._secrets)
+
+
+def _apply_limits(limits: dict[str, Any]) -> None:
+    """Address space and CPU affinity of this process (and anything it starts)."""
+    memory = limits.get("memory_bytes")
+    if memory is not None:
+        try:
+            import resource
+        except ImportError:  # not on this platform
+            pass
+        else:
+            _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+            value = int(memory) if hard == resource.RLIM_INFINITY else min(int(memory), hard)
+            resource.setrlimit(resource.RLIMIT_AS, (value, value))
+    cpus = limits.get("cpus")
+    if cpus is not None and hasattr(os, "sched_getaffinity") and hasattr(os, "sched_setaffinity"):
+        available = sorted(os.sched_getaffinity(0))
+        wanted = max(1, math.ceil(float(cpus)))
+        if wanted < len(available):
+            os.sched_setaffinity(0, available[:wanted])
+
+
+def _reply_stream() -> IO[str]:
+    """A private copy of stdout for the reply; fd 1 itself now goes to stderr, so whatever the task
+    prints (or a process it starts writes) cannot corrupt the reply."""
+    private = os.dup(1)  # not inherited by processes the task starts
+    os.dup2(2, 1)
+    return os.fdopen(private, "w", encoding="utf-8")
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this process if the parent goes away (a child must not outlive the run that started it)."""
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(_PARENT_POLL_SECONDS)
+
+    threading.stack_size(_WATCHER_STACK_BYTES)  # its stack counts against the address-space limit
+    try:
+        threading.Thread(target=watch, daemon=True, name="sandbox-parent-watch").start()
+    finally:
+        threading.stack_size(0)
+
+
+def _serve(request: dict[str, Any], redactor: _CollectingRedactor) -> dict[str, Any]:
+    """Rebuild the task's world, run it, and describe the outcome."""
+    from orchestrator.runtime.context import RunInfo, StateConflictError
+    from orchestrator.runtime.leaf import Services, run_leaf
+    from orchestrator.runtime.scope import LoopFrame, Scope
+    from orchestrator.settings import load_settings
+    from orchestrator.spec.models import TASK_TYPES
+    from orchestrator.stores.factory import open_stores
+    from orchestrator.template.jinja import GLOBALS
+
+    try:
+        spec = request["task"]
+        task = TASK_TYPES[spec["type"]].model_validate(spec)
+        settings = load_settings()
+        info = request["run"]
+        run = RunInfo(
+            run_id=info["run_id"],
+            pipeline_id=info["pipeline_id"],
+            user_id=info["user_id"],
+            stores=open_stores(settings, request["backend"]),
+            redactor=redactor,
+            persistence=info["persistence"],
+            state_ttl=info["state_ttl"],
+            started_at=info["started_at"],
+            child_outputs=info["child_outputs"],
+        )
+        outer = Scope({}, Scope(dict(GLOBALS)))
+        outer.outputs.update(request["outputs"])
+        frame = request["loop"]
+        scope = Scope(request["values"], outer, loop=LoopFrame(**frame) if frame is not None else None)
+        services = Services(settings)
+        try:
+            output = run_leaf(task, request["name"], scope, run, services, request["inputs"])
+        finally:
+            services.close()
+        return {"ok": True, "output": output}
+    except StateConflictError as error:
+        return {
+            "ok": False,
+            "type": "StateConflict",
+            "conflict": True,
+            "message": str(error),
+            "retryable": True,
+        }
+    except TaskError as error:
+        return {"ok": False, "type": error.error_type, "message": error.message, "retryable": error.retryable}
+    except MemoryError:
+        return {"ok": False, "type": "MemoryError", "message": "out of memory", "retryable": True}
+    except BaseException as error:  # SystemExit from a script, a bug: reported, not a silent crash
+        traceback.print_exc()
+        message = str(error) or type(error).__name__
+        return {"ok": False, "type": type(error).__name__, "message": message, "retryable": True}
+
+
+def main() -> None:
+    """The child: read the request, apply the limits, run the task, write the reply, exit."""
+    request = json.loads(sys.stdin.buffer.read())
+    _apply_limits(request["limits"])
+    reply_to = _reply_stream()
+    _exit_with_parent(int(request["parent"]))
+    redactor = _CollectingRedactor()
+    for secret in request.get("known_secrets") or []:
+        redactor.add(secret)
+    seeded = redactor.known()
+    reply = _serve(request, redactor)
+    reply["secrets"] = sorted(redactor.known() - seeded)
+    try:
+        text = json.dumps(reply)
+    except (TypeError, ValueError) as error:
+        text = json.dumps(
+            {
+                "ok": False,
+                "type": "OutputNotSerializable",
+                "message": f"the task's result is not JSON-serialisable: {error}",
+                "retryable": False,
+                "secrets": reply["secrets"],
+            }
+        )
+    reply_to.write(text)
+    reply_to.flush()
+    from orchestrator.stores.factory import close_databases
+
+    close_databases()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # threads the task may have left behind must not hold the process open
+
+
+if __name__ == "__main__":
+    main()
