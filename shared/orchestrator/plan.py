@@ -222,7 +222,7 @@ def _loop_names(task: TaskBase) -> set[str]:
     return set()
 
 
-def _find_cycle(body: Body) -> list[str] | None:
+def find_cycle(body: Body) -> list[str] | None:
     state: dict[str, int] = {}
     stack: list[str] = []
 
@@ -295,7 +295,7 @@ def analyse_body(
             else:
                 node.dependencies.add(target)
     body = Body(nodes, exposed)
-    cycle = _find_cycle(body)
+    cycle = find_cycle(body)
     if cycle:
         first = body.nodes[cycle[0]]
         analysis.error(first.location, "dependency cycle: " + " -> ".join(cycle))

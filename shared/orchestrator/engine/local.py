@@ -28,7 +28,7 @@ from pydantic import TypeAdapter, ValidationError
 from orchestrator.engine.sandbox import Limits, limits_for, run_sandboxed
 from orchestrator.engine.threads import DaemonThreadPool, shared_pool
 from orchestrator.errors import OrchestratorError, PipelineValidationError, TaskError
-from orchestrator.plan import Body, Node, Plan, build_plan, plan_tasks
+from orchestrator.plan import Body, Node, Plan, build_plan, find_cycle, plan_tasks
 from orchestrator.runtime.context import RunInfo, StateConflictError
 from orchestrator.runtime.documents import (
     ErrorInfo,
@@ -493,14 +493,17 @@ class _Run:
         self, task: ParallelGroup, name: str, body: Body, scope: Scope, report: bool
     ) -> dict[str, Any]:
         inner = scope.child()
+        outcomes: dict[str, TaskOutcome] = {}
         try:
             outcomes = await self.run_body(body, inner, max_concurrency=task.max_concurrency, report=report)
         except AbortError as abort:
-            self.group_children[name] = abort.body_outcomes
+            outcomes = abort.body_outcomes
             raise
-        self.group_children[name] = outcomes
-        for child, outcome in outcomes.items():
-            scope.outputs[child] = outcome.output
+        finally:
+            # the document and later templates see the same children, whether the group failed or not
+            self.group_children[name] = outcomes
+            for child, outcome in outcomes.items():
+                scope.outputs[child] = outcome.output
         return {child: outcome.output for child, outcome in outcomes.items()}
 
     async def dynamic_group(self, task: DynamicTaskGroup, scope: Scope) -> list[Any]:
@@ -531,6 +534,14 @@ class _Run:
         if not task.parallel:
             for previous, current in itertools.pairwise(names):
                 body.nodes[current].dependencies.add(previous)
+            cycle = find_cycle(body)
+            if cycle:
+                raise TaskError(
+                    "InvalidTaskSpec",
+                    "generated tasks run in list order (parallel: false), but they read each other in a "
+                    "cycle: " + " -> ".join(cycle),
+                    retryable=False,
+                )
         outcomes = await self.run_body(body, scope.child(), max_concurrency=task.max_concurrency)
         return [outcomes[name].output for name in names]
 
@@ -544,6 +555,8 @@ class _Run:
             try:
                 child_plan = build_plan(read_pipeline(path))
                 inputs = resolve_inputs(child_plan.pipeline, render(child.inputs, scope))
+                for sensitive in child_plan.pipeline.sensitive_inputs() & set(inputs):
+                    self.shared.redactor.add(inputs[sensitive])
             except OrchestratorError as error:
                 raise TaskError(
                     "ChildPipelineInvalid", f"{child.pipeline}: {error}", retryable=False
