@@ -821,7 +821,7 @@ def test_degraded_child_pipeline_makes_the_parent_degraded(
     assert document["tasks"]["group"]["status"] == "succeeded"
 
 
-# -- engine bugs found by these tests ------------------------------------------------------------
+# -- regressions: engine bugs these tests found (fixed since) -------------------------------------
 
 
 def test_sequential_dynamic_group_with_a_backward_reference_is_an_invalid_spec(
