@@ -15,15 +15,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install the package with its development tools
+NODE_STAMP := node_modules/.installed
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+	touch $(NODE_STAMP)
+
+setup: $(STAMP) $(NODE_STAMP) ## create .venv and node_modules with the development tools
 
 demo: $(STAMP) ## run the bundled offline demo pipeline on the embedded engine
 	$(BIN)/orchestrator run pipelines/demo.yaml -i topic=serverless
 
-test: $(STAMP) ## run the whole test suite
+test: $(STAMP) $(NODE_STAMP) ## run the whole test suite
 	$(BIN)/pytest -q
 
-test-fast: $(STAMP) ## run the tests not marked slow
+test-fast: $(STAMP) $(NODE_STAMP) ## run the tests not marked slow
 	$(BIN)/pytest -q -m 'not slow'
 
 lint: $(STAMP) ## ruff and mypy --strict
@@ -38,4 +44,4 @@ build: $(STAMP) ## validate every bundled pipeline
 	$(BIN)/orchestrator validate pipelines/*.yaml
 
 clean: ## remove the virtual environment and local state
-	rm -rf $(VENV) .orchestrator .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .orchestrator .pytest_cache .mypy_cache .ruff_cache

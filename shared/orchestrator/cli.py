@@ -107,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--pipeline", help="only entries of this pipeline id")
     audit.add_argument("--run", help="only entries of this run id")
 
+    compile_ = commands.add_parser(
+        "compile", help="print (or write) the Amazon States Language of a pipeline"
+    )
+    compile_.add_argument("file", type=Path)
+    compile_.add_argument("-o", "--output", type=Path, help="write the definition here instead of stdout")
+
     graph = commands.add_parser("graph", help="draw the pipeline as Mermaid or DOT")
     graph.add_argument("file", type=Path)
     graph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
@@ -288,6 +294,29 @@ def _print_summary(document: dict[str, Any]) -> None:
     print(json.dumps(shown, indent=2, default=str))
 
 
+def command_compile(arguments: argparse.Namespace) -> int:
+    from orchestrator.aws.asl import CompileError, compile_pipeline
+
+    try:
+        plan = _load_plan(arguments.file)
+    except PipelineValidationError as error:
+        for diagnostic in error.diagnostics:
+            print(diagnostic.format(), file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        definition = compile_pipeline(plan)
+    except CompileError as error:
+        print(f"{arguments.file}: cannot compile: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    text = json.dumps(definition, indent=2, sort_keys=True) + "\n"
+    if arguments.output is None:
+        print(text, end="")
+    else:
+        arguments.output.write_text(text, encoding="utf-8")
+        print(f"wrote {arguments.output}", file=sys.stderr)
+    return EXIT_OK
+
+
 def command_graph(arguments: argparse.Namespace) -> int:
     from orchestrator.graph import to_dot, to_mermaid
 
@@ -314,6 +343,7 @@ COMMANDS = {
     "resume": command_resume,
     "runs": command_runs,
     "audit": command_audit,
+    "compile": command_compile,
     "graph": command_graph,
     "schema": command_schema,
 }

@@ -1,0 +1,743 @@
+"""Plan -> Amazon States Language (JSONPath): one small function per construct, plain dicts out.
+
+The execution state is `{"inputs", "run", "tasks", "errors", "items", "loops"}`; every task
+writes `{"status", "output"}` to `$.tasks.<name>` (children of a parallel group under
+`$.tasks.<group>.children.<child>`). Leaf tasks are `lambda:invoke` states that pass a small
+reference to the task, the inputs, the run and only the outputs they read (see docs/aws.md).
+Top-level tasks run in a topological order of the plan, one after the other: on AWS,
+concurrency comes from `parallel_group`, `for_loop` and `pipeline_group` states.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import math
+import tokenize
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from orchestrator.aws.conditions import parse_expression, to_choice_rule, truthiness_choices
+from orchestrator.errors import PipelineValidationError
+from orchestrator.plan import Body, Node, Plan, build_plan
+from orchestrator.runtime.policy import effective_policy, task_timeout
+from orchestrator.spec.loading import read_pipeline
+from orchestrator.spec.models import (
+    DynamicTaskGroup,
+    ForLoop,
+    LLMTask,
+    ParallelGroup,
+    Pipeline,
+    PipelineGroup,
+    PythonTask,
+    TaskBase,
+    WebSearchTask,
+    WhileLoop,
+)
+from orchestrator.template import jinja
+
+FUNCTION_PLACEHOLDERS = {
+    "python_task": "${PythonTaskFunctionArn}",
+    "llm_task": "${LlmTaskFunctionArn}",
+    "web_search_task": "${WebSearchTaskFunctionArn}",
+    "dispatch": "${DispatchFunctionArn}",
+}
+LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
+NON_RETRYABLE = [
+    "TemplateError",
+    "ScriptSyntaxError",
+    "OutputNotSerializable",
+    "SecretNotFound",
+    "InvalidTaskSpec",
+    "LLMConfigurationError",
+    "SearchConfigurationError",
+]
+LAMBDA_SERVICE_ERRORS = [
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+]
+LEAF_SELECTOR = {"status.$": "$.Payload.status", "output.$": "$.Payload.output"}
+MAX_STATE_NAME = 80
+
+
+class CompileError(Exception):
+    """A construct that cannot be expressed in ASL (raised with the task's location)."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where names live while compiling one body."""
+
+    pipeline: Pipeline
+    pipeline_id: str
+    path: Path
+    prefix: str = ""
+    inputs_path: str = "$.inputs"
+    loop_path: str | None = None
+    item_variable: str | None = None
+    locations: dict[str, str] = field(default_factory=dict)  # task name -> its result's JSONPath
+
+    def state_name(self, *parts: str) -> str:
+        name = self.prefix + ".".join(parts)
+        if len(name) <= MAX_STATE_NAME:
+            return name
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        return name[: MAX_STATE_NAME - 9] + "~" + digest
+
+    def path_of(self, name: str) -> str | None:
+        if name in self.locations:
+            return self.locations[name] + ".output"
+        if self.loop_path is not None:
+            if name == self.item_variable:
+                return self.loop_path + ".item"
+            if name == "loop_state":
+                return self.loop_path + ".state"
+            if name == "loop_index":
+                return self.loop_path + ".index"
+        if name in self.pipeline.input_variables:
+            return f"{self.inputs_path}.{name}"
+        return None
+
+
+@dataclass
+class Segment:
+    """Compiled states for one task: where to enter, and the states whose `Next` is still open."""
+
+    entry: str
+    states: dict[str, Any]
+    exits: list[str]
+
+
+def compile_pipeline(plan: Plan) -> dict[str, Any]:
+    """The state machine definition of a plan, as a plain dict."""
+    scope = Scope(plan.pipeline, plan.pipeline_id, plan.path)
+    states, start = _compile_body(plan.body, scope, plan.pipeline_id)
+    definition: dict[str, Any] = {
+        "Comment": f"{plan.pipeline.name} ({plan.pipeline_id}), compiled by orchestrator",
+        "StartAt": start,
+        "States": states,
+    }
+    if plan.pipeline.resource_limits.timeout:
+        definition["TimeoutSeconds"] = math.ceil(plan.pipeline.resource_limits.timeout)
+    return definition
+
+
+def compile_file(path: Path) -> dict[str, Any]:
+    return compile_pipeline(build_plan(read_pipeline(path)))
+
+
+# bodies -----------------------------------------------------------------------------------
+
+
+def topological_order(body: Body) -> list[str]:
+    """File order, except that a task never comes before what it depends on."""
+    placed: list[str] = []
+    done: set[str] = set()
+    remaining = list(body.nodes)
+    while remaining:
+        for name in remaining:
+            if body.nodes[name].dependencies <= done:
+                placed.append(name)
+                done.add(name)
+                remaining.remove(name)
+                break
+        else:  # a cycle: validation reports it; keep file order
+            placed += remaining
+            break
+    return placed
+
+
+def _compile_body(
+    body: Body, scope: Scope, pipeline_id: str, *, end_state: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], str]:
+    """States of a body chained in topological order; the last exits End (or go to `end_state`)."""
+    scope = replace(scope, locations=dict(scope.locations))
+    for name, node in body.nodes.items():
+        scope.locations[name] = f"$.tasks.{name}"
+        if isinstance(node.task, ParallelGroup):
+            for child in node.task.tasks:
+                if child.name:
+                    scope.locations[child.name] = f"$.tasks.{name}.children.{child.name}"
+    segments = [_compile_node(body.nodes[name], scope, pipeline_id) for name in topological_order(body)]
+    states: dict[str, Any] = {}
+    for segment, following in itertools.pairwise(segments):
+        _link(segment, following.entry)
+    last = segments[-1]
+    if end_state is not None:
+        end_name = scope.state_name("result")
+        states[end_name] = {**end_state, "End": True}
+        _link(last, end_name)
+    else:
+        for exit_name in last.exits:
+            last.states[exit_name]["End"] = True
+    for segment in segments:
+        states.update(segment.states)
+    return states, segments[0].entry
+
+
+def _link(segment: Segment, target: str) -> None:
+    for exit_name in segment.exits:
+        segment.states[exit_name]["Next"] = target
+
+
+def _reference(node: Node) -> str:
+    return ".".join(str(part) for part in node.location)
+
+
+def _compile_node(node: Node, scope: Scope, pipeline_id: str) -> Segment:
+    task = node.task
+    if isinstance(task, PythonTask | LLMTask | WebSearchTask):
+        return _guarded(node, scope, _leaf(node, scope, pipeline_id), leaf=True)
+    if isinstance(task, ForLoop):
+        return _guarded(node, scope, _for_loop(node, task, scope, pipeline_id), leaf=False)
+    if isinstance(task, WhileLoop):
+        return _guarded(node, scope, _while_loop(node, task, scope, pipeline_id), leaf=False)
+    if isinstance(task, ParallelGroup):
+        return _guarded(node, scope, _parallel_group(node, task, scope, pipeline_id), leaf=False)
+    if isinstance(task, DynamicTaskGroup):
+        return _guarded(node, scope, _dynamic_group(node, task, scope, pipeline_id), leaf=False)
+    if isinstance(task, PipelineGroup):
+        return _guarded(node, scope, _pipeline_group(node, task, scope), leaf=False)
+    raise CompileError(f"cannot compile task type {node.kind}")
+
+
+# leaf tasks -------------------------------------------------------------------------------
+
+
+def _reads_dynamically(task: TaskBase) -> bool:
+    """A script that calls get_task_output with a computed name may read any task."""
+    if not isinstance(task, PythonTask) or "get_task_output" not in task.script:
+        return False
+    try:
+        tokens = [
+            t
+            for t in tokenize.generate_tokens(io.StringIO(task.script).readline)
+            if t.type not in {tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT}
+        ]
+    except (tokenize.TokenError, SyntaxError):
+        return True
+    for first, second, third in zip(tokens, tokens[1:], tokens[2:], strict=False):
+        if first.string == "get_task_output" and second.string == "(" and third.type != tokenize.STRING:
+            return True
+    return False
+
+
+def _payload(
+    node: Node, scope: Scope, pipeline_id: str, *, reference: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "pipeline": pipeline_id,
+        "task": reference or _reference(node),
+        "inputs.$": scope.inputs_path,
+        "run.$": "$.run",
+    }
+    if _reads_dynamically(node.task) or "action" in extra:
+        payload["tasks.$"] = "$.tasks"  # dispatch calls and computed names may read any task
+    else:
+        outputs = {
+            f"{name}.$": scope.locations[name] + ".output"
+            for name in sorted(node.reads)
+            if name in scope.locations and name != node.name
+        }
+        if outputs:
+            payload["outputs"] = outputs
+    if scope.loop_path is not None:
+        payload["loop.$"] = scope.loop_path
+    payload.update(extra)
+    return payload
+
+
+def _invoke(function: str, payload: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "Type": "Task",
+        "Resource": LAMBDA_INVOKE,
+        "Parameters": {"FunctionName": FUNCTION_PLACEHOLDERS[function], "Payload": payload},
+    }
+
+
+def _leaf(node: Node, scope: Scope, pipeline_id: str) -> dict[str, Any]:
+    extra: dict[str, Any] = {"condition": True} if node.task.condition is not None else {}
+    state = _invoke(node.kind, _payload(node, scope, pipeline_id, **extra))
+    state["ResultSelector"] = dict(LEAF_SELECTOR)
+    state["ResultPath"] = scope.locations[node.name]
+    return state
+
+
+# error handling and conditions ------------------------------------------------------------------
+
+
+def _retry(node: Node, scope: Scope) -> list[dict[str, Any]]:
+    policy = effective_policy(node.task, scope.pipeline)
+    rules: list[dict[str, Any]] = [
+        {"ErrorEquals": LAMBDA_SERVICE_ERRORS, "IntervalSeconds": 1, "MaxAttempts": 3, "BackoffRate": 2.0}
+    ]
+    if policy.retry_count > 0:
+        rules.append({"ErrorEquals": NON_RETRYABLE, "MaxAttempts": 0})
+        rules.append(
+            {
+                "ErrorEquals": ["States.ALL"],
+                "IntervalSeconds": max(1, math.ceil(policy.retry_delay)),
+                "MaxAttempts": policy.retry_count,
+                "BackoffRate": max(1.0, policy.backoff_rate),
+            }
+        )
+    return rules
+
+
+def _fallback_value_state(node: Node, scope: Scope, status: str, error_path: str) -> dict[str, Any]:
+    """A state writing `{status, output: fallback_value, error}` without running the task."""
+    policy = effective_policy(node.task, scope.pipeline)
+    value = policy.fallback_value
+    parameters: dict[str, Any] = {"status": status, "error.$": error_path}
+    if isinstance(value, str) and jinja.is_template(value):
+        expression = jinja.single_expression(value)
+        parsed = parse_expression(expression) if expression else None
+        from orchestrator.aws.conditions import json_path
+
+        path = json_path(parsed, scope.path_of) if parsed is not None else None
+        if path is None:
+            payload = _payload(node, scope, scope.pipeline_id, action="render", field="fallback_value")
+            payload["error.$"] = error_path
+            payload["status"] = status
+            state = _invoke("dispatch", payload)
+            state["ResultSelector"] = {
+                "status": status,
+                "output.$": "$.Payload.output",
+                "error.$": "$.Payload.error",
+            }
+            state["ResultPath"] = scope.locations[node.name]
+            return state
+        parameters["output.$"] = path
+    else:
+        parameters["output"] = value
+    return {"Type": "Pass", "Parameters": parameters, "ResultPath": scope.locations[node.name]}
+
+
+def _guarded(node: Node, scope: Scope, state: dict[str, Any], *, leaf: bool) -> Segment:
+    """Wrap a task's main state with Retry, Catch (fallback / skip / degraded / abort) and its condition."""
+    name = scope.state_name(node.name)
+    if node.task.condition is False and not isinstance(node.task, WhileLoop):
+        skip_name = scope.state_name(node.name, "skip")
+        skip = {
+            "Type": "Pass",
+            "Result": {"status": "skipped", "output": None},
+            "ResultPath": scope.locations[node.name],
+        }
+        return Segment(skip_name, {skip_name: skip}, [skip_name])
+    states: dict[str, Any] = {name: state}
+    exits = [name]
+    timeout = task_timeout(node.task)
+    if timeout is not None and state["Type"] == "Task":
+        state["TimeoutSeconds"] = max(1, math.ceil(timeout))
+    state["Retry"] = _retry(node, scope)
+    policy = effective_policy(node.task, scope.pipeline)
+    error_path = f"$.errors.{node.name}"
+    failure_target: str | None = None
+    if policy.on_failure in {"skip", "continue_with_degraded_service"}:
+        failure_target = scope.state_name(node.name, "failed")
+        status = "skipped" if policy.on_failure == "skip" else "failed"
+        states[failure_target] = _fallback_value_state(node, scope, status, error_path)
+        exits.append(failure_target)
+    elif policy.fallback is not None:
+        failure_target = scope.state_name(node.name, "abort")
+        states[failure_target] = {
+            "Type": "Fail",
+            "ErrorPath": f"{error_path}.Error",
+            "CausePath": f"{error_path}.Cause",
+        }
+    if policy.fallback is not None:
+        fallback_name = scope.state_name(node.name, "fallback")
+        kind = str(getattr(policy.fallback, "type", "python_task"))
+        if kind not in FUNCTION_PLACEHOLDERS:
+            raise CompileError(f"task '{node.name}': a fallback must be a python, llm or web search task")
+        fallback = _invoke(
+            kind,
+            _payload(node, scope, scope.pipeline_id, reference=_reference(node) + ".error_handling.fallback"),
+        )
+        fallback["ResultSelector"] = {"status": "fallback", "output.$": "$.Payload.output"}
+        fallback["ResultPath"] = scope.locations[node.name]
+        fallback["Retry"] = [dict(_retry(node, scope)[0])]
+        if failure_target is not None:
+            fallback["Catch"] = [
+                {"ErrorEquals": ["States.ALL"], "ResultPath": error_path, "Next": failure_target}
+            ]
+        states[fallback_name] = fallback
+        exits.append(fallback_name)
+        state["Catch"] = [{"ErrorEquals": ["States.ALL"], "ResultPath": error_path, "Next": fallback_name}]
+    elif failure_target is not None:
+        state["Catch"] = [{"ErrorEquals": ["States.ALL"], "ResultPath": error_path, "Next": failure_target}]
+    entry = name
+    if node.task.condition is not None and not isinstance(node.task, WhileLoop):
+        entry, condition_states, skip_exit = _condition(node, scope, name, leaf=leaf)
+        states.update(condition_states)
+        if skip_exit:
+            exits.append(skip_exit)
+    return Segment(entry, states, exits)
+
+
+def _condition(
+    node: Node, scope: Scope, run_target: str, *, leaf: bool
+) -> tuple[str, dict[str, Any], str | None]:
+    """States that decide a task's condition before it runs: a Choice where ASL can say it."""
+    condition = node.task.condition
+    skip_name = scope.state_name(node.name, "skip")
+    skip = {
+        "Type": "Pass",
+        "Result": {"status": "skipped", "output": None},
+        "ResultPath": scope.locations[node.name],
+    }
+    if isinstance(condition, bool):
+        if condition:
+            return run_target, {}, None
+        return skip_name, {skip_name: skip}, skip_name
+    parsed = parse_expression(jinja.condition_expression(str(condition)))
+    choice_name = scope.state_name(node.name, "if")
+    rule = to_choice_rule(parsed, scope.path_of) if parsed is not None else None
+    if rule is not None:
+        choice = {"Type": "Choice", "Choices": [{**rule, "Next": run_target}], "Default": skip_name}
+        return choice_name, {choice_name: choice, skip_name: skip}, skip_name
+    pairs = truthiness_choices(parsed, scope.path_of) if parsed is not None else None
+    if pairs is not None and leaf:
+        # objects and arrays fall through to the task, whose Lambda decides (condition: true)
+        choices = [{**rule, "Next": run_target if run else skip_name} for rule, run in pairs]
+        choice = {"Type": "Choice", "Choices": choices, "Default": run_target}
+        return choice_name, {choice_name: choice, skip_name: skip}, skip_name
+    if leaf:
+        return run_target, {}, None  # the task's own Lambda evaluates it and returns a skip
+    evaluate_name = scope.state_name(node.name, "condition")
+    evaluate = _invoke("dispatch", _payload(node, scope, scope.pipeline_id, action="condition"))
+    evaluate["ResultSelector"] = {"value.$": "$.Payload.value"}
+    evaluate["ResultPath"] = f"$.conditions.{node.name}"
+    evaluate["Retry"] = [dict(_retry(node, scope)[0])]
+    evaluate["Next"] = choice_name
+    choice = {
+        "Type": "Choice",
+        "Choices": [
+            {"Variable": f"$.conditions.{node.name}.value", "BooleanEquals": True, "Next": run_target}
+        ],
+        "Default": skip_name,
+    }
+    return evaluate_name, {evaluate_name: evaluate, choice_name: choice, skip_name: skip}, skip_name
+
+
+# containers -------------------------------------------------------------------------------
+
+
+def _iteration_selector(scope: Scope, loop: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "inputs.$": scope.inputs_path,
+        "run.$": "$.run",
+        "tasks.$": "$.tasks",
+        "errors": {},
+        "items": {},
+        "loops": {},
+        "conditions": {},
+        "loop": loop,
+    }
+
+
+def _items_source(node: Node, task: ForLoop, scope: Scope) -> tuple[str, dict[str, Any]]:
+    """Where the loop's items come from, and any state that must put them there first."""
+    source = task.iterate_over
+    items_path = f"$.items.{node.name}"
+    if isinstance(source, list):
+        name = scope.state_name(node.name, "items")
+        return name, {name: {"Type": "Pass", "Result": {"value": source}, "ResultPath": items_path}}
+    expression = jinja.single_expression(source)
+    parsed = parse_expression(expression) if expression else None
+    from orchestrator.aws.conditions import json_path
+
+    path = json_path(parsed, scope.path_of) if parsed is not None else None
+    if path is not None:
+        return path, {}
+    name = scope.state_name(node.name, "items")
+    state = _invoke("dispatch", _payload(node, scope, scope.pipeline_id, action="items"))
+    state["ResultSelector"] = {"value.$": "$.Payload"}
+    state["ResultPath"] = items_path
+    state["Retry"] = [dict(_retry(node, scope)[0])]
+    return name, {name: state}
+
+
+def _for_loop(node: Node, task: ForLoop, scope: Scope, pipeline_id: str) -> dict[str, Any]:
+    assert node.body is not None
+    inner = replace(
+        scope,
+        prefix=scope.state_name(node.name) + "/",
+        loop_path="$.loop",
+        item_variable=task.item_variable,
+    )
+    collect = {"Type": "Pass", "Parameters": {f"{n}.$": f"$.tasks.{n}.output" for n in node.body.nodes}}
+    states, start = _compile_body(node.body, inner, pipeline_id, end_state=collect)
+    state: dict[str, Any] = {
+        "Type": "Map",
+        "MaxConcurrency": task.max_concurrency,
+        "ItemSelector": _iteration_selector(
+            scope,
+            {
+                "item.$": "$$.Map.Item.Value",
+                "index.$": "$$.Map.Item.Index",
+                "item_variable": task.item_variable,
+                "state": {},
+            },
+        ),
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": start, "States": states},
+        "ResultSelector": {"status": "succeeded", "output.$": "$"},
+        "ResultPath": scope.locations[node.name],
+    }
+    source = task.iterate_over
+    if isinstance(source, str) and source.startswith("s3://") and not jinja.is_template(source):
+        bucket, _, key = source.removeprefix("s3://").partition("/")
+        state["ItemReader"] = {
+            "Resource": "arn:aws:states:::s3:getObject",
+            "Parameters": {"Bucket": bucket, "Key": key},  # a JSON array of items
+        }
+        state["ItemProcessor"]["ProcessorConfig"] = {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+        return state
+    items_path, before = _items_source(node, task, scope)
+    if before:
+        ((first_name, first_state),) = before.items()
+        state["ItemsPath"] = f"$.items.{node.name}.value"
+        return _preceded(first_name, first_state, state)
+    state["ItemsPath"] = items_path
+    return state
+
+
+def _preceded(first_name: str, first_state: dict[str, Any], main: dict[str, Any]) -> dict[str, Any]:
+    """A container that needs a state before it: both go in a one-branch Parallel."""
+    main_name = first_name.rsplit(".", 1)[0] + ".run"
+    first_state = {**first_state, "Next": main_name}
+    result_path = main.pop("ResultPath")
+    main = {**main, "End": True, "ResultPath": "$.result", "OutputPath": "$.result"}
+    return {
+        "Type": "Parallel",
+        "Branches": [{"StartAt": first_name, "States": {first_name: first_state, main_name: main}}],
+        "ResultSelector": {"status.$": "$[0].status", "output.$": "$[0].output"},
+        "ResultPath": result_path,
+    }
+
+
+def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> dict[str, Any]:
+    """Body + Choice back-edge; a dispatch call between iterations advances the loop and its state."""
+    assert node.body is not None and node.body.nodes
+    loop_path = f"$.loops.{node.name}"
+    inner = replace(scope, prefix=scope.state_name(node.name) + "/", loop_path=loop_path, item_variable=None)
+    body_states, body_start = _compile_body(node.body, inner, pipeline_id)
+    last = list(node.body.nodes)[-1]
+    advance_selector = {
+        "index.$": "$.Payload.index",
+        "state.$": "$.Payload.state",
+        "continue.$": "$.Payload.continue",
+    }
+    first = inner.state_name("start")
+    check = inner.state_name("check")
+    advance = inner.state_name("advance")
+    done = inner.state_name("done")
+    start_state = _invoke(
+        "dispatch", _payload(node, scope, pipeline_id, action="while", loop={"index": 0, "state": {}})
+    )
+    start_state |= {"ResultSelector": advance_selector, "ResultPath": loop_path, "Next": check}
+    advance_payload = _payload(node, scope, pipeline_id, action="while")
+    advance_payload["loop.$"] = loop_path
+    advance_payload["last.$"] = f"$.tasks.{last}.output"
+    advance_state = _invoke("dispatch", advance_payload)
+    advance_state |= {"ResultSelector": advance_selector, "ResultPath": loop_path, "Next": check}
+    for _state_name, state in body_states.items():
+        if state.pop("End", False):
+            state["Next"] = advance
+    states: dict[str, Any] = {
+        first: start_state,
+        check: {
+            "Type": "Choice",
+            "Choices": [{"Variable": f"{loop_path}.continue", "BooleanEquals": True, "Next": body_start}],
+            "Default": done,
+        },
+        advance: advance_state,
+        done: {
+            "Type": "Pass",
+            "Parameters": {
+                "status": "succeeded",
+                "output": {"iterations.$": f"{loop_path}.index", "state.$": f"{loop_path}.state"},
+            },
+            "End": True,
+        },
+        **body_states,
+    }
+    return {
+        "Type": "Parallel",
+        "Branches": [{"StartAt": first, "States": states}],
+        "ResultSelector": {"status.$": "$[0].status", "output.$": "$[0].output"},
+        "ResultPath": scope.locations[node.name],
+    }
+
+
+def _parallel_group(node: Node, task: ParallelGroup, scope: Scope, pipeline_id: str) -> dict[str, Any]:
+    assert node.body is not None
+    children = list(node.body.nodes)
+    inner = replace(scope, prefix=scope.state_name(node.name) + "/")
+    independent = all(not n.dependencies for n in node.body.nodes.values())
+    if independent:
+        branches = []
+        for child in children:
+            single = Body({child: node.body.nodes[child]}, {child: child})
+            only: dict[str, Any] = {"Type": "Pass", "OutputPath": f"$.tasks.{child}"}
+            states, start = _compile_body(single, inner, pipeline_id, end_state=only)
+            branches.append({"StartAt": start, "States": _rename_result(states, inner, child)})
+        output = {f"{c}.$": f"$[{i}].output" for i, c in enumerate(children)}
+        everything = {f"{c}.$": f"$[{i}]" for i, c in enumerate(children)}
+    else:
+        collect = {"Type": "Pass", "Parameters": {f"{c}.$": f"$.tasks.{c}" for c in children}}
+        states, start = _compile_body(node.body, inner, pipeline_id, end_state=collect)
+        branches = [{"StartAt": start, "States": states}]
+        output = {f"{c}.$": f"$[0].{c}.output" for c in children}
+        everything = {f"{c}.$": f"$[0].{c}" for c in children}
+    return {
+        "Type": "Parallel",
+        "Branches": branches,
+        "ResultSelector": {"status": "succeeded", "output": output, "children": everything},
+        "ResultPath": scope.locations[node.name],
+    }
+
+
+def _rename_result(states: dict[str, Any], scope: Scope, child: str) -> dict[str, Any]:
+    """A branch's final Pass names itself after the child (state names must be unique)."""
+    final = scope.state_name("result")
+    renamed = scope.state_name(child, "result")
+    out: dict[str, Any] = {}
+    for name, state in states.items():
+        if state.get("Next") == final:
+            state = {**state, "Next": renamed}
+        out[renamed if name == final else name] = state
+    return out
+
+
+def _dynamic_group(node: Node, task: DynamicTaskGroup, scope: Scope, pipeline_id: str) -> dict[str, Any]:
+    """A dispatch call expands the specs; a Map runs each on its type's function."""
+    expand_name = scope.state_name(node.name, "expand")
+    expand = _invoke("dispatch", _payload(node, scope, pipeline_id, action="expand"))
+    expand["ResultSelector"] = {"value.$": "$.Payload"}
+    expand["ResultPath"] = f"$.items.{node.name}"
+    expand["Retry"] = [dict(_retry(node, scope)[0])]
+    prefix = scope.state_name(node.name) + "/"
+    route = prefix + "route"
+    item_states: dict[str, Any] = {}
+    choices = []
+    for kind in ("python_task", "llm_task", "web_search_task"):
+        state_name = prefix + kind
+        payload = {
+            "pipeline": pipeline_id,
+            "task": _reference(node),
+            "spec.$": "$.spec",
+            "inputs.$": "$.inputs",
+            "run.$": "$.run",
+            "tasks.$": "$.tasks",
+        }
+        state = _invoke(kind, payload)
+        state |= {
+            "ResultSelector": {"output.$": "$.Payload.output"},
+            "ResultPath": "$",
+            "OutputPath": "$.output",
+            "Retry": [dict(_retry(node, scope)[0])],
+            "End": True,
+        }
+        item_states[state_name] = state
+        choices.append({"Variable": "$.type", "StringEquals": kind, "Next": state_name})
+    unsupported = prefix + "unsupported"
+    item_states[unsupported] = {
+        "Type": "Fail",
+        "Error": "InvalidTaskSpec",
+        "Cause": "on AWS a dynamic_task_group may generate python, llm and web search tasks only",
+    }
+    item_states[route] = {"Type": "Choice", "Choices": choices, "Default": unsupported}
+    selector = {
+        "inputs.$": scope.inputs_path,
+        "run.$": "$.run",
+        "tasks.$": "$.tasks",
+        "spec.$": "$$.Map.Item.Value.spec",
+        "type.$": "$$.Map.Item.Value.type",
+    }
+    main: dict[str, Any] = {
+        "Type": "Map",
+        "ItemsPath": f"$.items.{node.name}.value",
+        "MaxConcurrency": (task.max_concurrency or 0) if task.parallel else 1,
+        "ItemSelector": selector,
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": route, "States": item_states},
+        "ResultSelector": {"status": "succeeded", "output.$": "$"},
+        "ResultPath": scope.locations[node.name],
+    }
+    return _preceded(expand_name, expand, main)
+
+
+def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, Any]:
+    """Child pipelines compiled into this definition: parallel branches, or one chain."""
+    branches: list[dict[str, Any]] = []
+    identifiers: list[str] = []
+    chain: list[tuple[str, dict[str, Any], str]] = []
+    for index, child in enumerate(task.pipelines):
+        child_path = (scope.path.parent / child.pipeline).resolve()
+        try:
+            child_plan = build_plan(read_pipeline(child_path))
+        except PipelineValidationError as error:
+            raise CompileError(f"task '{node.name}': child pipeline {child.pipeline}: {error}") from None
+        identifiers.append(child_plan.pipeline_id)
+        inputs_path = f"$.child_inputs.{child_plan.pipeline_id}"
+        child_scope = Scope(
+            child_plan.pipeline,
+            child_plan.pipeline_id,
+            child_plan.path,
+            prefix=scope.state_name(node.name, child_plan.pipeline_id) + "/",
+            inputs_path=inputs_path,
+        )
+        collect_names = list(child_plan.body.nodes)
+        collect = {"Type": "Pass", "Parameters": {f"{n}.$": f"$.tasks.{n}.output" for n in collect_names}}
+        states, start = _compile_body(child_plan.body, child_scope, child_plan.pipeline_id, end_state=collect)
+        inputs_name = child_scope.prefix + "inputs"
+        inputs_state = _invoke(
+            "dispatch", _payload(node, scope, scope.pipeline_id, action="child_inputs", child=index)
+        )
+        inputs_state |= {
+            "ResultSelector": {"value.$": "$.Payload"},
+            "ResultPath": inputs_path.rsplit(".", 1)[0] + "." + child_plan.pipeline_id,
+            "Retry": [dict(_retry(node, scope)[0])],
+            "Next": start,
+        }
+        states = {inputs_name: inputs_state, **states}
+        branches.append({"StartAt": inputs_name, "States": states})
+        chain.append((inputs_name, states, child_plan.pipeline_id))
+    if task.mode == "parallel":
+        output = {f"{identifier}.$": f"$[{i}]" for i, identifier in enumerate(identifiers)}
+        return {
+            "Type": "Parallel",
+            "Branches": branches,
+            "ResultSelector": {"status": "succeeded", "output": output},
+            "ResultPath": scope.locations[node.name],
+        }
+    # sequential: one branch, each child's result kept under $.children before the next starts
+    sequence: dict[str, Any] = {}
+    for position, (_start, states, identifier) in enumerate(chain):
+        for state in states.values():
+            if state.pop("End", False):
+                state["ResultPath"] = f"$.children.{identifier}"
+                if "Parameters" in state and state["Type"] == "Pass":
+                    state["ResultPath"] = f"$.children.{identifier}"
+                state["Next"] = (
+                    chain[position + 1][0]
+                    if position + 1 < len(chain)
+                    else scope.state_name(node.name, "collect")
+                )
+        sequence.update(states)
+    collect_name = scope.state_name(node.name, "collect")
+    sequence[collect_name] = {
+        "Type": "Pass",
+        "Parameters": {f"{identifier}.$": f"$.children.{identifier}" for identifier in identifiers},
+        "End": True,
+    }
+    return {
+        "Type": "Parallel",
+        "Branches": [{"StartAt": chain[0][0], "States": sequence}],
+        "ResultSelector": {"status": "succeeded", "output.$": "$[0]"},
+        "ResultPath": scope.locations[node.name],
+    }

@@ -1,0 +1,240 @@
+"""Issue 4: every construct of SPEC sections 3 and 7 compiles to ASL that two validators accept."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import PIPELINES, REPO, CliResult
+from orchestrator.aws.asl import LAMBDA_INVOKE, compile_file
+
+CORPUS = Path(__file__).parent / "corpus"
+SOURCES = sorted(PIPELINES.glob("*.yaml")) + sorted(CORPUS.glob("*.yaml"))
+
+
+def _states(definition: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every state, nested ones included."""
+    for name, state in definition["States"].items():
+        yield name, state
+        for branch in state.get("Branches", []):
+            yield from _states(branch)
+        if "ItemProcessor" in state:
+            yield from _states(state["ItemProcessor"])
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("asl")
+    written = {}
+    for source in SOURCES:
+        target = folder / f"{source.parent.name}__{source.stem}.asl.json"
+        target.write_text(json.dumps(compile_file(source), indent=2), encoding="utf-8")
+        written[source.stem] = target
+    return written
+
+
+def _tool(name: str, relative: str) -> str | None:
+    local = REPO / relative
+    if local.exists():
+        return str(local)
+    return shutil.which(name)
+
+
+def test_statelint_accepts_every_definition(compiled: dict[str, Path]) -> None:
+    statelint = _tool("statelint", str(Path(sys.executable).parent.relative_to(REPO) / "statelint"))
+    assert statelint, "statelint is a development dependency: pip install -e '.[dev]'"
+    for path in compiled.values():
+        result = subprocess.run([statelint, str(path)], capture_output=True, text=True, check=False)
+        assert result.returncode == 0 and not result.stdout.strip(), f"{path.name}: {result.stdout}"
+
+
+def test_asl_validator_accepts_every_definition(compiled: dict[str, Path]) -> None:
+    validator = _tool("asl-validator", "node_modules/.bin/asl-validator")
+    if validator is None:
+        if os.environ.get("CI"):
+            pytest.fail("asl-validator is missing: .ci/run must run 'npm ci'")
+        pytest.skip("asl-validator is not installed (npm ci)")
+    arguments = [validator]
+    for path in compiled.values():
+        arguments += ["--json-path", str(path)]
+    result = subprocess.run(arguments, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("is valid") == len(compiled)
+
+
+def test_compile_command_writes_sorted_json(cli: Any, tmp_path: Path) -> None:
+    target = tmp_path / "demo.asl.json"
+    result: CliResult = cli("compile", PIPELINES / "demo.yaml", "-o", target)
+    assert result.code == 0
+    text = target.read_text()
+    assert json.loads(text)["StartAt"] == "prepare"
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
+    printed: CliResult = cli("compile", PIPELINES / "demo.yaml")
+    assert printed.stdout == text
+
+
+def test_leaf_tasks_carry_a_reference_and_only_what_they_read() -> None:
+    definition = compile_file(CORPUS / "leaf_policies.yaml")
+    state = definition["States"]["with_fallback"]
+    assert state["Resource"] == LAMBDA_INVOKE
+    payload = state["Parameters"]["Payload"]
+    assert state["Parameters"]["FunctionName"] == "${LlmTaskFunctionArn}"
+    assert payload == {
+        "pipeline": "leaf_policies",
+        "task": "tasks.2",
+        "inputs.$": "$.inputs",
+        "run.$": "$.run",
+        "outputs": {"plain.$": "$.tasks.plain.output"},
+    }
+    assert state["ResultPath"] == "$.tasks.with_fallback"
+    assert definition["States"]["computed_reads"]["Parameters"]["Payload"]["tasks.$"] == "$.tasks"
+
+
+def test_retry_comes_from_error_handling() -> None:
+    states = compile_file(CORPUS / "leaf_policies.yaml")["States"]
+    # pipeline defaults: 2 retries, 3 s, rate 1.5; errors that cannot change are never retried
+    plain = states["plain"]["Retry"]
+    assert plain[1] == {"ErrorEquals": plain[1]["ErrorEquals"], "MaxAttempts": 0}
+    assert "TemplateError" in plain[1]["ErrorEquals"]
+    assert plain[2] == {
+        "ErrorEquals": ["States.ALL"],
+        "IntervalSeconds": 3,
+        "MaxAttempts": 2,
+        "BackoffRate": 1.5,
+    }
+    assert states["plain"]["TimeoutSeconds"] == 30
+    assert [r["ErrorEquals"] for r in states["no_retry"]["Retry"]] == [plain[0]["ErrorEquals"]]
+    assert states["with_fallback"]["Retry"][2]["MaxAttempts"] == 5
+    assert states["with_fallback"]["Retry"][2]["BackoffRate"] == 2.0
+
+
+def test_catch_routes_to_fallback_skip_degraded_and_abort() -> None:
+    definition = compile_file(CORPUS / "leaf_policies.yaml")
+    states = definition["States"]
+    assert definition["TimeoutSeconds"] == 600
+    # fallback, then abort with the original error
+    assert states["with_fallback"]["Catch"] == [
+        {
+            "ErrorEquals": ["States.ALL"],
+            "ResultPath": "$.errors.with_fallback",
+            "Next": "with_fallback.fallback",
+        }
+    ]
+    fallback = states["with_fallback.fallback"]
+    assert fallback["Parameters"]["Payload"]["task"] == "tasks.2.error_handling.fallback"
+    assert fallback["ResultSelector"]["status"] == "fallback"
+    assert states["with_fallback.abort"] == {
+        "Type": "Fail",
+        "ErrorPath": "$.errors.with_fallback.Error",
+        "CausePath": "$.errors.with_fallback.Cause",
+    }
+    # the pipeline's default on_failure is abort: no Catch at all, the task's own error ends the run
+    assert "Catch" not in states["plain"]
+    # skip with a literal, skip with a path, degraded with a template (rendered by the dispatch function)
+    assert states["skip_literal.failed"]["Parameters"] == {
+        "status": "skipped",
+        "error.$": "$.errors.skip_literal",
+        "output": {"mode": "minimal"},
+    }
+    assert states["skip_path.failed"]["Parameters"]["output.$"] == "$.tasks.with_fallback.output"
+    degraded = states["degraded_template.failed"]
+    assert degraded["Parameters"]["FunctionName"] == "${DispatchFunctionArn}"
+    assert degraded["ResultSelector"]["status"] == "failed"
+
+
+def test_native_conditions_skip_without_a_lambda_call() -> None:
+    states = compile_file(CORPUS / "conditions.yaml")["States"]
+    choice = states["compare_string.if"]
+    assert choice["Type"] == "Choice"
+    assert choice["Choices"][0]["And"][2] == {"Variable": "$.inputs.mode", "StringEquals": "fast"}
+    assert choice["Default"] == "compare_string.skip"
+    assert states["compare_string.skip"] == {
+        "Type": "Pass",
+        "Result": {"status": "skipped", "output": None},
+        "ResultPath": "$.tasks.compare_string",
+        "Next": states["compare_string.skip"]["Next"],
+    }
+    assert "defined.if" in states and "group_native.if" in states
+    # a literal false condition leaves only the skip
+    assert "literal_false" not in states and "literal_false.skip" in states
+    # a bare path decides scalars natively and leaves objects and arrays to the task's Lambda
+    truthy = states["truthy_leaf.if"]
+    assert truthy["Default"] == "truthy_leaf"
+    assert states["truthy_leaf"]["Parameters"]["Payload"]["condition"] is True
+    # a filter cannot be a Choice rule: the leaf's own Lambda evaluates it, a container asks dispatch
+    assert "filtered_leaf.if" not in states
+    assert states["loop_filtered.condition"]["Parameters"]["Payload"]["action"] == "condition"
+
+
+def test_loops_compile_to_map_and_a_choice_back_edge() -> None:
+    states = compile_file(CORPUS / "loops.yaml")["States"]
+    over_input = states["over_input"]
+    assert over_input["Type"] == "Map"
+    assert over_input["ItemsPath"] == "$.inputs.items"
+    assert over_input["MaxConcurrency"] == 5
+    assert over_input["ItemSelector"]["loop"]["item_variable"] == "number"
+    inner = dict(_states(over_input["ItemProcessor"]))
+    # a literal item list is put in place first, in a one-branch Parallel around the Map
+    assert inner["over_input/inner_loop"]["Type"] == "Parallel"
+    assert inner["over_input/inner_loop.run"]["Type"] == "Map"
+    filtered = states["over_filter"]
+    assert filtered["Type"] == "Parallel"
+    assert (
+        filtered["Branches"][0]["States"]["over_filter.items"]["Parameters"]["Payload"]["action"] == "items"
+    )
+    s3 = states["over_s3"]
+    assert s3["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+    assert s3["ItemReader"]["Parameters"] == {"Bucket": "my-bucket", "Key": "items/list.json"}
+    loop = states["improve"]["Branches"][0]["States"]
+    assert loop["improve/check"]["Choices"][0]["Next"] == "improve/step"
+    assert loop["improve/step"]["Next"] == "improve/advance"
+    assert loop["improve/advance"]["Next"] == "improve/check"
+    assert states["improve"]["Catch"][0]["Next"] == "improve.failed"
+
+
+def test_groups_dynamic_groups_and_child_pipelines() -> None:
+    states = compile_file(CORPUS / "groups.yaml")["States"]
+    independent = states["independent"]
+    assert independent["Type"] == "Parallel" and len(independent["Branches"]) == 2
+    assert independent["ResultSelector"]["output"] == {"one.$": "$[0].output", "two.$": "$[1].output"}
+    assert len(states["chained"]["Branches"]) == 1
+    after = states["after_children"]["Parameters"]["Payload"]["outputs"]
+    assert after == {
+        "one.$": "$.tasks.independent.children.one.output",
+        "second.$": "$.tasks.chained.children.second.output",
+    }
+    generated = states["generated"]["Branches"][0]["States"]
+    assert generated["generated.expand"]["Parameters"]["Payload"]["action"] == "expand"
+    assert generated["generated.run"]["MaxConcurrency"] == 2
+    in_order = states["generated_in_order"]["Branches"][0]["States"]["generated_in_order.run"]
+    assert in_order["MaxConcurrency"] == 1
+    children = states["children_parallel"]
+    assert children["ResultSelector"]["output"] == {"left.$": "$[0]", "right.$": "$[1]"}
+    left = children["Branches"][0]["States"]
+    assert left["children_parallel.left/inputs"]["Parameters"]["Payload"] == {
+        "pipeline": "groups",
+        "task": "tasks.6",
+        "inputs.$": "$.inputs",
+        "run.$": "$.run",
+        "tasks.$": "$.tasks",
+        "action": "child_inputs",
+        "child": 0,
+    }
+    assert left["children_parallel.left/load"]["Parameters"]["Payload"]["inputs.$"] == "$.child_inputs.left"
+    sequential = states["children_sequential"]
+    assert len(sequential["Branches"]) == 1
+    assert sequential["ResultSelector"] == {"status": "succeeded", "output.$": "$[0]"}
+
+
+def test_no_state_without_work_in_a_plain_chain() -> None:
+    """Cost: a chain of tasks with default policies is exactly one state per task."""
+    states = compile_file(PIPELINES / "shared_state.yaml")["States"]
+    assert all(state["Type"] == "Task" for state in states.values())
