@@ -1,0 +1,170 @@
+"""A Step Functions execution -> the run document of SPEC section 11, as the local engine gives it.
+
+Statuses, outputs and errors come from the execution's output (`$.tasks`); attempts from the
+history (how many times each task's state scheduled its Lambda); the run's error from the
+`ExecutionFailed` event and the last failed task.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from orchestrator.plan import Plan
+from orchestrator.runtime.documents import ErrorInfo, RunStatus, TaskOutcome, TaskStatus, run_document
+from orchestrator.spec.models import ParallelGroup
+
+
+def error_from_catch(caught: dict[str, Any] | None) -> ErrorInfo | None:
+    """`{"Error", "Cause"}` as a Catch records it; a Lambda's Cause is its error payload."""
+    if not caught:
+        return None
+    error_type = str(caught.get("Error", "TaskFailed"))
+    cause = caught.get("Cause") or ""
+    message = cause
+    try:
+        payload = json.loads(cause)
+    except (TypeError, ValueError):
+        payload = None
+    if isinstance(payload, dict):
+        message = str(payload.get("errorMessage", cause))
+        error_type = str(payload.get("errorType", error_type))
+    return ErrorInfo(error_type, message)
+
+
+def task_of_state(state_name: str) -> str:
+    """`with_fallback.fallback` -> `with_fallback`; `group/child` -> `child`."""
+    last = state_name.rsplit("/", 1)[-1]
+    return last.split(".", 1)[0]
+
+
+def scheduled_counts(history: list[dict[str, Any]]) -> Counter[str]:
+    """How many Lambda attempts each state made (retries included)."""
+    counts: Counter[str] = Counter()
+    current: dict[int, str] = {}
+    for event in history:
+        kind = event["type"]
+        if kind == "TaskStateEntered":
+            name = event["stateEnteredEventDetails"]["name"]
+            current[event["id"]] = name
+            counts.setdefault(name, 0)
+        elif kind in {"TaskScheduled", "LambdaFunctionScheduled"}:
+            entered = _entered_state(event, history, current)
+            if entered is not None:
+                counts[entered] += 1
+    return counts
+
+
+def _entered_state(
+    event: dict[str, Any], history: list[dict[str, Any]], current: dict[int, str]
+) -> str | None:
+    previous = event.get("previousEventId")
+    by_id = {e["id"]: e for e in history}
+    while previous:
+        if previous in current:
+            return current[previous]
+        previous = by_id.get(previous, {}).get("previousEventId")
+    return None
+
+
+def _outcome(result: dict[str, Any] | None, attempts: int) -> TaskOutcome:
+    if result is None:
+        return TaskOutcome(TaskStatus.NOT_RUN)
+    error = error_from_catch(result.get("error"))
+    status = TaskStatus(result.get("status", "succeeded"))
+    if status in {TaskStatus.SKIPPED, TaskStatus.CACHED} and error is None:
+        attempts = 0 if status is TaskStatus.CACHED or attempts == 0 else attempts
+    return TaskOutcome(status, result.get("output"), attempts, error)
+
+
+def document_from_execution(
+    plan: Plan,
+    run_id: str,
+    execution_status: str,
+    output: dict[str, Any] | None,
+    history: list[dict[str, Any]],
+    result: Any = None,
+) -> dict[str, Any]:
+    """The run document of one execution of `plan`'s state machine."""
+    tasks = (output or {}).get("tasks") or _last_known_tasks(history)
+    counts = scheduled_counts(history)
+    outcomes: dict[str, TaskOutcome] = {}
+    for name, node in plan.body.nodes.items():
+        record = tasks.get(name)
+        attempts = counts.get(name, 0)
+        outcomes[name] = _outcome(record, attempts)
+        if isinstance(node.task, ParallelGroup):
+            children = (record or {}).get("children") or {}
+            for child in node.task.tasks:
+                if child.name:
+                    outcomes[child.name] = _outcome(
+                        children.get(child.name), counts.get(f"{name}/{child.name}", 0)
+                    )
+    error = None
+    status = RunStatus.SUCCEEDED
+    if execution_status != "SUCCEEDED":
+        status = RunStatus.FAILED
+        error = _run_error(history, execution_status)
+        failed_task = error.get("task") if error else None
+        if failed_task in outcomes:
+            failure = outcomes[failed_task]
+            failure.status = TaskStatus.FAILED
+            failure.attempts = max(failure.attempts, counts.get(failed_task, 0))
+            failure.error = ErrorInfo(str(error["type"]), str(error["message"])) if error else None
+        for name, outcome in outcomes.items():
+            if outcome.status is TaskStatus.NOT_RUN and counts.get(name):
+                outcome.status = TaskStatus.CANCELLED
+    elif any(outcome.status is TaskStatus.FAILED for outcome in outcomes.values()):
+        status = RunStatus.DEGRADED
+    return run_document(
+        run_id=run_id,
+        pipeline=plan.pipeline_id,
+        status=status,
+        outcomes=outcomes,
+        result=result if status is not RunStatus.FAILED else None,
+        error=error,
+    )
+
+
+def _last_known_tasks(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """For a failed execution: the `$.tasks` of the last state that finished at the top level."""
+    for event in reversed(history):
+        details = event.get("stateExitedEventDetails")
+        if details and "/" not in details["name"]:
+            try:
+                found = json.loads(details.get("output") or "{}").get("tasks")
+            except ValueError:
+                continue
+            if isinstance(found, dict):
+                return found
+    return {}
+
+
+def _run_error(history: list[dict[str, Any]], execution_status: str) -> dict[str, Any]:
+    failed = next((e for e in reversed(history) if e["type"] == "ExecutionFailed"), None)
+    task = None
+    for event in reversed(history):
+        if event["type"] in {"TaskFailed", "LambdaFunctionFailed", "TaskTimedOut"}:
+            entered = _entered_state(
+                event,
+                history,
+                {
+                    e["id"]: e["stateEnteredEventDetails"]["name"]
+                    for e in history
+                    if e["type"] == "TaskStateEntered"
+                },
+            )
+            if entered:
+                task = task_of_state(entered.split("/", 1)[0]) if "/" in entered else task_of_state(entered)
+            break
+    if failed is None:
+        return {
+            "task": task,
+            "type": "Execution" + execution_status.title(),
+            "message": execution_status.lower(),
+        }
+    details = failed.get("executionFailedEventDetails", {})
+    info = error_from_catch({"Error": details.get("error"), "Cause": details.get("cause")})
+    assert info is not None
+    return {"task": task, "type": info.type, "message": info.message}

@@ -1,0 +1,255 @@
+"""DynamoDB stores: state with compare-and-set on a version attribute, cache, audit and runs.
+
+Item shapes follow the tables in `infra/template.base.yaml`: every table has a TTL attribute
+`expires_at` (epoch seconds). DynamoDB deletes expired items lazily, so reads also check it.
+boto3 is imported lazily and a client can be injected (tests pass moto's).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.stores.base import Versioned
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.client import DynamoDBClient
+else:
+    DynamoDBClient = Any
+
+
+def _client(client: DynamoDBClient | None) -> DynamoDBClient:
+    if client is not None:
+        return client
+    import boto3
+
+    return boto3.client("dynamodb")
+
+
+def _expiry(ttl: float | None) -> dict[str, Any]:
+    return {} if ttl is None else {"expires_at": {"N": str(int(time.time() + ttl) + 1)}}
+
+
+def _live(item: dict[str, Any]) -> bool:
+    expires = item.get("expires_at")
+    return expires is None or float(expires["N"]) > time.time()
+
+
+class DynamoStateStore:
+    """State items `{namespace, key, value, version, expires_at}`; writes are conditional puts."""
+
+    def __init__(self, table: str, client: DynamoDBClient | None = None) -> None:
+        self._table = table
+        self._client = _client(client)
+
+    def read(self, namespace: str, key: str) -> Versioned:
+        item = self._client.get_item(
+            TableName=self._table,
+            Key={"namespace": {"S": namespace}, "key": {"S": key}},
+            ConsistentRead=True,
+        ).get("Item")
+        if item is None:
+            return Versioned(None, 0)
+        version = int(item["version"]["N"])
+        if not _live(item):
+            return Versioned(None, version)
+        return Versioned(json.loads(item["value"]["S"]), version)
+
+    def _put(
+        self, namespace: str, key: str, value: Any, version: int, ttl: float | None, condition: dict[str, Any]
+    ) -> bool:
+        from botocore.exceptions import ClientError
+
+        item = {
+            "namespace": {"S": namespace},
+            "key": {"S": key},
+            "value": {"S": json.dumps(value)},
+            "version": {"N": str(version)},
+            **_expiry(ttl),
+        }
+        try:
+            self._client.put_item(TableName=self._table, Item=item, **condition)
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def write(self, namespace: str, key: str, value: Any, *, ttl: float | None = None) -> int:
+        while True:
+            current = self.read(namespace, key).version
+            written = self.compare_and_set(namespace, key, value, current, ttl=ttl)
+            if written is not None:
+                return written
+
+    def compare_and_set(
+        self, namespace: str, key: str, value: Any, expected_version: int, *, ttl: float | None = None
+    ) -> int | None:
+        if expected_version == 0:
+            condition: dict[str, Any] = {
+                "ConditionExpression": "attribute_not_exists(#k)",
+                "ExpressionAttributeNames": {"#k": "key"},
+            }
+        else:
+            condition = {
+                "ConditionExpression": "version = :expected",
+                "ExpressionAttributeValues": {":expected": {"N": str(expected_version)}},
+            }
+        new_version = expected_version + 1
+        return new_version if self._put(namespace, key, value, new_version, ttl, condition) else None
+
+
+class DynamoCacheStore:
+    """Cache items `{key, value, expires_at}`."""
+
+    def __init__(self, table: str, client: DynamoDBClient | None = None) -> None:
+        self._table = table
+        self._client = _client(client)
+
+    def get(self, key: str) -> tuple[bool, Any]:
+        item = self._client.get_item(TableName=self._table, Key={"key": {"S": key}}).get("Item")
+        if item is None or not _live(item):
+            return False, None
+        return True, json.loads(item["value"]["S"])
+
+    def put(self, key: str, value: Any, ttl: float | None) -> None:
+        item = {"key": {"S": key}, "value": {"S": json.dumps(value)}, **_expiry(ttl)}
+        self._client.put_item(TableName=self._table, Item=item)
+
+
+class DynamoAuditLog:
+    """Audit items `{execution_id, entry_id, pipeline_id, entry}`, queryable per run or pipeline."""
+
+    def __init__(self, table: str, client: DynamoDBClient | None = None) -> None:
+        self._table = table
+        self._client = _client(client)
+
+    def append(self, entry: dict[str, Any]) -> None:
+        entry_id = f"{time.time():017.6f}#{uuid.uuid4().hex[:8]}"
+        self._client.put_item(
+            TableName=self._table,
+            Item={
+                "execution_id": {"S": str(entry.get("execution_id", "-"))},
+                "entry_id": {"S": entry_id},
+                "pipeline_id": {"S": str(entry.get("pipeline_id", "-"))},
+                "entry": {"S": json.dumps(entry)},
+            },
+        )
+
+    def query(self, *, pipeline: str | None = None, run: str | None = None) -> list[dict[str, Any]]:
+        if run is not None:
+            items = self._query(
+                {
+                    "KeyConditionExpression": "execution_id = :v",
+                    "ExpressionAttributeValues": {":v": {"S": run}},
+                }
+            )
+        elif pipeline is not None:
+            items = self._query(
+                {
+                    "IndexName": "by_pipeline",
+                    "KeyConditionExpression": "pipeline_id = :v",
+                    "ExpressionAttributeValues": {":v": {"S": pipeline}},
+                }
+            )
+        else:
+            items = self._scan()
+        entries = [json.loads(item["entry"]["S"]) for item in sorted(items, key=lambda i: i["entry_id"]["S"])]
+        return [e for e in entries if pipeline is None or e.get("pipeline_id") == pipeline]
+
+    def _query(self, arguments: dict[str, Any]) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        paginator = self._client.get_paginator("query")
+        for page in paginator.paginate(TableName=self._table, **arguments):
+            items += page["Items"]
+        return items
+
+    def _scan(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        for page in self._client.get_paginator("scan").paginate(TableName=self._table):
+            items += page["Items"]
+        return items
+
+
+class DynamoRunStore:
+    """Run items keyed `{run_id, record}`: `document`, `resume`, and `task#<name>` checkpoints."""
+
+    def __init__(self, table: str, client: DynamoDBClient | None = None) -> None:
+        self._table = table
+        self._client = _client(client)
+
+    def save(self, document: dict[str, Any], resume: dict[str, Any] | None = None) -> None:
+        now = str(time.time())
+        self._client.put_item(
+            TableName=self._table,
+            Item={
+                "run_id": {"S": document["run_id"]},
+                "record": {"S": "document"},
+                "pipeline": {"S": document["pipeline"]},
+                "started_at": {"N": now},
+                "status": {"S": document["status"]},
+                "document": {"S": json.dumps(document)},
+            },
+        )
+        if resume is not None:
+            self._client.put_item(
+                TableName=self._table,
+                Item={
+                    "run_id": {"S": document["run_id"]},
+                    "record": {"S": "resume"},
+                    "document": {"S": json.dumps(resume)},
+                },
+            )
+
+    def load(self, run_id: str) -> dict[str, Any] | None:
+        item = self._client.get_item(
+            TableName=self._table, Key={"run_id": {"S": run_id}, "record": {"S": "document"}}
+        ).get("Item")
+        return None if item is None else dict(json.loads(item["document"]["S"]))
+
+    def list(self, *, pipeline: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        if pipeline is not None:
+            page = self._client.query(
+                TableName=self._table,
+                IndexName="by_pipeline",
+                KeyConditionExpression="pipeline = :p",
+                ExpressionAttributeValues={":p": {"S": pipeline}},
+                ScanIndexForward=False,
+                Limit=limit,
+            )
+            items = page["Items"]
+        else:
+            items = [
+                i for i in self._client.scan(TableName=self._table)["Items"] if i["record"]["S"] == "document"
+            ]
+            items.sort(key=lambda i: float(i["started_at"]["N"]), reverse=True)
+        return [
+            dict(json.loads(i["document"]["S"]), started_at=float(i["started_at"]["N"]))
+            for i in items[:limit]
+        ]
+
+    def checkpoint(self, run_id: str, task: str, outcome: dict[str, Any]) -> None:
+        self._client.put_item(
+            TableName=self._table,
+            Item={
+                "run_id": {"S": run_id},
+                "record": {"S": f"task#{task}"},
+                "document": {"S": json.dumps(outcome)},
+            },
+        )
+
+    def resume_point(self, run_id: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]] | None:
+        items = self._client.query(
+            TableName=self._table,
+            KeyConditionExpression="run_id = :r",
+            ExpressionAttributeValues={":r": {"S": run_id}},
+        )["Items"]
+        records = {i["record"]["S"]: json.loads(i["document"]["S"]) for i in items}
+        if "resume" not in records:
+            return None
+        finished = {
+            key.removeprefix("task#"): value for key, value in records.items() if key.startswith("task#")
+        }
+        return records["resume"], finished
