@@ -8,6 +8,7 @@
 | `OPENAI_API_KEY`, `OPENAI_BASE_URL` | the OpenAI-compatible endpoint used by `llm_task` |
 | `ORCHESTRATOR_SEARCH_URL`, `ORCHESTRATOR_SEARCH_API_KEY` | the JSON search endpoint of `web_search_task` |
 | `ORCHESTRATOR_MAX_THREADS` | worker threads of the embedded engine (default 256) |
+| `ORCHESTRATOR_STATE_TABLE`, `_CACHE_`, `_AUDIT_`, `_RUNS_TABLE` | DynamoDB tables (set on AWS; they select the AWS stores) |
 | `ORCHESTRATOR_REDIS_URL` | Redis server for `storage_backend: redis` (default `redis://127.0.0.1:6379/0`) |
 """
 
@@ -45,6 +46,12 @@ class Settings:
     search_api_key: str | None = None
     max_threads: int = 256
     redis_url: str = "redis://127.0.0.1:6379/0"
+    tables: dict[str, str] = field(default_factory=dict)  # state, cache, audit, runs -> DynamoDB table
+
+    @property
+    def on_aws(self) -> bool:
+        return {"state", "cache", "audit", "runs"} <= set(self.tables)
+
     llm_timeout: float = 60.0
     llm_max_retries: int = 4
 
@@ -113,4 +120,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         search_api_key=search_key,
         max_threads=int(env.get("ORCHESTRATOR_MAX_THREADS") or 256),
         redis_url=env.get("ORCHESTRATOR_REDIS_URL") or "redis://127.0.0.1:6379/0",
+        tables={
+            kind: env[f"ORCHESTRATOR_{kind.upper()}_TABLE"]
+            for kind in ("state", "cache", "audit", "runs")
+            if env.get(f"ORCHESTRATOR_{kind.upper()}_TABLE")
+        },
     )

@@ -60,7 +60,13 @@ def _state_and_cache(settings: Settings, backend: str) -> tuple[StateStore, Cach
 
 
 def open_stores(settings: Settings, backend: str = "database") -> Stores:
-    """Stores for a pipeline whose `state_management.storage_backend` is `backend`."""
+    """Stores for a pipeline whose `state_management.storage_backend` is `backend`.
+
+    On AWS (the DynamoDB tables are configured) every store is DynamoDB and secrets come
+    from Secrets Manager, whatever the pipeline's local backend is.
+    """
+    if settings.on_aws:
+        return _aws_stores(settings)
     state, cache = _state_and_cache(settings, backend)
     opened = database(settings)
     return Stores(
@@ -69,4 +75,23 @@ def open_stores(settings: Settings, backend: str = "database") -> Stores:
         audit=SqliteAuditLog(opened),
         runs=SqliteRunStore(opened),
         secrets=LocalSecrets(settings.home / "secrets.yaml"),
+    )
+
+
+def _aws_stores(settings: Settings) -> Stores:
+    from orchestrator.stores.dynamodb import (
+        DynamoAuditLog,
+        DynamoCacheStore,
+        DynamoRunStore,
+        DynamoStateStore,
+    )
+    from orchestrator.stores.secretsmanager import SecretsManagerSecrets
+
+    tables = settings.tables
+    return Stores(
+        state=DynamoStateStore(tables["state"]),
+        cache=DynamoCacheStore(tables["cache"]),
+        audit=DynamoAuditLog(tables["audit"]),
+        runs=DynamoRunStore(tables["runs"]),
+        secrets=SecretsManagerSecrets(),
     )
