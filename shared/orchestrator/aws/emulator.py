@@ -1,0 +1,268 @@
+"""`--engine stepfunctions`: the compiled state machine on moto's Step Functions emulator.
+
+Inside `mock_aws` this creates what `template.yaml` deploys (the DynamoDB tables, read from
+the template itself so their schema cannot drift; the payload bucket; a KMS key; the secrets
+this machine knows; one Lambda function per task type and the dispatch function), starts the
+pipeline's exact state machine and waits for it. moto cannot run Lambda code without Docker,
+so each invocation is handed, in process, to the project's own handler in `functions/`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from unittest import mock
+
+import yaml
+
+from orchestrator.aws.asl import FUNCTION_PLACEHOLDERS, compile_pipeline
+from orchestrator.aws.execution import document_from_execution
+from orchestrator.errors import OrchestratorError
+from orchestrator.plan import Plan
+
+REGION = "us-east-1"
+ACCOUNT_ROLE = "arn:aws:iam::123456789012:role/orchestrator-emulated"
+FUNCTION_FOLDERS = {
+    "python_task": "python_task",
+    "llm_task": "llm_task",
+    "web_search_task": "web_search_task",
+    "dispatch": "dispatch",
+}
+TABLE_ENV = {
+    "StateTable": "ORCHESTRATOR_STATE_TABLE",
+    "CacheTable": "ORCHESTRATOR_CACHE_TABLE",
+    "AuditTable": "ORCHESTRATOR_AUDIT_TABLE",
+    "RunsTable": "ORCHESTRATOR_RUNS_TABLE",
+}
+BUCKET = "orchestrator-emulated-payloads"
+
+
+def repository_root() -> Path:
+    """The folder holding `template.yaml` and `functions/` (the repo, or the layer's parent)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "functions").is_dir() and (parent / "template.yaml").is_file():
+            return parent
+    raise OrchestratorError("--engine stepfunctions needs the project's functions/ and template.yaml")
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """Reads template.yaml, turning `!Ref`-style tags into plain values."""
+
+
+def _any_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        return {suffix: loader.construct_scalar(node)}
+    if isinstance(node, yaml.SequenceNode):
+        return {suffix: loader.construct_sequence(node, deep=True)}
+    return {suffix: loader.construct_mapping(node, deep=True)}  # type: ignore[arg-type]
+
+
+_CfnLoader.add_multi_constructor("!", _any_tag)
+
+
+def table_definitions(template: Path) -> dict[str, dict[str, Any]]:
+    """CreateTable arguments for every `AWS::DynamoDB::Table` in the template."""
+    loaded = yaml.load(template.read_text(encoding="utf-8"), Loader=_CfnLoader)
+    tables: dict[str, dict[str, Any]] = {}
+    for logical_id, resource in loaded["Resources"].items():
+        if resource.get("Type") != "AWS::DynamoDB::Table":
+            continue
+        properties = resource["Properties"]
+        arguments: dict[str, Any] = {
+            "TableName": f"orchestrator-{logical_id}",
+            "AttributeDefinitions": properties["AttributeDefinitions"],
+            "KeySchema": properties["KeySchema"],
+            "BillingMode": properties.get("BillingMode", "PAY_PER_REQUEST"),
+        }
+        if properties.get("GlobalSecondaryIndexes"):
+            arguments["GlobalSecondaryIndexes"] = properties["GlobalSecondaryIndexes"]
+        tables[logical_id] = arguments
+    return tables
+
+
+class LambdaContext:
+    """What a handler may read of its context."""
+
+    def __init__(self, name: str) -> None:
+        self.function_name = name
+        self.function_version = "$LATEST"
+        self.invoked_function_arn = f"arn:aws:lambda:{REGION}:123456789012:function:{name}"
+        self.memory_limit_in_mb = 1024
+        self.aws_request_id = "emulated"
+        self.log_group_name = f"/aws/lambda/{name}"
+        self.log_stream_name = "emulated"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 900_000
+
+
+def _load_handler(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"orchestrator_function_{path.parent.name}", path)
+    if spec is None or spec.loader is None:
+        raise OrchestratorError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class _Invoker:
+    """Stands in for moto's Docker-based Lambda runtime: calls our handlers in process."""
+
+    handlers: dict[str, ModuleType]
+
+    def __call__(self, function: Any, event: Any = None) -> tuple[str, bool, str]:
+        name = function.function_name
+        module = self.handlers[name]
+        try:
+            result = module.lambda_handler(event, LambdaContext(name))
+        except Exception as error:  # the Lambda runtime reports it as a function error
+            payload = {"errorMessage": str(error), "errorType": type(error).__name__, "stackTrace": []}
+            return json.dumps(payload), True, ""
+        return json.dumps(result), False, ""
+
+
+@contextmanager
+def emulated_aws(root: Path | None = None) -> Iterator[dict[str, str]]:
+    """Inside: moto with this project's resources; yields the placeholder -> function ARN map."""
+    from moto import mock_aws
+
+    root = root or repository_root()
+    saved = dict(os.environ)
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": REGION,
+            "POWERTOOLS_SERVICE_NAME": "orchestrator",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_METRICS_NAMESPACE": "Orchestrator",
+            "ORCHESTRATOR_PAYLOAD_BUCKET": BUCKET,
+        }
+    )
+    try:
+        with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+            arns = _create_resources(root)
+            handlers = {
+                f"orchestrator-{kind}": _load_handler(root / "functions" / folder / "app.py")
+                for kind, folder in FUNCTION_FOLDERS.items()
+            }
+            from moto.awslambda.models import LambdaFunction
+
+            invoker = _Invoker(handlers)
+            with mock.patch.object(
+                LambdaFunction, "_invoke_lambda", lambda self, event=None: invoker(self, event)
+            ):
+                yield arns
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _create_resources(root: Path) -> dict[str, str]:
+    import boto3
+
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    boto3.client("iam", region_name=REGION).create_role(
+        RoleName=ACCOUNT_ROLE.rsplit("/", 1)[-1], AssumeRolePolicyDocument=json.dumps(trust)
+    )
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    for logical_id, arguments in table_definitions(root / "template.yaml").items():
+        dynamodb.create_table(**arguments)
+        if logical_id in TABLE_ENV:
+            os.environ[TABLE_ENV[logical_id]] = arguments["TableName"]
+    boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
+    key = boto3.client("kms", region_name=REGION).create_key(Description="orchestrator sensitive inputs")
+    os.environ["ORCHESTRATOR_KMS_KEY_ID"] = key["KeyMetadata"]["KeyId"]
+    _copy_secrets(boto3.client("secretsmanager", region_name=REGION))
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("app.py", "def lambda_handler(event, context):\n    return event\n")
+    lambda_client = boto3.client("lambda", region_name=REGION)
+    arns: dict[str, str] = {}
+    for kind in FUNCTION_FOLDERS:
+        created = lambda_client.create_function(
+            FunctionName=f"orchestrator-{kind}",
+            Runtime="python3.12",
+            Role=ACCOUNT_ROLE,
+            Handler="app.lambda_handler",
+            Code={"ZipFile": archive.getvalue()},
+            Timeout=900,
+        )
+        arns[FUNCTION_PLACEHOLDERS[kind]] = created["FunctionArn"]
+    return arns
+
+
+def _copy_secrets(client: Any) -> None:
+    """The secrets this machine has locally become Secrets Manager secrets `orchestrator/<name>`."""
+    for variable, value in os.environ.items():
+        if variable.startswith("ORCHESTRATOR_SECRET_"):
+            name = variable.removeprefix("ORCHESTRATOR_SECRET_").lower()
+            for candidate in {name, name.replace("_", "-")}:
+                client.create_secret(Name=f"orchestrator/{candidate}", SecretString=value)
+
+
+def substitute(definition: dict[str, Any], arns: dict[str, str]) -> str:
+    """The definition with `${...FunctionArn}` placeholders replaced, as SAM would."""
+    text = json.dumps(definition)
+    for placeholder, arn in arns.items():
+        text = text.replace(placeholder, arn)
+    return text
+
+
+def run_on_stepfunctions(
+    plan: Plan, execution_input: dict[str, Any], run_id: str, *, poll: float = 0.01
+) -> dict[str, Any]:
+    """Run a plan's state machine on the emulator; the run document, as the local engine gives it."""
+    import boto3
+
+    with emulated_aws() as arns:
+        client = boto3.client("stepfunctions", region_name=REGION)
+        machine = client.create_state_machine(
+            name=plan.pipeline_id,
+            definition=substitute(compile_pipeline(plan), arns),
+            roleArn=ACCOUNT_ROLE,
+            type="STANDARD",
+        )
+        started = client.start_execution(
+            stateMachineArn=machine["stateMachineArn"], name=run_id, input=json.dumps(execution_input)
+        )
+        while True:
+            described = client.describe_execution(executionArn=started["executionArn"])
+            if described["status"] != "RUNNING":
+                break
+            time.sleep(poll)
+        history: list[dict[str, Any]] = []
+        for page in client.get_paginator("get_execution_history").paginate(
+            executionArn=started["executionArn"]
+        ):
+            history += page["events"]
+        output = json.loads(described["output"]) if described.get("output") else None
+        return {"status": described["status"], "output": output, "history": history}
+
+
+def document_of(plan: Plan, run_id: str, execution: dict[str, Any], result: Any = None) -> dict[str, Any]:
+    return document_from_execution(
+        plan, run_id, execution["status"], execution["output"], execution["history"], result
+    )
