@@ -204,7 +204,11 @@ def test_groups_dynamic_groups_and_child_pipelines() -> None:
     states = compile_file(CORPUS / "groups.yaml")["States"]
     independent = states["independent"]
     assert independent["Type"] == "Parallel" and len(independent["Branches"]) == 2
-    assert independent["ResultSelector"]["output"] == {"one.$": "$[0].output", "two.$": "$[1].output"}
+    assert independent["ResultSelector"] == {"children": {"one.$": "$[0]", "two.$": "$[1]"}}
+    assert states["independent.result"]["Parameters"]["output"] == {
+        "one.$": "$.tasks.independent.children.one.output",
+        "two.$": "$.tasks.independent.children.two.output",
+    }
     assert len(states["chained"]["Branches"]) == 1
     after = states["after_children"]["Parameters"]["Payload"]["outputs"]
     assert after == {

@@ -330,6 +330,13 @@ def _guarded(node: Node, scope: Scope, state: dict[str, Any], *, leaf: bool) -> 
         return Segment(skip_name, {skip_name: skip}, [skip_name])
     states: dict[str, Any] = {name: state}
     exits = [name]
+    after = state.pop("_after", None)
+    if after is not None:
+        # reshape the container's raw result into {status, output} (see _first_branch)
+        after_name = scope.state_name(node.name, "result")
+        states[after_name] = after
+        state["Next"] = after_name
+        exits = [after_name]
     timeout = task_timeout(node.task)
     if timeout is not None and state["Type"] == "Task":
         state["TimeoutSeconds"] = max(1, math.ceil(timeout))
@@ -512,11 +519,22 @@ def _preceded(first_name: str, first_state: dict[str, Any], main: dict[str, Any]
     first_state = {**first_state, "Next": main_name}
     result_path = main.pop("ResultPath")
     main = {**main, "End": True, "ResultPath": "$.result", "OutputPath": "$.result"}
+    return _first_branch(
+        {"StartAt": first_name, "States": {first_name: first_state, main_name: main}}, result_path
+    )
+
+
+def _first_branch(branch: dict[str, Any], result_path: str) -> dict[str, Any]:
+    """A one-branch Parallel whose branch ends with `{status, output}`, kept at `result_path`.
+
+    The branch's result is read with `InputPath: <path>[0]` in a following Pass, rather than
+    `$[0].status` in a ResultSelector, which the emulator evaluates to a list.
+    """
     return {
         "Type": "Parallel",
-        "Branches": [{"StartAt": first_name, "States": {first_name: first_state, main_name: main}}],
-        "ResultSelector": {"status.$": "$[0].status", "output.$": "$[0].output"},
+        "Branches": [branch],
         "ResultPath": result_path,
+        "_after": {"Type": "Pass", "InputPath": result_path + "[0]", "ResultPath": result_path},
     }
 
 
@@ -566,12 +584,7 @@ def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> 
         },
         **body_states,
     }
-    return {
-        "Type": "Parallel",
-        "Branches": [{"StartAt": first, "States": states}],
-        "ResultSelector": {"status.$": "$[0].status", "output.$": "$[0].output"},
-        "ResultPath": scope.locations[node.name],
-    }
+    return _first_branch({"StartAt": first, "States": states}, scope.locations[node.name])
 
 
 def _parallel_group(node: Node, task: ParallelGroup, scope: Scope, pipeline_id: str) -> dict[str, Any]:
@@ -586,19 +599,24 @@ def _parallel_group(node: Node, task: ParallelGroup, scope: Scope, pipeline_id: 
             only: dict[str, Any] = {"Type": "Pass", "OutputPath": f"$.tasks.{child}"}
             states, start = _compile_body(single, inner, pipeline_id, end_state=only)
             branches.append({"StartAt": start, "States": _rename_result(states, inner, child)})
-        output = {f"{c}.$": f"$[{i}].output" for i, c in enumerate(children)}
-        everything = {f"{c}.$": f"$[{i}]" for i, c in enumerate(children)}
+        selector: dict[str, Any] = {"children": {f"{c}.$": f"$[{i}]" for i, c in enumerate(children)}}
     else:
         collect = {"Type": "Pass", "Parameters": {f"{c}.$": f"$.tasks.{c}" for c in children}}
         states, start = _compile_body(node.body, inner, pipeline_id, end_state=collect)
         branches = [{"StartAt": start, "States": states}]
-        output = {f"{c}.$": f"$[0].{c}.output" for c in children}
-        everything = {f"{c}.$": f"$[0].{c}" for c in children}
+        selector = {"children.$": "$[0]"}
+    location = scope.locations[node.name]
+    shape = {
+        "status": "succeeded",
+        "children.$": f"{location}.children",
+        "output": {f"{c}.$": f"{location}.children.{c}.output" for c in children},
+    }
     return {
         "Type": "Parallel",
         "Branches": branches,
-        "ResultSelector": {"status": "succeeded", "output": output, "children": everything},
-        "ResultPath": scope.locations[node.name],
+        "ResultSelector": selector,
+        "ResultPath": location,
+        "_after": {"Type": "Pass", "Parameters": shape, "ResultPath": location},
     }
 
 
