@@ -76,7 +76,12 @@ def _parser() -> argparse.ArgumentParser:
         help="an input value (parsed as a YAML scalar, then coerced to its declared type)",
     )
     run.add_argument("--inputs-file", type=Path, help="a JSON or YAML mapping of inputs")
-    run.add_argument("--engine", choices=["local"], default="local")
+    run.add_argument(
+        "--engine",
+        choices=["local", "stepfunctions"],
+        default="local",
+        help="local: the embedded engine; stepfunctions: the compiled state machine on emulated AWS",
+    )
     run.add_argument("--json", action="store_true", help="print exactly the run document on stdout")
     run.add_argument("--no-cache", action="store_true", help="do not read cached task outputs")
     run.add_argument("--user", help="the user id recorded for this run (default: the OS user)")
@@ -200,7 +205,12 @@ def command_run(arguments: argparse.Namespace) -> int:
         user_id=arguments.user,
         observer=progress,
     )
-    document = run_plan(plan, inputs, options)
+    if arguments.engine == "stepfunctions":
+        from orchestrator.aws.stepfunctions_engine import run_plan_on_stepfunctions
+
+        document = run_plan_on_stepfunctions(plan, inputs, options)
+    else:
+        document = run_plan(plan, inputs, options)
     if arguments.json:
         print(json.dumps(document, indent=2, default=str))
     else:

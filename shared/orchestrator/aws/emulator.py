@@ -15,7 +15,7 @@ import json
 import os
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,6 @@ from unittest import mock
 import yaml
 
 from orchestrator.aws.asl import FUNCTION_PLACEHOLDERS, compile_pipeline
-from orchestrator.aws.execution import document_from_execution
 from orchestrator.errors import OrchestratorError
 from orchestrator.plan import Plan
 
@@ -231,10 +230,13 @@ def substitute(definition: dict[str, Any], arns: dict[str, str]) -> str:
     return text
 
 
-def run_on_stepfunctions(
-    plan: Plan, execution_input: dict[str, Any], run_id: str, *, poll: float = 0.01
+def run_execution(
+    plan: Plan, build_input: Callable[[], dict[str, Any]], run_id: str, *, poll: float = 0.01
 ) -> dict[str, Any]:
-    """Run a plan's state machine on the emulator; the run document, as the local engine gives it."""
+    """Run a plan's state machine on the emulator; its status, output and history.
+
+    `build_input` is called inside the emulated account (sealing sensitive inputs needs its KMS).
+    """
     import boto3
 
     with emulated_aws() as arns:
@@ -246,7 +248,7 @@ def run_on_stepfunctions(
             type="STANDARD",
         )
         started = client.start_execution(
-            stateMachineArn=machine["stateMachineArn"], name=run_id, input=json.dumps(execution_input)
+            stateMachineArn=machine["stateMachineArn"], name=run_id, input=json.dumps(build_input())
         )
         while True:
             described = client.describe_execution(executionArn=started["executionArn"])
@@ -260,9 +262,3 @@ def run_on_stepfunctions(
             history += page["events"]
         output = json.loads(described["output"]) if described.get("output") else None
         return {"status": described["status"], "output": output, "history": history}
-
-
-def document_of(plan: Plan, run_id: str, execution: dict[str, Any], result: Any = None) -> dict[str, Any]:
-    return document_from_execution(
-        plan, run_id, execution["status"], execution["output"], execution["history"], result
-    )
