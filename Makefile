@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# aws-sam-cli pins its own versions of boto3, cfn-lint and friends, so it lives apart from .venv.
+SAM_VENV ?= .venv-sam
+SAM_STAMP := $(SAM_VENV)/.installed
 
-.PHONY: help setup demo test test-fast lint typecheck bench build clean
+.PHONY: help setup sam-tools demo test test-fast lint typecheck bench build clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -23,10 +26,18 @@ $(NODE_STAMP): package.json package-lock.json
 
 setup: $(STAMP) $(NODE_STAMP) ## create .venv and node_modules with the development tools
 
+$(SAM_STAMP):
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install --quiet --upgrade pip
+	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli
+	touch $(SAM_STAMP)
+
+sam-tools: $(SAM_STAMP) ## install aws-sam-cli into .venv-sam for the sam validate/build tests
+
 demo: $(STAMP) ## run the bundled offline demo pipeline on the embedded engine
 	$(BIN)/orchestrator run pipelines/demo.yaml -i topic=serverless
 
-test: $(STAMP) $(NODE_STAMP) ## run the whole test suite
+test: $(STAMP) $(NODE_STAMP) $(SAM_STAMP) ## run the whole test suite
 	$(BIN)/pytest -q
 
 test-fast: $(STAMP) $(NODE_STAMP) ## run the tests not marked slow

@@ -118,6 +118,12 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("file", type=Path)
     compile_.add_argument("-o", "--output", type=Path, help="write the definition here instead of stdout")
 
+    build = commands.add_parser(
+        "build", help="write statemachine/*.asl.json and template.yaml from pipelines/ and infra/"
+    )
+    build.add_argument("--root", type=Path, default=Path("."), help="the project folder (default: .)")
+    build.add_argument("--check", action="store_true", help="only report stale files; exit 1 if any")
+
     graph = commands.add_parser("graph", help="draw the pipeline as Mermaid or DOT")
     graph.add_argument("file", type=Path)
     graph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
@@ -327,6 +333,25 @@ def command_compile(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def command_build(arguments: argparse.Namespace) -> int:
+    from orchestrator.aws.build import build_app, stale_files
+
+    if arguments.check:
+        stale = stale_files(arguments.root)
+        for name in stale:
+            print(f"stale: {name} (run 'orchestrator build')", file=sys.stderr)
+        return EXIT_FAILED if stale else EXIT_OK
+    try:
+        written = build_app(arguments.root)
+    except PipelineValidationError as error:
+        for diagnostic in error.diagnostics:
+            print(diagnostic.format(), file=sys.stderr)
+        return EXIT_FAILED
+    for path in written:
+        print(path)
+    return EXIT_OK
+
+
 def command_graph(arguments: argparse.Namespace) -> int:
     from orchestrator.graph import to_dot, to_mermaid
 
@@ -354,6 +379,7 @@ COMMANDS = {
     "runs": command_runs,
     "audit": command_audit,
     "compile": command_compile,
+    "build": command_build,
     "graph": command_graph,
     "schema": command_schema,
 }

@@ -1,0 +1,476 @@
+"""The SAM template: hand-written infrastructure merged with one state machine per pipeline.
+
+`infra/template.base.yaml` holds everything written by hand (the layer, the functions, the
+tables, the bucket, the HTTP API, the triggers, the log groups). `build_template` adds what
+the pipelines decide: a state machine per pipeline (named `<stack>-<pipeline id>`), an
+EventBridge Scheduler schedule per `triggers.schedule` entry, the trigger functions'
+`ORCHESTRATOR_STATE_MACHINES` map, and the task functions' `MemorySize`/`Timeout` raised to
+what the pipelines' `resource_limits` ask for. Everything here is pure: the caller
+(`aws.build`) reads and writes the files.
+
+CloudFormation's short-form tags (`!Ref`, `!GetAtt`, `!Sub`, `!If`, ...) are kept as small
+classes, so the written `template.yaml` reads like a hand-written one and a test can inspect
+the template as plain data.
+
+Examples
+--------
+>>> template = load_template("Value: !GetAtt PythonTaskFunction.Arn")
+>>> template["Value"]
+GetAtt(target='PythonTaskFunction.Arn')
+>>> dump_template(template)
+'Value: !GetAtt PythonTaskFunction.Arn\\n'
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.plan import Plan
+from orchestrator.spec.models import DynamicTaskGroup, Pipeline, ResourceLimits, Schedule, TaskBase
+
+# Functions the state machines call, by logical id; `${<id>Arn}` is their ASL placeholder.
+SUBSTITUTED_FUNCTIONS = ("PythonTaskFunction", "LlmTaskFunction", "WebSearchTaskFunction", "DispatchFunction")
+# The function that runs each task type (a dynamic group's generated tasks run on dispatch).
+FUNCTION_OF_TYPE = {
+    "python_task": "PythonTaskFunction",
+    "llm_task": "LlmTaskFunction",
+    "web_search_task": "WebSearchTaskFunction",
+    "dynamic_task_group": "DispatchFunction",
+}
+# Functions that start executions; they get `ORCHESTRATOR_STATE_MACHINES` (pipeline id -> ARN).
+TRIGGER_FUNCTIONS = ("ApiFunction", "UploadTriggerFunction", "ScheduleTriggerFunction")
+STATE_MACHINES_VARIABLE = "ORCHESTRATOR_STATE_MACHINES"
+# Lambda allows 4 KB of environment per function; the global variables take about 600 bytes.
+STATE_MACHINES_BUDGET = 3400
+# For that estimate: an ARN in the longest commercial region, under a 24-character stack name.
+_ARN_ESTIMATE = len("arn:aws:states:ap-southeast-2:123456789012:stateMachine:") + 24 + 1
+SCHEDULE_TARGET = "ScheduleTriggerFunction"
+SCHEDULER_ROLE = "SchedulerRole"
+STATE_MACHINE_LOG_GROUP = "StateMachineLogGroup"
+STATE_MACHINE_LOGGING_POLICY = "StateMachineLoggingPolicy"
+LOG_LEVEL_PARAMETER = "StateMachineLogLevel"
+
+LAMBDA_MIN_MEMORY_MB = 128
+LAMBDA_MAX_MEMORY_MB = 10240
+LAMBDA_MAX_TIMEOUT_S = 900
+MB_PER_VCPU = 1769  # Lambda allocates one full vCPU at 1,769 MB
+TIMEOUT_MARGIN_S = 5  # the runtime's own timeout reports a clean TaskTimeout before Lambda's kills it
+
+_TOP_LEVEL_ORDER = (
+    "AWSTemplateFormatVersion",
+    "Transform",
+    "Description",
+    "Metadata",
+    "Parameters",
+    "Mappings",
+    "Conditions",
+    "Rules",
+    "Globals",
+    "Resources",
+    "Outputs",
+)
+_STATE_MACHINE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_RESOURCE_ORDER = ("Type", "Condition", "DependsOn", "Metadata", "Properties")
+
+
+class TemplateError(OrchestratorError):
+    """The template cannot be built (a clash of logical ids, a malformed base template)."""
+
+
+# -- CloudFormation short-form tags ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ref:
+    """`!Ref Name`: a resource's id or a parameter's value."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class GetAtt:
+    """`!GetAtt Resource.Attribute`."""
+
+    target: str
+
+
+@dataclass(frozen=True)
+class Sub:
+    """`!Sub "text ${Name}"`, or `!Sub [text, {Name: value}]` when `value` is a list."""
+
+    value: str | list[Any]
+
+
+@dataclass(frozen=True)
+class Intrinsic:
+    """Any other short-form function (`!If`, `!Equals`, `!Select`, `!Split`, `!Join`, ...)."""
+
+    function: str
+    value: Any
+
+
+class TemplateLoader(yaml.SafeLoader):
+    """A safe loader that understands CloudFormation's `!Function` tags."""
+
+
+class TemplateDumper(yaml.SafeDumper):
+    """A safe dumper that writes intrinsics as tags, never anchors, and long strings unwrapped."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)  # indent list items under their key
+
+    def choose_scalar_style(self) -> str:
+        """Plain `!Ref Name`, not `!Ref 'Name'`, whenever plain style would be valid."""
+        event = self.event
+        if isinstance(event, yaml.ScalarEvent) and (event.tag or "").startswith("!") and not event.style:
+            if self.analysis is None:
+                self.analysis = self.analyze_scalar(event.value)
+            analysis = self.analysis
+            plain = analysis.allow_flow_plain if self.flow_level else analysis.allow_block_plain
+            if plain and not analysis.empty and not analysis.multiline:
+                return ""
+        style: str = super().choose_scalar_style()
+        return style
+
+
+def _construct_intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+    value: Any
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        assert isinstance(node, yaml.MappingNode)
+        value = loader.construct_mapping(node, deep=True)
+    if suffix == "Ref":
+        return Ref(str(value))
+    if suffix == "GetAtt":
+        return GetAtt(".".join(value) if isinstance(value, list) else str(value))
+    if suffix == "Sub":
+        return Sub(value if isinstance(value, list) else str(value))
+    return Intrinsic(suffix, value)
+
+
+def _represent_value(dumper: yaml.SafeDumper, tag: str, value: Any) -> yaml.Node:
+    if isinstance(value, list):
+        return dumper.represent_sequence(tag, value, flow_style=False)
+    if isinstance(value, dict):
+        return dumper.represent_mapping(tag, value, flow_style=False)
+    return dumper.represent_scalar(tag, str(value))
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+TemplateLoader.add_multi_constructor("!", _construct_intrinsic)
+TemplateDumper.add_representer(str, _represent_str)
+TemplateDumper.add_representer(Ref, lambda dumper, ref: dumper.represent_scalar("!Ref", ref.name))
+TemplateDumper.add_representer(
+    GetAtt, lambda dumper, attribute: dumper.represent_scalar("!GetAtt", attribute.target)
+)
+TemplateDumper.add_representer(Sub, lambda dumper, sub: _represent_value(dumper, "!Sub", sub.value))
+TemplateDumper.add_representer(
+    Intrinsic, lambda dumper, call: _represent_value(dumper, f"!{call.function}", call.value)
+)
+
+
+def load_template(text: str) -> dict[str, Any]:
+    """Parse CloudFormation YAML (short-form tags included) into plain data."""
+    loaded = yaml.load(text, Loader=TemplateLoader)  # nosec B506 - TemplateLoader is a SafeLoader
+    if not isinstance(loaded, dict):
+        raise TemplateError("a template must be a mapping")
+    return loaded
+
+
+def dump_template(template: Mapping[str, Any]) -> str:
+    """Write a template as YAML with short-form tags, in a stable order."""
+    return yaml.dump(
+        _ordered(template),
+        Dumper=TemplateDumper,
+        sort_keys=False,
+        default_flow_style=False,
+        width=1_000_000,
+        allow_unicode=True,
+    )
+
+
+def to_long_form(value: Any) -> Any:
+    """The same data with intrinsics in JSON form (`{"Ref": ...}`, `{"Fn::GetAtt": [...]}`)."""
+    if isinstance(value, Ref):
+        return {"Ref": value.name}
+    if isinstance(value, GetAtt):
+        return {"Fn::GetAtt": value.target.split(".", 1)}
+    if isinstance(value, Sub):
+        return {"Fn::Sub": to_long_form(value.value)}
+    if isinstance(value, Intrinsic):
+        name = "Condition" if value.function == "Condition" else f"Fn::{value.function}"
+        return {name: to_long_form(value.value)}
+    if isinstance(value, dict):
+        return {key: to_long_form(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [to_long_form(item) for item in value]
+    return value
+
+
+def _ordered(template: Mapping[str, Any]) -> dict[str, Any]:
+    """Sections in CloudFormation's usual order, and each resource's keys `Type` first."""
+    ordered = {key: template[key] for key in _TOP_LEVEL_ORDER if key in template}
+    ordered.update({key: template[key] for key in sorted(template) if key not in ordered})
+    resources = ordered.get("Resources")
+    if isinstance(resources, dict):
+        ordered["Resources"] = {
+            logical_id: _ordered_resource(resource) for logical_id, resource in resources.items()
+        }
+    return ordered
+
+
+def _ordered_resource(resource: Any) -> Any:
+    if not isinstance(resource, dict):
+        return resource
+    ordered = {key: resource[key] for key in _RESOURCE_ORDER if key in resource}
+    ordered.update({key: resource[key] for key in sorted(resource) if key not in ordered})
+    return ordered
+
+
+# -- names -----------------------------------------------------------------------------------
+
+
+def pascal_case(pipeline_id: str) -> str:
+    """`data_analysis-pipeline` -> `DataAnalysisPipeline` (CloudFormation logical ids are alphanumeric)."""
+    words = [word for word in re.split(r"[^A-Za-z0-9]+", pipeline_id) if word]
+    if not words:
+        raise TemplateError(f"pipeline id '{pipeline_id}' has no letters or digits to name resources by")
+    return "".join(word[0].upper() + word[1:] for word in words)
+
+
+def state_machine_id(pipeline_id: str) -> str:
+    """Logical id of a pipeline's state machine."""
+    if not _STATE_MACHINE_NAME.fullmatch(pipeline_id):
+        raise TemplateError(
+            f"pipeline id '{pipeline_id}' must be letters, digits, '-' and '_' only: "
+            "it names the state machine `<stack>-<pipeline id>`"
+        )
+    return f"{pascal_case(pipeline_id)}StateMachine"
+
+
+def schedule_id(pipeline_id: str, index: int) -> str:
+    """Logical id of the `index`-th (0-based) `triggers.schedule` entry of a pipeline."""
+    return f"{pascal_case(pipeline_id)}Schedule{index + 1}"
+
+
+# -- resource limits -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FunctionSize:
+    """What a function needs: the largest memory and timeout over the tasks it runs."""
+
+    memory_mb: int | None = None
+    timeout_s: int | None = None
+
+    def widen(self, other: FunctionSize) -> FunctionSize:
+        return FunctionSize(
+            _larger(self.memory_mb, other.memory_mb), _larger(self.timeout_s, other.timeout_s)
+        )
+
+
+def _larger(first: int | None, second: int | None) -> int | None:
+    if first is None:
+        return second
+    return first if second is None else max(first, second)
+
+
+def task_size(task: TaskBase, pipeline: Pipeline) -> FunctionSize:
+    """Lambda memory and timeout for one task: its own `resource_limits` over the pipeline's.
+
+    Memory is the larger of `memory_limit` and `cpu_limit` x 1,769 MB (Lambda gives CPU in
+    proportion to memory); the timeout is the task's own (`timeout`, `resource_limits.timeout`),
+    else the pipeline's, plus a small margin. Both are clamped to what Lambda allows.
+    """
+    own = task.resource_limits or ResourceLimits()
+    shared = pipeline.resource_limits
+    memory_bytes = own.memory_bytes() if own.memory_limit is not None else shared.memory_bytes()
+    cpus = own.cpu_limit if own.cpu_limit is not None else shared.cpu_limit
+    memory: int | None = None
+    if memory_bytes is not None:
+        memory = math.ceil(memory_bytes / 1024**2)
+    if cpus is not None:
+        memory = _larger(memory, math.ceil(cpus * MB_PER_VCPU))
+    seconds = task.timeout if task.timeout is not None else own.timeout
+    if seconds is None:
+        seconds = shared.timeout
+    timeout = None if seconds is None else math.ceil(seconds) + TIMEOUT_MARGIN_S
+    return FunctionSize(
+        None if memory is None else min(max(memory, LAMBDA_MIN_MEMORY_MB), LAMBDA_MAX_MEMORY_MB),
+        None if timeout is None else min(timeout, LAMBDA_MAX_TIMEOUT_S),
+    )
+
+
+def _every_task(tasks: Sequence[Any]) -> Iterator[TaskBase]:
+    """Every task of a list, nested bodies and fallbacks included (a dynamic group's specs are
+    not tasks yet: they run on the dispatch function within the group's own limits)."""
+    for task in tasks:
+        if not isinstance(task, TaskBase):
+            continue
+        yield task
+        nested = getattr(task, "tasks", None)
+        if isinstance(nested, list) and not isinstance(task, DynamicTaskGroup):
+            yield from _every_task(nested)
+        if task.error_handling is not None and task.error_handling.fallback is not None:
+            yield from _every_task([task.error_handling.fallback])
+
+
+def function_sizes(plans: Sequence[Plan]) -> dict[str, FunctionSize]:
+    """What each task function needs over every task it runs in every pipeline."""
+    sizes: dict[str, FunctionSize] = {}
+    for plan in plans:
+        pipeline: Pipeline = plan.pipeline
+        for task in _every_task(pipeline.tasks):
+            function = FUNCTION_OF_TYPE.get(str(getattr(task, "type", "")))
+            if function is not None:
+                sizes[function] = sizes.get(function, FunctionSize()).widen(task_size(task, pipeline))
+    return sizes
+
+
+# -- generated resources ---------------------------------------------------------------------
+
+
+def state_machine(
+    pipeline_id: str, workflow_type: str, definition: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """A pipeline's `AWS::Serverless::StateMachine`, invoking only the functions its ASL names."""
+    text = json.dumps(definition) if definition is not None else None
+    invoked = [
+        function for function in SUBSTITUTED_FUNCTIONS if text is None or "${" + function + "Arn}" in text
+    ]
+    policies: list[Any] = [{"LambdaInvokePolicy": {"FunctionName": Ref(function)}} for function in invoked]
+    policies.append(Ref(STATE_MACHINE_LOGGING_POLICY))
+    return {
+        "Type": "AWS::Serverless::StateMachine",
+        "Properties": {
+            "Name": Sub(f"${{AWS::StackName}}-{pipeline_id}"),
+            "Type": workflow_type,
+            "DefinitionUri": f"statemachine/{pipeline_id}.asl.json",
+            "DefinitionSubstitutions": {
+                f"{function}Arn": GetAtt(f"{function}.Arn") for function in SUBSTITUTED_FUNCTIONS
+            },
+            "Logging": {
+                "Destinations": [
+                    {"CloudWatchLogsLogGroup": {"LogGroupArn": GetAtt(f"{STATE_MACHINE_LOG_GROUP}.Arn")}}
+                ],
+                "IncludeExecutionData": False,
+                "Level": Ref(LOG_LEVEL_PARAMETER),
+            },
+            "Tracing": {"Enabled": True},
+            "Policies": policies,
+        },
+    }
+
+
+def schedule(pipeline_id: str, index: int, entry: Schedule) -> dict[str, Any]:
+    """An EventBridge Scheduler schedule that starts a run of a pipeline with the entry's inputs."""
+    payload = {"pipeline": pipeline_id, "inputs": entry.inputs, "schedule": schedule_id(pipeline_id, index)}
+    properties: dict[str, Any] = {
+        "Description": (entry.description or f"{pipeline_id}: {entry.expression}")[:512],
+        "ScheduleExpression": entry.expression,
+        "FlexibleTimeWindow": {"Mode": "OFF"},
+        "State": "ENABLED",
+        "Target": {
+            "Arn": GetAtt(f"{SCHEDULE_TARGET}.Arn"),
+            "RoleArn": GetAtt(f"{SCHEDULER_ROLE}.Arn"),
+            "Input": json.dumps(payload, sort_keys=True),
+            "RetryPolicy": {"MaximumRetryAttempts": 2},
+        },
+    }
+    return {"Type": "AWS::Scheduler::Schedule", "Properties": properties}
+
+
+def _size_functions(resources: dict[str, Any], sizes: Mapping[str, FunctionSize]) -> None:
+    """Raise (never lower) each function's hand-written MemorySize/Timeout to what its tasks need."""
+    for function, size in sizes.items():
+        resource = resources.get(function)
+        if not isinstance(resource, dict):
+            raise TemplateError(f"the base template has no {function}")
+        properties = resource.setdefault("Properties", {})
+        for key, needed in (("MemorySize", size.memory_mb), ("Timeout", size.timeout_s)):
+            current = properties.get(key)
+            if needed is not None and (not isinstance(current, int) or needed > current):
+                properties[key] = needed
+
+
+def state_machines_variable(pipeline_ids: Sequence[str]) -> Sub:
+    """`{"<pipeline id>": "<state machine ARN>", ...}` as the triggers read it, resolved at deploy time."""
+    pairs = ",".join(
+        f'"{pipeline_id}":"${{{state_machine_id(pipeline_id)}}}"' for pipeline_id in sorted(pipeline_ids)
+    )
+    estimate = sum(len(pipeline_id) * 2 + 6 + _ARN_ESTIMATE for pipeline_id in pipeline_ids)
+    if estimate > STATE_MACHINES_BUDGET:
+        raise TemplateError(
+            f"{len(pipeline_ids)} pipelines make {STATE_MACHINES_VARIABLE} about {estimate} bytes, more than "
+            f"the {STATE_MACHINES_BUDGET} that Lambda's 4 KB environment leaves for it"
+        )
+    return Sub("{" + pairs + "}")
+
+
+def _add_state_machines_variable(resources: dict[str, Any], variable: Sub) -> None:
+    for function in TRIGGER_FUNCTIONS:
+        resource = resources.get(function)
+        if not isinstance(resource, dict):
+            raise TemplateError(f"the base template has no {function}")
+        properties = resource.setdefault("Properties", {})
+        variables = properties.setdefault("Environment", {}).setdefault("Variables", {})
+        variables[STATE_MACHINES_VARIABLE] = variable
+
+
+def _add(section: dict[str, Any], logical_id: str, entry: Any) -> None:
+    if logical_id in section:
+        raise TemplateError(f"two resources or outputs would be named {logical_id}: rename a pipeline file")
+    section[logical_id] = entry
+
+
+def build_template(
+    base: Mapping[str, Any],
+    plans: Sequence[Plan],
+    definitions: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The whole SAM template: `base` plus the state machines and schedules of `plans`.
+
+    Parameters
+    ----------
+    base:
+        The hand-written template (`infra/template.base.yaml`, loaded with `load_template`).
+        It is not modified.
+    plans:
+        One plan per deployed pipeline, each becoming `<PipelineId>StateMachine`.
+    definitions:
+        Compiled ASL by pipeline id, to grant each state machine only the functions it
+        calls; a pipeline without one may invoke all four.
+    """
+    template = copy.deepcopy(dict(base))
+    resources: dict[str, Any] = template.setdefault("Resources", {})
+    outputs: dict[str, Any] = template.setdefault("Outputs", {})
+    _size_functions(resources, function_sizes(plans))
+    _add_state_machines_variable(resources, state_machines_variable([plan.pipeline_id for plan in plans]))
+    for plan in sorted(plans, key=lambda plan: plan.pipeline_id):
+        pipeline: Pipeline = plan.pipeline
+        machine = state_machine_id(plan.pipeline_id)
+        definition = None if definitions is None else definitions.get(plan.pipeline_id)
+        _add(resources, machine, state_machine(plan.pipeline_id, pipeline.workflow_type, definition))
+        for index, entry in enumerate(pipeline.triggers.schedule):
+            _add(resources, schedule_id(plan.pipeline_id, index), schedule(plan.pipeline_id, index, entry))
+        _add(outputs, f"{machine}Arn", {"Description": pipeline.name, "Value": Ref(machine)})
+    return template
