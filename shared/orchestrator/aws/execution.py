@@ -39,17 +39,20 @@ def task_of_state(state_name: str) -> str:
     return last.split(".", 1)[0]
 
 
+ATTEMPT_EVENTS = frozenset({"TaskScheduled", "LambdaFunctionScheduled", "MapStateStarted", "ParallelStateStarted"})
+
+
 def scheduled_counts(history: list[dict[str, Any]]) -> Counter[str]:
-    """How many Lambda attempts each state made (retries included)."""
+    """How many attempts each state made (retries included): Lambda calls, Map and Parallel runs."""
     counts: Counter[str] = Counter()
     current: dict[int, str] = {}
     for event in history:
         kind = event["type"]
-        if kind == "TaskStateEntered":
+        if kind.endswith("StateEntered"):
             name = event["stateEnteredEventDetails"]["name"]
             current[event["id"]] = name
             counts.setdefault(name, 0)
-        elif kind in {"TaskScheduled", "LambdaFunctionScheduled"}:
+        elif kind in ATTEMPT_EVENTS:
             entered = _entered_state(event, history, current)
             if entered is not None:
                 counts[entered] += 1
