@@ -8,7 +8,7 @@
 | `OPENAI_API_KEY`, `OPENAI_BASE_URL` | the OpenAI-compatible endpoint used by `llm_task` |
 | `ORCHESTRATOR_SEARCH_URL`, `ORCHESTRATOR_SEARCH_API_KEY` | the JSON search endpoint of `web_search_task` |
 | `ORCHESTRATOR_MAX_THREADS` | worker threads of the embedded engine (default 256) |
-| `ORCHESTRATOR_STATE_TABLE`, `_CACHE_`, `_AUDIT_`, `_RUNS_TABLE` | DynamoDB tables (set on AWS; they select the AWS stores) |
+| `ORCHESTRATOR_STATE_TABLE` (`_CACHE_`, `_AUDIT_`, `_RUNS_`) | DynamoDB tables (on AWS) |
 | `ORCHESTRATOR_REDIS_URL` | Redis server for `storage_backend: redis` (default `redis://127.0.0.1:6379/0`) |
 """
 

@@ -232,7 +232,8 @@ def test_groups_dynamic_groups_and_child_pipelines() -> None:
         "action": "child_inputs",
         "child": 0,
     }
-    assert left["children_parallel.left/load"]["Parameters"]["Payload"]["inputs.$"] == "$.child_inputs.left"
+    load = left["children_parallel.left/load"]["Parameters"]["Payload"]
+    assert load["inputs.$"] == "$.child_inputs.left.value"
     sequential = states["children_sequential"]
     assert len(sequential["Branches"]) == 1
     assert sequential["ResultSelector"] == {"status": "succeeded", "output.$": "$[0]"}

@@ -369,8 +369,13 @@ def _guarded(node: Node, scope: Scope, state: dict[str, Any], *, leaf: bool) -> 
         fallback["ResultPath"] = scope.locations[node.name]
         fallback["Retry"] = [dict(_retry(node, scope)[0])]
         if failure_target is not None:
+            # keep the task's own error (what on_failure reports), not the fallback's
             fallback["Catch"] = [
-                {"ErrorEquals": ["States.ALL"], "ResultPath": error_path, "Next": failure_target}
+                {
+                    "ErrorEquals": ["States.ALL"],
+                    "ResultPath": f"{error_path}__fallback",
+                    "Next": failure_target,
+                }
             ]
         states[fallback_name] = fallback
         exits.append(fallback_name)
@@ -701,7 +706,7 @@ def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, 
         except PipelineValidationError as error:
             raise CompileError(f"task '{node.name}': child pipeline {child.pipeline}: {error}") from None
         identifiers.append(child_plan.pipeline_id)
-        inputs_path = f"$.child_inputs.{child_plan.pipeline_id}"
+        inputs_path = f"$.child_inputs.{child_plan.pipeline_id}.value"
         child_scope = Scope(
             child_plan.pipeline,
             child_plan.pipeline_id,
@@ -718,7 +723,7 @@ def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, 
         )
         inputs_state |= {
             "ResultSelector": {"value.$": "$.Payload"},
-            "ResultPath": inputs_path.rsplit(".", 1)[0] + "." + child_plan.pipeline_id,
+            "ResultPath": f"$.child_inputs.{child_plan.pipeline_id}",
             "Retry": [dict(_retry(node, scope)[0])],
             "Next": start,
         }

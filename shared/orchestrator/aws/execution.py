@@ -39,7 +39,9 @@ def task_of_state(state_name: str) -> str:
     return last.split(".", 1)[0]
 
 
-ATTEMPT_EVENTS = frozenset({"TaskScheduled", "LambdaFunctionScheduled", "MapStateStarted", "ParallelStateStarted"})
+ATTEMPT_EVENTS = frozenset(
+    {"TaskScheduled", "LambdaFunctionScheduled", "MapStateStarted", "ParallelStateStarted"}
+)
 
 
 def scheduled_counts(history: list[dict[str, Any]]) -> Counter[str]:

@@ -435,7 +435,7 @@ class _Run:
                 return await self.pipeline_group(task, scope)
         except AbortError as abort:
             error = abort.outcome.error or ErrorInfo("TaskFailed", "failed")
-            raise TaskError(error.type, f"task '{abort.task}' failed: {error.message}") from None
+            raise TaskError(error.type, error.message) from None
         raise TypeError(f"unknown task type {type(task).__name__}")
 
     def plan_inline(self, tasks: list[Any]) -> Body:
