@@ -47,6 +47,7 @@ lint: $(STAMP) ## ruff and mypy --strict
 	$(BIN)/ruff check shared tests
 	$(BIN)/ruff format --check shared tests
 	$(BIN)/mypy
+	for handler in functions/*/app.py; do MYPYPATH=shared $(BIN)/mypy --strict $$handler || exit 1; done
 
 bench: $(STAMP) ## run the benchmarks and write bench/RESULTS.md
 	$(BIN)/python bench/run.py

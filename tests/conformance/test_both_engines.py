@@ -71,12 +71,15 @@ def test_pipeline_means_the_same_on_both_engines(
     monkeypatch.setenv("ORCHESTRATOR_SEARCH_URL", fake_search.url)
     monkeypatch.setenv("ORCHESTRATOR_SECRET_DATABASE_PASSWORD", "pa55word")
     monkeypatch.setenv("SECURE_API_KEY", "key-123")
-    monkeypatch.chdir(tmp_path)
+    (tmp_path / "local").mkdir()
+    (tmp_path / "aws").mkdir()
+    monkeypatch.chdir(tmp_path / "local")  # files a pipeline writes stay per engine
     arguments = INPUTS.get(path.stem, [])
     # GIVEN the pipeline on the embedded engine
     local = cli("run", path, "--json", *arguments)
     assert local.stdout, local.stderr
-    monkeypatch.setenv("ORCHESTRATOR_HOME", str(tmp_path / "second-home"))
+    monkeypatch.setenv("ORCHESTRATOR_HOME", str(tmp_path / "aws" / ".orchestrator"))
+    monkeypatch.chdir(tmp_path / "aws")
     # WHEN the same pipeline runs as its state machine on the emulated AWS
     remote = cli("run", path, "--json", "--engine", "stepfunctions", *arguments)
     assert remote.stdout, remote.stderr

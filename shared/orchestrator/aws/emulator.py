@@ -13,6 +13,8 @@ import importlib.util
 import io
 import json
 import os
+import sys
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -20,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TextIO
 from unittest import mock
 
 import yaml
@@ -132,6 +134,25 @@ class _Invoker:
         return json.dumps(result), False, ""
 
 
+class _LambdaStdout:
+    """stdout while emulating: what Lambda code prints (logs, EMF metrics) goes to stderr,
+    as it would go to CloudWatch, so stdout stays the caller's alone."""
+
+    def __init__(self, real: TextIO, owner: int) -> None:
+        self._real = real
+        self._owner = owner
+
+    def write(self, text: str) -> int:
+        target = self._real if threading.get_ident() == self._owner else sys.stderr
+        return target.write(text)
+
+    def flush(self) -> None:
+        self._real.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
 @contextmanager
 def emulated_aws(root: Path | None = None) -> Iterator[dict[str, str]]:
     """Inside: moto with this project's resources; yields the placeholder -> function ARN map."""
@@ -154,17 +175,23 @@ def emulated_aws(root: Path | None = None) -> Iterator[dict[str, str]]:
     try:
         with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
             arns = _create_resources(root)
-            handlers = {
-                f"orchestrator-{kind}": _load_handler(root / "functions" / folder / "app.py")
-                for kind, folder in FUNCTION_FOLDERS.items()
-            }
             from moto.awslambda.models import LambdaFunction
 
-            invoker = _Invoker(handlers)
-            with mock.patch.object(
-                LambdaFunction, "_invoke_lambda", lambda self, event=None: invoker(self, event)
-            ):
-                yield arns
+            stdout = sys.stdout
+            # before the handlers load, so their loggers and metrics bind to it
+            sys.stdout = _LambdaStdout(stdout, threading.get_ident())
+            try:
+                handlers = {
+                    f"orchestrator-{kind}": _load_handler(root / "functions" / folder / "app.py")
+                    for kind, folder in FUNCTION_FOLDERS.items()
+                }
+                invoker = _Invoker(handlers)
+                with mock.patch.object(
+                    LambdaFunction, "_invoke_lambda", lambda self, event=None: invoker(self, event)
+                ):
+                    yield arns
+            finally:
+                sys.stdout = stdout
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -1,0 +1,21 @@
+"""Lambda entry point: what ASL cannot evaluate (conditions, items, loops, specs; see docs/aws.md)."""
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from orchestrator.aws.lambda_runtime import DispatchEvent, dispatch
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics(namespace="Orchestrator")
+
+
+@logger.inject_lambda_context(correlation_id_path="run.id")
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> Any:
+    metrics.add_metric(name="DispatchCalls", unit=MetricUnit.Count, value=1)
+    return dispatch(DispatchEvent.model_validate(event))

@@ -1,0 +1,21 @@
+"""Lambda entry point: one attempt of a web_search_task (the payload is described in docs/aws.md)."""
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from orchestrator.aws.lambda_runtime import TaskEvent, run_task_event
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics(namespace="Orchestrator")
+
+
+@logger.inject_lambda_context(correlation_id_path="run.id")
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    metrics.add_metric(name="TaskAttempts", unit=MetricUnit.Count, value=1)
+    return run_task_event(TaskEvent.model_validate(event))
