@@ -19,7 +19,7 @@ import time
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
@@ -123,11 +123,16 @@ class _Invoker:
 
     handlers: dict[str, ModuleType]
 
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
     def __call__(self, function: Any, event: Any = None) -> tuple[str, bool, str]:
         name = function.function_name
         module = self.handlers[name]
         try:
-            result = module.lambda_handler(event, LambdaContext(name))
+            # One invocation at a time, as in one Lambda container: Powertools keeps metrics
+            # in process-wide state that concurrent handlers in one process would share.
+            with self.lock:
+                result = module.lambda_handler(event, LambdaContext(name))
         except Exception as error:  # the Lambda runtime reports it as a function error
             payload = {"errorMessage": str(error), "errorType": type(error).__name__, "stackTrace": []}
             return json.dumps(payload), True, ""
