@@ -1,4 +1,6 @@
-"""Lambda entry point: what ASL cannot evaluate (conditions, items, loops, specs; see docs/aws.md)."""
+"""Lambda entry point: what a state machine cannot evaluate itself (conditions, items, ...)."""
+
+from __future__ import annotations
 
 from typing import Any
 
@@ -14,8 +16,9 @@ metrics = Metrics(namespace="Orchestrator")
 
 
 @logger.inject_lambda_context(correlation_id_path="run.id")
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> Any:
+    """Answer one dispatch action (see `orchestrator.aws.lambda_runtime.dispatch`)."""
     metrics.add_metric(name="DispatchCalls", unit=MetricUnit.Count, value=1)
     return dispatch(DispatchEvent.model_validate(event))

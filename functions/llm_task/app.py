@@ -1,4 +1,6 @@
-"""Lambda entry point: one attempt of a llm_task (the payload is described in docs/aws.md)."""
+"""Lambda entry point: one attempt of a `llm_task` of a compiled state machine (docs/aws.md)."""
+
+from __future__ import annotations
 
 from typing import Any
 
@@ -14,8 +16,9 @@ metrics = Metrics(namespace="Orchestrator")
 
 
 @logger.inject_lambda_context(correlation_id_path="run.id")
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    metrics.add_metric(name="TaskAttempts", unit=MetricUnit.Count, value=1)
+    """Run the attempt; a failure raises an exception named by its error type (for Retry/Catch)."""
+    metrics.add_metric(name="LlmTaskAttempts", unit=MetricUnit.Count, value=1)
     return run_task_event(TaskEvent.model_validate(event))

@@ -1,0 +1,474 @@
+"""Front doors of the deployed app: start a run's execution, and read it back.
+
+The HTTP API, the S3 upload trigger and the EventBridge Scheduler trigger all end in
+`start_run`: it checks the pipeline is deployed, resolves the inputs against its
+`input_variables` (an `InputError` is the caller's mistake, so a 400), seals the sensitive
+ones and starts the pipeline's state machine with the execution input of `docs/aws.md`:
+
+    {"inputs": {...}, "run": {"id", "pipeline", "started_at", ...}, "tasks": {}}
+
+**Sensitive inputs never enter the execution input in plain text.** Each input named by the
+pipeline's `sensitive_inputs()` is replaced by `{"sealed": <token>, "by": "kms"}`: envelope
+encryption under `ORCHESTRATOR_KMS_KEY_ID`, bound to the pipeline and input name by the KMS
+encryption context (see `lambda_runtime.KmsSealer`). The inputs keep their place, so the
+state machine passes them on unchanged, and only a task or dispatch Lambda (with
+`kms:Decrypt`) opens them; the outputs it returns are redacted. Empty values (`""`, null)
+are left as they are. Off Lambda without a KMS key (the in-process engine, tests) the
+state folder's Fernet key seals instead.
+
+**Run ids.** A run id is the execution's name, `<pipeline id>-<time>-<random>`. With an
+idempotency key (the API's `Idempotency-Key` header, an upload's bucket+key+etag, a
+schedule's key) it is `<pipeline id>-<source><hash>`: deterministic, so a repeated key meets
+`ExecutionAlreadyExists` and gets the run that already exists. (Standard workflows only:
+Express workflows do not keep names unique.) The id starts with the pipeline id so that
+`describe_run` finds the state machine with one call.
+
+Every error a caller can cause is a `RequestError` with an HTTP status; anything else is
+a fault of the deployment and stays loud. boto3 clients are injected or built lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from orchestrator.aws.lambda_runtime import (
+    UnknownPipelineError,
+    aws_client,
+    aws_settings,
+    default_sealer,
+    load_plan,
+    seal_inputs,
+    visible_outputs,
+)
+from orchestrator.errors import InputError, OrchestratorError
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.data_classes.api_gateway_proxy_event import (
+        RequestContextV2Authorizer,
+    )
+
+    from orchestrator.aws.lambda_runtime import Sealer
+
+MAX_EXECUTION_NAME = 80
+MAX_IDEMPOTENCY_KEY = 256
+_RUN_PREFIX_LENGTH = 40
+_RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
+_STATUSES = {
+    "RUNNING": "running",
+    "SUCCEEDED": "succeeded",
+    "FAILED": "failed",
+    "TIMED_OUT": "timed_out",
+    "ABORTED": "aborted",
+    "PENDING_REDRIVE": "pending_redrive",
+}
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+class RequestError(OrchestratorError):
+    """A request the caller must fix; `status_code` is the HTTP status to answer with."""
+
+    status_code = 400
+
+
+class InvalidRequestError(RequestError):
+    """Bad JSON, a body of the wrong shape, or inputs that do not match `input_variables`."""
+
+
+class PipelineNotFoundError(RequestError):
+    """No pipeline with this id is deployed."""
+
+    status_code = 404
+
+
+class RunNotFoundError(RequestError):
+    """No run with this id."""
+
+    status_code = 404
+
+
+# -- requests ----------------------------------------------------------------------------------
+
+
+class RunRequest(BaseModel):
+    """Body of `POST /pipelines/{id}/runs`: `{"inputs": {...}, "no_cache": false}` (both optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    no_cache: bool = False
+
+
+class ScheduledRun(BaseModel):
+    """Input of an EventBridge Scheduler target: which pipeline, with which inputs.
+
+    Schedules set `idempotency_key` from Scheduler context attributes, for example
+    `"<aws.scheduler.schedule-arn>@<aws.scheduler.scheduled-time>"`, so a delivery that
+    Scheduler retries starts no second run.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One object of an S3 `ObjectCreated` notification."""
+
+    bucket: str
+    key: str
+    size: int | None
+    etag: str | None
+
+    @classmethod
+    def from_notification(cls, bucket: str, key: str, size: int | None, etag: str | None) -> Upload:
+        """An upload from a notification record, whose key is URL-encoded (`a+b.csv` is `a b.csv`)."""
+        return cls(bucket, unquote_plus(key), size, etag or None)
+
+
+@dataclass(frozen=True)
+class StartedRun:
+    """A run whose execution was started now (`created`) or earlier with the same key."""
+
+    run_id: str
+    pipeline: str
+    started_at: str
+    execution_arn: str
+    created: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "status_url": f"/runs/{self.run_id}"}
+
+
+def _problems(error: ValidationError) -> str:
+    return "; ".join(
+        (f"'{'.'.join(str(p) for p in item['loc'])}': " if item["loc"] else "") + str(item["msg"])
+        for item in error.errors()
+    )
+
+
+def parse_run_request(body: str | None) -> RunRequest:
+    """The request body of a new run; an empty body is a run with the default inputs."""
+    if body is None or not body.strip():
+        return RunRequest()
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as error:
+        raise InvalidRequestError(f"the body is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError('the body must be a JSON object like {"inputs": {"name": "value"}}')
+    try:
+        return RunRequest.model_validate(data)
+    except ValidationError as error:
+        raise InvalidRequestError(
+            f'{_problems(error)} (the body is {{"inputs": {{...}}, "no_cache": false}})'
+        ) from None
+
+
+def parse_scheduled_run(event: Mapping[str, Any]) -> ScheduledRun:
+    """The Scheduler target input; a malformed one is a `RequestError`."""
+    try:
+        return ScheduledRun.model_validate(dict(event))
+    except ValidationError as error:
+        raise InvalidRequestError(f"schedule input: {_problems(error)}") from None
+
+
+def caller_id(authorizer: RequestContextV2Authorizer | None) -> str | None:
+    """Who called the HTTP API: the JWT `sub`, the IAM user, or a Lambda authorizer's `user_id`."""
+    if authorizer is None:
+        return None
+    subject = authorizer.jwt_claim.get("sub")
+    if subject:
+        return str(subject)
+    if authorizer.iam.user_arn:
+        return authorizer.iam.user_arn
+    found = authorizer.get_lambda.get("user_id")
+    return str(found) if found else None
+
+
+# -- run ids -----------------------------------------------------------------------------------
+
+
+def _run_prefix(pipeline_id: str) -> str:
+    return pipeline_id[:_RUN_PREFIX_LENGTH]
+
+
+def new_run_id(pipeline_id: str) -> str:
+    """A fresh run id: the pipeline, a UTC timestamp and 8 random hex digits."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    return f"{_run_prefix(pipeline_id)}-{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+def keyed_run_id(pipeline_id: str, source: str, idempotency_key: str) -> str:
+    """The run id for an idempotency key: the same pipeline, source and key give the same id."""
+    digest = hashlib.sha256(f"{source}\n{pipeline_id}\n{idempotency_key}".encode()).hexdigest()
+    return f"{_run_prefix(pipeline_id)}-{source[:8]}{digest[:32]}"
+
+
+def execution_arn(state_machine_arn: str, run_id: str) -> str:
+    """`arn:...:stateMachine:<name>` -> `arn:...:execution:<name>:<run id>`."""
+    head, marker, name = state_machine_arn.rpartition(":stateMachine:")
+    if not marker:
+        raise OrchestratorError(f"'{state_machine_arn}' is not a state machine ARN")
+    return f"{head}:execution:{name}:{run_id}"
+
+
+def state_machine_arn(pipeline_id: str) -> str:
+    """The ARN of a deployed pipeline's state machine, from `ORCHESTRATOR_STATE_MACHINES`."""
+    found = aws_settings().state_machines.get(pipeline_id)
+    if found is None:
+        raise PipelineNotFoundError(f"no pipeline '{pipeline_id}' is deployed")
+    return found
+
+
+def _error_code(error: Exception) -> str | None:
+    response = getattr(error, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        return str(code) if code else None
+    return None
+
+
+# -- starting runs -----------------------------------------------------------------------------
+
+
+def start_run(
+    pipeline_id: str,
+    inputs: Mapping[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    source: str = "api",
+    user_id: str | None = None,
+    no_cache: bool = False,
+    sfn_client: Any = None,
+    state_machine_arn_for: Callable[[str], str] = state_machine_arn,
+    sealer: Sealer | None = None,
+) -> StartedRun:
+    """Validate the inputs and start the pipeline's state machine; see the module docstring.
+
+    Raises `PipelineNotFoundError` (404) for a pipeline that is not deployed and
+    `InvalidRequestError` (400) for inputs that do not match its `input_variables`.
+    """
+    arn = state_machine_arn_for(pipeline_id)
+    try:
+        plan = load_plan(pipeline_id)
+    except UnknownPipelineError as error:
+        raise PipelineNotFoundError(str(error)) from None
+    try:
+        resolved = resolve_run_inputs(plan.pipeline, inputs)
+    except InputError as error:
+        raise InvalidRequestError(str(error)) from None
+    if idempotency_key is not None:
+        if not idempotency_key.strip() or len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+            raise InvalidRequestError(f"an idempotency key has 1 to {MAX_IDEMPOTENCY_KEY} characters")
+        run_id = keyed_run_id(pipeline_id, source, idempotency_key)
+    else:
+        run_id = new_run_id(pipeline_id)
+    run: dict[str, Any] = {
+        "id": run_id,
+        "pipeline": pipeline_id,
+        "started_at": datetime.now(UTC).isoformat(),
+        "user_id": user_id or source,
+    }
+    if no_cache:
+        run["no_cache"] = True
+    sealed = seal_inputs(pipeline_id, resolved, plan.pipeline.sensitive_inputs(), sealer or default_sealer())
+    document = {"inputs": sealed, "run": run, "tasks": {}}
+    client = sfn_client if sfn_client is not None else aws_client("stepfunctions")
+    try:
+        response = client.start_execution(stateMachineArn=arn, name=run_id, input=json.dumps(document))
+    except Exception as error:
+        code = _error_code(error)
+        if code == "ExecutionAlreadyExists":
+            return _existing_run(client, arn, run_id, pipeline_id)
+        if code == "InvalidExecutionInput":
+            raise InvalidRequestError("the inputs are too large for an execution (256 KB at most)") from None
+        raise
+    return StartedRun(run_id, pipeline_id, run["started_at"], str(response["executionArn"]), created=True)
+
+
+def resolve_run_inputs(pipeline: Any, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """`resolve_inputs` for a run started from outside (typed JSON values, never `-i` text)."""
+    from orchestrator.runtime.inputs import resolve_inputs
+
+    return resolve_inputs(pipeline, dict(inputs))
+
+
+def _existing_run(client: Any, state_machine: str, run_id: str, pipeline_id: str) -> StartedRun:
+    arn = execution_arn(state_machine, run_id)
+    described = client.describe_execution(executionArn=arn)
+    started_at = _started_at(described)
+    return StartedRun(run_id, pipeline_id, started_at, arn, created=False)
+
+
+def _started_at(described: Mapping[str, Any]) -> str:
+    try:
+        run = json.loads(described.get("input") or "{}").get("run") or {}
+    except (json.JSONDecodeError, AttributeError):
+        run = {}
+    if isinstance(run, dict) and isinstance(run.get("started_at"), str):
+        return str(run["started_at"])
+    start = described.get("startDate")
+    return start.isoformat() if isinstance(start, datetime) else str(start)
+
+
+def start_upload_runs(
+    uploads: Iterable[Upload],
+    *,
+    sfn_client: Any = None,
+    state_machine_arn_for: Callable[[str], str] = state_machine_arn,
+    sealer: Sealer | None = None,
+) -> dict[str, Any]:
+    """A run of every deployed pipeline whose `triggers.s3` matches each uploaded object.
+
+    The run's inputs are `{bucket, key, size, etag}`; its id comes from bucket, key and etag,
+    so a notification delivered twice starts one run. A pipeline whose inputs do not accept
+    the upload is reported under `rejected` (retrying would not help).
+    """
+    runs: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    targets = _upload_pipelines()
+    for upload in uploads:
+        for pipeline_id, prefix, suffix in targets:
+            if not (upload.key.startswith(prefix) and upload.key.endswith(suffix)):
+                continue
+            inputs = {"bucket": upload.bucket, "key": upload.key, "size": upload.size, "etag": upload.etag}
+            try:
+                started = start_run(
+                    pipeline_id,
+                    inputs,
+                    idempotency_key=f"{upload.bucket}/{upload.key}#{upload.etag or ''}",
+                    source="s3",
+                    sfn_client=sfn_client,
+                    state_machine_arn_for=state_machine_arn_for,
+                    sealer=sealer,
+                )
+            except InvalidRequestError as error:
+                rejected.append({"pipeline": pipeline_id, "key": upload.key, "error": str(error)})
+                continue
+            runs.append(started.as_dict())
+    return {"runs": runs, "rejected": rejected}
+
+
+def _upload_pipelines() -> list[tuple[str, str, str]]:
+    """Deployed pipelines with an S3 trigger: (id, prefix, suffix)."""
+    found: list[tuple[str, str, str]] = []
+    for pipeline_id in sorted(aws_settings().state_machines):
+        try:
+            trigger = load_plan(pipeline_id).pipeline.triggers.s3
+        except UnknownPipelineError:
+            continue
+        if trigger is not None:
+            found.append((pipeline_id, trigger.prefix, trigger.suffix))
+    return found
+
+
+def start_scheduled_run(
+    schedule: ScheduledRun,
+    *,
+    sfn_client: Any = None,
+    state_machine_arn_for: Callable[[str], str] = state_machine_arn,
+    sealer: Sealer | None = None,
+) -> StartedRun:
+    """A run with the schedule's inputs (one per `idempotency_key`, when the schedule sets it)."""
+    return start_run(
+        schedule.pipeline,
+        schedule.inputs,
+        idempotency_key=schedule.idempotency_key,
+        source="schedule",
+        sfn_client=sfn_client,
+        state_machine_arn_for=state_machine_arn_for,
+        sealer=sealer,
+    )
+
+
+# -- reading runs ------------------------------------------------------------------------------
+
+
+def describe_run(
+    run_id: str, *, sfn_client: Any = None, state_machines: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """A run's status, task statuses and outputs, read from its execution.
+
+    `status` is the execution's, lower case (`running`, `succeeded`, `failed`, `timed_out`,
+    `aborted`), and `degraded` when it succeeded with a failed task. From the execution
+    output (the final state) come `tasks` (each task's status), `outputs` (each task's
+    output) and `result` (`$.result`, the rendered `outputs` section, when the state machine
+    writes it there); a failed execution carries `error` and `cause`.
+    """
+    if not _RUN_ID.match(run_id):
+        raise RunNotFoundError(f"no run '{run_id}'")
+    machines = aws_settings().state_machines if state_machines is None else state_machines
+    client = sfn_client if sfn_client is not None else aws_client("stepfunctions")
+    for pipeline_id in _candidates(run_id, machines):
+        try:
+            described = client.describe_execution(executionArn=execution_arn(machines[pipeline_id], run_id))
+        except Exception as error:
+            if _error_code(error) in {"ExecutionDoesNotExist", "InvalidArn", "StateMachineDoesNotExist"}:
+                continue
+            raise
+        return _run_view(run_id, pipeline_id, described)
+    raise RunNotFoundError(f"no run '{run_id}'")
+
+
+def _candidates(run_id: str, machines: Mapping[str, str]) -> list[str]:
+    """Pipelines whose run ids look like this one first (longest prefix), then the others."""
+    matching = sorted((p for p in machines if run_id.startswith(_run_prefix(p) + "-")), key=len, reverse=True)
+    return matching + [p for p in machines if p not in matching]
+
+
+def _flatten_records(tasks: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    records: dict[str, dict[str, Any]] = {}
+    for name, record in tasks.items():
+        if not isinstance(record, dict):
+            continue
+        records[name] = {key: value for key, value in record.items() if key != "children"}
+        for child, child_record in (record.get("children") or {}).items():
+            if isinstance(child_record, dict):
+                records[child] = dict(child_record)
+    return records
+
+
+def _run_view(run_id: str, pipeline_id: str, described: Mapping[str, Any]) -> dict[str, Any]:
+    status = _STATUSES.get(str(described.get("status")), str(described.get("status")).lower())
+    view: dict[str, Any] = {
+        "run_id": run_id,
+        "pipeline": pipeline_id,
+        "status": status,
+        "started_at": _started_at(described),
+        "stopped_at": described["stopDate"].isoformat() if described.get("stopDate") else None,
+        "tasks": None,
+        "outputs": None,
+        "result": None,
+        "error": None,
+    }
+    try:
+        output = json.loads(described.get("output") or "null")
+    except json.JSONDecodeError:
+        output = None
+    if isinstance(output, dict) and isinstance(output.get("tasks"), dict):
+        records = _flatten_records(output["tasks"])
+        view["tasks"] = {name: record.get("status") for name, record in records.items()}
+        view["outputs"] = visible_outputs(output["tasks"], {})
+        view["result"] = output.get("result")
+        if status == "succeeded" and "failed" in view["tasks"].values():
+            view["status"] = "degraded"
+    elif output is not None:
+        view["result"] = output
+    if described.get("error") or described.get("cause"):
+        view["error"] = {"type": described.get("error"), "message": described.get("cause")}
+    return view
