@@ -70,7 +70,7 @@ from orchestrator.spec.models import (
     TaskBase,
     WhileLoop,
 )
-from orchestrator.stores.base import Stores
+from orchestrator.stores.base import Stores, Versioned
 from orchestrator.stores.factory import open_stores
 from orchestrator.template import jinja
 
@@ -738,6 +738,9 @@ def run_task_event(
     prepared = _prepare(event, location, stores, sealer)
     redactor = prepared.run.redactor
     task = location.task
+    if event.spec is not None:
+        # a generated task sees the outputs of the tasks generated before it, as on the engine
+        prepared.scope.outputs.update(generated_outputs(stores, prepared.run.run_id, event.task).value or {})
     entry: tuple[str, float | None] | None = None
     try:
         if event.condition and not location.fallback and task.condition is not None:
@@ -768,7 +771,34 @@ def run_task_event(
     output = redactor.value(output)
     if entry is not None:
         stores.cache.put(entry[0], output, entry[1])
+    if event.spec is not None:
+        record_generated_output(stores, prepared.run.run_id, event.task, location.name, output)
     return {"status": "succeeded", "output": output}
+
+
+GENERATED_TTL = 7 * 24 * 3600
+
+
+def generated_outputs(stores: Stores, run_id: str, group: str) -> Versioned:
+    """Outputs of the tasks a dynamic_task_group generated so far in this run, by name.
+
+    A Map iteration cannot see another's result, so generated tasks leave theirs in the
+    state store (run-scoped) for the ones after them, which is what `parallel: false` promises.
+    """
+    return stores.state.read(f"run:{run_id}:generated", group)
+
+
+def record_generated_output(stores: Stores, run_id: str, group: str, name: str, output: Any) -> None:
+    for _ in range(50):
+        current = generated_outputs(stores, run_id, group)
+        merged = {**(current.value or {}), name: output}
+        written = stores.state.compare_and_set(
+            f"run:{run_id}:generated", group, merged, current.version, ttl=GENERATED_TTL
+        )
+        if written is not None:
+            return
+        time.sleep(random.uniform(0, 0.01))
+    raise TaskError("StateConflict", f"could not record the output of generated task '{name}'")
 
 
 # -- dispatch ----------------------------------------------------------------------------------
