@@ -61,5 +61,6 @@ app.exception_handler(triggers.RequestError)(request_error)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Route an HTTP API (payload v2) request."""
     metrics.add_metric(name="ApiRequests", unit=MetricUnit.Count, value=1)
     return app.resolve(event, context)

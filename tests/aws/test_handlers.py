@@ -213,8 +213,8 @@ def test_child_pipeline_task_runs_under_the_engines_child_run_id(event: Event) -
 def test_llm_task_calls_the_model(
     handler: Handler,
     event: Event,
-    fake_openai: FakeOpenAIServer,
-    monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    fake_openai: FakeOpenAIServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # GIVEN an OpenAI-compatible endpoint  WHEN the llm function runs input_validation's llm task
     monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
@@ -230,8 +230,8 @@ def test_llm_task_calls_the_model(
 def test_web_search_task_given_inline_by_a_dynamic_group(
     handler: Handler,
     event: Event,
-    fake_search: FakeSearchServer,
-    monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    fake_search: FakeSearchServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("ORCHESTRATOR_SEARCH_URL", fake_search.url)
     result = handler("web_search_task", event("sfn_web_search_task"))
@@ -430,7 +430,7 @@ def test_describe_run_reads_statuses_and_outputs_from_the_execution_output() -> 
     }
 
     class FakeStepFunctions:
-        def describe_execution(self, executionArn: str) -> dict[str, Any]:  # noqa: N803
+        def describe_execution(self, executionArn: str) -> dict[str, Any]:
             assert executionArn.endswith(":execution:orchestrator-demo:demo-1")
             return {
                 "status": "SUCCEEDED",
@@ -474,7 +474,7 @@ def test_sensitive_inputs_are_sealed_in_the_execution_input_and_opened_by_the_ta
 def test_leaked_secret_in_an_output_or_error_is_redacted(tmp_path: Path) -> None:
     sealer = LocalSealer(tmp_path)
     sealed = {"sealed": sealer.seal("secure_credentials", "api_key", "sk-live-xyz"), "by": "local"}
-    payload = {
+    payload: dict[str, Any] = {
         "pipeline": "secure_credentials",
         "task": "tasks.0",
         "spec": {"type": "python_task", "script": "return {'echo': inputs['api_key']}"},

@@ -53,6 +53,10 @@ NON_RETRYABLE = [
     "InvalidTaskSpec",
     "LLMConfigurationError",
     "SearchConfigurationError",
+    "InvalidLoopItems",
+    "ChildPipelineInvalid",
+    "UnknownPipelineError",
+    "UnknownTaskError",
 ]
 LAMBDA_SERVICE_ERRORS = [
     "Lambda.ServiceException",

@@ -272,6 +272,8 @@ def run_execution(
     import boto3
 
     with emulated_aws() as arns:
+        # the functions find task definitions by pipeline id, beside the file being run
+        os.environ["ORCHESTRATOR_PIPELINES_DIR"] = str(plan.path.resolve().parent)
         client = boto3.client("stepfunctions", region_name=REGION)
         machine = client.create_state_machine(
             name=plan.pipeline_id,
@@ -293,4 +295,8 @@ def run_execution(
         ):
             history += page["events"]
         output = json.loads(described["output"]) if described.get("output") else None
+        if output is not None:
+            from orchestrator.aws.payloads import resolve
+
+            output["tasks"] = resolve(output.get("tasks") or {})  # before the bucket goes away
         return {"status": described["status"], "output": output, "history": history}

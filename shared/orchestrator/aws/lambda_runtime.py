@@ -50,6 +50,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 import orchestrator
+from orchestrator.aws.payloads import offload, resolve
 from orchestrator.errors import ConfigError, OrchestratorError, PipelineValidationError, TaskError
 from orchestrator.plan import Body, Node, Plan, build_plan, find_cycle, plan_tasks
 from orchestrator.runtime.context import RunInfo, StateConflictError
@@ -561,7 +562,7 @@ def visible_outputs(tasks: Mapping[str, Any], outputs: Mapping[str, Any]) -> dic
             if isinstance(child_record, dict):
                 found.setdefault(child, child_record.get("output"))
     found.update(outputs)
-    return found
+    return {name: resolve(value) for name, value in found.items()}
 
 
 def _declared_names(tasks: list[Any]) -> set[str]:
@@ -773,7 +774,7 @@ def run_task_event(
         stores.cache.put(entry[0], output, entry[1])
     if event.spec is not None:
         record_generated_output(stores, prepared.run.run_id, event.task, location.name, output)
-    return {"status": "succeeded", "output": output}
+    return {"status": "succeeded", "output": offload(output, prepared.run.run_id, location.name)}
 
 
 GENERATED_TTL = 7 * 24 * 3600

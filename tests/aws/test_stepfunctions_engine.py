@@ -1,0 +1,111 @@
+"""Issue 5: the compiled state machine on the emulator: payload offload, history hygiene, faults."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import CliResult
+from orchestrator.aws.emulator import run_execution
+from orchestrator.aws.stepfunctions_engine import execution_input
+from orchestrator.plan import build_plan
+from orchestrator.spec.loading import read_pipeline
+
+pytestmark = pytest.mark.slow
+Cli = Callable[..., CliResult]
+Write = Callable[..., Path]
+
+SECRET = "Sup3r-S3cret-Value"
+SENSITIVE = "Very-Private-Input-42"
+
+
+def _execute(path: Path, inputs: dict[str, Any], run_id: str) -> dict[str, Any]:
+    plan = build_plan(read_pipeline(path))
+    run = {"id": run_id, "pipeline": plan.pipeline_id, "started_at": "2026-01-01T00:00:00+00:00"}
+    return run_execution(plan, lambda: execution_input(plan, inputs, run), run_id)
+
+
+def test_a_megabyte_output_flows_through_s3(write_pipeline: Write, cli: Cli) -> None:
+    """SPEC 12: outputs above the payload limit travel by reference, transparently."""
+    path = write_pipeline(
+        """
+        name: big
+        tasks:
+          - name: produce
+            type: python_task
+            script: return "x" * 1_000_000
+          - name: consume
+            type: python_task
+            script: return len(context.get_task_output("produce"))
+        """
+    )
+    execution = _execute(path, {}, "big-run")
+    assert execution["status"] == "SUCCEEDED"
+    assert execution["output"]["tasks"]["consume"]["output"] == 1_000_000
+    assert execution["output"]["tasks"]["produce"]["output"] == "x" * 1_000_000
+    largest = max(len(json.dumps(event, default=str)) for event in execution["history"])
+    assert largest < 256 * 1024
+    document = cli("run", path, "--json", "--engine", "stepfunctions").document()
+    assert document["outputs"]["consume"] == 1_000_000
+
+
+def test_secrets_and_sensitive_inputs_never_enter_the_history(
+    write_pipeline: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC 2: not in the execution input, not in any event of the history."""
+    monkeypatch.setenv("ORCHESTRATOR_SECRET_API_TOKEN", SECRET)
+    path = write_pipeline(
+        """
+        name: private
+        input_variables:
+          password: {type: string, sensitive: true}
+        tasks:
+          - name: use
+            type: python_task
+            script: |
+              token = context.get_secret("api_token")
+              return {"token": token, "password": "{{ password }}", "length": len(token)}
+          - name: after
+            type: python_task
+            script: return context.get_task_output("use")
+        """
+    )
+    execution = _execute(path, {"password": SENSITIVE}, "private-run")
+    assert execution["status"] == "SUCCEEDED"
+    assert execution["output"]["tasks"]["use"]["output"] == {"token": "***", "password": "***", "length": 18}
+    history = json.dumps(execution["history"], default=str)
+    assert SECRET not in history
+    assert SENSITIVE not in history
+    assert "TaskScheduled" in history
+
+
+def test_failures_are_retried_as_error_handling_says(write_pipeline: Write, cli: Cli) -> None:
+    """SPEC 7 on AWS: a failing Lambda is retried by the state machine, then handled by on_failure."""
+    path = write_pipeline(
+        """
+        name: faults
+        tasks:
+          - name: flaky
+            type: python_task
+            error_handling: {retry_count: 2, retry_delay: 1}
+            script: |
+              n = context.update_shared_state("flaky", lambda n: n + 1, 0)
+              if n < 3:
+                  raise ConnectionError(f"attempt {n}")
+              return n
+          - name: broken
+            type: python_task
+            error_handling: {on_failure: continue_with_degraded_service, fallback_value: "degraded"}
+            script: raise ValueError("always")
+        """
+    )
+    local = cli("run", path, "--json").document()
+    remote = cli("run", path, "--json", "--engine", "stepfunctions").document()
+    assert remote["tasks"] == local["tasks"]
+    assert remote["tasks"]["flaky"] == {"status": "succeeded", "attempts": 3, "error": None}
+    assert remote["tasks"]["broken"]["error"] == {"type": "ValueError", "message": "always (script line 1)"}
+    assert remote["status"] == "degraded" and remote["outputs"]["broken"] == "degraded"
