@@ -426,7 +426,7 @@ def test_describe_run_reads_statuses_and_outputs_from_the_execution_output() -> 
                 "children": {"b": {"status": "failed", "output": None}},
             },
         },
-        "result": {"answer": 1},
+        "result": {"value": {"answer": 1}},
     }
 
     class FakeStepFunctions:

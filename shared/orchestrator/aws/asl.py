@@ -119,7 +119,32 @@ class Segment:
 def compile_pipeline(plan: Plan) -> dict[str, Any]:
     """The state machine definition of a plan, as a plain dict."""
     scope = Scope(plan.pipeline, plan.pipeline_id, plan.path)
-    states, start = _compile_body(plan.body, scope, plan.pipeline_id)
+    finish = None
+    if plan.pipeline.outputs is not None:
+        # the run's `result`: the outputs section rendered once everything has finished
+        finish = _invoke(
+            "dispatch",
+            {
+                "pipeline": plan.pipeline_id,
+                "action": "outputs",
+                "inputs.$": "$.inputs",
+                "run.$": "$.run",
+                "tasks.$": "$.tasks",
+            },
+        )
+        finish |= {
+            "ResultSelector": {"value.$": "$.Payload"},
+            "ResultPath": "$.result",
+            "Retry": [
+                {
+                    "ErrorEquals": LAMBDA_SERVICE_ERRORS,
+                    "IntervalSeconds": 1,
+                    "MaxAttempts": 3,
+                    "BackoffRate": 2.0,
+                }
+            ],
+        }
+    states, start = _compile_body(plan.body, scope, plan.pipeline_id, end_state=finish)
     definition: dict[str, Any] = {
         "Comment": f"{plan.pipeline.name} ({plan.pipeline_id}), compiled by orchestrator",
         "StartAt": start,
@@ -172,7 +197,7 @@ def _compile_body(
         _link(segment, following.entry)
     last = segments[-1]
     if end_state is not None:
-        end_name = scope.state_name("result")
+        end_name = scope.state_name("", "result")
         states[end_name] = {**end_state, "End": True}
         _link(last, end_name)
     else:
@@ -631,7 +656,7 @@ def _parallel_group(node: Node, task: ParallelGroup, scope: Scope, pipeline_id: 
 
 def _rename_result(states: dict[str, Any], scope: Scope, child: str) -> dict[str, Any]:
     """A branch's final Pass names itself after the child (state names must be unique)."""
-    final = scope.state_name("result")
+    final = scope.state_name("", "result")
     renamed = scope.state_name(child, "result")
     out: dict[str, Any] = {}
     for name, state in states.items():

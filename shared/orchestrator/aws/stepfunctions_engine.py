@@ -3,7 +3,7 @@
 The pipeline is compiled, its resources are created in moto, and that exact state machine
 runs on moto's Step Functions emulator with the project's Lambda handlers called in process
 (`emulator.py`). Sensitive inputs enter the execution sealed with KMS; the `outputs` section
-is rendered from the execution's task outputs with the same templates as the local engine.
+is rendered by the state machine's last state, a dispatch call, into `$.result`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,10 @@ from typing import Any
 
 from orchestrator.aws.emulator import run_execution
 from orchestrator.aws.execution import document_from_execution
-from orchestrator.engine.local import RunOptions, input_hash, new_run_id
-from orchestrator.errors import TaskError
+from orchestrator.engine.local import RunOptions, new_run_id
 from orchestrator.plan import Plan
 from orchestrator.runtime.documents import RunStatus
-from orchestrator.runtime.leaf import render
 from orchestrator.runtime.redact import Redactor
-from orchestrator.runtime.scope import Scope
-from orchestrator.template import jinja
 
 
 def execution_input(plan: Plan, inputs: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
@@ -43,19 +39,6 @@ def execution_input(plan: Plan, inputs: dict[str, Any], run: dict[str, Any]) -> 
     }
 
 
-def _result(plan: Plan, inputs: dict[str, Any], run: dict[str, Any], outputs: dict[str, Any]) -> Any:
-    """The pipeline's `outputs` section, rendered as the local engine renders it."""
-    if plan.pipeline.outputs is None:
-        return None
-    values: dict[str, Any] = dict(jinja.GLOBALS)
-    values.update(inputs)
-    values["input_hash"] = input_hash(inputs)
-    values["run"] = {key: run[key] for key in ("id", "pipeline", "started_at")}
-    scope = Scope({}, Scope(values)).child()
-    scope.outputs.update(outputs)
-    return render(plan.pipeline.outputs, scope)
-
-
 def run_plan_on_stepfunctions(plan: Plan, inputs: dict[str, Any], options: RunOptions) -> dict[str, Any]:
     """Run a plan on the emulated AWS and return its run document."""
     run_id = options.run_id or new_run_id()
@@ -71,15 +54,7 @@ def run_plan_on_stepfunctions(plan: Plan, inputs: dict[str, Any], options: RunOp
         plan, run_id, execution["status"], execution["output"], execution["history"]
     )
     if document["status"] != RunStatus.FAILED:
-        try:
-            document["result"] = _result(plan, inputs, run, document["outputs"])
-        except TaskError as failure:
-            document["status"] = RunStatus.FAILED.value
-            document["error"] = {
-                "task": None,
-                "type": failure.error_type,
-                "message": f"outputs: {failure.message}",
-            }
+        document["result"] = ((execution["output"] or {}).get("result") or {}).get("value")
     redactor = Redactor()
     for name in plan.pipeline.sensitive_inputs() & set(inputs):
         redactor.add(inputs[name])

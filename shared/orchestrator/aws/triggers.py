@@ -464,7 +464,7 @@ def _run_view(run_id: str, pipeline_id: str, described: Mapping[str, Any]) -> di
         records = _flatten_records(output["tasks"])
         view["tasks"] = {name: record.get("status") for name, record in records.items()}
         view["outputs"] = visible_outputs(output["tasks"], {})
-        view["result"] = output.get("result")
+        view["result"] = (output.get("result") or {}).get("value")
         if status == "succeeded" and "failed" in view["tasks"].values():
             view["status"] = "degraded"
     elif output is not None:
