@@ -1,0 +1,392 @@
+"""What one run of each bundled pipeline costs on AWS Step Functions, next to the fewest possible.
+
+Each pipeline in `pipelines/` runs once as its compiled state machine on the emulated AWS
+(`orchestrator.aws.emulator.run_execution`, the engine behind `--engine stepfunctions`), with
+the local fake LLM and search servers of `tests/fakes/servers.py`. From the execution history:
+
+- state transitions: events whose type ends in `StateEntered` (what a Standard workflow bills);
+- Lambda calls: `TaskScheduled` / `LambdaFunctionScheduled` events on Lambda;
+- dispatch calls: those on the dispatch function (conditions, `iterate_over`, loop steps, ...);
+- leaf calls: the rest, one per attempt of a python / LLM / web search task. This is the
+  fewest possible: one Lambda call per leaf task that runs;
+- leaf tasks skipped without a call: `<task>.skip` Pass states entered for leaf tasks.
+
+    .venv/bin/python bench/cloud_cost.py                     # print the report
+    .venv/bin/python bench/cloud_cost.py --write docs/cost.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINES = ROOT / "pipelines"
+for _folder in (ROOT / "shared", ROOT / "tests"):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
+
+from fakes.servers import FakeOpenAIServer, FakeSearchServer  # noqa: E402
+
+# inputs a pipeline needs to run here, as `-i name=value` text (as in the conformance tests)
+INPUTS: dict[str, dict[str, str]] = {
+    "circuit_breaker": {"failure_rate": "0"},
+    "caching_strategy": {"simulated_work_seconds": "0"},
+}
+# LLM answers a pipeline needs to succeed (the fake server otherwise echoes the prompt)
+LLM_ANSWERS: dict[str, list[str]] = {
+    # a quality score below the threshold, the improved text, then a score above it: two rounds
+    "iterative_improvement": ["0.6", "Pipelines are YAML files; each one runs its tasks in order.", "0.9"],
+}
+SKIP = {"api_integration": "needs a live API endpoint"}
+ENVIRONMENT = {
+    "OPENAI_API_KEY": "test-key",
+    "ORCHESTRATOR_SECRET_DATABASE_PASSWORD": "pa55word",
+    "SECURE_API_KEY": "key-123",
+}
+LEAF_TYPES = frozenset({"python_task", "llm_task", "web_search_task"})
+SCHEDULED = frozenset({"TaskScheduled", "LambdaFunctionScheduled"})
+DISPATCH = "orchestrator-dispatch"
+
+# us-east-1 list prices
+TRANSITION_PRICE = 0.025 / 1_000  # Step Functions Standard, per state transition
+REQUEST_PRICE = 0.20 / 1_000_000  # Lambda, per request (duration ignored)
+
+
+def pipelines() -> list[Path]:
+    """The bundled pipelines this report covers."""
+    return [path for path in sorted(PIPELINES.glob("*.yaml")) if path.stem not in SKIP]
+
+
+def cost_per_1000_runs(transitions: int, lambda_calls: int) -> float:
+    """Dollars for 1,000 runs: Standard state transitions plus Lambda requests."""
+    return 1_000 * (transitions * TRANSITION_PRICE + lambda_calls * REQUEST_PRICE)
+
+
+def _leaf_names(tasks: list[Any], folder: Path) -> set[str]:
+    """Names of the leaf tasks of a task list, nested ones and child pipelines' included."""
+    from orchestrator.spec.loading import read_pipeline
+
+    names: set[str] = set()
+    for task in tasks:
+        kind = getattr(task, "type", None)
+        if kind in LEAF_TYPES and task.name:
+            names.add(task.name)
+        nested = getattr(task, "tasks", None)
+        if isinstance(nested, list):
+            names |= _leaf_names([t for t in nested if not isinstance(t, dict)], folder)
+        for child in getattr(task, "pipelines", None) or []:
+            child_path = (folder / child.pipeline).resolve()
+            names |= _leaf_names(read_pipeline(child_path).pipeline.tasks, child_path.parent)
+    return names
+
+
+def _scheduled_call(event: dict[str, Any]) -> tuple[str, Any]:
+    """The Lambda function a scheduled event calls (its ARN, or "" if not Lambda) and its payload."""
+    if event["type"] == "LambdaFunctionScheduled":
+        details = event.get("lambdaFunctionScheduledEventDetails", {})
+        try:
+            payload = json.loads(details.get("input") or "null")
+        except ValueError:
+            payload = None
+        return str(details.get("resource", "")), payload
+    details = event.get("taskScheduledEventDetails", {})
+    if details.get("resourceType") != "lambda":
+        return "", None
+    try:
+        parameters = json.loads(details.get("parameters") or "{}")
+    except ValueError:
+        return str(details.get("parameters", "")), None
+    if not isinstance(parameters, dict):
+        return "", None
+    return str(parameters.get("FunctionName", "")), parameters.get("Payload")
+
+
+def count_history(history: list[dict[str, Any]], leaf_names: set[str]) -> dict[str, Any]:
+    """Transitions, Lambda calls (dispatch and leaf) and leaf tasks skipped without a call."""
+    by_id = {event["id"]: event for event in history}
+    transitions = lambda_calls = dispatch_calls = skipped = self_skipped = 0
+    actions: Counter[str] = Counter()
+    for event in history:
+        kind = event["type"]
+        if kind.endswith("StateEntered"):
+            transitions += 1
+            name = event["stateEnteredEventDetails"]["name"]
+            last = name.rsplit("/", 1)[-1]
+            if kind == "PassStateEntered" and last.endswith(".skip") and last[: -len(".skip")] in leaf_names:
+                skipped += 1
+        elif kind in SCHEDULED:
+            function, payload = _scheduled_call(event)
+            if not function:
+                continue
+            lambda_calls += 1
+            if DISPATCH in function:
+                dispatch_calls += 1
+                actions[str(payload.get("action", "?")) if isinstance(payload, dict) else "?"] += 1
+        elif kind in {"TaskSucceeded", "LambdaFunctionSucceeded"}:
+            # a leaf whose condition only its Lambda can decide may answer "skipped"
+            scheduled = by_id.get(event.get("previousEventId"))
+            while scheduled is not None and scheduled["type"] not in SCHEDULED:
+                scheduled = by_id.get(scheduled.get("previousEventId"))
+            if scheduled is None or DISPATCH in _scheduled_call(scheduled)[0]:
+                continue
+            details = event.get("taskSucceededEventDetails") or event.get(
+                "lambdaFunctionSucceededEventDetails", {}
+            )
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                payload = json.loads(details.get("output") or "{}").get("Payload")
+                if isinstance(payload, dict) and payload.get("status") == "skipped":
+                    self_skipped += 1
+    return {
+        "transitions": transitions,
+        "lambda_calls": lambda_calls,
+        "dispatch_calls": dispatch_calls,
+        "leaf_calls": lambda_calls - dispatch_calls,
+        "leaf_skipped_without_call": skipped,
+        "leaf_calls_answering_skipped": self_skipped,
+        "dispatch_actions": dict(sorted(actions.items())),
+    }
+
+
+@contextlib.contextmanager
+def _isolated(home: Path, environment: dict[str, str]) -> Iterator[None]:
+    """This process's environment and working folder, set for one run and then put back."""
+    saved_environment = dict(os.environ)
+    saved_cwd = Path.cwd()
+    os.environ.pop("ORCHESTRATOR_CONFIG", None)
+    os.environ.update(environment)
+    os.environ["ORCHESTRATOR_HOME"] = str(home / ".orchestrator")
+    os.chdir(home)  # files a pipeline writes stay in the temporary folder
+    try:
+        yield
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_environment)
+
+
+def measure(path: Path | str) -> dict[str, Any]:
+    """Run one pipeline once on the emulated AWS and count what it would be billed for."""
+    from orchestrator.aws.emulator import run_execution
+    from orchestrator.aws.stepfunctions_engine import execution_input
+    from orchestrator.engine.local import new_run_id
+    from orchestrator.plan import build_plan
+    from orchestrator.runtime.inputs import resolve_inputs
+    from orchestrator.spec.loading import read_pipeline
+
+    path = Path(path).resolve()
+    with (
+        FakeOpenAIServer() as openai,
+        FakeSearchServer() as search,
+        tempfile.TemporaryDirectory(prefix="cloud-cost-") as folder,
+    ):
+        openai.enqueue(*LLM_ANSWERS.get(path.stem, []))
+        environment = {
+            **ENVIRONMENT,
+            "OPENAI_BASE_URL": openai.base_url,
+            "ORCHESTRATOR_SEARCH_URL": search.url,
+        }
+        with _isolated(Path(folder), environment):
+            plan = build_plan(read_pipeline(path))
+            given = INPUTS.get(path.stem, {})
+            inputs = resolve_inputs(plan.pipeline, dict(given), text_keys=frozenset(given))
+            run_id = new_run_id()
+            run = {
+                "id": run_id,
+                "pipeline": plan.pipeline_id,
+                "started_at": datetime.now(UTC).isoformat(),
+                "user_id": getpass.getuser(),
+                "no_cache": False,
+            }
+            started = time.monotonic()
+            execution = run_execution(plan, lambda: execution_input(plan, inputs, run), run_id)
+            seconds = time.monotonic() - started
+    counts = count_history(execution["history"], _leaf_names(plan.pipeline.tasks, path.parent))
+    leaf = counts["leaf_calls"]
+    return {
+        "pipeline": path.stem,
+        "status": execution["status"],
+        **counts,
+        "overhead_ratio": counts["lambda_calls"] / leaf if leaf else None,
+        "transitions_per_leaf_call": counts["transitions"] / leaf if leaf else None,
+        "cost_per_1000_runs": cost_per_1000_runs(counts["transitions"], counts["lambda_calls"]),
+        "minimum_cost_per_1000_runs": cost_per_1000_runs(leaf, leaf),
+        "seconds": seconds,
+    }
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}×"
+
+
+def _actions(actions: dict[str, int]) -> str:
+    return ", ".join(f"{action} {count}" for action, count in actions.items()) or "-"
+
+
+def render(results: list[dict[str, Any]]) -> str:
+    """docs/cost.md."""
+    header = [
+        "pipeline",
+        "run",
+        "state transitions",
+        "Lambda calls",
+        "leaf calls (minimum)",
+        "dispatch calls (overhead)",
+        "dispatch calls by action",
+        "leaf tasks skipped, no call",
+        "Lambda calls ÷ minimum",
+        "transitions per leaf call",
+        "cost per 1,000 runs",
+        "at the minimum",
+    ]
+    rows = [
+        [
+            f"`{r['pipeline']}`",
+            r["status"].lower(),
+            str(r["transitions"]),
+            str(r["lambda_calls"]),
+            str(r["leaf_calls"]),
+            str(r["dispatch_calls"]),
+            _actions(r["dispatch_actions"]),
+            str(r["leaf_skipped_without_call"]),
+            _ratio(r["overhead_ratio"]),
+            _ratio(r["transitions_per_leaf_call"]).removesuffix("×"),
+            f"${r['cost_per_1000_runs']:.4f}",
+            f"${r['minimum_cost_per_1000_runs']:.4f}",
+        ]
+        for r in results
+    ]
+    total = {key: sum(r[key] for r in results) for key in ("transitions", "lambda_calls", "leaf_calls")}
+    dispatch = sum(r["dispatch_calls"] for r in results)
+    actions: Counter[str] = Counter()
+    for r in results:
+        actions.update(r["dispatch_actions"])
+    skipped = sum(r["leaf_skipped_without_call"] for r in results)
+    rows.append(
+        [
+            "**all**",
+            "",
+            str(total["transitions"]),
+            str(total["lambda_calls"]),
+            str(total["leaf_calls"]),
+            str(dispatch),
+            _actions(dict(sorted(actions.items()))),
+            str(skipped),
+            _ratio(total["lambda_calls"] / total["leaf_calls"] if total["leaf_calls"] else None),
+            f"{total['transitions'] / total['leaf_calls']:.2f}" if total["leaf_calls"] else "-",
+            f"${sum(r['cost_per_1000_runs'] for r in results):.4f}",
+            f"${sum(r['minimum_cost_per_1000_runs'] for r in results):.4f}",
+        ]
+    )
+    table = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i in {0, 1, 6} else "---:" for i in range(len(header))) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+    answering = [r for r in results if r["leaf_calls_answering_skipped"]]
+    notes = []
+    if answering:
+        listed = ", ".join(f"`{r['pipeline']}` {r['leaf_calls_answering_skipped']}" for r in answering)
+        notes.append(
+            "- Some leaf calls only answered `skipped`: their condition is a template that ASL "
+            "cannot test, so the task's own Lambda evaluates it (" + listed + "). They are counted "
+            "as leaf calls above."
+        )
+    failed = [r["pipeline"] for r in results if r["status"] != "SUCCEEDED"]
+    if failed:
+        notes.append(
+            "- Runs that did not succeed (by design of the pipeline, or see the conformance tests): "
+            + ", ".join(f"`{name}`" for name in failed)
+            + "."
+        )
+    skipped_pipelines = ", ".join(f"`{name}` ({why})" for name, why in SKIP.items())
+    text = f"""# What a run costs on AWS Step Functions
+
+One run of each pipeline in `pipelines/`, as its compiled state machine on the emulated AWS
+(`--engine stepfunctions`: moto's Step Functions running the exact definition `orchestrator build`
+deploys, with this project's Lambda handlers), against the local fake LLM and search servers of
+`tests/fakes/servers.py`. Generated by `bench/cloud_cost.py`:
+
+    .venv/bin/python bench/cloud_cost.py --write docs/cost.md
+
+What is counted, from each execution's history:
+
+- **State transitions**: states entered (history events whose type ends in `StateEntered`),
+  Map iterations and Parallel branches included. A Standard workflow is billed per state
+  transition: **$0.025 per 1,000** in us-east-1 (after the free tier of 4,000 a month).
+- **Lambda calls**: `TaskScheduled` events on `lambda:invoke`, retries included. Lambda bills
+  **$0.20 per 1M requests**; duration (GB-seconds) is left out here.
+- **Leaf calls** are the Lambda calls to the python, LLM and web search task functions, one per
+  attempt of a leaf task that ran. This is **the fewest possible: one Lambda call per executed
+  leaf task**, which no orchestration can go below.
+- **Dispatch calls** are the rest: the dispatch function evaluating what ASL cannot, by
+  `action`: `condition` (a templated condition), `items` (an `iterate_over` list), `while`
+  (a `while_loop`'s start and each step), `expand` (a `dynamic_task_group`'s specs), `render`
+  (a `fallback_value`), `child_inputs` (a child pipeline's inputs) and `outputs` (the pipeline's
+  `outputs` section, rendered once at the end). They are the Lambda overhead of the compiled
+  state machine.
+- **Leaf tasks skipped, no call**: leaf tasks whose condition the state machine decided with a
+  Choice state, so that no Lambda ran for them.
+- **Cost per 1,000 runs** = transitions × $0.025 + Lambda calls × $0.0002 (1,000 runs).
+  **At the minimum** is what 1,000 runs would cost with one Task state and one Lambda call per
+  leaf call and nothing else.
+
+Inputs are the pipelines' defaults, except `failure_rate=0` for `circuit_breaker` and
+`simulated_work_seconds=0` for `caching_strategy` (as in `tests/conformance`). The fake LLM
+echoes each prompt, except for `iterative_improvement`, which is answered a quality score of 0.6,
+an improved text, then 0.9 (two rounds of its `while_loop`; with echoes its first score does not
+parse and the run fails). Counts can vary from run to run where a pipeline draws at random or
+reads the clock, and they follow the compiler: regenerate this page when `asl.py` changes.
+Not measured: {skipped_pipelines}.
+
+{chr(10).join(table)}
+"""
+    if notes:
+        text += "\n" + "\n".join(notes) + "\n"
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--write", type=Path, help="write the report here (e.g. docs/cost.md)")
+    parser.add_argument("pipelines", nargs="*", type=Path, help="pipeline files (default: pipelines/)")
+    arguments = parser.parse_args(argv)
+    results = []
+    for path in arguments.pipelines or pipelines():
+        logs = io.StringIO()  # what the Lambda handlers log while emulated
+        try:
+            with contextlib.redirect_stderr(logs):
+                result = measure(path)
+        except Exception:
+            sys.stderr.write(logs.getvalue()[-5000:])
+            raise
+        results.append(result)
+        print(
+            f"{result['pipeline']:32} {result['status']:10} transitions {result['transitions']:4}"
+            f"  lambda {result['lambda_calls']:3}  leaf {result['leaf_calls']:3}"
+            f"  dispatch {result['dispatch_calls']:3}  ({result['seconds']:.1f}s)",
+            flush=True,
+        )
+    text = render(results)
+    if arguments.write:
+        arguments.write.write_text(text, encoding="utf-8")
+        print(f"wrote {arguments.write}")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
