@@ -44,8 +44,8 @@ test-fast: $(STAMP) $(NODE_STAMP) ## run the tests not marked slow
 	$(BIN)/pytest -q -m 'not slow'
 
 lint: $(STAMP) ## ruff and mypy --strict
-	$(BIN)/ruff check shared tests
-	$(BIN)/ruff format --check shared tests
+	$(BIN)/ruff check shared tests functions bench
+	$(BIN)/ruff format --check shared tests functions bench
 	$(BIN)/mypy
 	for handler in functions/*/app.py; do MYPYPATH=shared $(BIN)/mypy --strict $$handler || exit 1; done
 

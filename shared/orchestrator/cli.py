@@ -139,6 +139,20 @@ def _load_plan(file: Path) -> Any:
     return build_plan(read_pipeline(file))
 
 
+def _print_diagnostics(error: PipelineValidationError) -> None:
+    for diagnostic in error.diagnostics:
+        print(diagnostic.format(), file=sys.stderr)
+
+
+def _plan_or_none(file: Path) -> Any:
+    """The file's plan, or None after printing its diagnostics."""
+    try:
+        return _load_plan(file)
+    except PipelineValidationError as error:
+        _print_diagnostics(error)
+        return None
+
+
 def _print_warnings(plan: Any) -> None:
     for warning in plan.warnings:
         print(warning.format(), file=sys.stderr)
@@ -147,11 +161,8 @@ def _print_warnings(plan: Any) -> None:
 def command_validate(arguments: argparse.Namespace) -> int:
     status = EXIT_OK
     for file in arguments.files:
-        try:
-            plan = _load_plan(file)
-        except PipelineValidationError as error:
-            for diagnostic in error.diagnostics:
-                print(diagnostic.format(), file=sys.stderr)
+        plan = _plan_or_none(file)
+        if plan is None:
             status = EXIT_FAILED
             continue
         _print_warnings(plan)
@@ -188,11 +199,8 @@ def command_run(arguments: argparse.Namespace) -> int:
     from orchestrator.settings import load_settings
     from orchestrator.stores.factory import open_stores
 
-    try:
-        plan = _load_plan(arguments.file)
-    except PipelineValidationError as error:
-        for diagnostic in error.diagnostics:
-            print(diagnostic.format(), file=sys.stderr)
+    plan = _plan_or_none(arguments.file)
+    if plan is None:
         return EXIT_INVALID
     try:
         given, text_keys = _read_inputs(arguments)
@@ -313,11 +321,8 @@ def _print_summary(document: dict[str, Any]) -> None:
 def command_compile(arguments: argparse.Namespace) -> int:
     from orchestrator.aws.asl import CompileError, compile_pipeline
 
-    try:
-        plan = _load_plan(arguments.file)
-    except PipelineValidationError as error:
-        for diagnostic in error.diagnostics:
-            print(diagnostic.format(), file=sys.stderr)
+    plan = _plan_or_none(arguments.file)
+    if plan is None:
         return EXIT_FAILED
     try:
         definition = compile_pipeline(plan)
@@ -344,8 +349,7 @@ def command_build(arguments: argparse.Namespace) -> int:
     try:
         written = build_app(arguments.root)
     except PipelineValidationError as error:
-        for diagnostic in error.diagnostics:
-            print(diagnostic.format(), file=sys.stderr)
+        _print_diagnostics(error)
         return EXIT_FAILED
     for path in written:
         print(path)
@@ -355,11 +359,8 @@ def command_build(arguments: argparse.Namespace) -> int:
 def command_graph(arguments: argparse.Namespace) -> int:
     from orchestrator.graph import to_dot, to_mermaid
 
-    try:
-        plan = _load_plan(arguments.file)
-    except PipelineValidationError as error:
-        for diagnostic in error.diagnostics:
-            print(diagnostic.format(), file=sys.stderr)
+    plan = _plan_or_none(arguments.file)
+    if plan is None:
         return EXIT_FAILED
     print(to_mermaid(plan) if arguments.format == "mermaid" else to_dot(plan), end="")
     return EXIT_OK
