@@ -221,19 +221,19 @@ def test_groups_dynamic_groups_and_child_pipelines() -> None:
     in_order = states["generated_in_order"]["Branches"][0]["States"]["generated_in_order.run"]
     assert in_order["MaxConcurrency"] == 1
     children = states["children_parallel"]
-    assert children["ResultSelector"]["output"] == {"left.$": "$[0]", "right.$": "$[1]"}
+    assert children["ResultSelector"]["output"] == {"left_child.$": "$[0]", "right_child.$": "$[1]"}
     left = children["Branches"][0]["States"]
-    assert left["children_parallel.left/inputs"]["Parameters"]["Payload"] == {
+    assert left["children_parallel.left_child/inputs"]["Parameters"]["Payload"] == {
         "pipeline": "groups",
-        "task": "tasks.6",
+        "task": "tasks.7",
         "inputs.$": "$.inputs",
         "run.$": "$.run",
         "tasks.$": "$.tasks",
         "action": "child_inputs",
         "child": 0,
     }
-    load = left["children_parallel.left/load"]["Parameters"]["Payload"]
-    assert load["inputs.$"] == "$.child_inputs.left.value"
+    load = left["children_parallel.left_child/load"]["Parameters"]["Payload"]
+    assert load["inputs.$"] == "$.child_inputs.left_child.value"
     sequential = states["children_sequential"]
     assert len(sequential["Branches"]) == 1
     assert sequential["ResultSelector"] == {"status": "succeeded", "output.$": "$[0]"}

@@ -723,6 +723,18 @@ def _dynamic_group(node: Node, task: DynamicTaskGroup, scope: Scope, pipeline_id
     return _preceded(expand_name, expand, main)
 
 
+def _outputs_map(body: Body) -> dict[str, str]:
+    """Parameters collecting a run's outputs map: every top-level task and group child."""
+    found: dict[str, str] = {}
+    for name, node in body.nodes.items():
+        found[f"{name}.$"] = f"$.tasks.{name}.output"
+        if isinstance(node.task, ParallelGroup):
+            for child in node.task.tasks:
+                if child.name:
+                    found[f"{child.name}.$"] = f"$.tasks.{name}.children.{child.name}.output"
+    return found
+
+
 def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, Any]:
     """Child pipelines compiled into this definition: parallel branches, or one chain."""
     branches: list[dict[str, Any]] = []
@@ -743,8 +755,7 @@ def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, 
             prefix=scope.state_name(node.name, child_plan.pipeline_id) + "/",
             inputs_path=inputs_path,
         )
-        collect_names = list(child_plan.body.nodes)
-        collect = {"Type": "Pass", "Parameters": {f"{n}.$": f"$.tasks.{n}.output" for n in collect_names}}
+        collect = {"Type": "Pass", "Parameters": _outputs_map(child_plan.body)}
         states, start = _compile_body(child_plan.body, child_scope, child_plan.pipeline_id, end_state=collect)
         inputs_name = child_scope.prefix + "inputs"
         inputs_state = _invoke(

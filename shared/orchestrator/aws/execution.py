@@ -79,7 +79,7 @@ def _outcome(result: dict[str, Any] | None, attempts: int) -> TaskOutcome:
     error = error_from_catch(result.get("error"))
     status = TaskStatus(result.get("status", "succeeded"))
     if status in {TaskStatus.SKIPPED, TaskStatus.CACHED} and error is None:
-        attempts = 0 if status is TaskStatus.CACHED or attempts == 0 else attempts
+        attempts = 0  # a Lambda that only decided a condition, or found a cache hit, ran nothing
     return TaskOutcome(status, result.get("output"), attempts, error)
 
 
