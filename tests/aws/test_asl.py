@@ -110,7 +110,7 @@ def test_retry_comes_from_error_handling() -> None:
         "MaxAttempts": 2,
         "BackoffRate": 1.5,
     }
-    assert states["plain"]["TimeoutSeconds"] == 30
+    assert states["plain"]["TimeoutSeconds"] == 30 + 5  # the function's own limit fires first
     assert [r["ErrorEquals"] for r in states["no_retry"]["Retry"]] == [plain[0]["ErrorEquals"]]
     assert states["with_fallback"]["Retry"][2]["MaxAttempts"] == 5
     assert states["with_fallback"]["Retry"][2]["BackoffRate"] == 2.0

@@ -109,3 +109,30 @@ def test_failures_are_retried_as_error_handling_says(write_pipeline: Write, cli:
     assert remote["tasks"]["flaky"] == {"status": "succeeded", "attempts": 3, "error": None}
     assert remote["tasks"]["broken"]["error"] == {"type": "ValueError", "message": "always (script line 1)"}
     assert remote["status"] == "degraded" and remote["outputs"]["broken"] == "degraded"
+
+
+def test_timeouts_fail_the_same_way_on_both_engines(write_pipeline: Write, cli: Cli) -> None:
+    """SPEC 7 and 10: a task over its timeout fails with TaskTimeout, then on_failure applies."""
+    path = write_pipeline(
+        """
+        name: slow
+        tasks:
+          - name: sleepy
+            type: python_task
+            timeout: 1
+            error_handling: {on_failure: skip, fallback_value: late}
+            script: |
+              import time
+              time.sleep(2.5)
+              return "on time"
+          - name: after
+            type: python_task
+            script: return "{{ sleepy }}"
+        """
+    )
+    local = cli("run", path, "--json").document()
+    remote = cli("run", path, "--json", "--engine", "stepfunctions").document()
+    assert remote["tasks"] == local["tasks"]
+    assert remote["tasks"]["sleepy"]["status"] == "skipped"
+    assert remote["tasks"]["sleepy"]["error"]["type"] == "TaskTimeout"
+    assert remote["outputs"] == local["outputs"] == {"sleepy": "late", "after": "late"}

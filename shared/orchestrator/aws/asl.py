@@ -66,6 +66,7 @@ LAMBDA_SERVICE_ERRORS = [
 ]
 LEAF_SELECTOR = {"status.$": "$.Payload.status", "output.$": "$.Payload.output"}
 MAX_STATE_NAME = 80
+TIMEOUT_GRACE = 5
 
 
 class CompileError(Exception):
@@ -368,7 +369,9 @@ def _guarded(node: Node, scope: Scope, state: dict[str, Any], *, leaf: bool) -> 
         exits = [after_name]
     timeout = task_timeout(node.task)
     if timeout is not None and state["Type"] == "Task":
-        state["TimeoutSeconds"] = max(1, math.ceil(timeout))
+        # the function stops the task at its timeout (TaskTimeout, as locally); the state's
+        # own limit is the backstop for a function that cannot answer at all
+        state["TimeoutSeconds"] = max(1, math.ceil(timeout)) + TIMEOUT_GRACE
     state["Retry"] = _retry(node, scope)
     policy = effective_policy(node.task, scope.pipeline)
     error_path = f"$.errors.{node.name}"

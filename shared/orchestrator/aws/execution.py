@@ -30,6 +30,8 @@ def error_from_catch(caught: dict[str, Any] | None) -> ErrorInfo | None:
     if isinstance(payload, dict):
         message = str(payload.get("errorMessage", cause))
         error_type = str(payload.get("errorType", error_type))
+    if error_type == "States.Timeout":  # the state's own limit fired: the same failure as locally
+        return ErrorInfo("TaskTimeout", message or "the task exceeded its timeout")
     return ErrorInfo(error_type, message)
 
 
