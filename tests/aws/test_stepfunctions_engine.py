@@ -136,3 +136,37 @@ def test_timeouts_fail_the_same_way_on_both_engines(write_pipeline: Write, cli: 
     assert remote["tasks"]["sleepy"]["status"] == "skipped"
     assert remote["tasks"]["sleepy"]["error"]["type"] == "TaskTimeout"
     assert remote["outputs"] == local["outputs"] == {"sleepy": "late", "after": "late"}
+
+
+def test_a_throttled_lambda_is_retried_and_is_not_an_attempt(
+    write_pipeline: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC 7 on AWS: the Lambda service refusing a call (429) is retried by the state machine;
+    the task ran once, so the document says one attempt, as on the embedded engine."""
+    from moto.core.exceptions import JsonRESTError
+
+    from orchestrator.aws import emulator
+    from orchestrator.aws.execution import document_from_execution
+
+    calls: list[str] = []
+    original = emulator._Invoker.__call__
+
+    def throttle_first(self: Any, function: Any, event: Any = None) -> tuple[str, bool, str]:
+        calls.append(function.function_name)
+        if len(calls) == 1:
+            error = JsonRESTError("TooManyRequestsException", "Rate exceeded")
+            error.code = 429
+            raise error
+        return original(self, function, event)
+
+    monkeypatch.setattr(emulator._Invoker, "__call__", throttle_first)
+    path = write_pipeline("name: t\ntasks:\n  - name: a\n    type: python_task\n    script: return 1\n")
+    execution = _execute(path, {}, "throttled")
+    plan = build_plan(read_pipeline(path))
+    document = document_from_execution(
+        plan, "throttled", execution["status"], execution["output"], execution["history"]
+    )
+    failures = [e for e in execution["history"] if e["type"] == "TaskFailed"]
+    assert failures and failures[0]["taskFailedEventDetails"]["error"].startswith("Lambda.")
+    assert len(calls) == 2
+    assert document["tasks"]["a"] == {"status": "succeeded", "attempts": 1, "error": None}

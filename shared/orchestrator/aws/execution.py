@@ -60,6 +60,11 @@ def scheduled_counts(history: list[dict[str, Any]]) -> Counter[str]:
             entered = _entered_state(event, history, current)
             if entered is not None:
                 counts[entered] += 1
+        elif kind == "TaskFailed" and event["taskFailedEventDetails"].get("error", "").startswith("Lambda."):
+            # the Lambda service refused the call (throttled, unavailable): the task never ran
+            entered = _entered_state(event, history, current)
+            if entered is not None:
+                counts[entered] -= 1
     return counts
 
 
