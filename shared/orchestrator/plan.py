@@ -10,6 +10,7 @@ Children of a `parallel_group` are also visible in the group's own body, standin
 from __future__ import annotations
 
 import difflib
+import functools
 import io
 import re
 import tokenize
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import Diagnostic, PipelineValidationError, TemplateError
+from orchestrator.runtime.python_task import compiles_cleanly
 from orchestrator.spec.loading import PipelineSource
 from orchestrator.spec.models import (
     DynamicTaskGroup,
@@ -137,16 +139,49 @@ def _template_references(
     return [_Reference(name, location, hard=False) for name in sorted(names)]
 
 
-def _script_references(script: str, location: Location, analysis: _Analysis) -> list[_Reference]:
-    problem = check_script_syntax(script)
+_PLAIN_SCRIPT = re.compile(r"[\x20-\x7e\n]*")
+
+
+def _plainly_valid(script: str, name: str) -> bool:
+    """A quick check that `check_script_syntax` would find nothing wrong, for the common case:
+    a script without placeholders, in printable ASCII without tabs or backslashes (which the
+    tokenizer reads like the compiler), whose first statement starts its line. Then compiling it as the body
+    of the task's function, as running it will, is the same check. False means: not known."""
+    if "{{" in script or "\\" in script or not _PLAIN_SCRIPT.fullmatch(script):
+        return False
+    for line in script.split("\n"):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            if line[0] == " ":
+                return False
+            break
+    return compiles_cleanly(script, f"<task {name}>")
+
+
+@functools.lru_cache(maxsize=4096)
+def _script_analysis(
+    script: str, name: str
+) -> tuple[tuple[int, int, str] | None, tuple[str, ...], tuple[str, ...]]:
+    """What planning needs from a script's text: its syntax problem or None, its `{{ }}`
+    expressions, and the `get_task_output` names it calls. (`name` is the task's: running it
+    then reuses the code compiled here as it is.)"""
+    if not _plainly_valid(script, name):
+        problem = check_script_syntax(script)
+        if problem is not None:
+            return problem, (), ()
+    return None, tuple(find_script_expressions(script)), tuple(_task_output_calls(script))
+
+
+def _script_references(script: str, name: str, location: Location, analysis: _Analysis) -> list[_Reference]:
+    problem, expressions, calls = _script_analysis(script, name)
     if problem is not None:
         line, column, message = problem
         analysis.error(location, f"python syntax error in script line {line}, column {column}: {message}")
         return []
     references: list[_Reference] = []
-    for expression in find_script_expressions(script):
+    for expression in expressions:
         references += _template_references(expression, location, analysis, expression=True)
-    references += [_Reference(name, location, hard=True) for name in _task_output_calls(script)]
+    references += [_Reference(name, location, hard=True) for name in calls]
     return references
 
 
@@ -174,8 +209,10 @@ def _task_output_calls(script: str) -> list[str]:
     return names
 
 
-def _own_references(task: TaskBase, location: Location, analysis: _Analysis) -> list[_Reference]:
-    """What a task reads, not counting the tasks nested in it."""
+def _own_references(
+    task: TaskBase, location: Location, analysis: _Analysis, name: str = ""
+) -> list[_Reference]:
+    """What a task reads, not counting the tasks nested in it (`name`: the node it runs as)."""
     references = [
         _Reference(name, (*location, "depends_on", index), hard=True)
         for index, name in enumerate(task.depends_on)
@@ -193,10 +230,10 @@ def _own_references(task: TaskBase, location: Location, analysis: _Analysis) -> 
         )
         if handling.fallback is not None:
             references += _own_references(
-                handling.fallback, (*location, "error_handling", "fallback"), analysis
+                handling.fallback, (*location, "error_handling", "fallback"), analysis, name
             )
     if isinstance(task, PythonTask):
-        references += _script_references(task.script, (*location, "script"), analysis)
+        references += _script_references(task.script, name, (*location, "script"), analysis)
     elif isinstance(task, LLMTask):
         for key in ("prompt", "system", "model"):
             references += _template_references(getattr(task, key), (*location, key), analysis)
@@ -267,7 +304,7 @@ def analyse_body(
                     exposed[child.name] = name
     unresolved: list[_Reference] = []
     for node in nodes.values():
-        references = _own_references(node.task, node.location, analysis)
+        references = _own_references(node.task, node.location, analysis, node.name)
         node.reads = frozenset(reference.name for reference in references)
         if isinstance(node.task, CONTAINERS):
             inner_body, inner = analyse_body(node.task.tasks, (*node.location, "tasks"), analysis)

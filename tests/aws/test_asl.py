@@ -49,7 +49,8 @@ def _tool(name: str, relative: str) -> str | None:
 
 
 def test_statelint_accepts_every_definition(compiled: dict[str, Path]) -> None:
-    statelint = _tool("statelint", str(Path(sys.executable).parent.relative_to(REPO) / "statelint"))
+    beside_python = Path(sys.executable).parent / "statelint"
+    statelint = str(beside_python) if beside_python.exists() else shutil.which("statelint")
     assert statelint, "statelint is a development dependency: pip install -e '.[dev]'"
     for path in compiled.values():
         result = subprocess.run([statelint, str(path)], capture_output=True, text=True, check=False)

@@ -39,7 +39,7 @@ from orchestrator.runtime.documents import (
 )
 from orchestrator.runtime.inputs import resolve_inputs
 from orchestrator.runtime.leaf import LEAF_TYPES, Services, cache_key, render, run_leaf
-from orchestrator.runtime.policy import effective_policy, task_timeout
+from orchestrator.runtime.policy import ErrorPolicy, effective_policy, task_timeout
 from orchestrator.runtime.redact import MASK, Redactor
 from orchestrator.runtime.scope import LoopFrame, Scope
 from orchestrator.runtime.task_streams import task_streams
@@ -59,7 +59,15 @@ from orchestrator.template import jinja
 
 CONFLICT_RERUNS = 50
 SANDBOX_GRACE = 5.0
-_TASK_ADAPTER: TypeAdapter[Any] = TypeAdapter(Task)
+_TASK_ADAPTER: TypeAdapter[Any] | None = None
+
+
+def _task_adapter() -> TypeAdapter[Any]:
+    """Validates generated task specs; built on first use (most runs never need it)."""
+    global _TASK_ADAPTER
+    if _TASK_ADAPTER is None:
+        _TASK_ADAPTER = TypeAdapter(Task)
+    return _TASK_ADAPTER
 
 
 class Observer(Protocol):
@@ -279,6 +287,17 @@ class _Run:
         )
         self.group_children: dict[str, dict[str, TaskOutcome]] = {}
         self.reporter = _Reporter(self)
+        self._task_settings: dict[int, tuple[TaskBase, ErrorPolicy, float | None, Limits | None]] = {}
+
+    def task_settings(self, task: TaskBase) -> tuple[ErrorPolicy, float | None, Limits | None]:
+        """A task's error policy, timeout and sandbox limits, worked out once per run (a loop
+        body runs once per item). The entry holds the task, so its id stays its own."""
+        found = self._task_settings.get(id(task))
+        if found is None or found[0] is not task:
+            limits = limits_for(task, self.pipeline) if isinstance(task, LEAF_TYPES) else None
+            found = (task, effective_policy(task, self.pipeline), task_timeout(task), limits)
+            self._task_settings[id(task)] = found
+        return found[1], found[2], found[3]
 
     # scheduling -------------------------------------------------------------------------
     async def run_body(
@@ -317,7 +336,7 @@ class _Run:
                 return self.apply_failure(task, name, scope, failure, started)
             if not should_run:
                 return TaskOutcome(TaskStatus.SKIPPED, None, 0, None, time.perf_counter() - started)
-        policy = effective_policy(task, self.pipeline)
+        policy = self.task_settings(task)[0]
         entry = None
         try:
             entry = cache_key(
@@ -325,7 +344,7 @@ class _Run:
                 name,
                 scope,
                 self.pipeline,
-                self.plan.pipeline_id,
+                self.info.pipeline_id,
                 node.reads if node else frozenset(),
                 self.shared.services.settings.default_model,
             )
@@ -365,7 +384,7 @@ class _Run:
         self, task: TaskBase, name: str, scope: Scope, failure: TaskOutcome, started: float
     ) -> TaskOutcome:
         """`on_failure` after retries and fallback are spent."""
-        policy = effective_policy(task, self.pipeline)
+        policy = self.task_settings(task)[0]
         failure.duration = time.perf_counter() - started
         if policy.on_failure == "abort_pipeline":
             raise AbortError(name, failure)
@@ -381,8 +400,7 @@ class _Run:
 
     async def attempt(self, task: TaskBase, name: str, scope: Scope, node: Node | None, report: bool) -> Any:
         """One attempt; state conflicts re-run it without counting against retries."""
-        timeout = task_timeout(task)
-        limits = limits_for(task, self.pipeline) if isinstance(task, LEAF_TYPES) else None
+        _, timeout, limits = self.task_settings(task)
         # a sandboxed child is killed at its own deadline; the wait here is only a backstop
         deadline = None if timeout is None else timeout + (SANDBOX_GRACE if limits else 0.0)
         for rerun in range(CONFLICT_RERUNS):
@@ -410,15 +428,13 @@ class _Run:
     ) -> Any:
         if isinstance(task, LEAF_TYPES) and limits is not None:
             backend = self.pipeline.state_management.storage_backend
-            future = self.shared.pool.submit(
+            return await self.shared.pool.run_in_loop(
                 run_sandboxed, task, name, scope, self.info, backend, dict(self.inputs), limits
             )
-            return await asyncio.wrap_future(future)
         if isinstance(task, LEAF_TYPES):
-            future = self.shared.pool.submit(
+            return await self.shared.pool.run_in_loop(
                 run_leaf, task, name, scope, self.info, self.shared.services, dict(self.inputs)
             )
-            return await asyncio.wrap_future(future)
         body = node.body if node is not None else None
         try:
             if isinstance(task, ForLoop):
@@ -517,7 +533,7 @@ class _Run:
         parsed: list[Any] = []
         for index, spec in enumerate(specs):
             try:
-                parsed.append(_TASK_ADAPTER.validate_python(spec))
+                parsed.append(_task_adapter().validate_python(spec))
             except ValidationError as error:
                 problems = "; ".join(
                     f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()

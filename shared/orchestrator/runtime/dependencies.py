@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import shlex
-from importlib import metadata
-
-from packaging.requirements import InvalidRequirement, Requirement
 
 from orchestrator.errors import MissingDependenciesError
 
 
 def check_dependencies(requirements: list[str]) -> None:
     """Raise `MissingDependenciesError` naming each missing package and the pip line that fixes it."""
+    if not requirements:
+        return
+    from importlib import metadata
+
+    from packaging.requirements import InvalidRequirement, Requirement  # ~25 ms: only when needed
+
     problems: list[str] = []
     to_install: list[str] = []
     for text in requirements:

@@ -92,7 +92,12 @@ class TaskLog:
         stream.flush()
 
 
+_ALWAYS_JSON = frozenset({str, float, bool, type(None)})
+
+
 def _check_json(value: Any, task_name: str) -> Any:
+    if type(value) in _ALWAYS_JSON or (type(value) is int and -(2**63) <= value < 2**63):
+        return value  # json.dumps never fails on these (a huge int can: int-to-str limit)
     try:
         json.dumps(value)
     except (TypeError, ValueError) as error:
@@ -136,7 +141,9 @@ def run_leaf(
 ) -> Any:
     """Run one attempt of a leaf task and return its output."""
     if isinstance(task, PythonTask):
-        script = render_script(task.script, _evaluate_in_script(scope))
+        script = task.script  # without a placeholder, render_script would return it as is
+        if "{{" in script:
+            script = render_script(script, _evaluate_in_script(scope))
         context = Context(run, scope, name)
         log = TaskLog(name, run)
         try:

@@ -7,8 +7,12 @@ import functools
 import io
 import json
 import math
+import sys
+import threading
 import tokenize
 import traceback
+import types
+import warnings
 from typing import Any
 
 from orchestrator.errors import TaskError
@@ -26,6 +30,8 @@ PRELUDE: dict[str, Any] = {
 
 def _rows_inside_strings(script: str) -> set[int]:
     """1-based rows that begin inside a multi-line string: indenting them would change it."""
+    if not _may_have_multiline_strings(script):
+        return set()
     rows: set[int] = set()
     start: tuple[int, int] | None = None
     string_kinds = {tokenize.STRING}
@@ -45,9 +51,33 @@ def _rows_inside_strings(script: str) -> set[int]:
     return rows
 
 
-@functools.lru_cache(maxsize=2048)
-def compile_script(script: str, filename: str) -> Any:
-    """Code object of a function whose body is the script; line numbers are kept."""
+def _may_have_multiline_strings(script: str) -> bool:
+    """False when no string literal can span lines: no triple quotes, no backslash (line
+    continuation) and, from Python 3.12 on, no `{` (an f-string replacement field may)."""
+    return (
+        '"""' in script
+        or "'''" in script
+        or "\\" in script
+        or (sys.version_info >= (3, 12) and "{" in script)
+    )
+
+
+def _with_filename(code: types.CodeType, filename: str) -> types.CodeType:
+    """The same code object, nested functions included, reporting `filename`."""
+    consts = tuple(
+        _with_filename(const, filename) if isinstance(const, types.CodeType) else const
+        for const in code.co_consts
+    )
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
+_COMPILED: dict[str, types.CodeType] = {}
+_COMPILED_LOCK = threading.Lock()
+_COMPILED_MAX = 2048
+
+
+def _function_source(script: str) -> str:
+    """The script as the body of `__orchestrator_task__(context, inputs, storage)`."""
     inside = _rows_inside_strings(script)
     lines = script.splitlines()
     body = [
@@ -56,12 +86,58 @@ def compile_script(script: str, filename: str) -> Any:
     ]
     if not any(line.strip() for line in lines):
         body = ["    pass"]
-    source = f"def {FUNCTION_NAME}(context, inputs, storage):\n" + "\n".join(body) + "\n"
+    return f"def {FUNCTION_NAME}(context, inputs, storage):\n" + "\n".join(body) + "\n"
+
+
+def _compile_body(script: str, filename: str) -> types.CodeType:
     try:
-        code = compile(source, filename, "exec")
+        return compile(_function_source(script), filename, "exec")
     except SyntaxError as error:
         line = (error.lineno or 2) - 1
         raise TaskError("ScriptSyntaxError", f"line {line}: {error.msg}", retryable=False) from None
+
+
+def _remember(script: str, code: types.CodeType) -> None:
+    with _COMPILED_LOCK:
+        if len(_COMPILED) >= _COMPILED_MAX:
+            del _COMPILED[next(iter(_COMPILED))]
+        _COMPILED[script] = code
+
+
+def compiles_cleanly(script: str, filename: str) -> bool:
+    """Whether the script compiles as a task: quietly, and False on any warning.
+
+    Planning uses this as a quick syntax check. The code object is kept (only when compiling
+    it warned about nothing), so running the task does not compile it again.
+    """
+    with _COMPILED_LOCK:
+        if script in _COMPILED:
+            return True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            code = compile(_function_source(script), filename, "exec")
+        except Exception:
+            return False
+    if caught:
+        return False
+    _remember(script, code)
+    return True
+
+
+@functools.lru_cache(maxsize=2048)
+def compile_script(script: str, filename: str) -> Any:
+    """Code object of a function whose body is the script; line numbers are kept.
+
+    A script is compiled once, by the first task that runs it; other tasks running the same
+    text get a copy of that code object naming their own filename.
+    """
+    with _COMPILED_LOCK:
+        code = _COMPILED.get(script)
+    if code is not None:
+        return code if code.co_filename == filename else _with_filename(code, filename)
+    code = _compile_body(script, filename)
+    _remember(script, code)
     return code
 
 

@@ -17,7 +17,7 @@ Seconds = Annotated[float, Field(ge=0)]
 class StrictModel(BaseModel):
     """Every model rejects unknown keys, so a misspelt key is an error, not a silent default."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
 
 
 class InputVariable(StrictModel):

@@ -152,9 +152,33 @@ def evaluate_condition(condition: str | bool | None, scope: Mapping[str, Any]) -
     return bool(evaluate_expression(condition_expression(condition), scope, lenient=True))
 
 
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_DOTTED_EXPRESSION = re.compile(rf"\s*(?P<name>{_NAME})(?:\.{_NAME})*\s*")
+_DOTTED_TEMPLATE = re.compile(rf"[^{{}}%#]*\{{\{{\s*(?P<name>{_NAME})(?:\.{_NAME})*\s*\}}\}}[^{{}}%#]*")
+_NOT_PLAIN_NAMES = frozenset(
+    {"true", "false", "none", "True", "False", "None", "not", "and", "or", "in", "is", "if", "else"}
+)
+
+
+def _plain_reference(source: str, expression: bool) -> str | None:
+    """The name read by `a` or `a.b.c` (as an expression, or alone in `{{ }}` in text); None
+    for anything else, which Jinja's parser then reads."""
+    match = (_DOTTED_EXPRESSION if expression else _DOTTED_TEMPLATE).fullmatch(source)
+    if match is None:
+        return None
+    name = match.group("name")
+    # constants and keywords parse differently; `self` and Jinja's globals are not undeclared
+    if name in _NOT_PLAIN_NAMES or name == "self" or name in STRICT.globals:
+        return None
+    return name
+
+
 @functools.lru_cache(maxsize=4096)
 def referenced_names(source: str, *, expression: bool = False) -> frozenset[str]:
     """Top-level names a template (or a bare expression) reads; raises `TemplateError` on bad syntax."""
+    plain = _plain_reference(source, expression)
+    if plain is not None:
+        return frozenset({plain})
     text = "{{ " + source + " }}" if expression else source
     try:
         tree = STRICT.parse(text)
