@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import itertools
 import json
 import os
 import random
@@ -47,13 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 import orchestrator
 from orchestrator.aws.payloads import offload, resolve
 from orchestrator.errors import ConfigError, OrchestratorError, PipelineValidationError, TaskError
-from orchestrator.plan import Body, Node, Plan, build_plan, find_cycle, plan_tasks
+from orchestrator.plan import Body, Node, Plan, build_plan, plan_tasks
 from orchestrator.runtime.context import RunInfo, StateConflictError
+from orchestrator.runtime.generated import plan_generated, validate_spec
 from orchestrator.runtime.inputs import resolve_inputs
 from orchestrator.runtime.leaf import LEAF_TYPES, Services, cache_key, canonical_hash, render, run_leaf
 from orchestrator.runtime.policy import effective_policy, task_timeout
@@ -67,7 +67,6 @@ from orchestrator.spec.models import (
     ForLoop,
     ParallelGroup,
     PipelineGroup,
-    Task,
     TaskBase,
     WhileLoop,
 )
@@ -81,7 +80,6 @@ CONFLICT_RERUNS = 50
 SEALED_KEY = "sealed"
 SEALED_BY_KEY = "by"
 _PIPELINE_ID_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
-_TASK_ADAPTER: TypeAdapter[Any] = TypeAdapter(Task)
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -362,18 +360,9 @@ def find_task(pipeline_id: str, reference: str) -> tuple[Plan, TaskBase, str]:
     return location.plan, location.task, location.name
 
 
-def _validate_spec(spec: dict[str, Any], index: int) -> TaskBase:
-    try:
-        task: TaskBase = _TASK_ADAPTER.validate_python(spec)
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
-        raise TaskError("InvalidTaskSpec", f"generated task {index}: {problems}", retryable=False) from None
-    return task
-
-
 def _inline_location(around: TaskLocation, spec: dict[str, Any], name: str | None) -> TaskLocation:
     """A generated task given inline, located in the group that generated it."""
-    task = _validate_spec(spec, 0)
+    task = validate_spec(spec, 0)
     try:
         body = plan_tasks([task], around.plan.source.source)
     except PipelineValidationError as error:
@@ -892,34 +881,11 @@ def _expand(prepared: _Prepared, event: DispatchEvent) -> list[dict[str, Any]]:
     if not isinstance(task, DynamicTaskGroup):
         raise DispatchError(f"'expand' needs a dynamic_task_group, not {type(task).__name__}")
     specs = _rendered(task.tasks, prepared.scope) if isinstance(task.tasks, str) else task.tasks
-    if not isinstance(specs, list):
-        raise TaskError(
-            "InvalidTaskSpec",
-            f"tasks must give a list of task specs, got {type(specs).__name__}",
-            retryable=False,
-        )
-    parsed = [_validate_spec(spec, index) for index, spec in enumerate(specs)]
-    try:
-        body = plan_tasks(parsed, location.plan.source.source)
-    except PipelineValidationError as error:
-        raise TaskError(
-            "InvalidTaskSpec", "; ".join(d.message for d in error.diagnostics), retryable=False
-        ) from None
+    body = plan_generated(specs, task, location.plan.source.source)
     names = list(body.nodes)
-    if not task.parallel:
-        for previous, current in itertools.pairwise(names):
-            body.nodes[current].dependencies.add(previous)
-        cycle = find_cycle(body)
-        if cycle:
-            raise TaskError(
-                "InvalidTaskSpec",
-                "generated tasks run in list order (parallel: false), but they read each other in a cycle: "
-                + " -> ".join(cycle),
-                retryable=False,
-            )
     expanded = []
-    for index, (name, spec) in enumerate(zip(names, parsed, strict=True)):
-        dumped = spec.model_dump(mode="json", exclude_none=True)
+    for index, name in enumerate(names):
+        dumped = body.nodes[name].task.model_dump(mode="json", exclude_none=True)
         dumped.setdefault("name", name)
         expanded.append({"index": index, "spec": dumped, "type": dumped["type"], "name": name})
     return list(prepared.run.redactor.value(expanded))

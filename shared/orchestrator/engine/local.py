@@ -12,7 +12,6 @@ import asyncio
 import functools
 import getpass
 import hashlib
-import itertools
 import json
 import random
 import time
@@ -23,12 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import TypeAdapter, ValidationError
-
 from orchestrator.engine.sandbox import Limits, limits_for, run_sandboxed
 from orchestrator.engine.threads import DaemonThreadPool, shared_pool
-from orchestrator.errors import OrchestratorError, PipelineValidationError, TaskError
-from orchestrator.plan import Body, Node, Plan, build_plan, find_cycle, plan_tasks
+from orchestrator.errors import OrchestratorError, TaskError
+from orchestrator.plan import Body, Node, Plan, build_plan, plan_tasks
 from orchestrator.runtime.context import RunInfo, StateConflictError
 from orchestrator.runtime.documents import (
     ErrorInfo,
@@ -37,6 +34,7 @@ from orchestrator.runtime.documents import (
     TaskStatus,
     run_document,
 )
+from orchestrator.runtime.generated import plan_generated
 from orchestrator.runtime.inputs import resolve_inputs
 from orchestrator.runtime.leaf import LEAF_TYPES, Services, cache_key, render, run_leaf
 from orchestrator.runtime.policy import ErrorPolicy, effective_policy, task_timeout
@@ -50,7 +48,6 @@ from orchestrator.spec.models import (
     ForLoop,
     ParallelGroup,
     PipelineGroup,
-    Task,
     TaskBase,
     WhileLoop,
 )
@@ -59,15 +56,6 @@ from orchestrator.template import jinja
 
 CONFLICT_RERUNS = 50
 SANDBOX_GRACE = 5.0
-_TASK_ADAPTER: TypeAdapter[Any] | None = None
-
-
-def _task_adapter() -> TypeAdapter[Any]:
-    """Validates generated task specs; built on first use (most runs never need it)."""
-    global _TASK_ADAPTER
-    if _TASK_ADAPTER is None:
-        _TASK_ADAPTER = TypeAdapter(Task)
-    return _TASK_ADAPTER
 
 
 class Observer(Protocol):
@@ -524,40 +512,8 @@ class _Run:
 
     async def dynamic_group(self, task: DynamicTaskGroup, scope: Scope) -> list[Any]:
         specs = render(task.tasks, scope) if isinstance(task.tasks, str) else task.tasks
-        if not isinstance(specs, list):
-            raise TaskError(
-                "InvalidTaskSpec",
-                f"tasks must give a list of task specs, got {type(specs).__name__}",
-                retryable=False,
-            )
-        parsed: list[Any] = []
-        for index, spec in enumerate(specs):
-            try:
-                parsed.append(_task_adapter().validate_python(spec))
-            except ValidationError as error:
-                problems = "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-                )
-                raise TaskError(
-                    "InvalidTaskSpec", f"generated task {index}: {problems}", retryable=False
-                ) from None
-        try:
-            body = plan_tasks(parsed, self.plan.source.source)
-        except PipelineValidationError as error:
-            message = "; ".join(d.message for d in error.diagnostics)
-            raise TaskError("InvalidTaskSpec", message, retryable=False) from None
+        body = plan_generated(specs, task, self.plan.source.source)
         names = list(body.nodes)
-        if not task.parallel:
-            for previous, current in itertools.pairwise(names):
-                body.nodes[current].dependencies.add(previous)
-            cycle = find_cycle(body)
-            if cycle:
-                raise TaskError(
-                    "InvalidTaskSpec",
-                    "generated tasks run in list order (parallel: false), but they read each other in a "
-                    "cycle: " + " -> ".join(cycle),
-                    retryable=False,
-                )
         outcomes = await self.run_body(body, scope.child(), max_concurrency=task.max_concurrency)
         return [outcomes[name].output for name in names]
 

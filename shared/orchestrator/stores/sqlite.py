@@ -12,6 +12,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ class Database:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self.connection().executescript(SCHEMA)
+        _when_unlocked(lambda: self.connection().executescript(SCHEMA))
         path.chmod(0o600)
 
     def connection(self) -> sqlite3.Connection:
@@ -54,7 +55,7 @@ class Database:
         if connection is None:
             connection = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
             connection.execute("PRAGMA busy_timeout = 60000")
-            connection.execute("PRAGMA journal_mode = WAL")
+            _when_unlocked(lambda: connection.execute("PRAGMA journal_mode = WAL"))
             connection.execute("PRAGMA synchronous = NORMAL")
             self._local.connection = connection
             with self._lock:
@@ -70,6 +71,20 @@ class Database:
                 connection.close()
             self._all.clear()
         self._local = threading.local()
+
+
+def _when_unlocked(action: Callable[[], Any]) -> Any:
+    """Run a setup statement again while SQLite answers "database is locked" at once: the busy
+    timeout does not cover a connection upgrading its own read lock, which is what switching a
+    new file to WAL or creating its tables does when another process opens it at that moment."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
 
 
 def _dump(value: Any) -> str:
