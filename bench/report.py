@@ -321,10 +321,10 @@ every tenth with retries and `on_failure: skip`; median of {len(series.samples)}
 
 CLOUD_PENDING = """## (f) Cloud cost per bundled pipeline — PENDING
 
-**Pending: not measured yet.** State transitions and Lambda calls of one run of each bundled
-pipeline, against the fewest possible, have to be read from the `stepfunctions` engine's
-execution history, and that engine is not written yet. This section will be filled by
-`make bench` once it exists.
+**Pending: not measured by `make bench` yet.** This item (state transitions and Lambda calls of
+one run of each bundled pipeline, against the fewest possible) is read from the execution
+history of the `stepfunctions` engine, which is being built separately (with its own
+`bench/cloud_cost.py`); it will be added here once that work has landed.
 """
 
 
@@ -407,7 +407,12 @@ def readme_table(results: dict[str, Any]) -> str:
             _ms(independent_peer),
             f"{independent_peer / independent:.0f}x lower",
         ],
-        ["1-task pipeline, cold process", _s(cold), _s(cold_peer), f"{cold_peer / cold:.0f}x faster"],
+        [
+            "1-task pipeline, cold process (Prefect: API server already up)",
+            _s(cold),
+            _s(cold_peer),
+            f"{cold_peer / cold:.0f}x faster",
+        ],
         [
             "peak RSS, 2,000 independent tasks",
             _mb(memory),
