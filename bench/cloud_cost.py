@@ -11,8 +11,12 @@ the local fake LLM and search servers of `tests/fakes/servers.py`. From the exec
   fewest possible: one Lambda call per leaf task that runs;
 - leaf tasks skipped without a call: `<task>.skip` Pass states entered for leaf tasks.
 
+`make bench` runs it too (`bench/run.py --only cloud` for this section alone): section (f) of
+bench/RESULTS.md, and docs/cost.md from the same runs.
+
     .venv/bin/python bench/cloud_cost.py                     # print the report
     .venv/bin/python bench/cloud_cost.py --write docs/cost.md
+    .venv/bin/python bench/cloud_cost.py --json runs.json    # the measurements, for bench/run.py
 """
 
 from __future__ import annotations
@@ -37,8 +41,6 @@ PIPELINES = ROOT / "pipelines"
 for _folder in (ROOT / "shared", ROOT / "tests"):
     if str(_folder) not in sys.path:
         sys.path.insert(0, str(_folder))
-
-from fakes.servers import FakeOpenAIServer, FakeSearchServer  # noqa: E402
 
 # inputs a pipeline needs to run here, as `-i name=value` text (as in the conformance tests)
 INPUTS: dict[str, dict[str, str]] = {
@@ -179,6 +181,7 @@ def _isolated(home: Path, environment: dict[str, str]) -> Iterator[None]:
 
 def measure(path: Path | str) -> dict[str, Any]:
     """Run one pipeline once on the emulated AWS and count what it would be billed for."""
+    from fakes.servers import FakeOpenAIServer, FakeSearchServer
     from orchestrator.aws.emulator import run_execution
     from orchestrator.aws.stepfunctions_engine import execution_input
     from orchestrator.engine.local import new_run_id
@@ -227,12 +230,53 @@ def measure(path: Path | str) -> dict[str, Any]:
     }
 
 
+def totals(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sums over all the runs measured, with the same keys (and ratios) as one run."""
+    summed = (
+        "transitions",
+        "lambda_calls",
+        "dispatch_calls",
+        "leaf_calls",
+        "leaf_skipped_without_call",
+        "leaf_calls_answering_skipped",
+        "cost_per_1000_runs",
+        "minimum_cost_per_1000_runs",
+    )
+    total: dict[str, Any] = {key: sum(r[key] for r in results) for key in summed}
+    actions: Counter[str] = Counter()
+    for r in results:
+        actions.update(r["dispatch_actions"])
+    leaf = total["leaf_calls"]
+    total["dispatch_actions"] = dict(sorted(actions.items()))
+    total["overhead_ratio"] = total["lambda_calls"] / leaf if leaf else None
+    total["transitions_per_leaf_call"] = total["transitions"] / leaf if leaf else None
+    return total
+
+
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}×"
 
 
 def _actions(actions: dict[str, int]) -> str:
     return ", ".join(f"{action} {count}" for action, count in actions.items()) or "-"
+
+
+def _row(label: str, status: str, r: dict[str, Any]) -> list[str]:
+    """One row of docs/cost.md's table: one run, or the totals of all of them."""
+    return [
+        label,
+        status,
+        str(r["transitions"]),
+        str(r["lambda_calls"]),
+        str(r["leaf_calls"]),
+        str(r["dispatch_calls"]),
+        _actions(r["dispatch_actions"]),
+        str(r["leaf_skipped_without_call"]),
+        _ratio(r["overhead_ratio"]),
+        _ratio(r["transitions_per_leaf_call"]).removesuffix("×"),
+        f"${r['cost_per_1000_runs']:.4f}",
+        f"${r['minimum_cost_per_1000_runs']:.4f}",
+    ]
 
 
 def render(results: list[dict[str, Any]]) -> str:
@@ -251,45 +295,8 @@ def render(results: list[dict[str, Any]]) -> str:
         "cost per 1,000 runs",
         "at the minimum",
     ]
-    rows = [
-        [
-            f"`{r['pipeline']}`",
-            r["status"].lower(),
-            str(r["transitions"]),
-            str(r["lambda_calls"]),
-            str(r["leaf_calls"]),
-            str(r["dispatch_calls"]),
-            _actions(r["dispatch_actions"]),
-            str(r["leaf_skipped_without_call"]),
-            _ratio(r["overhead_ratio"]),
-            _ratio(r["transitions_per_leaf_call"]).removesuffix("×"),
-            f"${r['cost_per_1000_runs']:.4f}",
-            f"${r['minimum_cost_per_1000_runs']:.4f}",
-        ]
-        for r in results
-    ]
-    total = {key: sum(r[key] for r in results) for key in ("transitions", "lambda_calls", "leaf_calls")}
-    dispatch = sum(r["dispatch_calls"] for r in results)
-    actions: Counter[str] = Counter()
-    for r in results:
-        actions.update(r["dispatch_actions"])
-    skipped = sum(r["leaf_skipped_without_call"] for r in results)
-    rows.append(
-        [
-            "**all**",
-            "",
-            str(total["transitions"]),
-            str(total["lambda_calls"]),
-            str(total["leaf_calls"]),
-            str(dispatch),
-            _actions(dict(sorted(actions.items()))),
-            str(skipped),
-            _ratio(total["lambda_calls"] / total["leaf_calls"] if total["leaf_calls"] else None),
-            f"{total['transitions'] / total['leaf_calls']:.2f}" if total["leaf_calls"] else "-",
-            f"${sum(r['cost_per_1000_runs'] for r in results):.4f}",
-            f"${sum(r['minimum_cost_per_1000_runs'] for r in results):.4f}",
-        ]
-    )
+    rows = [_row(f"`{r['pipeline']}`", r["status"].lower(), r) for r in results]
+    rows.append(_row("**all**", "", totals(results)))
     table = [
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" if i in {0, 1, 6} else "---:" for i in range(len(header))) + "|",
@@ -317,7 +324,8 @@ def render(results: list[dict[str, Any]]) -> str:
 One run of each pipeline in `pipelines/`, as its compiled state machine on the emulated AWS
 (`--engine stepfunctions`: moto's Step Functions running the exact definition `orchestrator build`
 deploys, with this project's Lambda handlers), against the local fake LLM and search servers of
-`tests/fakes/servers.py`. Generated by `bench/cloud_cost.py`:
+`tests/fakes/servers.py`. Generated by `bench/cloud_cost.py`; `make bench` runs it too, for section
+(f) of `bench/RESULTS.md`, and writes this page from the same runs:
 
     .venv/bin/python bench/cloud_cost.py --write docs/cost.md
 
@@ -361,6 +369,7 @@ Not measured: {skipped_pipelines}.
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--write", type=Path, help="write the report here (e.g. docs/cost.md)")
+    parser.add_argument("--json", type=Path, help="write the measurements here, as JSON (for bench/run.py)")
     parser.add_argument("pipelines", nargs="*", type=Path, help="pipeline files (default: pipelines/)")
     arguments = parser.parse_args(argv)
     results = []
@@ -379,12 +388,14 @@ def main(argv: list[str] | None = None) -> int:
             f"  dispatch {result['dispatch_calls']:3}  ({result['seconds']:.1f}s)",
             flush=True,
         )
-    text = render(results)
+    if arguments.json:
+        arguments.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
+        print(f"wrote {arguments.json}")
     if arguments.write:
-        arguments.write.write_text(text, encoding="utf-8")
+        arguments.write.write_text(render(results), encoding="utf-8")
         print(f"wrote {arguments.write}")
-    else:
-        print(text)
+    elif not arguments.json:
+        print(render(results))
     return 0
 
 

@@ -1,14 +1,30 @@
-"""bench/RESULTS.md and the README's benchmark table, from the measurements of bench/run.py."""
+"""bench/RESULTS.md and the README's benchmark table, from the measurements of bench/run.py.
+
+The results may cover only some sections (`bench/run.py --only ...` with no earlier run to
+complete them): a section that was not measured is rendered as such, and the README's table
+is only written from results that have all it shows.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import cloud_cost
 from measure import Series
 
 N = 2000
 PENDING = "PENDING"
+# the sections of bench/RESULTS.md, by the name `bench/run.py --only` takes, in the order they run
+TITLES = {
+    "overhead": "(a) Orchestration cost per task, cold start and memory, against Prefect 3",
+    "scale": "(b) Scale: a `for_loop` over 10,000 and 100,000 items",
+    "dag": "(c) Scheduling quality: a seeded random 200-node DAG of sleep tasks",
+    "lambda": "(d) Lambda cold start",
+    "compile": "(e) Compile a generated 1,000-task pipeline",
+    "cloud": "(f) Cloud cost per bundled pipeline",
+}
+README_SECTIONS = ("overhead", "scale", "dag", "compile")
 
 
 def _met(ok: bool) -> str:
@@ -157,7 +173,7 @@ def _overhead(results: dict[str, Any]) -> str:
             ["chain passing the value as `{{ t<i-1> }}` in the script (CLI)", _ms(numbers["template"])],
         ],
     )
-    return f"""## (a) Orchestration cost per task, cold start and memory, against Prefect 3
+    return f"""## {TITLES["overhead"]}
 
 Cost per task = (T_2000 - T_1) / 1999 from the medians of whole-process wall times.
 
@@ -204,7 +220,7 @@ def _scale(results: dict[str, Any]) -> tuple[str, dict[str, float]]:
             ],
         ],
     )
-    text = f"""## (b) Scale: a `for_loop` over 10,000 and 100,000 items
+    text = f"""## {TITLES["scale"]}
 
 `iterate_over: "{{{{ range(N) | list }}}}"`, default `max_concurrency` (1), body: one python task
 `return context.get_loop_variable("item") * 2`; a last task checks the count and the last result.
@@ -225,7 +241,7 @@ def _dag(results: dict[str, Any]) -> tuple[str, float]:
         ["makespan (run phase)", "critical path", "ratio", "target", "met?"],
         [[_s(makespan), _s(dag["critical_path"]), f"{ratio:.3f}", "≤ 1.05", _met(ratio <= 1.05)]],
     )
-    text = f"""## (c) Scheduling quality: a seeded random 200-node DAG of sleep tasks
+    text = f"""## {TITLES["dag"]}
 
 200 python tasks sleeping 20-80 ms (seed 7), an edge from each lower to each higher index with
 probability 0.03 ({dag["edges"]} edges, {dag["depth"]} levels deep, up to {dag["width"]} tasks at once in an
@@ -278,7 +294,7 @@ def _lambda(results: dict[str, Any]) -> str:
             f"{layer['package_bytes'] / 2**20:.2f} MB for the `orchestrator` package). Largest: {largest}. "
             "Lambda allows 250 MB unzipped for a function and its layers."
         )
-    return f"""## (d) Lambda cold start
+    return f"""## {TITLES["lambda"]}
 
 `python -X importtime -c "import app"` in each handler's folder, `shared/` on `PYTHONPATH`,
 `POWERTOOLS_SERVICE_NAME`/`POWERTOOLS_METRICS_NAMESPACE` set; the cumulative import time of
@@ -308,7 +324,7 @@ def _compile(results: dict[str, Any]) -> tuple[str, float]:
         ],
     )
     return (
-        f"""## (e) Compile a generated 1,000-task pipeline
+        f"""## {TITLES["compile"]}
 
 Chained python tasks (`context.get_task_output`), every tenth with a condition ASL decides,
 every tenth with retries and `on_failure: skip`; median of {len(series.samples)} fresh processes.
@@ -319,28 +335,130 @@ every tenth with retries and `on_failure: skip`; median of {len(series.samples)}
     )
 
 
-CLOUD_PENDING = """## (f) Cloud cost per bundled pipeline — PENDING
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
-**Pending: not measured by `make bench` yet.** This item (state transitions and Lambda calls of
-one run of each bundled pipeline, against the fewest possible) is read from the execution
-history of the `stepfunctions` engine, which is being built separately (with its own
-`bench/cloud_cost.py`); it will be added here once that work has landed.
+
+def _cloud_row(label: str, status: str, run: dict[str, Any]) -> list[str]:
+    """One pipeline's run, or the totals of all (`cloud_cost.totals`): counts against the fewest."""
+    return [
+        label,
+        status,
+        str(run["transitions"]),
+        str(run["leaf_calls"]),
+        _times(run["transitions_per_leaf_call"]),
+        str(run["lambda_calls"]),
+        str(run["leaf_calls"]),
+        _times(run["overhead_ratio"]),
+    ]
+
+
+def _cloud(results: dict[str, Any]) -> str:
+    cloud = results["cloud"]
+    runs: list[dict[str, Any]] = cloud["pipelines"]
+    total = cloud_cost.totals(runs)
+    succeeded = sum(run["status"] == "SUCCEEDED" for run in runs)
+    rows = [_cloud_row(f"`{run['pipeline']}`", run["status"].lower(), run) for run in runs]
+    rows.append(_cloud_row("**all**", f"{succeeded}/{len(runs)} succeeded", total))
+    table = _table(
+        [
+            "pipeline",
+            "run",
+            "state transitions",
+            "fewest possible",
+            "transitions ÷ fewest",
+            "Lambda calls",
+            "leaf calls (fewest possible)",
+            "Lambda calls ÷ fewest",
+        ],
+        rows,
+    )
+    fewest = total["leaf_calls"]
+    at_fewest = sum(run["lambda_calls"] == run["leaf_calls"] for run in runs)
+    actions = ", ".join(f"{action} {count}" for action, count in total["dispatch_actions"].items())
+    extra = f"the {total['dispatch_calls']} extra are dispatch calls ({actions})" if actions else "none extra"
+    failed = [f"`{run['pipeline']}`" for run in runs if run["status"] != "SUCCEEDED"]
+    failures = f" Runs that did not succeed: {', '.join(failed)}." if failed else ""
+    not_measured = ", ".join(f"`{name}` ({why})" for name, why in cloud_cost.SKIP.items())
+    summary = (
+        f"**In all: {total['transitions']} state transitions against {fewest} at the fewest possible "
+        f"({_times(total['transitions_per_leaf_call'])}), {total['lambda_calls']} Lambda calls against "
+        f"{fewest} ({_times(total['overhead_ratio'])}).** Of the Lambda calls, {extra}; "
+        f"{at_fewest} of the {len(runs)} pipelines make no call beyond their leaf calls, and "
+        f"{total['leaf_skipped_without_call']} leaf tasks were skipped by a Choice state without any call."
+        + failures
+    )
+    return f"""## {TITLES["cloud"]}
+
+One run of each bundled pipeline (`pipelines/*.yaml`) as its compiled state machine on the
+emulated AWS (`--engine stepfunctions`), against the local fake LLM and search servers, counted
+from its execution history by `bench/cloud_cost.py`, in a process of its own after the timed
+sections ({cloud["seconds"]:.0f} s in all). State transitions are the states entered (what a Standard
+workflow bills); Lambda calls are the scheduled Lambda tasks, retries included. The fewest possible
+is one state transition and one Lambda call per leaf call (an attempt of a python, LLM or web
+search task that ran) and nothing else: no orchestration can go below one call per task it runs.
+Lambda calls above that are dispatch calls, for what ASL cannot evaluate (templated conditions,
+`iterate_over` lists, `while_loop` steps, ...). Not measured: {not_measured}.
+
+{table}
+
+{summary}
+
+The dollar figures (cost per 1,000 runs at us-east-1 list prices, next to the cost at the fewest
+possible) and the dispatch calls of each pipeline by action are in [docs/cost.md](../docs/cost.md),
+which `make bench` writes from the same runs.
 """
 
 
-def _method(results: dict[str, Any]) -> str:
-    prefect = results["prefect"]
-    meta = results["meta"]
-    return f"""## How this was measured
+def _only(sections: list[str]) -> str:
+    """The command that measures these sections alone."""
+    return f"`bench/run.py --only {' '.join(sections)}`"
 
-- Machine: {meta["cpus"]} CPUs ({meta["machine"]}), Python {meta["python"]}; load average at the end
-  {", ".join(f"{x:.1f}" for x in meta["load"])} (other work may share the machine: every
-  configuration is run {meta["reps"]} times, Orchestrator and Prefect interleaved, and medians are kept).
-- Orchestrator: `python -m orchestrator run FILE.yaml --json` in a fresh process per run, state in
-  a bench-local `ORCHESTRATOR_HOME` (SQLite, as a user gets by default). "Engine API" rows build
-  the pipeline from plain data in a fresh `python` process and call the same engine
-  (`bench/child.py`). Peak RSS is `ru_maxrss` of the process (`os.wait4`).
-- Prefect {prefect.get("prefect_version", "?")} (`pip install '{prefect.get("spec", "prefect>=3,<4")}'` into
+
+def _letters(sections: list[str]) -> str:
+    """The sections as words: "section (f)", "sections (b), (f)"."""
+    letters = ", ".join(TITLES[name].split()[0] for name in sections)
+    return f"section {letters}" if len(sections) == 1 else f"sections {letters}"
+
+
+def _header(meta: dict[str, Any]) -> str:
+    if meta.get("only"):
+        only = meta["only"]
+        sentences = [f"Written by {_only(only)} on {meta['date']}, which measured {_letters(only)} only."]
+    else:
+        sentences = [f"Written by `make bench` (`bench/run.py`) on {meta['date']}."]
+    for run in meta.get("remeasured", []):
+        sections = run["sections"]
+        sentences.append(
+            f"{_letters(sections).capitalize()}: measured again by {_only(sections)} on {run['date']}."
+        )
+    sentences.append("Do not edit by hand: the section on optimisations comes from `bench/OPTIMISATIONS.md`.")
+    return " ".join(sentences)
+
+
+def _not_measured(name: str) -> str:
+    return f"""## {TITLES[name]}
+
+Not measured by this run: {_only([name])} measures it.
+"""
+
+
+def _took(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} minutes"
+
+
+def _duration(meta: dict[str, Any]) -> str:
+    command = _only(meta["only"]) if meta.get("only") else "The whole `make bench`"
+    again = "".join(
+        f"; {_only(run['sections'])} took {_took(run['seconds'])} more" for run in meta.get("remeasured", [])
+    )
+    return f"- {command} took {_took(meta['seconds'])}{again}.\n"
+
+
+def _prefect(results: dict[str, Any]) -> str:
+    prefect = results["prefect"]
+    version, spec = prefect.get("prefect_version", "?"), prefect.get("spec", "prefect>=3,<4")
+    return f"""- Prefect {version} (`pip install '{spec}'` into
   `bench/.venv-prefect`; created now: {prefect.get("created_now", "?")}; the install took
   {prefect.get("install_seconds", "?")} s).
   The flows are in `bench/workloads.py`: one `@task def work(x): return x + 1`; the chain calls it
@@ -358,28 +476,41 @@ def _method(results: dict[str, Any]) -> str:
   warmed up before timing, idle before each run) with `PREFECT_API_URL` pointing at it: the best
   case for Prefect. Prefect's peak RSS is given for the flow process alone and for the flow
   process plus its API server (both sampled every 50 ms).
-- The whole `make bench` took {meta["seconds"] / 60:.1f} minutes.
 """
 
 
-def render(results: dict[str, Any], optimisations: str) -> str:
-    scale_text, _ = _scale(results)
-    dag_text, _ = _dag(results)
-    compile_text, _ = _compile(results)
+def _method(results: dict[str, Any]) -> str:
     meta = results["meta"]
+    prefect = _prefect(results) if "prefect" in results else ""
+    return f"""## How this was measured
+
+- Machine: {meta["cpus"]} CPUs ({meta["machine"]}), Python {meta["python"]}; load average at the end
+  {", ".join(f"{x:.1f}" for x in meta["load"])} (other work may share the machine: every
+  configuration is run {meta["reps"]} times, Orchestrator and Prefect interleaved, and medians are kept).
+- Orchestrator: `python -m orchestrator run FILE.yaml --json` in a fresh process per run, state in
+  a bench-local `ORCHESTRATOR_HOME` (SQLite, as a user gets by default). "Engine API" rows build
+  the pipeline from plain data in a fresh `python` process and call the same engine
+  (`bench/child.py`). Peak RSS is `ru_maxrss` of the process (`os.wait4`).
+{prefect}{_duration(meta)}"""
+
+
+def render(results: dict[str, Any], optimisations: str) -> str:
+    """bench/RESULTS.md, from all the sections' results or some of them (and the run's meta)."""
+    sections = {
+        "overhead": lambda: _overhead(results),
+        "scale": lambda: _scale(results)[0],
+        "dag": lambda: _dag(results)[0],
+        "lambda": lambda: _lambda(results),
+        "compile": lambda: _compile(results)[0],
+        "cloud": lambda: _cloud(results),
+    }
     return "\n".join(
         [
             "# Benchmarks",
             "",
-            f"Written by `make bench` (`bench/run.py`) on {meta['date']}. Do not edit by hand: the",
-            "section on optimisations comes from `bench/OPTIMISATIONS.md`.",
+            _header(results["meta"]),
             "",
-            _overhead(results),
-            scale_text,
-            dag_text,
-            _lambda(results),
-            compile_text,
-            CLOUD_PENDING,
+            *(sections[name]() if name in results else _not_measured(name) for name in TITLES),
             _method(results),
             optimisations.strip(),
             "",

@@ -2,11 +2,21 @@
 
 Every number comes from fresh processes, run several times (BENCH_REPS, default 3) and
 reduced to medians; Orchestrator and Prefect runs are interleaved so that a noisy neighbour
-hurts both alike. See bench/RESULTS.md for what is measured and how.
+hurts both alike. The cloud cost (f) comes last, in a process of its own. See
+bench/RESULTS.md for what is measured and how.
+
+    .venv/bin/python bench/run.py                    # every section (what `make bench` runs)
+    .venv/bin/python bench/run.py --only cloud       # measure (f) again, keep the other sections
+    .venv/bin/python bench/run.py --only cloud --output /tmp/RESULTS.md
+    .venv/bin/python bench/run.py --report-only      # render again from the last measurements
+
+The measurements are kept in bench/.work/results.pickle; `--only` measures the sections it
+names and takes the others from there (a section with no measurement says so in the report).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
@@ -24,6 +34,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
+import cloud_cost  # noqa: E402
 import measure  # noqa: E402
 import report  # noqa: E402
 import workloads  # noqa: E402
@@ -32,6 +43,9 @@ from measure import Series, log, run_process  # noqa: E402
 REPS = max(3, int(os.environ.get("BENCH_REPS", "3")))
 N = 2000
 WORK = BENCH / ".work"
+SAVED = WORK / "results.pickle"
+RESULTS = BENCH / "RESULTS.md"
+SECTIONS = tuple(report.TITLES)
 PREFECT_VENV = BENCH / ".venv-prefect"
 PYTHON = sys.executable
 
@@ -308,55 +322,133 @@ def section_compile() -> dict[str, Any]:
     return {"series": series}
 
 
+# (f) cloud cost -----------------------------------------------------------------------------------
+
+
+def section_cloud() -> dict[str, Any]:
+    """One run of each bundled pipeline on the emulated Step Functions: `cloud_cost.py` in its own process."""
+    work = WORK / "cloud"
+    work.mkdir(parents=True, exist_ok=True)
+    output = work / "cloud_cost.json"
+    started = time.perf_counter()
+    done = subprocess.run(
+        [PYTHON, str(BENCH / "cloud_cost.py"), "--json", str(output)],
+        cwd=work,
+        env=orchestrator_env(work / "orchestrator-home"),
+        stdout=sys.stderr,  # its progress, a line per pipeline, goes to the bench's log
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench/cloud_cost.py: exit status {done.returncode}")
+    runs = json.loads(output.read_text(encoding="utf-8"))
+    return {"pipelines": runs, "seconds": time.perf_counter() - started}
+
+
 # main -------------------------------------------------------------------------------------------
 
 
-def main() -> int:
-    if sys.argv[1:] == ["--report-only"]:  # render again from the last run's measurements
-        with open(WORK / "results.pickle", "rb") as saved:
-            return publish(pickle.load(saved))
-    started = time.perf_counter()
-    shutil.rmtree(WORK, ignore_errors=True)
-    WORK.mkdir(parents=True)
-    log(f"bench: {REPS} repetitions per configuration; writing {BENCH / 'RESULTS.md'}")
-    log("bench: Prefect venv (bench/.venv-prefect)")
-    prefect_info = measure.ensure_prefect_venv(
-        PREFECT_VENV, sys._base_executable, WORK / "prefect-install.log"
+def measure_sections(names: set[str]) -> dict[str, Any]:
+    """Measure the named sections in `make bench`'s order: the timed ones, then the cloud cost."""
+    for name in names:
+        shutil.rmtree(WORK / name, ignore_errors=True)
+    results: dict[str, Any] = {}
+    if "overhead" in names:
+        log("bench: Prefect venv (bench/.venv-prefect)")
+        results["prefect"] = measure.ensure_prefect_venv(
+            PREFECT_VENV, sys._base_executable, WORK / "prefect-install.log"
+        )
+        log("bench: (a) orchestration cost per task and memory, against Prefect (ephemeral API server)")
+        results["overhead"] = section_overhead()
+        log("bench: (a) cold start against Prefect with a dedicated API server")
+        results["overhead"]["dedicated"] = section_dedicated(results["overhead"])
+    for name, title, section in (
+        ("scale", "(b) for_loop scale", section_scale),
+        ("dag", "(c) scheduling quality", section_dag),
+        ("lambda", "(d) Lambda cold start and layer size", section_lambda),
+        ("compile", "(e) compile", section_compile),
+        ("cloud", "(f) cloud cost per bundled pipeline (emulated Step Functions)", section_cloud),
+    ):
+        if name in names:
+            log(f"bench: {title}")
+            results[name] = section()
+    return results
+
+
+def load_results() -> dict[str, Any]:
+    """The measurements saved by the last run (all sections, or those it measured)."""
+    with open(SAVED, "rb") as saved:
+        results: dict[str, Any] = pickle.load(saved)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTIONS,
+        metavar="SECTION",
+        help=f"measure only these sections ({', '.join(SECTIONS)}) and keep the others' last measurements",
     )
-    results: dict[str, Any] = {"prefect": prefect_info}
-    log("bench: (a) orchestration cost per task and memory, against Prefect (ephemeral API server)")
-    results["overhead"] = section_overhead()
-    log("bench: (a) cold start against Prefect with a dedicated API server")
-    results["overhead"]["dedicated"] = section_dedicated(results["overhead"])
-    log("bench: (b) for_loop scale")
-    results["scale"] = section_scale()
-    log("bench: (c) scheduling quality")
-    results["dag"] = section_dag()
-    log("bench: (d) Lambda cold start and layer size")
-    results["lambda"] = section_lambda()
-    log("bench: (e) compile")
-    results["compile"] = section_compile()
-    results["meta"] = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "machine": platform.machine(),
-        "seconds": time.perf_counter() - started,
-        "reps": REPS,
-        "load": os.getloadavg(),
-    }
-    with open(WORK / "results.pickle", "wb") as saved:
+    which.add_argument(
+        "--report-only", action="store_true", help="measure nothing: render again from the last measurements"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=RESULTS,
+        help="write the report here, not to bench/RESULTS.md (README.md and docs/cost.md are left alone)",
+    )
+    arguments = parser.parse_args(argv)
+    if arguments.report_only:
+        return publish(load_results(), arguments.output)
+    started = time.perf_counter()
+    only = [name for name in SECTIONS if name in (arguments.only or SECTIONS)]
+    if arguments.only:
+        results = load_results() if SAVED.exists() else {}
+    else:
+        shutil.rmtree(WORK, ignore_errors=True)
+        results = {}
+    WORK.mkdir(parents=True, exist_ok=True)
+    log(
+        f"bench: {REPS} repetitions per configuration; sections {', '.join(only)}; writing {arguments.output}"
+    )
+    results.update(measure_sections(set(only)))
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    seconds = time.perf_counter() - started
+    if arguments.only and "meta" in results:  # completes the saved results of an earlier run
+        results["meta"].setdefault("remeasured", []).append(
+            {"sections": only, "date": date, "seconds": seconds}
+        )
+    else:
+        results["meta"] = {
+            "date": date,
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "seconds": seconds,
+            "reps": REPS,
+            "load": os.getloadavg(),
+            "only": only if arguments.only else None,
+        }
+    with open(SAVED, "wb") as saved:
         pickle.dump(results, saved)
-    return publish(results)
+    log(f"bench: measured in {seconds:.0f} s")
+    return publish(results, arguments.output)
 
 
-def publish(results: dict[str, Any]) -> int:
-    """Write bench/RESULTS.md and the README's section, and print the results."""
+def publish(results: dict[str, Any], output: Path) -> int:
+    """Write the report and print it; to bench/RESULTS.md, also the README's section and docs/cost.md."""
     text = report.render(results, (BENCH / "OPTIMISATIONS.md").read_text(encoding="utf-8"))
-    (BENCH / "RESULTS.md").write_text(text, encoding="utf-8")
-    report.update_readme(ROOT / "README.md", report.readme_table(results))
+    output.write_text(text, encoding="utf-8")
+    if output.resolve() == RESULTS:
+        if all(name in results for name in report.README_SECTIONS):
+            report.update_readme(ROOT / "README.md", report.readme_table(results))
+        if "cloud" in results:
+            cost = cloud_cost.render(results["cloud"]["pipelines"])
+            (ROOT / "docs" / "cost.md").write_text(cost, encoding="utf-8")
     print(text)
-    log(f"bench: done in {results['meta']['seconds']:.0f} s")
+    log(f"bench: wrote {output}")
     return 0
 
 
