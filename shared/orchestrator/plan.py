@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import Diagnostic, PipelineValidationError, TemplateError
-from orchestrator.runtime.python_task import compiles_cleanly
+from orchestrator.runtime.python_task import compiles_cleanly, may_have_multiline_strings
 from orchestrator.spec.loading import PipelineSource
 from orchestrator.spec.models import (
     DynamicTaskGroup,
@@ -39,7 +39,6 @@ from orchestrator.template.script import check_script_syntax, find_script_expres
 _TASK_OUTPUT_CALL = re.compile(
     r"""\bget_task_output\(\s*(?P<quote>['"])(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P=quote)"""
 )
-_STRING_NAME = re.compile(r"""[rRuU]?(?P<quote>['"])(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P=quote)""")
 _STRING_NAME = re.compile(r"""[rRuU]?(?P<quote>['"])(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P=quote)""")
 ALWAYS_DEFINED = frozenset({"input_hash", "run", "inputs"}) | frozenset(jinja.STRICT.globals)
 CONTAINERS = (ForLoop, WhileLoop, ParallelGroup)
@@ -185,8 +184,45 @@ def _script_references(script: str, name: str, location: Location, analysis: _An
     return references
 
 
+_PLAIN_CALL = re.compile(r"""get_task_output\( *(?P<quote>['"])(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P=quote)""")
+
+
+def _plain_task_output_calls(script: str) -> list[str] | None:
+    """What `_task_output_calls` answers, without tokenizing, when that is certain; else None.
+
+    Certain when no string can span lines and every `get_task_output` is a plain
+    `get_task_output("name"` whose line has no quote or `#` before it (so it is code, not
+    inside a string or a comment) and no name character just before it.
+    """
+    if may_have_multiline_strings(script) or "\r" in script:
+        return None
+    names: list[str] = []
+    start = script.find("get_task_output")
+    while start != -1:
+        line_start = script.rfind("\n", 0, start) + 1
+        before = script[line_start:start]
+        if '"' in before or "'" in before or "#" in before or (before and not _is_boundary(before[-1])):
+            return None
+        match = _PLAIN_CALL.match(script, start)
+        if match is None:
+            return None
+        names.append(match.group("name"))
+        start = script.find("get_task_output", match.end())
+    return names
+
+
+def _is_boundary(character: str) -> bool:
+    """A character that cannot be part of a name or a number just before `get_task_output`."""
+    return character.isascii() and not (character.isalnum() or character == "_")
+
+
 def _task_output_calls(script: str) -> list[str]:
     """Names in `get_task_output("name")` calls written as code (not inside string literals)."""
+    plain = _plain_task_output_calls(script)
+    return plain if plain is not None else _tokenized_task_output_calls(script)
+
+
+def _tokenized_task_output_calls(script: str) -> list[str]:
     try:
         tokens = [
             token

@@ -8,8 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import GUIDE, CliResult
+from conftest import GUIDE, PIPELINES, CliResult
+from orchestrator.errors import PipelineValidationError
+from orchestrator.spec import yaml_source
 
 
 def test_valid_pipeline_exits_zero(
@@ -204,6 +207,38 @@ def test_yaml_syntax_error_has_a_line_and_no_traceback(
     assert result.code == 1
     assert re.search(rf"{re.escape(str(path))}:\d+:\d+: YAML syntax error", result.stderr)
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "detail"),
+    [
+        ("a: &x 1\nb: *y\n", "found undefined alias 'y'"),
+        ("\tx: 1\n", "found character '\\t' that cannot start any token"),
+        ("a: [1, 2\nb: 3\n", "expected ',' or ']', but got ':'"),
+    ],
+)
+def test_yaml_syntax_errors_keep_the_detailed_message(text: str, detail: str) -> None:
+    with pytest.raises(PipelineValidationError) as raised:
+        yaml_source.load_yaml(text, "p.yaml")
+    assert detail in raised.value.diagnostics[0].message
+
+
+def _pipeline_texts() -> list[str]:
+    texts = [path.read_text(encoding="utf-8") for path in sorted(PIPELINES.glob("*.yaml"))]
+    return texts + _guide_blocks()
+
+
+def test_the_fast_yaml_parser_gives_the_same_values_and_positions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libyaml composes pipelines (it is fast); values and every position match the pure parser's."""
+    assert yaml_source._FAST_LOADER is yaml.CSafeLoader
+    fast = [yaml_source.load_yaml(text, "p.yaml") for text in _pipeline_texts()]
+    monkeypatch.setattr(yaml_source, "_FAST_LOADER", yaml.SafeLoader)
+    pure = [yaml_source.load_yaml(text, "p.yaml") for text in _pipeline_texts()]
+    assert len(fast) > 20
+    for (fast_data, fast_map), (pure_data, pure_map) in zip(fast, pure, strict=True):
+        assert fast_data == pure_data
+        assert fast_map.values == pure_map.values
+        assert fast_map.keys == pure_map.keys
 
 
 def test_python_syntax_error_in_script(

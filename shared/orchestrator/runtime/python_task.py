@@ -30,7 +30,7 @@ PRELUDE: dict[str, Any] = {
 
 def _rows_inside_strings(script: str) -> set[int]:
     """1-based rows that begin inside a multi-line string: indenting them would change it."""
-    if not _may_have_multiline_strings(script):
+    if not may_have_multiline_strings(script):
         return set()
     rows: set[int] = set()
     start: tuple[int, int] | None = None
@@ -51,7 +51,7 @@ def _rows_inside_strings(script: str) -> set[int]:
     return rows
 
 
-def _may_have_multiline_strings(script: str) -> bool:
+def may_have_multiline_strings(script: str) -> bool:
     """False when no string literal can span lines: no triple quotes, no backslash (line
     continuation) and, from Python 3.12 on, no `{` (an f-string replacement field may)."""
     return (
