@@ -1,17 +1,22 @@
 """SQLite stores under the state folder: safe for many threads and processes at once.
 
 One database file (`state.db`) in WAL mode with a long busy timeout; every write is a
-single statement (an upsert or a conditional update with `RETURNING`), so no transaction
-is ever upgraded from read to write and "database is locked" cannot surface under load.
-Each thread keeps its own connection.
+single statement (an upsert or a conditional update with `RETURNING`) or, for a batch of
+checkpoints, a `BEGIN IMMEDIATE` transaction of upserts, so no transaction is ever upgraded
+from read to write and "database is locked" cannot surface under load. Each thread keeps its
+own connection.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
+import queue
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -180,13 +185,95 @@ class SqliteAuditLog:
         return [json.loads(row[0]) for row in rows]
 
 
-class SqliteRunStore:
-    """Run documents, what a resume needs, and each finished top-level task as a checkpoint."""
+_CHECKPOINT = (
+    "INSERT INTO run_tasks (run_id, task, outcome) VALUES (?, ?, ?) "
+    "ON CONFLICT (run_id, task) DO UPDATE SET outcome = excluded.outcome"
+)
+
+
+class _CheckpointWriter:
+    """Writes checkpoints on a daemon thread, each batch in one transaction.
+
+    Whatever is queued while a batch is being written goes into the next one, so a task
+    finishing does not wait for the disk, and many tasks finishing together cost one commit.
+    A checkpoint is on disk a moment (a commit) after it was queued; `flush` waits for all.
+    """
 
     def __init__(self, database: Database) -> None:
         self._db = database
+        self._queue: queue.SimpleQueue[tuple[str, str, str]] = queue.SimpleQueue()
+        self._pending = 0
+        self._error: BaseException | None = None
+        self._idle = threading.Condition()
+        threading.Thread(target=self._write, daemon=True, name="orchestrator-checkpoints").start()
+
+    def put(self, row: tuple[str, str, str]) -> None:
+        with self._idle:
+            self._raise_error()
+            self._pending += 1
+        self._queue.put(row)
+
+    def flush(self) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: self._pending == 0)
+            self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _write(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                connection = self._db.connection()
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    connection.executemany(_CHECKPOINT, batch)
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+                connection.execute("COMMIT")
+            except BaseException as error:  # handed to the next put or flush
+                self._error = error
+            with self._idle:
+                self._pending -= len(batch)
+                self._idle.notify_all()
+
+
+_WRITERS: weakref.WeakSet[_CheckpointWriter] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_writers() -> None:
+    """An interpreter that exits (an error, Ctrl-C) still writes the checkpoints it queued."""
+    for writer in list(_WRITERS):
+        with contextlib.suppress(Exception):  # the run's own error is the one the user sees
+            writer.flush()
+
+
+class SqliteRunStore:
+    """Run documents, what a resume needs, and each finished top-level task as a checkpoint.
+
+    Checkpoints are written behind the run by a `_CheckpointWriter`; saving a run document and
+    reading a resume point wait for the checkpoints queued before them. A process killed in the
+    moment between a task finishing and its checkpoint's commit runs that task again on
+    `resume` (at least once, like a Step Functions retry of a task whose result was lost).
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+        self._writer: _CheckpointWriter | None = None
+        self._writer_lock = threading.Lock()
 
     def save(self, document: dict[str, Any], resume: dict[str, Any] | None = None) -> None:
+        self._flush()
         now = time.time()
         self._db.execute(
             "INSERT INTO runs (run_id, pipeline, status, started_at, updated_at, document, resume) "
@@ -217,14 +304,21 @@ class SqliteRunStore:
         return [dict(json.loads(row[0]), started_at=row[1], updated_at=row[2]) for row in rows]
 
     def checkpoint(self, run_id: str, task: str, outcome: dict[str, Any]) -> None:
-        self._db.execute(
-            "INSERT INTO run_tasks (run_id, task, outcome) VALUES (?, ?, ?) "
-            "ON CONFLICT (run_id, task) DO UPDATE SET outcome = excluded.outcome",
-            (run_id, task, _dump(outcome)),
-        )
+        """Queue the outcome, serialised now (later changes to its values are not recorded)."""
+        if self._writer is None:
+            with self._writer_lock:
+                if self._writer is None:
+                    self._writer = _CheckpointWriter(self._db)
+                    _WRITERS.add(self._writer)
+        self._writer.put((run_id, task, _dump(outcome)))
+
+    def _flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
 
     def resume_point(self, run_id: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]] | None:
         """What the run needs to go on (its resume record) and the tasks it already finished."""
+        self._flush()
         row = self._db.execute("SELECT resume FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is None or row[0] is None:
             return None
