@@ -362,6 +362,41 @@ def test_resume_after_sigkill_does_not_rerun_finished_tasks(write_pipeline: Writ
     assert again.returncode == 1 and "already finished" in again.stderr
 
 
+def test_checkpoints_written_behind_the_run_are_all_there_for_resume(tmp_path: Path) -> None:
+    """Checkpoints queued from many threads are committed before a resume point is read."""
+    import sqlite3
+    import threading
+
+    from orchestrator.stores.sqlite import Database, SqliteRunStore
+
+    database = Database(tmp_path / "state.db")
+    runs = SqliteRunStore(database)
+    runs.save({"run_id": "r1", "pipeline": "p", "status": "running"}, resume={"file": "p.yaml"})
+    output = {"values": [1, 2]}
+
+    def finish(first: int) -> None:
+        for index in range(first, first + 250):
+            runs.checkpoint("r1", f"t{index}", {"status": "succeeded", "output": output})
+
+    threads = [threading.Thread(target=finish, args=(start,)) for start in (0, 250, 500, 750)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    output["values"].append(3)  # changed after its checkpoint was queued: not recorded
+    point = runs.resume_point("r1")
+    assert point is not None
+    resume, finished = point
+    assert resume == {"file": "p.yaml"}
+    assert len(finished) == 1000
+    assert finished["t999"] == {"status": "succeeded", "output": {"values": [1, 2]}}
+    runs.checkpoint("r1", "last", {"status": "skipped"})
+    runs.save({"run_id": "r1", "pipeline": "p", "status": "succeeded"})
+    with sqlite3.connect(tmp_path / "state.db") as other_process:
+        count = other_process.execute("SELECT count(*) FROM run_tasks WHERE run_id = 'r1'").fetchone()[0]
+    assert count == 1001
+
+
 def test_missing_dependencies_stop_the_run_with_the_pip_line(
     cli: Cli, write_pipeline: Write, tmp_path: Path
 ) -> None:
