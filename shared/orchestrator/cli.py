@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -219,6 +220,7 @@ def command_run(arguments: argparse.Namespace) -> int:
         user_id=arguments.user,
         observer=progress,
     )
+    _settle_long_lived_objects(arguments)
     if arguments.engine == "stepfunctions":
         from orchestrator.aws.stepfunctions_engine import run_plan_on_stepfunctions
 
@@ -250,6 +252,7 @@ def command_resume(arguments: argparse.Namespace) -> int:
         given, text_keys = _read_inputs(arguments)
         progress = Progress(sys.stderr, sys.stderr.isatty() and not arguments.json)
         options = RunOptions(settings=settings, stores=stores, observer=progress)
+        _settle_long_lived_objects(arguments)
         document = resume_run(arguments.run_id, options, given, text_keys)
     except (InputError, PipelineValidationError) as error:
         print(f"cannot resume {arguments.run_id}: {error}", file=sys.stderr)
@@ -259,6 +262,15 @@ def command_resume(arguments: argparse.Namespace) -> int:
     else:
         _print_summary(document)
     return EXIT_FAILED if document["status"] == "failed" else EXIT_OK
+
+
+def _settle_long_lived_objects(arguments: argparse.Namespace) -> None:
+    """When this command is the whole process, hide what exists before the run (modules, the
+    plan: they live until exit) from the garbage collector. A run makes many short-lived
+    objects, and each full collection would otherwise walk all of these again (measured: about
+    0.05 ms per task of a 2,000-task pipeline). Not done when called in-process (tests)."""
+    if arguments.owns_process:
+        gc.freeze()
 
 
 def _backend_of(path: Path) -> str:
@@ -388,6 +400,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
+    arguments.owns_process = argv is None
     try:
         return COMMANDS[arguments.command](arguments)
     except MissingDependenciesError as error:

@@ -40,7 +40,7 @@ _TASK_OUTPUT_CALL = re.compile(
     r"""\bget_task_output\(\s*(?P<quote>['"])(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P=quote)"""
 )
 _STRING_NAME = re.compile(r"""[rRuU]?(?P<quote>['"])(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P=quote)""")
-ALWAYS_DEFINED = frozenset({"input_hash", "run", "inputs"}) | frozenset(jinja.STRICT.globals)
+ALWAYS_DEFINED = frozenset({"input_hash", "run", "inputs"}) | jinja.GLOBAL_NAMES
 CONTAINERS = (ForLoop, WhileLoop, ParallelGroup)
 
 

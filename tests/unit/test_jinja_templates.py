@@ -311,3 +311,12 @@ def test_referenced_names_reports_bad_syntax() -> None:
     """SPEC 1/5: a template that does not parse is reported, not silently ignored."""
     with pytest.raises(TemplateError):
         jinja.referenced_names("{{ a + }}")
+
+
+def test_global_names_are_jinjas_own() -> None:
+    """Planning knows Jinja's globals by name without importing Jinja; scopes offer their values."""
+    import jinja2
+
+    assert set(jinja2.Environment().globals) == jinja.GLOBAL_NAMES
+    assert dict(jinja.GLOBALS)["range"] is jinja.strict_environment().globals["range"]  # the sandbox's
+    assert jinja.evaluate_expression("range(3) | list", {"range": jinja.GLOBALS["range"]}) == [0, 1, 2]

@@ -23,7 +23,7 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def parse_expression(expression: str) -> nodes.Expr | None:
     try:
-        tree = jinja.STRICT.parse("{{ " + expression + " }}")
+        tree = jinja.strict_environment().parse("{{ " + expression + " }}")
     except Exception:  # a syntax error was reported by validation already
         return None
     if len(tree.body) != 1 or not isinstance(tree.body[0], nodes.Output):

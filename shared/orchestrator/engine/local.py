@@ -564,15 +564,14 @@ class _Run:
 
     # the whole run ------------------------------------------------------------------------
     def top_scope(self) -> Scope:
-        values: dict[str, Any] = dict(jinja.GLOBALS)
-        values.update(self.inputs)
+        values: dict[str, Any] = dict(self.inputs)
         values["input_hash"] = input_hash(self.inputs)
         values["run"] = {
             "id": self.info.run_id,
             "pipeline": self.info.pipeline_id,
             "started_at": self.info.started_at,
         }
-        return Scope({}, Scope(values)).child()
+        return Scope({}, Scope(values, Scope(jinja.GLOBALS))).child()
 
     async def run(self, completed: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
         """Run the pipeline; `completed` are checkpoints of top-level tasks a resumed run keeps."""

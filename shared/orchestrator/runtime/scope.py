@@ -24,7 +24,7 @@ class Scope(Mapping[str, Any]):
 
     def __init__(
         self,
-        values: dict[str, Any],
+        values: Mapping[str, Any],
         parent: Scope | None = None,
         *,
         loop: LoopFrame | None = None,

@@ -48,6 +48,7 @@ def _model_at(data: Any, location: Location) -> type[BaseModel] | None:
             continue
         if model is None:
             return None
+        model.model_rebuild()  # resolves its `Task` references if not yet built (spec.models)
         field = model.model_fields.get(str(part))
         model = _field_model(field.annotation) if field else None
     if isinstance(current, dict) and isinstance(current.get("type"), str):
