@@ -190,7 +190,7 @@ def default_services(settings: Settings) -> Services:
 class RunModel(BaseModel):
     """`$.run`: which run this is. `user_id` and `no_cache` are set by the trigger when known."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     id: str
     pipeline: str
@@ -202,7 +202,7 @@ class RunModel(BaseModel):
 class LoopModel(BaseModel):
     """`$.loop` inside a loop body: the item (for_loop) or the state (while_loop) and the index."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     item: Any = None
     index: int = 0
@@ -211,7 +211,8 @@ class LoopModel(BaseModel):
 
 
 class _EventBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # each function validates one kind of event: only its validator is built, at the first one
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     pipeline: str
     inputs: dict[str, Any] = Field(default_factory=dict)
