@@ -19,7 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import Diagnostic, PipelineValidationError, TemplateError
-from orchestrator.runtime.python_task import compiles_cleanly, may_have_multiline_strings
+from orchestrator.runtime.python_task import (
+    compiles_cleanly,
+    may_have_multiline_strings,
+    recording_compile_warnings,
+)
 from orchestrator.spec.loading import PipelineSource
 from orchestrator.spec.models import (
     DynamicTaskGroup,
@@ -378,7 +382,8 @@ def analyse_body(
 def build_plan(source: PipelineSource) -> Plan:
     """Check references and cycles and infer dependencies; raises `PipelineValidationError`."""
     analysis = _Analysis(source.source)
-    body, unresolved = analyse_body(source.pipeline.tasks, ("tasks",), analysis)
+    with recording_compile_warnings():
+        body, unresolved = analyse_body(source.pipeline.tasks, ("tasks",), analysis)
     known = set(source.pipeline.input_variables) | ALWAYS_DEFINED
     every_task = _every_task_name(body)
     for reference in unresolved:

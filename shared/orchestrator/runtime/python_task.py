@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _datetime
 import functools
 import io
@@ -13,6 +14,7 @@ import tokenize
 import traceback
 import types
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from orchestrator.errors import TaskError
@@ -104,6 +106,26 @@ def _remember(script: str, code: types.CodeType) -> None:
         _COMPILED[script] = code
 
 
+_recorded_warnings: list[warnings.WarningMessage] | None = None
+
+
+@contextlib.contextmanager
+def recording_compile_warnings() -> Iterator[None]:
+    """Record warnings once around many `compiles_cleanly` calls (planning a whole pipeline):
+    setting up `warnings.catch_warnings` costs about a third of compiling a short script."""
+    global _recorded_warnings
+    if _recorded_warnings is not None:  # already recording
+        yield
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _recorded_warnings = caught
+        try:
+            yield
+        finally:
+            _recorded_warnings = None
+
+
 def compiles_cleanly(script: str, filename: str) -> bool:
     """Whether the script compiles as a task: quietly, and False on any warning.
 
@@ -113,13 +135,15 @@ def compiles_cleanly(script: str, filename: str) -> bool:
     with _COMPILED_LOCK:
         if script in _COMPILED:
             return True
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            code = compile(_function_source(script), filename, "exec")
-        except Exception:
-            return False
-    if caught:
+    if _recorded_warnings is None:
+        with recording_compile_warnings():
+            return compiles_cleanly(script, filename)
+    seen = len(_recorded_warnings)
+    try:
+        code = compile(_function_source(script), filename, "exec")
+    except Exception:
+        return False
+    if len(_recorded_warnings) > seen:
         return False
     _remember(script, code)
     return True
