@@ -568,3 +568,16 @@ def test_check_counts_columns_in_characters() -> None:
 
 def test_check_reports_empty_placeholder() -> None:
     assert check_script_syntax("x = 1\ny = {{ }}\n") == (2, 5, "the placeholder is empty")
+
+
+def test_a_script_rendered_again_gets_its_new_values() -> None:
+    """What depends on the script's text alone is worked out once; each render uses its values."""
+    script = "x = {{ a }}\n# {{ a }}\ny = '{{ a }}'\n"
+    first = render_script(script, lambda expression: 1)
+    second = render_script(script, lambda expression: "two")
+    assert first == "x = 1\n# 1\ny = '1'\n"
+    assert second == "x = 'two'\n# two\ny = 'two'\n"
+    with pytest.raises(TemplateError):
+        render_script("x = {{ }}\n", lambda expression: 1)
+    with pytest.raises(TemplateError):  # an error is raised again, not remembered as a result
+        render_script("x = {{ }}\n", lambda expression: 1)

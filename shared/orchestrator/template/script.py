@@ -859,24 +859,10 @@ def render_script(script: str, evaluate: Callable[[str], object]) -> str:
     name, in a raw f-string, inside an f-string replacement field), or when a value placed in
     code has no Python literal. Exceptions raised by `evaluate` propagate unchanged.
     """
-    source = _normalize(script)
-    try:
-        sub = _substitute(source)
-    except _LocatedError as error:
-        raise TemplateError(_message(source, error)) from None
-    if not sub.placeholders:
+    prepared = _prepared(script)
+    if prepared is None:
         return script
-    for index, placeholder in enumerate(sub.placeholders):
-        if not placeholder.expression:
-            raise TemplateError(f"{sub.describe(index)}: the placeholder is empty")
-    try:
-        template_tree = _parse_text(sub.text)
-        sites = _plan(sub, template_tree)
-    except _CompileError as error:
-        located = sub.error(error.offset, f"the script is not valid Python: {error.message}")
-        raise TemplateError(_message(source, located)) from None
-    except _LocatedError as error:
-        raise TemplateError(_message(source, error)) from None
+    sub, template_tree, sites = prepared
     renderer = _Renderer(sub, [evaluate(p.expression) for p in sub.placeholders])
     pieces: list[str] = []
     last = 0
@@ -888,3 +874,29 @@ def render_script(script: str, evaluate: Callable[[str], object]) -> str:
     if not _same_shape(template_tree, _parse_rendered(rendered), sub.names):
         raise TemplateError("a placeholder value would change the script's code; refused")
     return rendered
+
+
+@functools.lru_cache(maxsize=1024)
+def _prepared(script: str) -> tuple[_Substituted, ast.Module, tuple[_Site, ...]] | None:
+    """What rendering needs from the script's text alone (None: it has no placeholder),
+    worked out once per text: a task in a loop renders the same script for every item.
+    Raises `TemplateError` (not cached: it is raised again each time)."""
+    source = _normalize(script)
+    try:
+        sub = _substitute(source)
+    except _LocatedError as error:
+        raise TemplateError(_message(source, error)) from None
+    if not sub.placeholders:
+        return None
+    for index, placeholder in enumerate(sub.placeholders):
+        if not placeholder.expression:
+            raise TemplateError(f"{sub.describe(index)}: the placeholder is empty")
+    try:
+        template_tree = _parse_text(sub.text)
+        sites = _plan(sub, template_tree)
+    except _CompileError as error:
+        located = sub.error(error.offset, f"the script is not valid Python: {error.message}")
+        raise TemplateError(_message(source, located)) from None
+    except _LocatedError as error:
+        raise TemplateError(_message(source, error)) from None
+    return sub, template_tree, tuple(sites)
