@@ -228,7 +228,7 @@ def command_run(arguments: argparse.Namespace) -> int:
     else:
         document = run_plan(plan, inputs, options)
     if arguments.json:
-        print(json.dumps(document, indent=2, default=str))
+        _print_json(document)
     else:
         _print_summary(document)
     return EXIT_FAILED if document["status"] == "failed" else EXIT_OK
@@ -258,10 +258,17 @@ def command_resume(arguments: argparse.Namespace) -> int:
         print(f"cannot resume {arguments.run_id}: {error}", file=sys.stderr)
         return EXIT_INVALID
     if arguments.json:
-        print(json.dumps(document, indent=2, default=str))
+        _print_json(document)
     else:
         _print_summary(document)
     return EXIT_FAILED if document["status"] == "failed" else EXIT_OK
+
+
+def _print_json(value: Any) -> None:
+    """A JSON document on stdout: indented for a person at a terminal, on one line for a
+    program reading a pipe or a file (as `gh --json` does; `jq .` indents it). Indenting is
+    done by the json module's Python encoder: about 25 µs per task of a large run document."""
+    print(json.dumps(value, indent=2 if sys.stdout.isatty() else None, default=str))
 
 
 def _settle_long_lived_objects(arguments: argparse.Namespace) -> None:
@@ -293,11 +300,11 @@ def command_runs(arguments: argparse.Namespace) -> int:
         if document is None:
             print(f"no run '{arguments.run_id}': see 'orchestrator runs list'", file=sys.stderr)
             return EXIT_FAILED
-        print(json.dumps(document, indent=2, default=str))
+        _print_json(document)
         return EXIT_OK
     listed = runs.list(pipeline=arguments.pipeline, limit=arguments.limit)
     if arguments.json:
-        print(json.dumps(listed, indent=2, default=str))
+        _print_json(listed)
         return EXIT_OK
     for document in listed:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(document["started_at"]))
