@@ -9,7 +9,6 @@ fallback, `on_failure`) wraps every task, leaf or container (SPEC section 7).
 from __future__ import annotations
 
 import asyncio
-import functools
 import getpass
 import hashlib
 import json
@@ -242,7 +241,7 @@ class _BodySchedule:
         self.outcomes: dict[str, TaskOutcome] = {}
         self.waiting = {name: len(node.dependencies) for name, node in body.nodes.items()}
         self.dependents = _dependents(body)
-        self.running: dict[str, asyncio.Task[TaskOutcome]] = {}
+        self.running: dict[str, asyncio.Task[None]] = {}
         self.finished: asyncio.Future[None] = self.loop.create_future()
         self.failures: list[BaseException] = []
         self.limit = asyncio.Semaphore(max_concurrency) if max_concurrency else None
@@ -271,24 +270,35 @@ class _BodySchedule:
     def start(self, name: str) -> None:
         if self.observer:
             self.observer.task_started(name)
-        node = self.body.nodes[name]
         self.activity.in_flight += 1
-        task = self.loop.create_task(
-            self.run_.run_node(node, self.scope, self.limit, self.observer is not None, self.depth)
-        )
-        self.running[name] = task
-        task.add_done_callback(functools.partial(self.done, name))
+        self.running[name] = self.loop.create_task(self.run_node(name))
 
-    def done(self, name: str, task: asyncio.Task[TaskOutcome]) -> None:
+    async def run_node(self, name: str) -> None:
+        """Run one node, then record it and start what it unblocks, in the same turn of the
+        loop (a done-callback would take one more turn per node)."""
+        node = self.body.nodes[name]
+        try:
+            outcome = await self.run_.run_node(
+                node, self.scope, self.limit, self.observer is not None, self.depth
+            )
+        except asyncio.CancelledError:
+            self.left(name)
+            raise
+        except Exception as error:
+            self.left(name)
+            if not self.finished.done():
+                self.fail(name, error)
+            return
+        self.left(name)
+        if not self.finished.done():
+            self.done(name, outcome)
+
+    def left(self, name: str) -> None:
         self.running.pop(name, None)
         self.activity.in_flight -= 1
-        if task.cancelled() or self.finished.done():
-            return
-        error = task.exception()
-        if error is not None:
-            self.fail(name, error)
-            return
-        self.outcomes[name] = outcome = task.result()
+
+    def done(self, name: str, outcome: TaskOutcome) -> None:
+        self.outcomes[name] = outcome
         self.scope.outputs[name] = outcome.output
         if self.observer:
             self.observer.task_finished(name, outcome)
