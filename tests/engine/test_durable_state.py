@@ -325,8 +325,11 @@ def test_resume_after_sigkill_does_not_rerun_finished_tasks(write_pipeline: Writ
         time.sleep(0.1)
         if database.exists():
             with sqlite3.connect(database) as connection:
-                if connection.execute("SELECT count(*) FROM run_tasks").fetchone()[0]:
-                    break
+                try:
+                    if connection.execute("SELECT count(*) FROM run_tasks").fetchone()[0]:
+                        break
+                except sqlite3.OperationalError:  # the file exists, its tables not yet
+                    continue
     # WHEN it is killed with SIGKILL while the slow task runs
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=10)
