@@ -19,7 +19,8 @@ import pytest
 from orchestrator.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
-GUIDE = REPO.parent / "shared" / "seed" / "advanced-patterns.md"
+# The user guide's 16 YAML blocks, verbatim, one file each (named as their pipelines/ version).
+GUIDE_FIXTURES = sorted((REPO / "tests" / "fixtures" / "guide").glob("*.yaml"))
 PIPELINES = REPO / "pipelines"
 
 

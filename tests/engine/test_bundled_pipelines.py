@@ -26,7 +26,7 @@ from urllib.parse import parse_qs
 import pytest
 import yaml
 
-from conftest import GUIDE, PIPELINES, CliResult
+from conftest import GUIDE_FIXTURES, PIPELINES, CliResult
 from fakes.fixtures import fake_openai, fake_search  # noqa: F401
 from fakes.servers import FakeOpenAIServer, FakeResponse, FakeSearchServer
 
@@ -124,9 +124,10 @@ def fakes(
 
 
 def test_every_guide_block_has_a_bundled_pipeline_of_the_same_name() -> None:
-    blocks = re.findall(r"```yaml\n(.*?)```", GUIDE.read_text(encoding="utf-8"), re.DOTALL)
-    guide_names = [yaml.safe_load(block)["name"] for block in blocks]
-    assert sorted(guide_names) == sorted(GUIDE_PIPELINES.values())
+    guide_names = {
+        path.stem: yaml.safe_load(path.read_text(encoding="utf-8"))["name"] for path in GUIDE_FIXTURES
+    }
+    assert guide_names == GUIDE_PIPELINES
     assert sorted(path.stem for path in PIPELINES.glob("*.yaml")) == ALL_FILES
     for stem, name in GUIDE_PIPELINES.items():
         document = yaml.safe_load(pipeline(stem).read_text(encoding="utf-8"))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import GUIDE, PIPELINES, CliResult
+from conftest import GUIDE_FIXTURES, PIPELINES, CliResult
 from orchestrator.errors import PipelineValidationError
 from orchestrator.spec import yaml_source
 
@@ -225,7 +225,7 @@ def test_yaml_syntax_errors_keep_the_detailed_message(text: str, detail: str) ->
 
 def _pipeline_texts() -> list[str]:
     texts = [path.read_text(encoding="utf-8") for path in sorted(PIPELINES.glob("*.yaml"))]
-    return texts + _guide_blocks()
+    return texts + [path.read_text(encoding="utf-8") for path in GUIDE_FIXTURES]
 
 
 def test_the_fast_yaml_parser_gives_the_same_values_and_positions(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -278,19 +278,8 @@ def test_schema_is_json_schema_an_editor_can_use(cli: Callable[..., CliResult]) 
         assert kind in task_types
 
 
-def _guide_blocks() -> list[str]:
-    if not GUIDE.is_file():
-        return []
-    return re.findall(r"```yaml\n(.*?)```", GUIDE.read_text(encoding="utf-8"), re.DOTALL)
-
-
-@pytest.mark.skipif(not GUIDE.is_file(), reason="the user guide is not beside this checkout")
-@pytest.mark.parametrize("index", range(len(_guide_blocks())))
-def test_every_yaml_block_of_the_guide_validates(
-    cli: Callable[..., CliResult], tmp_path: Path, index: int
-) -> None:
-    path = tmp_path / f"guide_block_{index}.yaml"
-    path.write_text(_guide_blocks()[index], encoding="utf-8")
+@pytest.mark.parametrize("path", GUIDE_FIXTURES, ids=lambda path: path.stem)
+def test_every_yaml_block_of_the_guide_validates(cli: Callable[..., CliResult], path: Path) -> None:
     result = cli("validate", path)
     assert result.code == 0, result.stderr
     assert all(": warning: " in line for line in result.stderr.splitlines()), result.stderr
