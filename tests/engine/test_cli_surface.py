@@ -92,8 +92,8 @@ def test_graph_mermaid_and_dot(cli: Cli, write_pipeline: Callable[..., Path]) ->
     assert 'subgraph each["each (for_loop)"]' in mermaid.stdout
     dot = cli("graph", path, "--format", "dot")
     assert dot.stdout.startswith('digraph "pipeline" {')
-    assert '"fetch" -> "each__double";' in dot.stdout
-    assert "shape=diamond" in dot.stdout
+    assert '"fetch" -> "each__double" [lhead="cluster_each"];' in dot.stdout
+    assert 'shape="diamond"' in dot.stdout
 
 
 def test_a_python_only_run_imports_no_heavy_library() -> None:
