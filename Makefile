@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SAM_VENV ?= .venv-sam
 SAM_STAMP := $(SAM_VENV)/.installed
 
-.PHONY: help setup sam-tools demo test test-fast lint typecheck bench build clean
+.PHONY: help setup sam-tools demo test test-fast lint bench validate build deploy clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -37,13 +37,13 @@ sam-tools: $(SAM_STAMP) ## install aws-sam-cli into .venv-sam for the sam valida
 demo: $(STAMP) ## run the bundled offline demo pipeline on the embedded engine
 	$(BIN)/orchestrator run pipelines/demo.yaml -i topic=serverless
 
-test: $(STAMP) $(NODE_STAMP) $(SAM_STAMP) ## run the whole test suite
+test: lint $(NODE_STAMP) $(SAM_STAMP) ## the gate CI runs: lint, mypy --strict, then the whole test suite
 	$(BIN)/pytest -q
 
 test-fast: $(STAMP) $(NODE_STAMP) ## run the tests not marked slow
 	$(BIN)/pytest -q -m 'not slow'
 
-lint: $(STAMP) ## ruff and mypy --strict
+lint: $(STAMP) ## ruff (rules and format) and mypy --strict on the package and the handlers
 	$(BIN)/ruff check shared tests functions bench
 	$(BIN)/ruff format --check shared tests functions bench
 	$(BIN)/mypy
@@ -52,8 +52,15 @@ lint: $(STAMP) ## ruff and mypy --strict
 bench: $(STAMP) ## run the benchmarks and write bench/RESULTS.md
 	$(BIN)/python bench/run.py
 
-build: $(STAMP) ## validate every bundled pipeline
+validate: $(STAMP) ## validate every bundled pipeline
 	$(BIN)/orchestrator validate pipelines/*.yaml
 
+build: $(STAMP) $(SAM_STAMP) ## build the SAM app into .aws-sam/ with the Lambda runtime's Python (3.12)
+	$(BIN)/orchestrator build --check
+	SAM_CLI_TELEMETRY=0 scripts/with-lambda-python $(SAM_VENV)/bin/sam build
+
+deploy: build ## deploy the built app to the AWS account of your credentials (asks for settings once)
+	SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam deploy --guided
+
 clean: ## remove the virtual environment and local state
-	rm -rf $(VENV) node_modules .orchestrator .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SAM_VENV) node_modules .aws-sam .orchestrator .pytest_cache .mypy_cache .ruff_cache

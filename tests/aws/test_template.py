@@ -48,6 +48,7 @@ from orchestrator.aws.sam import (
 from orchestrator.spec.loading import parse_pipeline, read_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
+NO_LAMBDA_PYTHON = 3  # the exit status of scripts/with-lambda-python when python3.12 is missing
 FUNCTIONS = {
     "PythonTaskFunction": "python_task",
     "LlmTaskFunction": "llm_task",
@@ -500,36 +501,11 @@ def sam_cli() -> str:
     pytest.skip(message)
 
 
-def sam_environment(*, python312: bool = False) -> dict[str, str]:
-    """The environment for `sam`: no telemetry, a region, and (for `sam build`) python3.12 on PATH."""
+def sam_environment() -> dict[str, str]:
+    """The environment for `sam`: no telemetry and a region."""
     environment = dict(os.environ, SAM_CLI_TELEMETRY="0")
     environment.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    if not python312 or _has_python312(environment):
-        return environment
-    pyenv = shutil.which("pyenv")
-    if pyenv:
-        versions = _output([pyenv, "versions", "--bare"], environment).split()
-        wanted = [version for version in versions if version.startswith("3.12")]
-        if wanted:
-            current = _output([pyenv, "version-name"], environment).strip().split(":")
-            environment["PYENV_VERSION"] = ":".join(dict.fromkeys([*current, wanted[-1]]))
-            if _has_python312(environment):
-                return environment
-    message = "`sam build` needs python3.12 on PATH (the layer's runtime); none found, not even through pyenv"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def _output(command: list[str], environment: dict[str, str]) -> str:
-    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=60, check=False)
-    return result.stdout if result.returncode == 0 else ""
-
-
-def _has_python312(environment: dict[str, str]) -> bool:
-    return shutil.which("python3.12", path=environment.get("PATH")) is not None and _output(
-        ["python3.12", "--version"], environment
-    ).startswith("Python 3.12")
+    return environment
 
 
 @pytest.mark.slow
@@ -554,15 +530,19 @@ def test_sam_build_succeeds_and_the_layer_carries_package_and_pipelines(tmp_path
     missing = [handler for handler in missing if not (REPO / handler).is_file()]
     assert not missing, f"template.yaml names handlers that do not exist: {', '.join(missing)}"
     build_dir = tmp_path / "build"
+    # `make build` runs sam the same way: with python3.12, the layer's runtime, put on PATH
+    build = [sam_cli(), "build", "--template", "template.yaml", "--build-dir", str(build_dir)]
     result = subprocess.run(
-        [sam_cli(), "build", "--template", "template.yaml", "--build-dir", str(build_dir)],
+        [str(REPO / "scripts" / "with-lambda-python"), *build],
         cwd=REPO,
-        env=sam_environment(python312=True),
+        env=sam_environment(),
         capture_output=True,
         text=True,
         timeout=880,
         check=False,
     )
+    if result.returncode == NO_LAMBDA_PYTHON and not os.environ.get("CI"):
+        pytest.skip(result.stderr)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     layer = build_dir / "RuntimeLayer" / "python"
     assert (layer / "orchestrator" / "__init__.py").is_file()
