@@ -196,7 +196,7 @@ def _read_inputs(arguments: argparse.Namespace) -> tuple[dict[str, Any], frozens
 def command_run(arguments: argparse.Namespace) -> int:
     from orchestrator.engine.local import RunOptions, run_plan
     from orchestrator.runtime.dependencies import check_dependencies
-    from orchestrator.runtime.inputs import resolve_inputs
+    from orchestrator.runtime.inputs import resolve_inputs, unused_input_warnings
     from orchestrator.settings import load_settings
     from orchestrator.stores.factory import open_stores
 
@@ -209,7 +209,13 @@ def command_run(arguments: argparse.Namespace) -> int:
     except InputError as error:
         print(f"{arguments.file}: input error: {error}", file=sys.stderr)
         return EXIT_INVALID
+    for warning in unused_input_warnings(plan.pipeline, given, plan.undeclared_inputs):
+        print(f"{arguments.file}: warning: {warning}", file=sys.stderr)
     check_dependencies(plan.pipeline.dependencies)
+    if arguments.engine == "stepfunctions":
+        from orchestrator.aws.extras import require_emulator_packages
+
+        require_emulator_packages()
     settings = load_settings()
     stores = open_stores(settings, plan.pipeline.state_management.storage_backend)
     progress = Progress(sys.stderr, sys.stderr.isatty() and not arguments.json)
@@ -354,9 +360,17 @@ def command_compile(arguments: argparse.Namespace) -> int:
     text = json.dumps(definition, indent=2, sort_keys=True) + "\n"
     if arguments.output is None:
         print(text, end="")
-    else:
+        return EXIT_OK
+    try:
+        arguments.output.parent.mkdir(parents=True, exist_ok=True)
         arguments.output.write_text(text, encoding="utf-8")
-        print(f"wrote {arguments.output}", file=sys.stderr)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        if isinstance(error, FileExistsError):
+            reason = f"{error.filename} is a file, not a folder"
+        print(f"cannot write {arguments.output}: {reason}; choose another -o path", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"wrote {arguments.output}", file=sys.stderr)
     return EXIT_OK
 
 

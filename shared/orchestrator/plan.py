@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import Diagnostic, PipelineValidationError, TemplateError
+from orchestrator.errors import Diagnostic, InputError, PipelineValidationError, TemplateError
 from orchestrator.runtime.python_task import (
     compiles_cleanly,
     may_have_multiline_strings,
@@ -30,6 +30,7 @@ from orchestrator.spec.models import (
     ForLoop,
     LLMTask,
     ParallelGroup,
+    Pipeline,
     PipelineGroup,
     PythonTask,
     TaskBase,
@@ -82,6 +83,8 @@ class Plan:
     source: PipelineSource
     body: Body
     warnings: list[Diagnostic]
+    # names the templates read that are neither declared inputs nor tasks: inputs to give with -i
+    undeclared_inputs: frozenset[str] = frozenset()
 
     @property
     def pipeline(self) -> Any:
@@ -386,6 +389,8 @@ def build_plan(source: PipelineSource) -> Plan:
         body, unresolved = analyse_body(source.pipeline.tasks, ("tasks",), analysis)
     known = set(source.pipeline.input_variables) | ALWAYS_DEFINED
     every_task = _every_task_name(body)
+    undeclared: set[str] = set()
+    strict = source.pipeline.input_validation.strict_mode
     for reference in unresolved:
         if reference.name in known:
             continue
@@ -394,12 +399,15 @@ def build_plan(source: PipelineSource) -> Plan:
             hint = f"; did you mean '{close[0]}'?" if close else ""
             where = " in this scope" if reference.name in every_task else ""
             analysis.error(reference.location, f"no task named '{reference.name}'{where}{hint}")
-        else:
-            analysis.warn(
-                reference.location,
-                f"'{reference.name}' is not a declared input or a task; "
-                "it must be passed with -i at run time",
-            )
+            continue
+        undeclared.add(reference.name)
+        fix = (
+            "input_validation.strict_mode rejects undeclared inputs: declare it under input_variables"
+            if strict
+            else "it must be passed with -i at run time"
+        )
+        analysis.warn(reference.location, f"'{reference.name}' is not a declared input or a task; {fix}")
+    _check_input_defaults(source.pipeline, analysis)
     _check_child_pipelines(body, source.path, analysis, (source.path.resolve(),))
     for name in source.pipeline.security.sensitive_variables:
         if name not in source.pipeline.input_variables:
@@ -408,7 +416,25 @@ def build_plan(source: PipelineSource) -> Plan:
         raise PipelineValidationError(
             sorted(analysis.errors, key=lambda d: (d.line, d.column)) + analysis.warnings
         )
-    return Plan(source, body, _unique(analysis.warnings))
+    return Plan(source, body, _unique(analysis.warnings), frozenset(undeclared))
+
+
+def _check_input_defaults(pipeline: Pipeline, analysis: _Analysis) -> None:
+    """A `default` must be a value its input accepts: of its type, and one of its `options`."""
+    from orchestrator.runtime.inputs import coerce
+
+    for name, spec in pipeline.input_variables.items():
+        if spec.default is None:
+            continue
+        location: Location = ("input_variables", name, "default")
+        try:
+            value = coerce(name, spec.default, spec, from_text=False)
+        except InputError as error:
+            analysis.error(location, f"the default of {error}; change the default or the type")
+            continue
+        if spec.options and value not in spec.options:
+            choices = ", ".join(map(str, spec.options))
+            analysis.error(location, f"the default of input '{name}' is {value!r}, not one of: {choices}")
 
 
 def _check_child_pipelines(body: Body, path: Path, analysis: _Analysis, stack: tuple[Path, ...]) -> None:

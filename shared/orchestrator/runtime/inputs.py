@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Collection
 from typing import Any
 
 import yaml
@@ -74,6 +76,26 @@ def _sanitize(value: Any) -> Any:
     return value
 
 
+def _did_you_mean(name: str, choices: Collection[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def unused_input_warnings(pipeline: Pipeline, given: Collection[str], used: Collection[str]) -> list[str]:
+    """A warning for each given input the pipeline neither declares nor reads (`used`: the
+    undeclared names its templates read), most likely a misspelt name. Under strict_mode
+    `resolve_inputs` rejects them instead."""
+    if pipeline.input_validation.strict_mode:
+        return []
+    declared = pipeline.input_variables
+    return [
+        f"input '{name}' is not declared and nothing in the pipeline reads it"
+        f"{_did_you_mean(name, [*declared, *used])}"
+        for name in given
+        if name not in declared and name not in used
+    ]
+
+
 def resolve_inputs(
     pipeline: Pipeline, given: dict[str, Any], *, text_keys: frozenset[str] = frozenset()
 ) -> dict[str, Any]:
@@ -89,7 +111,10 @@ def resolve_inputs(
         if spec is None:
             if pipeline.input_validation.strict_mode:
                 names = ", ".join(declared) or "none"
-                problems.append(f"input '{name}' is not declared (strict_mode is on; declared: {names})")
+                problems.append(
+                    f"input '{name}' is not declared{_did_you_mean(name, declared)} "
+                    f"(strict_mode is on; declared: {names})"
+                )
             else:
                 resolved[name] = _yaml_scalar(value) if name in text_keys else value
             continue
