@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,37 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: the config file must be a mapping")
+    _check_config_keys(loaded, path)
     return loaded
+
+
+# The keys a config file may hold: a misspelt key is an error, not a setting silently ignored.
+_ROUTE_KEYS = {"base_url": str, "api_key": str, "api_key_env": str, "model": str}
+_CONFIG_KEYS: dict[str, dict[str, Any]] = {
+    "llm": {"default_model": str, "base_url": str, "api_key": str, "models": dict},
+    "search": {"url": str, "api_key": str, "api_key_env": str},
+}
+
+
+def _check_config_keys(config: dict[str, Any], path: Path) -> None:
+    """Raise `ConfigError` naming the first unknown key or value of the wrong type, with a hint."""
+    _check_section(config, {name: dict for name in _CONFIG_KEYS}, "", path)
+    for section, keys in _CONFIG_KEYS.items():
+        _check_section(config.get(section) or {}, keys, f"{section}.", path)
+    for name, route in ((config.get("llm") or {}).get("models") or {}).items():
+        if isinstance(route, dict):
+            _check_section(route, _ROUTE_KEYS, f"llm.models.{name}.", path)
+
+
+def _check_section(section: dict[str, Any], keys: dict[str, Any], prefix: str, path: Path) -> None:
+    for key, value in section.items():
+        if key not in keys:
+            close = difflib.get_close_matches(str(key), list(keys), n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(keys)}"
+            raise ConfigError(f"{path}: unknown key '{prefix}{key}'; {hint}")
+        if value is not None and not isinstance(value, keys[key]):
+            kind = "a mapping" if keys[key] is dict else "a string"
+            raise ConfigError(f"{path}: '{prefix}{key}' must be {kind}, got {value!r}")
 
 
 def _model_routes(config: dict[str, Any], env: dict[str, str], path: Path) -> dict[str, ModelRoute]:

@@ -222,3 +222,29 @@ def test_stepfunctions_without_the_aws_packages_names_the_extra(
     assert "(moto)" in result.stderr
     assert result.stdout == ""
     _no_traceback(result)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            "llm:\n  models:\n    gpt-4: {modle: llama3.2}\n",
+            "unknown key 'llm.models.gpt-4.modle'; did you mean 'model'?",
+        ),
+        ("lm:\n  default_model: x\n", "unknown key 'lm'; did you mean 'llm'?"),
+        ("search:\n  URL: http://x\n", "unknown key 'search.URL'; did you mean 'url'?"),
+        ("llm:\n  base_url: 8080\n", "'llm.base_url' must be a string, got 8080"),
+    ],
+)
+def test_a_misspelt_config_key_is_an_error_not_a_setting_ignored(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: str, message: str
+) -> None:
+    path = tmp_path / "orchestrator.yaml"
+    path.write_text(config, encoding="utf-8")
+    monkeypatch.setenv("ORCHESTRATOR_CONFIG", str(path))
+
+    result = cli("run", PIPELINES / "demo.yaml", "-i", "topic=x")
+
+    assert result.code == 2
+    assert f"configuration error: {path}: {message}" in result.stderr
+    _no_traceback(result)
