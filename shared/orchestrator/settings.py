@@ -98,7 +98,7 @@ def _check_config_keys(config: dict[str, Any], path: Path) -> None:
 def _check_section(section: dict[str, Any], keys: dict[str, Any], prefix: str, path: Path) -> None:
     for key, value in section.items():
         if key not in keys:
-            close = difflib.get_close_matches(str(key), list(keys), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(str(key).lower(), list(keys), n=1, cutoff=0.6)
             hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(keys)}"
             raise ConfigError(f"{path}: unknown key '{prefix}{key}'; {hint}")
         if value is not None and not isinstance(value, keys[key]):
