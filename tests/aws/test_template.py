@@ -45,6 +45,7 @@ from orchestrator.aws.sam import (
     state_machines_variable,
     task_size,
 )
+from orchestrator.aws.triggers import parse_scheduled_run
 from orchestrator.spec.loading import parse_pipeline, read_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -387,8 +388,21 @@ def test_a_schedule_per_trigger_entry_invokes_the_schedule_trigger(project: Path
     assert json.loads(first["Target"]["Input"]) == {
         "pipeline": "nightly-report",
         "inputs": {"topic": "nightly"},
-        "schedule": "NightlyReportSchedule1",
+        "idempotency_key": "<aws.scheduler.schedule-arn>@<aws.scheduler.scheduled-time>",
     }
+    # what Scheduler delivers (its context attributes filled in) is what the trigger accepts
+    delivered = (
+        first["Target"]["Input"]
+        .replace(
+            "<aws.scheduler.schedule-arn>", "arn:aws:scheduler:us-east-1:123456789012:schedule/default/x"
+        )
+        .replace("<aws.scheduler.scheduled-time>", "2026-11-25T03:00:00Z")
+    )
+    accepted = parse_scheduled_run(json.loads(delivered))
+    assert (
+        accepted.idempotency_key
+        == "arn:aws:scheduler:us-east-1:123456789012:schedule/default/x@2026-11-25T03:00:00Z"
+    )
     second = json.loads(schedules["NightlyReportSchedule2"]["Properties"]["Target"]["Input"])
     assert second["inputs"] == {}
     # the role the scheduler assumes may invoke the schedule trigger and nothing else

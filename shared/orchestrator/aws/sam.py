@@ -381,9 +381,14 @@ def state_machine(
     }
 
 
-def schedule(pipeline_id: str, index: int, entry: Schedule) -> dict[str, Any]:
+def schedule(pipeline_id: str, entry: Schedule) -> dict[str, Any]:
     """An EventBridge Scheduler schedule that starts a run of a pipeline with the entry's inputs."""
-    payload = {"pipeline": pipeline_id, "inputs": entry.inputs, "schedule": schedule_id(pipeline_id, index)}
+    # Scheduler fills in its context attributes: a delivery it retries starts no second run.
+    payload = {
+        "pipeline": pipeline_id,
+        "inputs": entry.inputs,
+        "idempotency_key": "<aws.scheduler.schedule-arn>@<aws.scheduler.scheduled-time>",
+    }
     properties: dict[str, Any] = {
         "Description": (entry.description or f"{pipeline_id}: {entry.expression}")[:512],
         "ScheduleExpression": entry.expression,
@@ -471,6 +476,6 @@ def build_template(
         definition = None if definitions is None else definitions.get(plan.pipeline_id)
         _add(resources, machine, state_machine(plan.pipeline_id, pipeline.workflow_type, definition))
         for index, entry in enumerate(pipeline.triggers.schedule):
-            _add(resources, schedule_id(plan.pipeline_id, index), schedule(plan.pipeline_id, index, entry))
+            _add(resources, schedule_id(plan.pipeline_id, index), schedule(plan.pipeline_id, entry))
         _add(outputs, f"{machine}Arn", {"Description": pipeline.name, "Value": Ref(machine)})
     return template
