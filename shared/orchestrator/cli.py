@@ -341,7 +341,8 @@ def _print_summary(document: dict[str, Any]) -> None:
         print(line)
     if document["error"]:
         error = document["error"]
-        print(f"error in task '{error['task']}': {error['type']}: {error['message']}")
+        where = f"error in task '{error['task']}'" if error.get("task") else "error"
+        print(f"{where}: {error['type']}: {error['message']}")
     shown = document["result"] if document["result"] is not None else document["outputs"]
     print(json.dumps(shown, indent=2, default=str))
 
@@ -441,8 +442,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         sys.stderr.close()
         return EXIT_OK
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        run_id = getattr(interrupt, "run_id", None)  # engine.local.RunInterrupted: run or resume
+        if run_id is None:
+            print("interrupted", file=sys.stderr)
+        else:
+            print(
+                f"interrupted: run {run_id} stopped; resume it with: orchestrator resume {run_id}",
+                file=sys.stderr,
+            )
         return 130
 
 

@@ -9,6 +9,7 @@ fallback, `on_failure`) wraps every task, leaf or container (SPEC section 7).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import hashlib
 import json
@@ -17,7 +18,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,6 +90,14 @@ class AbortError(Exception):
         self.task = task
         self.outcome = outcome
         self.body_outcomes: dict[str, TaskOutcome] = {}
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; it was recorded as `crashed` and can be resumed by its id."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
 
 
 class _Activity:
@@ -186,12 +195,15 @@ class _Reporter:
     def __init__(self, run: _Run) -> None:
         self.run = run
         self.observer = run.shared.options.observer if run.top_level else None
+        self.unfinished: set[str] = set()  # started, not finished: cancelled if the run stops
 
     def task_started(self, name: str) -> None:
+        self.unfinished.add(name)
         if self.observer:
             self.observer.task_started(name)
 
     def task_finished(self, name: str, outcome: TaskOutcome) -> None:
+        self.unfinished.discard(name)
         if self.observer:
             self.observer.task_finished(name, outcome)
         if outcome.status in FINISHED and (
@@ -768,8 +780,10 @@ def run_plan(
 ) -> dict[str, Any]:
     """Run a plan with resolved inputs and return its run document.
 
-    The run is recorded before it starts, with what `resume` needs, and every top-level task
-    that finishes is checkpointed; `completed` holds the checkpoints a resumed run keeps.
+    The run is recorded as `running` before it starts, with what `resume` needs, and every
+    top-level task that finishes is checkpointed; `completed` holds the checkpoints a resumed
+    run keeps. A run that stops before it finishes (Ctrl-C: RunInterrupted, or an internal
+    error) is recorded as `crashed`, never left `running`.
     """
     redactor = Redactor()
     for name in plan.pipeline.sensitive_inputs():
@@ -786,25 +800,73 @@ def run_plan(
         (plan.path.resolve(),),
     )
     run = _Run(plan, inputs, shared, options.run_id or new_run_id())
-    if completed is None:
-        running = run_document(
-            run_id=run.info.run_id,
-            pipeline=plan.pipeline_id,
-            status=RunStatus.SUCCEEDED,
-            outcomes={},
-            result=None,
-            error=None,
-        )
-        running["status"] = "running"
-        options.stores.runs.save(running, resume=_resume_record(plan, inputs, run.info.user_id, options))
+    running = run_document(
+        run_id=run.info.run_id,
+        pipeline=plan.pipeline_id,
+        status=RunStatus.RUNNING,
+        outcomes={},
+        result=None,
+        error=None,
+    )
+    # a resumed run keeps its resume record; a run another live process holds is refused here
+    resume = _resume_record(plan, inputs, run.info.user_id, options) if completed is None else None
     try:
-        with task_streams():
-            document = asyncio.run(run.run(completed))
+        options.stores.runs.save(running, resume=resume)
+        try:
+            with task_streams():
+                document = asyncio.run(run.run(completed))
+            options.stores.runs.save(document)
+        except BaseException as stopped:
+            _record_stopped(run, stopped)
+            if isinstance(stopped, KeyboardInterrupt):
+                raise RunInterrupted(run.info.run_id) from None
+            raise
     finally:
         if own_services:
             services.close()
-    options.stores.runs.save(document)
     return document
+
+
+def _record_stopped(run: _Run, stopped: BaseException) -> None:
+    """Save a run that stopped before it finished as `crashed`, with the top-level tasks it
+    finished (what `resume` keeps), the ones it was running `cancelled`. Best effort: the
+    error that stopped the run is the one to report. Ctrl-C is ignored meanwhile."""
+    if isinstance(stopped, KeyboardInterrupt):
+        error = {
+            "task": None,
+            "type": "Interrupted",
+            "message": "stopped by Ctrl-C before it finished; it can be resumed",
+        }
+    else:
+        error = {"task": None, "type": type(stopped).__name__, "message": str(stopped)}
+    runs = run.shared.options.stores.runs
+    with _ctrl_c_ignored(), contextlib.suppress(Exception):
+        point = runs.resume_point(run.info.run_id)
+        outcomes = {name: TaskOutcome(TaskStatus.CANCELLED) for name in run.reporter.unfinished}
+        outcomes.update(run.restore(point[1] if point else {}))
+        document = run_document(
+            run_id=run.info.run_id,
+            pipeline=run.info.pipeline_id,
+            status=RunStatus.CRASHED,
+            outcomes=run.flatten(outcomes),
+            result=None,
+            error=error,
+        )
+        runs.save(dict(run.shared.redactor.value(document)))
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C for the moment a stopped run takes to record itself (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _resume_record(plan: Plan, inputs: dict[str, Any], user_id: str, options: RunOptions) -> dict[str, Any]:

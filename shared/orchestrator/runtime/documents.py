@@ -21,6 +21,8 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     DEGRADED = "degraded"
     FAILED = "failed"
+    RUNNING = "running"  # recorded before the first task starts
+    CRASHED = "crashed"  # stopped before it finished (Ctrl-C, or its process died): resumable
 
 
 @dataclass(frozen=True)

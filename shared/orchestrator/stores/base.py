@@ -53,7 +53,13 @@ class AuditLog(Protocol):
 
 
 class RunStore(Protocol):
-    """Run documents by run id, with what `resume` needs: a record and per-task checkpoints."""
+    """Run documents by run id, with what `resume` needs: a record and per-task checkpoints.
+
+    A run is saved as `running` before it starts and saved again when it ends. A store that can
+    tell whether the process running a run is alive (SQLite: a lock file held by that process)
+    refuses a second `running` save of a run another live process holds, and `load`/`list`
+    show a `running` run whose process died as `crashed`.
+    """
 
     def save(self, document: dict[str, Any], resume: dict[str, Any] | None = None) -> None: ...
 

@@ -5,13 +5,21 @@ single statement (an upsert or a conditional update with `RETURNING`) or, for a 
 checkpoints, a `BEGIN IMMEDIATE` transaction of upserts, so no transaction is ever upgraded
 from read to write and "database is locked" cannot surface under load. Each thread keeps its
 own connection.
+
+Which `running` runs are alive is not a column: the process running a run holds an exclusive
+`flock` on `locks/<run id>.lock` in the state folder until it saves the run's final document,
+and the kernel drops that lock when the process dies, however it dies. A `running` row whose
+lock nobody holds is read as `crashed`.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import json
+import os
+import platform
 import queue
 import sqlite3
 import threading
@@ -20,7 +28,9 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from orchestrator.errors import OrchestratorError
 from orchestrator.stores.base import Versioned
 
 SCHEMA = """
@@ -258,6 +268,140 @@ def _flush_writers() -> None:
             writer.flush()
 
 
+class RunInProgressError(OrchestratorError):
+    """The run is being run by another live process (its owner is named)."""
+
+    def __init__(self, run_id: str, owner: dict[str, Any]) -> None:
+        self.run_id = run_id
+        self.owner = owner
+        where = f"process {owner.get('pid', '?')} on {owner.get('host', '?')}"
+        super().__init__(
+            f"run '{run_id}' is still running ({where}); wait for it to finish, or stop it and resume it then"
+        )
+
+
+_HELD: dict[str, int] = {}  # lock file -> the descriptor that holds it, in this process
+_HELD_LOCK = threading.Lock()
+_ACQUIRE_PATIENCE = 2.0  # seconds: how long a prober's brief shared lock may delay an owner
+
+
+class _RunLocks:
+    """One lock file per running run, under the state folder's `locks/`.
+
+    The owner holds an exclusive `flock` from before its `running` row is saved until after its
+    final row is saved; a reader that can take a shared lock knows no live process owns the
+    run. `flock` (not `fcntl`/`lockf` record locks) because it belongs to the open file, so a
+    second descriptor in the owner's own process sees it too, and it exists on macOS as on
+    Linux. The file is removed when the run ends; it holds the owner's pid and host for
+    messages only.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+
+    def path(self, run_id: str) -> Path:
+        return self._folder / f"{quote(run_id, safe='')}.lock"
+
+    def acquire(self, run_id: str) -> None:
+        """Hold the run's lock (kept if this process holds it already); RunInProgressError if a
+        live process does."""
+        path = self.path(run_id)
+        with _HELD_LOCK:
+            if str(path) in _HELD:
+                return
+        self._folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        deadline = time.monotonic() + _ACQUIRE_PATIENCE
+        while True:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(descriptor)
+                if time.monotonic() >= deadline:
+                    raise RunInProgressError(run_id, self.owner(run_id)) from None
+                time.sleep(0.01)
+                continue
+            if _same_file(descriptor, path):
+                break
+            os.close(descriptor)  # its previous owner removed it between our open and flock
+        owner = {"pid": os.getpid(), "host": platform.node(), "since": time.time()}
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, json.dumps(owner).encode())
+        with _HELD_LOCK:
+            _HELD[str(path)] = descriptor
+
+    def release(self, run_id: str) -> None:
+        path = self.path(run_id)
+        with _HELD_LOCK:
+            descriptor = _HELD.pop(str(path), None)
+            if descriptor is None:
+                return
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            os.close(descriptor)
+
+    def alive(self, run_id: str) -> bool:
+        """Whether a live process holds the run's lock (this one included)."""
+        path = self.path(run_id)
+        with _HELD_LOCK:
+            if str(path) in _HELD:
+                return True
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(descriptor)  # drops the shared lock, if taken
+        return False
+
+    def owner(self, run_id: str) -> dict[str, Any]:
+        try:
+            found = json.loads(self.path(run_id).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(descriptor)
+    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
+
+
+def _with_finished(document: dict[str, Any], finished: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A `running` document with the checkpoints of the tasks it finished added."""
+    outputs = dict(document.get("outputs") or {})
+    tasks = dict(document.get("tasks") or {})
+    for task, record in finished.items():
+        outputs.setdefault(task, record.get("output"))
+        tasks.setdefault(
+            task,
+            {
+                "status": record.get("status"),
+                "attempts": record.get("attempts", 0),
+                "error": record.get("error"),
+            },
+        )
+    return {**document, "outputs": outputs, "tasks": tasks}
+
+
+def _crashed(document: dict[str, Any]) -> dict[str, Any]:
+    """A `running` document whose process is gone, as it is shown."""
+    error = document.get("error") or {
+        "task": None,
+        "type": "ProcessDied",
+        "message": "the process running it ended before the run finished; it can be resumed",
+    }
+    return {**document, "status": "crashed", "error": error}
+
+
 class SqliteRunStore:
     """Run documents, what a resume needs, and each finished top-level task as a checkpoint.
 
@@ -265,14 +409,31 @@ class SqliteRunStore:
     reading a resume point wait for the checkpoints queued before them. A process killed in the
     moment between a task finishing and its checkpoint's commit runs that task again on
     `resume` (at least once, like a Step Functions retry of a task whose result was lost).
+
+    Saving a `running` document takes the run's lock (`_RunLocks`) for this process, or raises
+    RunInProgressError; saving any other status releases it. `load` and `list` show a `running`
+    run whose lock is free as `crashed`; the row itself is left as it is.
     """
 
     def __init__(self, database: Database) -> None:
         self._db = database
         self._writer: _CheckpointWriter | None = None
         self._writer_lock = threading.Lock()
+        self._locks = _RunLocks(database.path.parent / "locks")
 
     def save(self, document: dict[str, Any], resume: dict[str, Any] | None = None) -> None:
+        running = document["status"] == "running"
+        if running:
+            self._locks.acquire(document["run_id"])
+        written = False
+        try:
+            self._write(document, resume)
+            written = True
+        finally:
+            if not (running and written):
+                self._locks.release(document["run_id"])
+
+    def _write(self, document: dict[str, Any], resume: dict[str, Any] | None) -> None:
         self._flush()
         now = time.time()
         self._db.execute(
@@ -293,7 +454,7 @@ class SqliteRunStore:
 
     def load(self, run_id: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT document FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+        return None if row is None else self._as_seen(dict(json.loads(row[0])))
 
     def list(self, *, pipeline: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         rows = self._db.execute(
@@ -301,7 +462,29 @@ class SqliteRunStore:
             "ORDER BY started_at DESC, run_id DESC LIMIT ?",
             (pipeline, pipeline, limit),
         ).fetchall()
-        return [dict(json.loads(row[0]), started_at=row[1], updated_at=row[2]) for row in rows]
+        return [dict(self._as_seen(json.loads(row[0])), started_at=row[1], updated_at=row[2]) for row in rows]
+
+    def _as_seen(self, document: dict[str, Any]) -> dict[str, Any]:
+        """The document as it is shown: a `running` one with the top-level tasks it has
+        finished so far (what `resume` would keep), and `crashed` if no live process holds its
+        lock."""
+        if document.get("status") != "running":
+            return document
+        run_id = document["run_id"]
+        alive = self._locks.alive(run_id)
+        if not alive:
+            # the owner may have saved its final document, then let go, since the row was read
+            row = self._db.execute("SELECT document FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is not None:
+                document = json.loads(row[0])
+                if document.get("status") != "running":
+                    return document
+        self._flush()
+        finished = self._db.execute(
+            "SELECT task, outcome FROM run_tasks WHERE run_id = ? ORDER BY rowid", (run_id,)
+        ).fetchall()
+        document = _with_finished(document, {task: json.loads(outcome) for task, outcome in finished})
+        return document if alive else _crashed(document)
 
     def checkpoint(self, run_id: str, task: str, outcome: dict[str, Any]) -> None:
         """Queue the outcome, serialised now (later changes to its values are not recorded)."""
