@@ -24,6 +24,15 @@ GUIDE_FIXTURES = sorted((REPO / "tests" / "fixtures" / "guide").glob("*.yaml"))
 PIPELINES = REPO / "pipelines"
 
 
+def input_args(inputs: dict[str, Any]) -> list[str]:
+    """`-i k=v` for each input: strings as they are, anything else as JSON (a YAML flow value)."""
+    arguments: list[str] = []
+    for key, value in inputs.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        arguments += ["-i", f"{key}={text}"]
+    return arguments
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / ".orchestrator"

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs
 import pytest
 import yaml
 
-from conftest import GUIDE_FIXTURES, PIPELINES, CliResult
+from conftest import GUIDE_FIXTURES, PIPELINES, CliResult, input_args
 from fakes.fixtures import fake_openai, fake_search  # noqa: F401
 from fakes.servers import FakeOpenAIServer, FakeResponse, FakeSearchServer
 
@@ -58,15 +58,6 @@ ALL_FILES = sorted([*GUIDE_PIPELINES, *CHILD_PIPELINES, "demo"])
 
 def pipeline(stem: str) -> Path:
     return PIPELINES / f"{stem}.yaml"
-
-
-def input_args(inputs: dict[str, Any]) -> list[str]:
-    """`-i k=v` for each input: strings as they are, anything else as JSON (a YAML flow value)."""
-    arguments: list[str] = []
-    for key, value in inputs.items():
-        text = value if isinstance(value, str) else json.dumps(value)
-        arguments += ["-i", f"{key}={text}"]
-    return arguments
 
 
 def run(cli: Cli, path: Path, *options: str, **inputs: Any) -> dict[str, Any]:

@@ -9,14 +9,13 @@ where the block asks for one. The adapted, fully runnable versions are in pipeli
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import yaml
 
-from conftest import GUIDE_FIXTURES, CliResult
+from conftest import GUIDE_FIXTURES, CliResult, input_args
 from fakes.fixtures import fake_openai  # noqa: F401
 from fakes.servers import FakeOpenAIServer
 
@@ -59,14 +58,6 @@ def _llm_reply(body: Any) -> str:
     return f"answer to: {prompt[:40]}"
 
 
-def _input_arguments(inputs: dict[str, Any]) -> list[str]:
-    arguments: list[str] = []
-    for key, value in inputs.items():
-        text = value if isinstance(value, str) else json.dumps(value)
-        arguments += ["-i", f"{key}={text}"]
-    return arguments
-
-
 def test_the_fixtures_are_the_sixteen_guide_blocks() -> None:
     names = {path.stem: yaml.safe_load(path.read_text(encoding="utf-8"))["name"] for path in GUIDE_FIXTURES}
     assert len(names) == 16
@@ -95,7 +86,7 @@ def test_a_runnable_guide_block_runs_as_written(
         monkeypatch.setenv("ORCHESTRATOR_REDIS_URL", request.getfixturevalue("redis_server"))
 
     # WHEN it runs with the inputs its templates name
-    result = cli("run", path, "--json", *_input_arguments(INPUTS[stem]))
+    result = cli("run", path, "--json", *input_args(INPUTS[stem]))
 
     # THEN it finishes, and every task it ran has an outcome that is not a failure
     document = result.document()
