@@ -5,6 +5,12 @@ the template itself so their schema cannot drift; the payload bucket; a KMS key;
 this machine knows; one Lambda function per task type and the dispatch function), starts the
 pipeline's exact state machine and waits for it. moto cannot run Lambda code without Docker,
 so each invocation is handed, in process, to the project's own handler in `functions/`.
+
+What a user sees is what the tasks print and the run's outcome, as with the embedded engine,
+not what AWS would keep for the operator: the functions run with Powertools metrics disabled
+(as `sam local` allows through the same variables), what they write to stdout (Powertools'
+JSON logs, EMF metrics) would go to CloudWatch Logs and is dropped, and moto's own logging
+(its evaluation errors print whole state definitions) is silenced while emulating.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import logging
 import os
 import sys
 import threading
@@ -133,23 +140,33 @@ class _Invoker:
             # in process-wide state that concurrent handlers in one process would share.
             with self.lock:
                 result = module.lambda_handler(event, LambdaContext(name))
-        except Exception as error:  # the Lambda runtime reports it as a function error
-            payload = {"errorMessage": str(error), "errorType": type(error).__name__, "stackTrace": []}
+        except BaseException as error:  # the Lambda runtime reports it as a function error
+            # (SystemExit or KeyboardInterrupt too: from the function's code, as this is not
+            # the main thread; escaping, they would end moto's thread and the execution would
+            # never finish. The same type and message as the embedded engine's sandbox gives.)
+            payload = {
+                "errorMessage": str(error) or type(error).__name__,
+                "errorType": type(error).__name__,
+                "stackTrace": [],
+            }
             return json.dumps(payload), True, ""
         return json.dumps(result), False, ""
 
 
 class _LambdaStdout:
-    """stdout while emulating: what Lambda code prints (logs, EMF metrics) goes to stderr,
-    as it would go to CloudWatch, so stdout stays the caller's alone."""
+    """stdout while emulating: what Lambda code writes there (Powertools' JSON logs, EMF
+    metrics) would go to the function's CloudWatch log group, not to the user's terminal, so it
+    is dropped; stdout stays the caller's alone. (A task's own prints are not among these: they
+    become `[task]` lines on stderr, as on the embedded engine.)"""
 
     def __init__(self, real: TextIO, owner: int) -> None:
         self._real = real
         self._owner = owner
 
     def write(self, text: str) -> int:
-        target = self._real if threading.get_ident() == self._owner else sys.stderr
-        return target.write(text)
+        if threading.get_ident() == self._owner:
+            return self._real.write(text)
+        return len(text)
 
     def flush(self) -> None:
         self._real.flush()
@@ -174,11 +191,14 @@ def emulated_aws(root: Path | None = None) -> Iterator[dict[str, str]]:
             "POWERTOOLS_SERVICE_NAME": "orchestrator",
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_METRICS_NAMESPACE": "Orchestrator",
+            # an emulated run publishes no metrics and logs only warnings (sam local's way)
+            "POWERTOOLS_METRICS_DISABLED": "true",
+            "POWERTOOLS_LOG_LEVEL": "WARNING",
             "ORCHESTRATOR_PAYLOAD_BUCKET": BUCKET,
         }
     )
     try:
-        with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        with _quiet("moto"), mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
             arns = _create_resources(root)
             from moto.awslambda.models import LambdaFunction
 
@@ -200,6 +220,55 @@ def emulated_aws(root: Path | None = None) -> Iterator[dict[str, str]]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Within: records of logger `name` and its children reach no handler (and not Python's
+    last-resort one, which prints warnings and errors to stderr)."""
+    logger = logging.getLogger(name)
+    saved = logger.propagate
+    sink = logging.NullHandler()
+    logger.addHandler(sink)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.propagate = saved
+        logger.removeHandler(sink)
+
+
+@contextmanager
+def _history_listener(listener: Callable[[dict[str, Any]], None] | None) -> Iterator[None]:
+    """Within: `listener` hears each history event of the emulated executions as it is recorded.
+
+    moto records an event under its history's lock, in id order; the event is given as
+    `GetExecutionHistory` would give it (its `type` a plain string). An exception the listener
+    raises does not reach the execution: listening stops and it is raised here at the end.
+    """
+    if listener is None:
+        yield
+        return
+    from moto.stepfunctions.parser.asl.eval.event.event_manager import EventManager
+
+    original = EventManager._publish_history_event
+    failures: list[Exception] = []
+
+    def publish(self: EventManager, *arguments: Any, **keywords: Any) -> None:
+        original(self, *arguments, **keywords)
+        if failures:
+            return
+        event = dict(self._history_event_list[-1])
+        event["type"] = str(getattr(event["type"], "value", event["type"]))
+        try:
+            listener(event)
+        except Exception as error:
+            failures.append(error)
+
+    with mock.patch.object(EventManager, "_publish_history_event", publish):
+        yield
+    if failures:
+        raise failures[0]
 
 
 def _create_resources(root: Path) -> dict[str, str]:
@@ -263,15 +332,21 @@ def substitute(definition: dict[str, Any], arns: dict[str, str]) -> str:
 
 
 def run_execution(
-    plan: Plan, build_input: Callable[[], dict[str, Any]], run_id: str, *, poll: float = 0.01
+    plan: Plan,
+    build_input: Callable[[], dict[str, Any]],
+    run_id: str,
+    *,
+    poll: float = 0.01,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run a plan's state machine on the emulator; its status, output and history.
 
-    `build_input` is called inside the emulated account (sealing sensitive inputs needs its KMS).
+    `build_input` is called inside the emulated account (sealing sensitive inputs needs its KMS);
+    `on_event` hears each history event as the execution records it (on the emulator's thread).
     """
     import boto3
 
-    with emulated_aws() as arns:
+    with emulated_aws() as arns, _history_listener(on_event):
         # the functions find task definitions by pipeline id, beside the file being run
         os.environ["ORCHESTRATOR_PIPELINES_DIR"] = str(plan.path.resolve().parent)
         client = boto3.client("stepfunctions", region_name=REGION)

@@ -2,18 +2,23 @@
 
 Statuses, outputs and errors come from the execution's output (`$.tasks`); attempts from the
 history (how many times each task's state scheduled its Lambda); the run's error from the
-`ExecutionFailed` event and the last failed task.
+`ExecutionFailed` event and the last failed task. `HistoryProgress` tells an observer (the
+CLI's progress lines) about top-level tasks from the same history, event by event.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.plan import Plan
 from orchestrator.runtime.documents import ErrorInfo, RunStatus, TaskOutcome, TaskStatus, run_document
 from orchestrator.spec.models import ParallelGroup
+
+if TYPE_CHECKING:
+    from orchestrator.engine.local import Observer
 
 
 def error_from_catch(caught: dict[str, Any] | None) -> ErrorInfo | None:
@@ -50,6 +55,7 @@ def scheduled_counts(history: list[dict[str, Any]]) -> Counter[str]:
     """How many attempts each state made (retries included): Lambda calls, Map and Parallel runs."""
     counts: Counter[str] = Counter()
     current: dict[int, str] = {}
+    by_id = {e["id"]: e for e in history}
     for event in history:
         kind = event["type"]
         if kind.endswith("StateEntered"):
@@ -57,22 +63,21 @@ def scheduled_counts(history: list[dict[str, Any]]) -> Counter[str]:
             current[event["id"]] = name
             counts.setdefault(name, 0)
         elif kind in ATTEMPT_EVENTS:
-            entered = _entered_state(event, history, current)
+            entered = _entered_state(event, by_id, current)
             if entered is not None:
                 counts[entered] += 1
         elif kind == "TaskFailed" and event["taskFailedEventDetails"].get("error", "").startswith("Lambda."):
             # the Lambda service refused the call (throttled, unavailable): the task never ran
-            entered = _entered_state(event, history, current)
+            entered = _entered_state(event, by_id, current)
             if entered is not None:
                 counts[entered] -= 1
     return counts
 
 
 def _entered_state(
-    event: dict[str, Any], history: list[dict[str, Any]], current: dict[int, str]
+    event: dict[str, Any], by_id: dict[int, dict[str, Any]], current: dict[int, str]
 ) -> str | None:
     previous = event.get("previousEventId")
-    by_id = {e["id"]: e for e in history}
     while previous:
         if previous in current:
             return current[previous]
@@ -160,7 +165,7 @@ def _run_error(history: list[dict[str, Any]], execution_status: str) -> dict[str
         if event["type"] in {"TaskFailed", "LambdaFunctionFailed", "TaskTimedOut"}:
             entered = _entered_state(
                 event,
-                history,
+                {e["id"]: e for e in history},
                 {
                     e["id"]: e["stateEnteredEventDetails"]["name"]
                     for e in history
@@ -180,3 +185,83 @@ def _run_error(history: list[dict[str, Any]], execution_status: str) -> dict[str
     info = error_from_catch({"Error": details.get("error"), "Cause": details.get("cause")})
     assert info is not None
     return {"task": task, "type": info.type, "message": info.message}
+
+
+class HistoryProgress:
+    """Top-level tasks starting and finishing, told to an observer (the CLI's progress lines)
+    from the history events of an execution as it records them.
+
+    A top-level state (no `/` in its name) belongs to the task `task_of_state(name)`, and
+    top-level tasks run one after another: a task starts when the execution enters its first
+    state and has finished when it enters a state of anything else, or succeeds. Its outcome is
+    then read as `document_from_execution` reads it: the record in `$.tasks.<name>` of the output
+    of its last state, the attempts from its events. A task without such a record (the one that
+    failed the execution) is told by `finish`, from the run document.
+    """
+
+    def __init__(self, plan: Plan, observer: Observer) -> None:
+        self._tasks = frozenset(plan.body.nodes)
+        self._observer = observer
+        self._lock = threading.Lock()
+        self._current: str | None = None
+        self._events: list[dict[str, Any]] = []  # the current task's, for its attempts
+        self._unfinished: list[str] = []
+
+    def event(self, event: dict[str, Any]) -> None:
+        """One history event (as `GetExecutionHistory` gives it), in the order they are recorded."""
+        with self._lock:
+            entered = event.get("stateEnteredEventDetails")
+            if entered is not None and "/" not in entered["name"]:
+                task = task_of_state(entered["name"])
+                if task != self._current:
+                    self._leave()
+                    if task in self._tasks:
+                        self._current = task
+                        self._unfinished.append(task)
+                        self._observer.task_started(task)
+            elif event["type"] == "ExecutionSucceeded":
+                self._leave()
+            if self._current is not None:
+                self._events.append(event)
+
+    def finish(self, document: dict[str, Any]) -> None:
+        """The execution has ended: the tasks not told finished yet, as `document` has them."""
+        with self._lock:
+            self._current, self._events = None, []
+            for name in self._unfinished:
+                record = document["tasks"].get(name)
+                if record is not None:
+                    error = record.get("error")
+                    outcome = TaskOutcome(
+                        TaskStatus(record["status"]),
+                        document["outputs"].get(name),
+                        int(record.get("attempts", 0)),
+                        ErrorInfo(str(error["type"]), str(error["message"])) if error else None,
+                    )
+                    self._observer.task_finished(name, outcome)
+            self._unfinished = []
+
+    def _leave(self) -> None:
+        name, events = self._current, self._events
+        self._current, self._events = None, []
+        if name is None:
+            return
+        record = _last_record(events, name)
+        if record is None:  # left without a result: `finish` tells it
+            return
+        self._unfinished.remove(name)
+        self._observer.task_finished(name, _outcome(record, scheduled_counts(events).get(name, 0)))
+
+
+def _last_record(events: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """`$.tasks.<name>` in the output of the last top-level state that exited, if there."""
+    for event in reversed(events):
+        details = event.get("stateExitedEventDetails")
+        if details and "/" not in details["name"]:
+            try:
+                tasks = json.loads(details.get("output") or "{}").get("tasks")
+            except (ValueError, AttributeError):
+                return None
+            record = tasks.get(name) if isinstance(tasks, dict) else None
+            return record if isinstance(record, dict) else None
+    return None

@@ -3,7 +3,9 @@
 The pipeline is compiled, its resources are created in moto, and that exact state machine
 runs on moto's Step Functions emulator with the project's Lambda handlers called in process
 (`emulator.py`). Sensitive inputs enter the execution sealed with KMS; the `outputs` section
-is rendered by the state machine's last state, a dispatch call, into `$.result`.
+is rendered by the state machine's last state, a dispatch call, into `$.result`. The run's
+observer (the CLI's progress lines) hears about top-level tasks from the execution's history
+as it is recorded (`execution.HistoryProgress`), as the embedded engine tells it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.aws.emulator import run_execution
-from orchestrator.aws.execution import document_from_execution
+from orchestrator.aws.execution import HistoryProgress, document_from_execution
 from orchestrator.engine.local import RunOptions, new_run_id
 from orchestrator.plan import Plan
 from orchestrator.runtime.documents import RunStatus
@@ -49,7 +51,13 @@ def run_plan_on_stepfunctions(plan: Plan, inputs: dict[str, Any], options: RunOp
         "user_id": options.user_id or getpass.getuser(),
         "no_cache": options.no_cache,
     }
-    execution = run_execution(plan, lambda: execution_input(plan, inputs, run), run_id)
+    progress = HistoryProgress(plan, options.observer) if options.observer is not None else None
+    execution = run_execution(
+        plan,
+        lambda: execution_input(plan, inputs, run),
+        run_id,
+        on_event=progress.event if progress is not None else None,
+    )
     document = document_from_execution(
         plan, run_id, execution["status"], execution["output"], execution["history"]
     )
@@ -59,5 +67,7 @@ def run_plan_on_stepfunctions(plan: Plan, inputs: dict[str, Any], options: RunOp
     for name in plan.pipeline.sensitive_inputs() & set(inputs):
         redactor.add(inputs[name])
     document = dict(redactor.value(document))
+    if progress is not None:
+        progress.finish(document)
     options.stores.runs.save(document)
     return document
