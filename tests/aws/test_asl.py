@@ -195,9 +195,9 @@ def test_loops_compile_to_map_and_a_choice_back_edge() -> None:
     assert s3["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
     assert s3["ItemReader"]["Parameters"] == {"Bucket": "my-bucket", "Key": "items/list.json"}
     loop = states["improve"]["Branches"][0]["States"]
-    assert loop["improve/check"]["Choices"][0]["Next"] == "improve/step"
-    assert loop["improve/step"]["Next"] == "improve/advance"
-    assert loop["improve/advance"]["Next"] == "improve/check"
+    assert loop["improve/.check"]["Choices"][0]["Next"] == "improve/step"
+    assert loop["improve/step"]["Next"] == "improve/.advance"
+    assert loop["improve/.advance"]["Next"] == "improve/.check"
     assert states["improve"]["Catch"][0]["Next"] == "improve.failed"
 
 

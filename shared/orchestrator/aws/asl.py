@@ -87,6 +87,9 @@ class Scope:
     locations: dict[str, str] = field(default_factory=dict)  # task name -> its result's JSONPath
 
     def state_name(self, *parts: str) -> str:
+        """The state of a task (`state_name(task)`), or one of the compiler's states around it
+        (`state_name(task, role)`, `task.role`). Task names are identifiers, so they never hold
+        a dot: no task's state can collide with another task's or the compiler's."""
         name = self.prefix + ".".join(parts)
         if len(name) <= MAX_STATE_NAME:
             return name
@@ -587,10 +590,11 @@ def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> 
         "state.$": "$.Payload.state",
         "continue.$": "$.Payload.continue",
     }
-    first = inner.state_name("start")
-    check = inner.state_name("check")
-    advance = inner.state_name("advance")
-    done = inner.state_name("done")
+    # the loop's own states are named like `.result`: with a dot, unlike any task of the body
+    first = inner.state_name("", "start")
+    check = inner.state_name("", "check")
+    advance = inner.state_name("", "advance")
+    done = inner.state_name("", "done")
     start_state = _invoke(
         "dispatch", _payload(node, scope, pipeline_id, action="while", loop={"index": 0, "state": {}})
     )
