@@ -7,8 +7,7 @@ pipeline's exact state machine and waits for it. moto cannot run Lambda code wit
 so each invocation is handed, in process, to the project's own handler in `functions/`.
 
 What a user sees is what the tasks print and the run's outcome, as with the embedded engine,
-not what AWS would keep for the operator: the functions run with Powertools metrics disabled
-(as `sam local` allows through the same variables), what they write to stdout (Powertools'
+not what AWS would keep for the operator: what the functions write to stdout (Powertools'
 JSON logs, EMF metrics) would go to CloudWatch Logs and is dropped, and moto's own logging
 (its evaluation errors print whole state definitions) is silenced while emulating.
 """
@@ -191,8 +190,9 @@ def emulated_aws(root: Path | None = None) -> Iterator[dict[str, str]]:
             "POWERTOOLS_SERVICE_NAME": "orchestrator",
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_METRICS_NAMESPACE": "Orchestrator",
-            # an emulated run publishes no metrics and logs only warnings (sam local's way)
-            "POWERTOOLS_METRICS_DISABLED": "true",
+            # logs only warnings (sam local's way). Metrics stay on, as on AWS: their EMF lines
+            # go to stdout, which is dropped (`_LambdaStdout`). Disabled, Powertools would never
+            # clear its metric set, and after 100 calls warn of empty metrics on every call.
             "POWERTOOLS_LOG_LEVEL": "WARNING",
             "ORCHESTRATOR_PAYLOAD_BUCKET": BUCKET,
         }
