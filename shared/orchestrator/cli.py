@@ -12,6 +12,7 @@ from typing import Any, ClassVar, TextIO
 
 from orchestrator import __version__
 from orchestrator.errors import (
+    CompileError,
     ConfigError,
     InputError,
     MissingDependenciesError,
@@ -230,7 +231,11 @@ def command_run(arguments: argparse.Namespace) -> int:
     if arguments.engine == "stepfunctions":
         from orchestrator.aws.stepfunctions_engine import run_plan_on_stepfunctions
 
-        document = run_plan_on_stepfunctions(plan, inputs, options)
+        try:
+            document = run_plan_on_stepfunctions(plan, inputs, options)
+        except CompileError as error:
+            _print_compile_error(arguments.file, error)
+            return EXIT_INVALID
     else:
         document = run_plan(plan, inputs, options)
     if arguments.json:
@@ -347,8 +352,14 @@ def _print_summary(document: dict[str, Any]) -> None:
     print(json.dumps(shown, indent=2, default=str))
 
 
+def _print_compile_error(file: Path, error: CompileError) -> None:
+    """One located line: `FILE:LINE:COLUMN: cannot compile: ... (yaml.path)`."""
+    located = error.diagnostic is not None
+    print(str(error) if located else f"{file}: cannot compile: {error}", file=sys.stderr)
+
+
 def command_compile(arguments: argparse.Namespace) -> int:
-    from orchestrator.aws.asl import CompileError, compile_pipeline
+    from orchestrator.aws.asl import compile_pipeline
 
     plan = _plan_or_none(arguments.file)
     if plan is None:
@@ -356,7 +367,7 @@ def command_compile(arguments: argparse.Namespace) -> int:
     try:
         definition = compile_pipeline(plan)
     except CompileError as error:
-        print(f"{arguments.file}: cannot compile: {error}", file=sys.stderr)
+        _print_compile_error(arguments.file, error)
         return EXIT_FAILED
     text = json.dumps(definition, indent=2, sort_keys=True) + "\n"
     if arguments.output is None:
@@ -378,15 +389,18 @@ def command_compile(arguments: argparse.Namespace) -> int:
 def command_build(arguments: argparse.Namespace) -> int:
     from orchestrator.aws.build import build_app, stale_files
 
-    if arguments.check:
-        stale = stale_files(arguments.root)
-        for name in stale:
-            print(f"stale: {name} (run 'orchestrator build')", file=sys.stderr)
-        return EXIT_FAILED if stale else EXIT_OK
     try:
+        if arguments.check:
+            stale = stale_files(arguments.root)
+            for name in stale:
+                print(f"stale: {name} (run 'orchestrator build')", file=sys.stderr)
+            return EXIT_FAILED if stale else EXIT_OK
         written = build_app(arguments.root)
     except PipelineValidationError as error:
         _print_diagnostics(error)
+        return EXIT_FAILED
+    except CompileError as error:
+        _print_compile_error(arguments.root, error)
         return EXIT_FAILED
     for path in written:
         print(path)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from orchestrator.error_types import is_retryable
+
 
 class OrchestratorError(Exception):
     """Root of every error Orchestrator raises on purpose."""
@@ -47,13 +49,39 @@ class ConfigError(OrchestratorError):
 
 
 class TaskError(OrchestratorError):
-    """A task attempt failed. `error_type` is what run documents and Catch rules see."""
+    """A task attempt failed. `error_type` is what run documents and Catch rules see.
 
-    def __init__(self, error_type: str, message: str, *, retryable: bool = True) -> None:
+    Whether a retry may help is the error type's, never the raise site's: see
+    `orchestrator.error_types` (a type that is not registered, such as a script's
+    `ValueError`, is retryable).
+    """
+
+    def __init__(self, error_type: str, message: str) -> None:
         self.error_type = error_type
         self.message = message
-        self.retryable = retryable
         super().__init__(f"{error_type}: {message}")
+
+    @property
+    def retryable(self) -> bool:
+        return is_retryable(self.error_type)
+
+
+class CompileError(OrchestratorError):
+    """A valid pipeline uses a construct that cannot be expressed in a state machine.
+
+    Raised with the YAML `location` of the construct; the compiler adds `diagnostic` (file,
+    line and column) once it knows which file that location is in, and `str()` is then the
+    located one-line message.
+    """
+
+    def __init__(self, message: str, location: tuple[str | int, ...] = ()) -> None:
+        self.message = message
+        self.location = location
+        self.diagnostic: Diagnostic | None = None
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return self.diagnostic.format() if self.diagnostic is not None else self.message
 
 
 class MissingDependenciesError(OrchestratorError):

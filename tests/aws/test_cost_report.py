@@ -45,11 +45,13 @@ def test_demo_needs_one_leaf_call_per_executed_task_and_pays_the_while_loop_in_d
     assert result["status"] == "SUCCEEDED"
     assert result["leaf_calls"] == 12
     assert result["leaf_skipped_without_call"] == 0
-    # the while loop costs a dispatch call to start and one per step (1 + 3), and the
-    # outputs section one more where the state machine renders it
+    # the while loop costs a dispatch call to start and one per step (1 + 3), the for_loop
+    # over a task's output one to give its items (it may be a mapping), and the outputs
+    # section one more where the state machine renders it
     outputs = 1 if _renders_outputs_by_dispatch(path) else 0
     assert result["dispatch_actions"].get("while") == 4
-    assert result["dispatch_calls"] == 4 + outputs
+    assert result["dispatch_actions"].get("items") == 1
+    assert result["dispatch_calls"] == 4 + 1 + outputs
     assert result["lambda_calls"] == result["leaf_calls"] + result["dispatch_calls"]
     # and a Standard workflow bills more transitions than the minimum of one per leaf call
     assert result["transitions"] > result["leaf_calls"]

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from orchestrator import error_types
 from orchestrator.aws.conditions import parse_expression, to_choice_rule, truthiness_choices
-from orchestrator.errors import PipelineValidationError
+from orchestrator.errors import CompileError, PipelineValidationError
 from orchestrator.plan import Body, Node, Plan, build_plan
 from orchestrator.runtime.policy import effective_policy, task_timeout
 from orchestrator.spec.loading import read_pipeline
@@ -45,19 +46,7 @@ FUNCTION_PLACEHOLDERS = {
     "dispatch": "${DispatchFunctionArn}",
 }
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
-NON_RETRYABLE = [
-    "TemplateError",
-    "ScriptSyntaxError",
-    "OutputNotSerializable",
-    "SecretNotFound",
-    "InvalidTaskSpec",
-    "LLMConfigurationError",
-    "SearchConfigurationError",
-    "InvalidLoopItems",
-    "ChildPipelineInvalid",
-    "UnknownPipelineError",
-    "UnknownTaskError",
-]
+NON_RETRYABLE = list(error_types.NON_RETRYABLE)  # the registry's, sorted: never retried
 LAMBDA_SERVICE_ERRORS = [
     "Lambda.ServiceException",
     "Lambda.AWSLambdaException",
@@ -67,10 +56,6 @@ LAMBDA_SERVICE_ERRORS = [
 LEAF_SELECTOR = {"status.$": "$.Payload.status", "output.$": "$.Payload.output"}
 MAX_STATE_NAME = 80
 TIMEOUT_GRACE = 5
-
-
-class CompileError(Exception):
-    """A construct that cannot be expressed in ASL (raised with the task's location)."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +133,11 @@ def compile_pipeline(plan: Plan) -> dict[str, Any]:
                 }
             ],
         }
-    states, start = _compile_body(plan.body, scope, plan.pipeline_id, end_state=finish)
+    try:
+        states, start = _compile_body(plan.body, scope, plan.pipeline_id, end_state=finish)
+    except CompileError as error:
+        _locate(error, plan)
+        raise
     definition: dict[str, Any] = {
         "Comment": f"{plan.pipeline.name} ({plan.pipeline_id}), compiled by orchestrator",
         "StartAt": start,
@@ -157,6 +146,12 @@ def compile_pipeline(plan: Plan) -> dict[str, Any]:
     if plan.pipeline.resource_limits.timeout:
         definition["TimeoutSeconds"] = math.ceil(plan.pipeline.resource_limits.timeout)
     return definition
+
+
+def _locate(error: CompileError, plan: Plan) -> None:
+    """Give `error` its file, line and column in `plan` (the innermost plan: a child's wins)."""
+    if error.diagnostic is None:
+        error.diagnostic = plan.source.source.diagnostic(error.location, f"cannot compile: {error.message}")
 
 
 def compile_file(path: Path) -> dict[str, Any]:
@@ -235,7 +230,7 @@ def _compile_node(node: Node, scope: Scope, pipeline_id: str) -> Segment:
         return _guarded(node, scope, _dynamic_group(node, task, scope, pipeline_id), leaf=False)
     if isinstance(task, PipelineGroup):
         return _guarded(node, scope, _pipeline_group(node, task, scope), leaf=False)
-    raise CompileError(f"cannot compile task type {node.kind}")
+    raise CompileError(f"task '{node.name}': a {node.kind} has no state machine form", node.location)
 
 
 # leaf tasks -------------------------------------------------------------------------------
@@ -395,7 +390,10 @@ def _guarded(node: Node, scope: Scope, state: dict[str, Any], *, leaf: bool) -> 
         fallback_name = scope.state_name(node.name, "fallback")
         kind = str(getattr(policy.fallback, "type", "python_task"))
         if kind not in FUNCTION_PLACEHOLDERS:
-            raise CompileError(f"task '{node.name}': a fallback must be a python, llm or web search task")
+            raise CompileError(
+                f"task '{node.name}': on AWS a fallback must be a python, llm or web search task, not {kind}",
+                (*node.location, "error_handling", "fallback"),
+            )
         fallback = _invoke(
             kind,
             _payload(node, scope, scope.pipeline_id, reference=_reference(node) + ".error_handling.fallback"),
@@ -494,13 +492,18 @@ def _items_source(node: Node, task: ForLoop, scope: Scope) -> tuple[str, dict[st
     if isinstance(source, list):
         name = scope.state_name(node.name, "items")
         return name, {name: {"Type": "Pass", "Result": {"value": source}, "ResultPath": items_path}}
+    # An input declared as an array is read where it lies. Anything else may be a mapping,
+    # whose [key, value] pairs ASL cannot make: the dispatch function gives the items, by the
+    # runtime's `loop_items`, as the embedded engine does.
     expression = jinja.single_expression(source)
     parsed = parse_expression(expression) if expression else None
-    from orchestrator.aws.conditions import json_path
+    from jinja2 import nodes
 
-    path = json_path(parsed, scope.path_of) if parsed is not None else None
-    if path is not None:
-        return path, {}
+    declared = scope.pipeline.input_variables
+    if isinstance(parsed, nodes.Name) and parsed.name in declared and declared[parsed.name].type == "array":
+        path = scope.path_of(parsed.name)  # a task or a loop variable of that name comes first
+        if path == f"{scope.inputs_path}.{parsed.name}":
+            return path, {}
     name = scope.state_name(node.name, "items")
     state = _invoke("dispatch", _payload(node, scope, scope.pipeline_id, action="items"))
     state["ResultSelector"] = {"value.$": "$.Payload"}
@@ -752,7 +755,11 @@ def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, 
         try:
             child_plan = build_plan(read_pipeline(child_path))
         except PipelineValidationError as error:
-            raise CompileError(f"task '{node.name}': child pipeline {child.pipeline}: {error}") from None
+            problems = "; ".join(diagnostic.format() for diagnostic in error.diagnostics)
+            raise CompileError(
+                f"task '{node.name}': child pipeline {child.pipeline} is not valid: {problems}",
+                (*node.location, "pipelines", index, "pipeline"),
+            ) from None
         identifiers.append(child_plan.pipeline_id)
         inputs_path = f"$.child_inputs.{child_plan.pipeline_id}.value"
         child_scope = Scope(
@@ -763,7 +770,13 @@ def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, 
             inputs_path=inputs_path,
         )
         collect = {"Type": "Pass", "Parameters": _outputs_map(child_plan.body)}
-        states, start = _compile_body(child_plan.body, child_scope, child_plan.pipeline_id, end_state=collect)
+        try:
+            states, start = _compile_body(
+                child_plan.body, child_scope, child_plan.pipeline_id, end_state=collect
+            )
+        except CompileError as error:
+            _locate(error, child_plan)
+            raise
         inputs_name = child_scope.prefix + "inputs"
         inputs_state = _invoke(
             "dispatch", _payload(node, scope, scope.pipeline_id, action="child_inputs", child=index)

@@ -56,6 +56,7 @@ from orchestrator.runtime.context import RunInfo, StateConflictError
 from orchestrator.runtime.generated import plan_generated, validate_spec
 from orchestrator.runtime.inputs import resolve_inputs
 from orchestrator.runtime.leaf import LEAF_TYPES, Services, cache_key, canonical_hash, render, run_leaf
+from orchestrator.runtime.loops import loop_items
 from orchestrator.runtime.policy import effective_policy, task_timeout
 from orchestrator.runtime.redact import Redactor
 from orchestrator.runtime.scope import LoopFrame, Scope
@@ -368,7 +369,7 @@ def _inline_location(around: TaskLocation, spec: dict[str, Any], name: str | Non
         body = plan_tasks([task], around.plan.source.source)
     except PipelineValidationError as error:
         message = "; ".join(d.message for d in error.diagnostics)
-        raise TaskError("InvalidTaskSpec", message, retryable=False) from None
+        raise TaskError("InvalidTaskSpec", message) from None
     (node,) = body.nodes.values()
     loop = around.task if isinstance(around.task, ForLoop | WhileLoop) else around.loop
     return TaskLocation(
@@ -738,7 +739,7 @@ def run_task_event(
             try:
                 should_run = jinja.evaluate_condition(task.condition, prepared.scope)
             except OrchestratorError as error:
-                raise TaskError("TemplateError", str(error), retryable=False) from None
+                raise TaskError("TemplateError", str(error)) from None
             if not should_run:
                 return {"status": "skipped", "output": None}
         services = services or default_services(settings)
@@ -806,7 +807,7 @@ def _condition(prepared: _Prepared, event: DispatchEvent) -> dict[str, Any]:
     try:
         value = jinja.evaluate_condition(task.condition, prepared.scope)
     except OrchestratorError as error:
-        raise TaskError("TemplateError", str(error), retryable=False) from None
+        raise TaskError("TemplateError", str(error)) from None
     return {"value": value}
 
 
@@ -814,18 +815,12 @@ def _items(prepared: _Prepared, event: DispatchEvent) -> list[Any]:
     task = prepared.location.task
     if not isinstance(task, ForLoop):
         raise DispatchError(f"'items' needs a for_loop, not {type(task).__name__}")
-    items = (
+    items = loop_items(
         _rendered(task.iterate_over, prepared.scope)
         if isinstance(task.iterate_over, str)
         else task.iterate_over
     )
-    if isinstance(items, dict):
-        items = [list(pair) for pair in items.items()]
-    if not isinstance(items, list | tuple):
-        raise TaskError(
-            "InvalidLoopItems", f"iterate_over must give a list, got {type(items).__name__}", retryable=False
-        )
-    return list(prepared.run.redactor.value(list(items)))
+    return list(prepared.run.redactor.value(items))
 
 
 def _render(prepared: _Prepared, event: DispatchEvent) -> dict[str, Any]:
@@ -871,7 +866,7 @@ def _while(prepared: _Prepared, event: DispatchEvent) -> dict[str, Any]:
         try:
             keep_going = jinja.evaluate_condition(task.condition, iteration)
         except OrchestratorError as error:
-            raise TaskError("TemplateError", str(error), retryable=False) from None
+            raise TaskError("TemplateError", str(error)) from None
     return {"index": index, "state": prepared.run.redactor.value(state), "continue": keep_going}
 
 
@@ -907,7 +902,7 @@ def _child_inputs(prepared: _Prepared, event: DispatchEvent, sealer: Sealer | No
         child_plan = _load(path).plan
         inputs = resolve_inputs(child_plan.pipeline, _rendered(child.inputs, prepared.scope))
     except OrchestratorError as error:
-        raise TaskError("ChildPipelineInvalid", f"{child.pipeline}: {error}", retryable=False) from None
+        raise TaskError("ChildPipelineInvalid", f"{child.pipeline}: {error}") from None
     redactor = prepared.run.redactor
     secret = {name for name, value in inputs.items() if redactor.value(value) != value}
     names = child_plan.pipeline.sensitive_inputs() | secret

@@ -39,6 +39,7 @@ from orchestrator.runtime.documents import (
 from orchestrator.runtime.generated import plan_generated
 from orchestrator.runtime.inputs import resolve_inputs
 from orchestrator.runtime.leaf import LEAF_TYPES, Services, cache_key, render, run_leaf
+from orchestrator.runtime.loops import loop_items
 from orchestrator.runtime.policy import ErrorPolicy, effective_policy, task_timeout
 from orchestrator.runtime.redact import MASK, Redactor
 from orchestrator.runtime.scope import LoopFrame, Scope
@@ -553,15 +554,9 @@ class _Run:
 
     # containers ---------------------------------------------------------------------------
     async def for_loop(self, task: ForLoop, body: Body, scope: Scope, depth: int) -> list[Any]:
-        items = render(task.iterate_over, scope) if isinstance(task.iterate_over, str) else task.iterate_over
-        if isinstance(items, dict):
-            items = list(items.items())
-        if not isinstance(items, list | tuple):
-            raise TaskError(
-                "InvalidLoopItems",
-                f"iterate_over must give a list, got {type(items).__name__}",
-                retryable=False,
-            )
+        items = loop_items(
+            render(task.iterate_over, scope) if isinstance(task.iterate_over, str) else task.iterate_over
+        )
         results: list[Any] = [None] * len(items)
         positions = iter(range(len(items)))
 
@@ -590,7 +585,7 @@ class _Run:
             try:
                 keep_going = jinja.evaluate_condition(task.condition, iteration)
             except OrchestratorError as error:
-                raise TaskError("TemplateError", str(error), retryable=False) from None
+                raise TaskError("TemplateError", str(error)) from None
             if not keep_going:
                 break
             outcomes = await self.run_body(body, iteration, depth=depth)
@@ -631,16 +626,14 @@ class _Run:
             path = (self.plan.path.parent / child.pipeline).resolve()
             if path in self.shared.pipeline_stack:
                 chain = " -> ".join(p.name for p in (*self.shared.pipeline_stack, path))
-                raise TaskError("PipelineCycle", f"pipelines include each other: {chain}", retryable=False)
+                raise TaskError("PipelineCycle", f"pipelines include each other: {chain}")
             try:
                 child_plan = build_plan(read_pipeline(path))
                 inputs = resolve_inputs(child_plan.pipeline, render(child.inputs, scope))
                 for sensitive in child_plan.pipeline.sensitive_inputs() & set(inputs):
                     self.shared.redactor.add(inputs[sensitive])
             except OrchestratorError as error:
-                raise TaskError(
-                    "ChildPipelineInvalid", f"{child.pipeline}: {error}", retryable=False
-                ) from None
+                raise TaskError("ChildPipelineInvalid", f"{child.pipeline}: {error}") from None
             shared = _Shared(
                 self.shared.options,
                 self.shared.services,

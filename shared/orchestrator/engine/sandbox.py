@@ -122,7 +122,7 @@ def run_sandboxed(
     error_type = str(reply.get("type") or "TaskFailed")
     if error_type == "MemoryError" and limits.memory_bytes is not None:
         raise _memory_error(name, limits.memory_bytes)
-    raise TaskError(error_type, str(reply.get("message", "")), retryable=bool(reply.get("retryable", True)))
+    raise TaskError(error_type, str(reply.get("message", "")))  # retryable or not by its type
 
 
 def _request(
@@ -253,7 +253,6 @@ def _memory_error(name: str, memory_bytes: int) -> TaskError:
     return TaskError(
         "MemoryLimitExceeded",
         f"task '{name}' exceeded its memory limit of {memory_bytes / 1024**2:g} MB",
-        retryable=True,
     )
 
 
@@ -380,16 +379,15 @@ def _serve(request: dict[str, Any], redactor: _CollectingRedactor) -> dict[str, 
             "type": "StateConflict",
             "conflict": True,
             "message": str(error),
-            "retryable": True,
         }
     except TaskError as error:
-        return {"ok": False, "type": error.error_type, "message": error.message, "retryable": error.retryable}
+        return {"ok": False, "type": error.error_type, "message": error.message}
     except MemoryError:
-        return {"ok": False, "type": "MemoryError", "message": "out of memory", "retryable": True}
+        return {"ok": False, "type": "MemoryError", "message": "out of memory"}
     except BaseException as error:  # SystemExit from a script, a bug: reported, not a silent crash
         traceback.print_exc()
         message = str(error) or type(error).__name__
-        return {"ok": False, "type": type(error).__name__, "message": message, "retryable": True}
+        return {"ok": False, "type": type(error).__name__, "message": message}
 
 
 def main() -> None:
@@ -412,7 +410,6 @@ def main() -> None:
                 "ok": False,
                 "type": "OutputNotSerializable",
                 "message": f"the task's result is not JSON-serialisable: {error}",
-                "retryable": False,
                 "secrets": reply["secrets"],
             }
         )

@@ -160,7 +160,6 @@ class Context:
                 "SecretNotFound",
                 f"secret '{name}' is not set: export {variable}=... or add '{name}' to the "
                 "secrets file (secrets.yaml in the state folder, mode 0600)",
-                retryable=False,
             )
         self._run.redactor.add(value)
         return value

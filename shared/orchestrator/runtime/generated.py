@@ -25,7 +25,7 @@ def validate_spec(spec: Any, index: int) -> TaskBase:
         task: TaskBase = _task_adapter().validate_python(spec)
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
-        raise TaskError("InvalidTaskSpec", f"generated task {index}: {problems}", retryable=False) from None
+        raise TaskError("InvalidTaskSpec", f"generated task {index}: {problems}") from None
     return task
 
 
@@ -35,14 +35,13 @@ def plan_generated(specs: Any, group: DynamicTaskGroup, source: SourceMap) -> Bo
         raise TaskError(
             "InvalidTaskSpec",
             f"tasks must give a list of task specs, got {type(specs).__name__}",
-            retryable=False,
         )
     parsed = [validate_spec(spec, index) for index, spec in enumerate(specs)]
     try:
         body = plan_tasks(parsed, source)
     except PipelineValidationError as error:
         message = "; ".join(d.message for d in error.diagnostics)
-        raise TaskError("InvalidTaskSpec", message, retryable=False) from None
+        raise TaskError("InvalidTaskSpec", message) from None
     if not group.parallel:
         for previous, current in itertools.pairwise(list(body.nodes)):
             body.nodes[current].dependencies.add(previous)
@@ -52,6 +51,5 @@ def plan_generated(specs: Any, group: DynamicTaskGroup, source: SourceMap) -> Bo
                 "InvalidTaskSpec",
                 "generated tasks run in list order (parallel: false), but they read each other in a cycle: "
                 + " -> ".join(cycle),
-                retryable=False,
             )
     return body

@@ -64,7 +64,7 @@ def render(value: Any, scope: Scope) -> Any:
     try:
         return jinja.render_value(value, scope)
     except TemplateError as error:
-        raise TaskError("TemplateError", str(error), retryable=False) from None
+        raise TaskError("TemplateError", str(error)) from None
 
 
 class TaskLog:
@@ -104,7 +104,6 @@ def _check_json(value: Any, task_name: str) -> Any:
         raise TaskError(
             "OutputNotSerializable",
             f"task '{task_name}' returned a value that is not JSON-serialisable: {error}",
-            retryable=False,
         ) from None
     return value
 
@@ -114,7 +113,7 @@ def _evaluate_in_script(scope: Scope) -> Any:
         try:
             return jinja.evaluate_expression(expression, scope)
         except TemplateError as error:
-            raise TaskError("TemplateError", str(error), retryable=False) from None
+            raise TaskError("TemplateError", str(error)) from None
 
     return evaluate
 

@@ -168,7 +168,6 @@ class OpenAIChatClient:
         raise TaskError(
             "LLMTransientError",
             f"{where}: gave up after {attempts} attempt(s): {reason}",
-            retryable=True,
         )
 
     def close(self) -> None:
@@ -200,7 +199,6 @@ class OpenAIChatClient:
                 "LLMConfigurationError",
                 f"no endpoint is configured for model {model!r}: set OPENAI_API_KEY or "
                 "OPENAI_BASE_URL, or route the model in the config file (llm.models)",
-                retryable=False,
             )
         # Always explicit, so the process environment cannot override what Settings resolved.
         base_url = route.base_url or _DEFAULT_OPENAI_URL
@@ -240,13 +238,13 @@ class OpenAIChatClient:
             if is_transient_status(status):
                 retry_after = parse_retry_after(error.response.headers.get("retry-after"))
                 raise _TransientFailure(detail, retry_after) from None
-            raise TaskError("LLMRequestError", f"{where}: {detail}", retryable=False) from None
+            raise TaskError("LLMRequestError", f"{where}: {detail}") from None
         except openai.APITimeoutError:
             raise _TransientFailure(f"no answer within {self._settings.llm_timeout:g}s (timeout)") from None
         except openai.APIConnectionError as error:
             raise _TransientFailure(f"connection failed: {_cause(error)}") from None
         except openai.OpenAIError as error:
-            raise TaskError("LLMRequestError", f"{where}: {error}", retryable=False) from None
+            raise TaskError("LLMRequestError", f"{where}: {error}") from None
         if not completion.choices:
             raise TaskError("LLMResponseError", f"{where}: the reply has no choices")
         choice = completion.choices[0]
@@ -299,7 +297,7 @@ def parse_llm_output(text: str, output_type: str) -> object:
     - ``boolean``: ``true/false/yes/no``, any case, with a trailing period allowed.
     - ``json``: ``json.loads`` of the reply, or of its first fenced ```` ```json ```` block.
 
-    A reply that does not parse raises ``TaskError("OutputParseError", ..., retryable=True)``:
+    A reply that does not parse raises ``TaskError("OutputParseError", ...)``:
     asking again often gives a reply that does.
     """
     if output_type == "text":
@@ -320,7 +318,6 @@ def _parse_error(output_type: str, text: str, reason: str = "") -> TaskError:
     return TaskError(
         "OutputParseError",
         f"expected {output_type}, got: {text[:200]!r}{because}",
-        retryable=True,
     )
 
 

@@ -96,7 +96,7 @@ def _compile_body(script: str, filename: str) -> types.CodeType:
         return compile(_function_source(script), filename, "exec")
     except SyntaxError as error:
         line = (error.lineno or 2) - 1
-        raise TaskError("ScriptSyntaxError", f"line {line}: {error.msg}", retryable=False) from None
+        raise TaskError("ScriptSyntaxError", f"line {line}: {error.msg}") from None
 
 
 def _remember(script: str, code: types.CodeType) -> None:

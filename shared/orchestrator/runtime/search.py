@@ -98,7 +98,6 @@ class HttpJsonSearchClient:
             raise TaskError(
                 "SearchRequestError",
                 f"max_results must be at least 1, got {max_results}",
-                retryable=False,
             )
         request = self._build_request(query, max_results)
         attempts = max(0, self._settings.llm_max_retries) + 1
@@ -117,7 +116,6 @@ class HttpJsonSearchClient:
         raise TaskError(
             "SearchTransientError",
             f"search at {_safe_url(request.full_url)}: gave up after {attempts} attempt(s): {reason}",
-            retryable=True,
         )
 
     def _build_request(self, query: str, max_results: int) -> urllib.request.Request:
@@ -127,14 +125,12 @@ class HttpJsonSearchClient:
                 "SearchConfigurationError",
                 "no search endpoint is configured: set ORCHESTRATOR_SEARCH_URL "
                 "(or search.url in the config file)",
-                retryable=False,
             )
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise TaskError(
                 "SearchConfigurationError",
                 f"ORCHESTRATOR_SEARCH_URL must be an http(s) URL, got {url!r}",
-                retryable=False,
             )
         params = [*parse_qsl(parts.query, keep_blank_values=True)]
         params += [("q", query), ("max_results", str(max_results))]
@@ -157,7 +153,7 @@ class HttpJsonSearchClient:
                 if is_transient_status(error.code):
                     retry_after = parse_retry_after(error.headers.get("Retry-After"))
                     raise _TransientFailure(detail, retry_after) from None
-                raise TaskError("SearchRequestError", f"{where}: {detail}", retryable=False) from None
+                raise TaskError("SearchRequestError", f"{where}: {detail}") from None
         except TimeoutError:
             raise _TransientFailure(f"no answer within {self._timeout:g}s (timeout)") from None
         except urllib.error.URLError as error:

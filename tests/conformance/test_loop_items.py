@@ -1,0 +1,93 @@
+"""A for_loop iterates the same items on both engines (issue 11, divergence 4).
+
+A list is iterated as it is; a mapping as its `[key, value]` pairs, whether it comes from an
+input or from a task's output. The compiler reads only an input declared as an array in
+place; anything else may be a mapping, so the runtime's `loop_items` gives the items on AWS
+as it does locally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import CliResult
+
+pytestmark = pytest.mark.slow
+
+PIPELINE = """
+name: loop_items
+input_variables:
+  prices: {type: object, default: {apple: 3, pear: 5}}
+  names: {type: array, default: [x, y]}
+tasks:
+  - name: stock
+    type: python_task
+    script: |
+      return {"bolts": 10, "nuts": 20}
+  - name: over_output
+    type: for_loop
+    iterate_over: "{{ stock }}"
+    tasks:
+      - name: line
+        type: python_task
+        script: |
+          pair = {{ item }}
+          return {"kind": type(pair).__name__, "name": pair[0], "twice": pair[1] * 2}
+  - name: over_object_input
+    type: for_loop
+    iterate_over: "{{ prices }}"
+    item_variable: price
+    tasks:
+      - name: label
+        type: python_task
+        script: return "{{ price[0] }}={{ price[1] }}"
+  - name: over_array_input
+    type: for_loop
+    iterate_over: "{{ names }}"
+    tasks:
+      - name: upper
+        type: python_task
+        script: return "{{ item }}".upper()
+  - name: over_a_number
+    type: for_loop
+    iterate_over: "{{ stock.bolts }}"
+    error_handling: {on_failure: continue_with_degraded_service}
+    tasks:
+      - name: never
+        type: python_task
+        script: return 1
+"""
+
+
+def _run(cli: Callable[..., CliResult], path: Path, engine: str) -> dict[str, Any]:
+    result = cli("run", path, "--json", "--engine", engine)
+    assert result.code == 0, result.stderr
+    return result.document()
+
+
+def test_lists_and_mappings_are_iterated_alike_on_both_engines(
+    cli: Callable[..., CliResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "loop_items.yaml"
+    path.write_text(PIPELINE, encoding="utf-8")
+    documents = {}
+    for engine in ("local", "stepfunctions"):
+        monkeypatch.setenv("ORCHESTRATOR_HOME", str(tmp_path / engine))
+        documents[engine] = _run(cli, path, engine)
+
+    local, aws = documents["local"], documents["stepfunctions"]
+    assert local["outputs"]["over_output"] == [
+        {"line": {"kind": "list", "name": "bolts", "twice": 20}},
+        {"line": {"kind": "list", "name": "nuts", "twice": 40}},
+    ]
+    assert local["outputs"]["over_object_input"] == [{"label": "apple=3"}, {"label": "pear=5"}]
+    assert local["outputs"]["over_array_input"] == [{"upper": "X"}, {"upper": "Y"}]
+    assert local["status"] == "degraded"
+    assert local["tasks"]["over_a_number"]["error"]["type"] == "InvalidLoopItems"
+    assert "list or a mapping, got int" in local["tasks"]["over_a_number"]["error"]["message"]
+    for key in ("status", "outputs", "tasks", "error"):
+        assert aws[key] == local[key], key
