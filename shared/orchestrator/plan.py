@@ -408,6 +408,7 @@ def build_plan(source: PipelineSource) -> Plan:
         )
         analysis.warn(reference.location, f"'{reference.name}' is not a declared input or a task; {fix}")
     _check_input_defaults(source.pipeline, analysis)
+    _check_sensitive_loops(body, source.pipeline.sensitive_inputs(), analysis)
     _check_child_pipelines(body, source.path, analysis, (source.path.resolve(),))
     for name in source.pipeline.security.sensitive_variables:
         if name not in source.pipeline.input_variables:
@@ -417,6 +418,31 @@ def build_plan(source: PipelineSource) -> Plan:
             sorted(analysis.errors, key=lambda d: (d.line, d.column)) + analysis.warnings
         )
     return Plan(source, body, _unique(analysis.warnings), frozenset(undeclared))
+
+
+def _check_sensitive_loops(body: Body, sensitive: set[str], analysis: _Analysis) -> None:
+    """A for_loop may not iterate a sensitive input: its items are the loop's state on AWS
+    (in the clear in the execution's history) and every iteration's output would be masked."""
+    if not sensitive:
+        return
+    for node in body.nodes.values():
+        if isinstance(node.task, ForLoop) and isinstance(node.task.iterate_over, str):
+            location = (*node.location, "iterate_over")
+            # problems of the template itself are reported once, by the reference analysis
+            scratch = _Analysis(analysis.source)
+            read = {
+                reference.name
+                for reference in _template_references(node.task.iterate_over, location, scratch)
+            }
+            for name in sorted(read & sensitive):
+                analysis.error(
+                    location,
+                    f"for_loop '{node.name}' iterates the sensitive input '{name}': loop items are "
+                    "not secret on AWS (they are the loop's state); pass the items as a plain input, "
+                    "or read the secret inside the loop's tasks",
+                )
+        if node.body is not None:
+            _check_sensitive_loops(node.body, sensitive, analysis)
 
 
 def _check_input_defaults(pipeline: Pipeline, analysis: _Analysis) -> None:

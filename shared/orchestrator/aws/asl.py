@@ -91,7 +91,8 @@ class Scope:
                 return self.loop_path + ".state"
             if name == "loop_index":
                 return self.loop_path + ".index"
-        if name in self.pipeline.input_variables:
+        if name in self.pipeline.input_variables and name not in self.pipeline.sensitive_inputs():
+            # a sensitive input is sealed in the execution input: only a Lambda can read it
             return f"{self.inputs_path}.{name}"
         return None
 
