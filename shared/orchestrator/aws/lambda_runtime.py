@@ -760,7 +760,6 @@ def run_task_event(
         output = _attempt(prepared, services)
     except TaskError as error:
         raise task_failure(error, redactor) from None
-    output = redactor.value(output)
     if entry is not None:
         stores.cache.put(entry[0], output, entry[1])
     if event.spec is not None:

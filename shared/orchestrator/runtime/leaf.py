@@ -138,7 +138,9 @@ def run_leaf(
     services: Services,
     inputs: dict[str, Any],
 ) -> Any:
-    """Run one attempt of a leaf task and return its output."""
+    """Run one attempt of a leaf task and return its output, redacted: what later tasks read,
+    on either engine, is what the run document shows (a secret the task read, or a sensitive
+    input, as `***`), since on AWS an output travels in the execution's state."""
     if isinstance(task, PythonTask):
         script = task.script  # without a placeholder, render_script would return it as is
         if "{{" in script:
@@ -150,20 +152,20 @@ def run_leaf(
                 output = run_script(script, name, context, inputs, context.storage())
         finally:
             log.close()
-        return _check_json(output, name)
+        return run.redactor.value(_check_json(output, name))
     if isinstance(task, LLMTask):
         from orchestrator.runtime.llm import LLMRequest, parse_llm_output
 
         fields = llm_request_fields(task, scope, services.settings.default_model)
         output_type = fields.pop("output_type")
         text = services.llm_client().complete(LLMRequest(**fields))
-        return parse_llm_output(text, output_type)
+        return run.redactor.value(parse_llm_output(text, output_type))
     if isinstance(task, WebSearchTask):
         from orchestrator.runtime.search import search_output
 
         query = str(render(task.query, scope))
         results = services.search_client().search(query, task.max_results)
-        return search_output(query, results)
+        return run.redactor.value(search_output(query, results))
     raise TypeError(f"not a leaf task: {type(task).__name__}")
 
 
