@@ -24,6 +24,7 @@ from orchestrator.runtime.python_task import (
     may_have_multiline_strings,
     recording_compile_warnings,
 )
+from orchestrator.spec.input_types import coerce
 from orchestrator.spec.loading import PipelineSource
 from orchestrator.spec.models import (
     DynamicTaskGroup,
@@ -447,8 +448,6 @@ def _check_sensitive_loops(body: Body, sensitive: set[str], analysis: _Analysis)
 
 def _check_input_defaults(pipeline: Pipeline, analysis: _Analysis) -> None:
     """A `default` must be a value its input accepts: of its type, and one of its `options`."""
-    from orchestrator.runtime.inputs import coerce
-
     for name, spec in pipeline.input_variables.items():
         if spec.default is None:
             continue

@@ -7,10 +7,9 @@ import re
 from collections.abc import Collection
 from typing import Any
 
-import yaml
-
 from orchestrator.errors import InputError
-from orchestrator.spec.models import InputVariable, Pipeline
+from orchestrator.spec.input_types import coerce, yaml_scalar
+from orchestrator.spec.models import Pipeline
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -21,49 +20,6 @@ def parse_assignment(text: str) -> tuple[str, str]:
     if not separator or not key.strip():
         raise InputError(f"-i {text!r}: write inputs as -i name=value")
     return key.strip(), value
-
-
-def _yaml_scalar(raw: str) -> Any:
-    try:
-        return yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError:
-        return raw
-
-
-def coerce(name: str, value: Any, spec: InputVariable, *, from_text: bool) -> Any:
-    """Value of input `name` as its declared type; raw command-line text is parsed as YAML first."""
-    kind = spec.type
-    if kind == "string":
-        if from_text:
-            return value
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise InputError(f"input '{name}' must be a string, got {type(value).__name__} {value!r}")
-    parsed = _yaml_scalar(value) if from_text and isinstance(value, str) else value
-    if kind == "boolean" and isinstance(parsed, bool):
-        return parsed
-    if kind == "integer":
-        if isinstance(parsed, int) and not isinstance(parsed, bool):
-            return parsed
-        if isinstance(parsed, float) and parsed.is_integer():
-            return int(parsed)
-    if kind in {"float", "number"} and isinstance(parsed, int | float) and not isinstance(parsed, bool):
-        return float(parsed) if kind == "float" else parsed
-    if kind == "array" and isinstance(parsed, list):
-        return parsed
-    if kind == "object" and isinstance(parsed, dict):
-        return parsed
-    raise InputError(f"input '{name}' must be {_article(kind)}, got {value!r}")
-
-
-def _article(kind: str) -> str:
-    return {
-        "integer": "an integer",
-        "array": "an array (like [1, 2])",
-        "object": "an object (like {a: 1})",
-    }.get(kind, f"a {kind}")
 
 
 def _sanitize(value: Any) -> Any:
@@ -116,7 +72,7 @@ def resolve_inputs(
                     f"(strict_mode is on; declared: {names})"
                 )
             else:
-                resolved[name] = _yaml_scalar(value) if name in text_keys else value
+                resolved[name] = yaml_scalar(value) if name in text_keys else value
             continue
         try:
             resolved[name] = coerce(name, value, spec, from_text=name in text_keys)
