@@ -5,6 +5,11 @@ depends on every sibling it names (`depends_on`, templates, condition, cache key
 `context.get_task_output("...")`); a name that no sibling defines is looked up in the
 enclosing body, where it becomes a dependency of the whole container (SPEC section 5).
 Children of a `parallel_group` are also visible in the group's own body, standing for the group.
+
+A script that calls `get_task_output` with anything but a literal name (`f"chunk_{i}"`, a
+variable) may read any task: such a task (`Node.computed_reads`) waits for every task before
+it in its body, and a container holding one waits for every task before the container
+(docs/decisions.md, "Reads by computed name"). This is decided here, once, for both engines.
 """
 
 from __future__ import annotations
@@ -43,11 +48,21 @@ from orchestrator.template import jinja
 from orchestrator.template.script import check_script_syntax, find_script_expressions
 
 _TASK_OUTPUT_CALL = re.compile(
-    r"""\bget_task_output\(\s*(?P<quote>['"])(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P=quote)"""
+    r"""\bget_task_output\(\s*(?P<quote>['"])(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P=quote)(?=\s*[,)])"""
 )
 _STRING_NAME = re.compile(r"""[rRuU]?(?P<quote>['"])(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P=quote)""")
 ALWAYS_DEFINED = frozenset({"input_hash", "run", "inputs"}) | jinja.GLOBAL_NAMES
 CONTAINERS = (ForLoop, WhileLoop, ParallelGroup)
+# the reference a computed-name read makes: "any task before me" (never a task or input name)
+_ANY_EARLIER_TASK = "*"
+# f-strings (and t-strings) are one STRING token before Python 3.12, a group of tokens after
+_STRING_GROUP_STARTS = frozenset(
+    getattr(tokenize, name) for name in ("FSTRING_START", "TSTRING_START") if hasattr(tokenize, name)
+)
+_STRING_GROUP_ENDS = frozenset(
+    getattr(tokenize, name) for name in ("FSTRING_END", "TSTRING_END") if hasattr(tokenize, name)
+)
+_NOT_CODE = frozenset({tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT})
 
 
 @dataclass
@@ -60,6 +75,9 @@ class Node:
     dependencies: set[str] = field(default_factory=set)
     body: Body | None = None
     reads: frozenset[str] = frozenset()  # every name the task's own fields read
+    # its script (or its fallback's, or one in its body) calls get_task_output with a name
+    # that is not a literal: it waits for every task before it in its body
+    computed_reads: bool = False
 
     @property
     def kind(self) -> str:
@@ -168,19 +186,20 @@ def _plainly_valid(script: str, name: str) -> bool:
 @functools.lru_cache(maxsize=4096)
 def _script_analysis(
     script: str, name: str
-) -> tuple[tuple[int, int, str] | None, tuple[str, ...], tuple[str, ...]]:
+) -> tuple[tuple[int, int, str] | None, tuple[str, ...], tuple[str, ...], bool]:
     """What planning needs from a script's text: its syntax problem or None, its `{{ }}`
-    expressions, and the `get_task_output` names it calls. (`name` is the task's: running it
-    then reuses the code compiled here as it is.)"""
+    expressions, the literal names of its `get_task_output` calls and whether it also reads a
+    name it computes. (`name` is the task's: running it then reuses the code compiled here.)"""
     if not _plainly_valid(script, name):
         problem = check_script_syntax(script)
         if problem is not None:
-            return problem, (), ()
-    return None, tuple(find_script_expressions(script)), tuple(_task_output_calls(script))
+            return problem, (), (), False
+    calls, computed = _task_output_reads(script)
+    return None, tuple(find_script_expressions(script)), tuple(calls), computed
 
 
 def _script_references(script: str, name: str, location: Location, analysis: _Analysis) -> list[_Reference]:
-    problem, expressions, calls = _script_analysis(script, name)
+    problem, expressions, calls, computed = _script_analysis(script, name)
     if problem is not None:
         line, column, message = problem
         analysis.error(location, f"python syntax error in script line {line}, column {column}: {message}")
@@ -189,18 +208,24 @@ def _script_references(script: str, name: str, location: Location, analysis: _An
     for expression in expressions:
         references += _template_references(expression, location, analysis, expression=True)
     references += [_Reference(name, location, hard=True) for name in calls]
+    if computed:
+        references.append(_Reference(_ANY_EARLIER_TASK, location, hard=False))
     return references
 
 
-_PLAIN_CALL = re.compile(r"""get_task_output\( *(?P<quote>['"])(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P=quote)""")
+_PLAIN_CALL = re.compile(
+    r"""get_task_output\( *(?P<quote>['"])(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P=quote) *[,)]"""
+)
 
 
 def _plain_task_output_calls(script: str) -> list[str] | None:
-    """What `_task_output_calls` answers, without tokenizing, when that is certain; else None.
+    """What `_task_output_reads` answers, without tokenizing, when that is certain and no name
+    is computed (the names; else None).
 
     Certain when no string can span lines and every `get_task_output` is a plain
-    `get_task_output("name"` whose line has no quote or `#` before it (so it is code, not
-    inside a string or a comment) and no name character just before it.
+    `get_task_output("name")` or `get_task_output("name", ...` whose line has no quote or `#`
+    before it (so it is code, not inside a string or a comment) and no name character just
+    before it.
     """
     if may_have_multiline_strings(script) or "\r" in script:
         return None
@@ -226,31 +251,99 @@ def _is_boundary(character: str) -> bool:
 
 def _task_output_calls(script: str) -> list[str]:
     """Names in `get_task_output("name")` calls written as code (not inside string literals)."""
+    return _task_output_reads(script)[0]
+
+
+def _task_output_reads(script: str) -> tuple[list[str], bool]:
+    """The literal names a script reads with `get_task_output`, and whether it also reads a
+    name it computes (see `_tokenized_task_output_reads`)."""
     plain = _plain_task_output_calls(script)
-    return plain if plain is not None else _tokenized_task_output_calls(script)
+    return (plain, False) if plain is not None else _tokenized_task_output_reads(script)
 
 
 def _tokenized_task_output_calls(script: str) -> list[str]:
+    return _tokenized_task_output_reads(script)[0]
+
+
+def _tokenized_task_output_reads(script: str) -> tuple[list[str], bool]:
+    """Literal names and the computed-name flag, from the script's tokens.
+
+    A literal name is `get_task_output` `(` a plain string literal of a name `)` or `,`. Any
+    other `get_task_output` written as code (a variable, `f"chunk_{i}"`, `"a" + b`, `"%s" % x`,
+    the method passed around uncalled) computes its name. An f-string whose text holds
+    `get_task_output` counts as a computed read: its replacement fields are one STRING token
+    before Python 3.12 and separate tokens after, so it is judged by its text on every
+    version, and the answer never depends on the Python that plans.
+    """
     try:
-        tokens = [
-            token
-            for token in tokenize.generate_tokens(io.StringIO(script).readline)
-            if token.type not in {tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT}
-        ]
+        tokens = _code_tokens(script)
     except (tokenize.TokenError, SyntaxError):
-        return [match.group("name") for match in _TASK_OUTPUT_CALL.finditer(script)]
+        found = [match.group("name") for match in _TASK_OUTPUT_CALL.finditer(script)]
+        return found, script.count("get_task_output") > len(found)
     names: list[str] = []
-    for first, second, third in zip(tokens, tokens[1:], tokens[2:], strict=False):
-        if (
-            first.type == tokenize.NAME
-            and first.string == "get_task_output"
-            and second.string == "("
-            and third.type == tokenize.STRING
-        ):
-            match = _STRING_NAME.fullmatch(third.string)
-            if match:
-                names.append(match.group("name"))
-    return names
+    computed = False
+    for index, token in enumerate(tokens):
+        if token.type == tokenize.STRING:
+            if _is_interpolated(token.string) and "get_task_output" in token.string:
+                computed = True
+            continue
+        if token.type != tokenize.NAME or token.string != "get_task_output":
+            continue
+        name = _literal_argument(tokens[index + 1 : index + 4])
+        if name is None:
+            computed = True
+        else:
+            names.append(name)
+    return names, computed
+
+
+def _literal_argument(tokens: list[tokenize.TokenInfo]) -> str | None:
+    """The name in `( "name" )` or `( "name" ,`: the tokens after `get_task_output`; else None."""
+    if len(tokens) < 3 or tokens[0].string != "(" or tokens[1].type != tokenize.STRING:
+        return None
+    if tokens[2].string not in {")", ","}:
+        return None
+    match = _STRING_NAME.fullmatch(tokens[1].string)
+    return match.group("name") if match else None
+
+
+def _is_interpolated(literal: str) -> bool:
+    """Whether a string token is an f-string (or t-string): its prefix has an f or a t."""
+    for position, character in enumerate(literal):
+        if character in "'\"":
+            return any(letter in literal[:position] for letter in "fFtT")
+    return False
+
+
+def _code_tokens(script: str) -> list[tokenize.TokenInfo]:
+    """The script's tokens without line breaks and comments; from Python 3.12 on, an f-string's
+    tokens are folded into one STRING token holding its text, as earlier Pythons give it."""
+    lines = script.split("\n")
+    tokens: list[tokenize.TokenInfo] = []
+    depth = 0
+    start = (0, 0)
+    for token in tokenize.generate_tokens(io.StringIO(script).readline):
+        if token.type in _STRING_GROUP_STARTS:
+            if depth == 0:
+                start = token.start
+            depth += 1
+        elif token.type in _STRING_GROUP_ENDS:
+            depth -= 1
+            if depth == 0:
+                text = _source_text(lines, start, token.end)
+                tokens.append(token._replace(type=tokenize.STRING, string=text, start=start))
+        elif depth == 0 and token.type not in _NOT_CODE:
+            tokens.append(token)
+    return tokens
+
+
+def _source_text(lines: list[str], start: tuple[int, int], end: tuple[int, int]) -> str:
+    """The script's text from one token position (1-based row, column) to another."""
+    (first_row, first_column), (last_row, last_column) = start, end
+    if first_row == last_row:
+        return lines[first_row - 1][first_column:last_column]
+    middle = lines[first_row : last_row - 1]
+    return "\n".join([lines[first_row - 1][first_column:], *middle, lines[last_row - 1][:last_column]])
 
 
 def _own_references(
@@ -349,7 +442,7 @@ def analyse_body(
     unresolved: list[_Reference] = []
     for node in nodes.values():
         references = _own_references(node.task, node.location, analysis, node.name)
-        node.reads = frozenset(reference.name for reference in references)
+        node.reads = frozenset(reference.name for reference in references) - {_ANY_EARLIER_TASK}
         if isinstance(node.task, CONTAINERS):
             inner_body, inner = analyse_body(node.task.tasks, (*node.location, "tasks"), analysis)
             node.body = inner_body
@@ -366,21 +459,104 @@ def analyse_body(
                     if r.name not in inner_body.exposed
                 ]
             references += [r for r in inner if r.name not in local]
-        for reference in references:
-            target = exposed.get(reference.name)
-            if target is None:
-                unresolved.append(reference)
-            elif target == node.name:
-                if reference.name == node.name:
-                    analysis.error(reference.location, f"task '{node.name}' refers to itself")
-            else:
-                node.dependencies.add(target)
+        _resolve(node, references, exposed, unresolved, analysis)
+    if any(node.computed_reads for node in nodes.values()):
+        _wait_for_earlier_tasks(nodes)
     body = Body(nodes, exposed)
     cycle = find_cycle(body)
     if cycle:
         first = body.nodes[cycle[0]]
         analysis.error(first.location, "dependency cycle: " + " -> ".join(cycle))
     return body, unresolved
+
+
+def _resolve(
+    node: Node,
+    references: list[_Reference],
+    exposed: dict[str, str],
+    unresolved: list[_Reference],
+    analysis: _Analysis,
+) -> None:
+    """Turn a node's references into dependencies on its siblings; keep the others for the
+    enclosing body. A computed-name read marks the node and is passed on once."""
+    for reference in references:
+        if reference.name == _ANY_EARLIER_TASK:
+            if not node.computed_reads:
+                node.computed_reads = True
+                unresolved.append(reference)
+            continue
+        target = exposed.get(reference.name)
+        if target is None:
+            unresolved.append(reference)
+        elif target == node.name:
+            if reference.name == node.name:
+                analysis.error(reference.location, f"task '{node.name}' refers to itself")
+        else:
+            node.dependencies.add(target)
+
+
+def _wait_for_earlier_tasks(nodes: dict[str, Node]) -> None:
+    """Make each task that reads by computed name wait for every task before it in the body.
+
+    Except a task that itself waits for it (through a `depends_on` naming a later task): that
+    one cannot have started, on either engine, so the reader would only make a cycle. Only the
+    edges that matter are added: a task another added one already waits for is left out (it
+    is finished all the same), so graphs stay readable.
+    """
+    names = list(nodes)
+    position = {name: index for index, name in enumerate(names)}
+    # without an edge to a later task, nothing before a task can wait for it
+    forward = any(
+        position[dependency] > position[node.name]
+        for node in nodes.values()
+        for dependency in node.dependencies
+    )
+    for index, name in enumerate(names):
+        reader = nodes[name]
+        if not reader.computed_reads or index == 0:
+            continue
+        waiting = _waiting_for(nodes, name) if forward else set()
+        covered: set[str] = set()
+        for earlier in reversed(names[:index]):
+            if earlier in covered or earlier in waiting:
+                continue
+            reader.dependencies.add(earlier)
+            _add_closure(nodes, earlier, covered)
+
+
+def _waiting_for(nodes: dict[str, Node], name: str) -> set[str]:
+    """Every task of the body that waits for `name`, directly or through others."""
+    dependents: dict[str, list[str]] = {other: [] for other in nodes}
+    for node in nodes.values():
+        for dependency in node.dependencies:
+            dependents[dependency].append(node.name)
+    found: set[str] = set()
+    stack = [name]
+    while stack:
+        for dependent in dependents[stack.pop()]:
+            if dependent not in found:
+                found.add(dependent)
+                stack.append(dependent)
+    return found
+
+
+def _add_closure(nodes: dict[str, Node], name: str, found: set[str]) -> None:
+    """Add `name` and everything it waits for, directly or not, to `found`."""
+    stack = [name]
+    while stack:
+        current = stack.pop()
+        if current not in found:
+            found.add(current)
+            stack.extend(nodes[current].dependencies)
+
+
+def dependency_closure(body: Body, name: str) -> set[str]:
+    """The tasks of `body` that `name` waits for, directly or through others (not `name`)."""
+    found: set[str] = set()
+    for dependency in body.nodes[name].dependencies:
+        _add_closure(body.nodes, dependency, found)
+    found.discard(name)
+    return found
 
 
 def build_plan(source: PipelineSource) -> Plan:
@@ -393,7 +569,7 @@ def build_plan(source: PipelineSource) -> Plan:
     undeclared: set[str] = set()
     strict = source.pipeline.input_validation.strict_mode
     for reference in unresolved:
-        if reference.name in known:
+        if reference.name in known or reference.name == _ANY_EARLIER_TASK:
             continue
         if reference.hard:
             close = difflib.get_close_matches(reference.name, sorted(every_task), n=1)

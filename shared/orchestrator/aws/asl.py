@@ -11,10 +11,8 @@ concurrency comes from `parallel_group`, `for_loop` and `pipeline_group` states.
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import math
-import tokenize
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,6 @@ from orchestrator.spec.models import (
     Pipeline,
     PipelineGroup,
     PythonTask,
-    TaskBase,
     WebSearchTask,
     WhileLoop,
 )
@@ -237,24 +234,6 @@ def _compile_node(node: Node, scope: Scope, pipeline_id: str) -> Segment:
 # leaf tasks -------------------------------------------------------------------------------
 
 
-def _reads_dynamically(task: TaskBase) -> bool:
-    """A script that calls get_task_output with a computed name may read any task."""
-    if not isinstance(task, PythonTask) or "get_task_output" not in task.script:
-        return False
-    try:
-        tokens = [
-            t
-            for t in tokenize.generate_tokens(io.StringIO(task.script).readline)
-            if t.type not in {tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT}
-        ]
-    except (tokenize.TokenError, SyntaxError):
-        return True
-    for first, second, third in zip(tokens, tokens[1:], tokens[2:], strict=False):
-        if first.string == "get_task_output" and second.string == "(" and third.type != tokenize.STRING:
-            return True
-    return False
-
-
 def _payload(
     node: Node, scope: Scope, pipeline_id: str, *, reference: str | None = None, **extra: Any
 ) -> dict[str, Any]:
@@ -264,8 +243,10 @@ def _payload(
         "inputs.$": scope.inputs_path,
         "run.$": "$.run",
     }
-    if _reads_dynamically(node.task) or "action" in extra:
-        payload["tasks.$"] = "$.tasks"  # dispatch calls and computed names may read any task
+    if node.computed_reads or "action" in extra:
+        # dispatch calls, and scripts that compute the names they read (as the planner decided,
+        # whatever Python compiles), may read any task: the function keeps what the task sees
+        payload["tasks.$"] = "$.tasks"
     else:
         outputs = {
             f"{name}.$": scope.locations[name] + ".output"
@@ -318,32 +299,57 @@ def _retry(node: Node, scope: Scope) -> list[dict[str, Any]]:
 
 
 def _fallback_value_state(node: Node, scope: Scope, status: str, error_path: str) -> dict[str, Any]:
-    """A state writing `{status, output: fallback_value, error}` without running the task."""
+    """A state writing `{status, output: fallback_value, error}` without running the task.
+
+    A literal, or one name the state always holds when the task fails (a task of this body, a
+    loop variable, an input), is written by a Pass state. Anything else is rendered by the
+    dispatch function (`render`), as the engine does it (`runtime.leaf.fallback_output`): a
+    JSONPath that finds nothing would fail the whole execution, where the engine gives null
+    and notes why in the task's error.
+    """
     policy = effective_policy(node.task, scope.pipeline)
     value = policy.fallback_value
     parameters: dict[str, Any] = {"status": status, "error.$": error_path}
-    if isinstance(value, str) and jinja.is_template(value):
-        expression = jinja.single_expression(value)
-        parsed = parse_expression(expression) if expression else None
-        from orchestrator.aws.conditions import json_path
-
-        path = json_path(parsed, scope.path_of) if parsed is not None else None
-        if path is None:
-            payload = _payload(node, scope, scope.pipeline_id, action="render", field="fallback_value")
-            payload["error.$"] = error_path
-            payload["status"] = status
-            state = _invoke("dispatch", payload)
-            state["ResultSelector"] = {
-                "status": status,
-                "output.$": "$.Payload.output",
-                "error.$": "$.Payload.error",
-            }
-            state["ResultPath"] = scope.locations[node.name]
-            return state
+    if _plain_parameter(value):
+        parameters["output"] = value
+    elif (path := _always_present_path(value, scope)) is not None:
         parameters["output.$"] = path
     else:
-        parameters["output"] = value
+        payload = _payload(node, scope, scope.pipeline_id, action="render", field="fallback_value")
+        payload["error.$"] = error_path
+        payload["status"] = status
+        state = _invoke("dispatch", payload)
+        state["ResultSelector"] = {
+            "status": status,
+            "output.$": "$.Payload.output",
+            "error.$": "$.Payload.error",
+        }
+        state["ResultPath"] = scope.locations[node.name]
+        return state
     return {"Type": "Pass", "Parameters": parameters, "ResultPath": scope.locations[node.name]}
+
+
+def _plain_parameter(value: Any) -> bool:
+    """Whether a value is written as it is by a state's Parameters: no template inside it and
+    no key that Step Functions would read as a path (`...$`)."""
+    if isinstance(value, str):
+        return not jinja.is_template(value)
+    if isinstance(value, dict):
+        return all(not str(key).endswith(".$") and _plain_parameter(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_plain_parameter(item) for item in value)
+    return True
+
+
+def _always_present_path(value: Any, scope: Scope) -> str | None:
+    """The JSONPath of a value that is exactly `{{ name }}`, when the state always holds it."""
+    expression = jinja.single_expression(value) if isinstance(value, str) else None
+    if expression is None or not expression.isidentifier() or expression.lower() in {"true", "false", "none"}:
+        return None  # (Jinja reads those three as constants, whatever the inputs are named)
+    location = scope.locations.get(expression)
+    if location is not None and location != f"$.tasks.{expression}":
+        return None  # a parallel group's child: absent when its group was skipped
+    return scope.path_of(expression)
 
 
 def _guarded(node: Node, scope: Scope, state: dict[str, Any], *, leaf: bool) -> Segment:

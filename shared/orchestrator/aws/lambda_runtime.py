@@ -49,13 +49,22 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 import orchestrator
+from orchestrator.aws.execution import error_from_catch
 from orchestrator.aws.payloads import offload, resolve
 from orchestrator.errors import ConfigError, OrchestratorError, PipelineValidationError, TaskError
-from orchestrator.plan import Body, Node, Plan, build_plan, plan_tasks
+from orchestrator.plan import Body, Node, Plan, build_plan, dependency_closure, plan_tasks
 from orchestrator.runtime.context import RunInfo, StateConflictError
 from orchestrator.runtime.generated import plan_generated, validate_spec
 from orchestrator.runtime.inputs import resolve_inputs
-from orchestrator.runtime.leaf import LEAF_TYPES, Services, cache_key, canonical_hash, render, run_leaf
+from orchestrator.runtime.leaf import (
+    LEAF_TYPES,
+    Services,
+    cache_key,
+    canonical_hash,
+    fallback_output,
+    render,
+    run_leaf,
+)
 from orchestrator.runtime.loops import loop_items
 from orchestrator.runtime.policy import effective_policy, task_timeout
 from orchestrator.runtime.redact import Redactor
@@ -271,6 +280,8 @@ class TaskLocation:
     loop: TaskBase | None  # the innermost for/while loop around the task
     fallback: bool  # an `error_handling.fallback`: no condition, no cache (as on the engine)
     node: Node | None
+    # a task that reads by computed name: the names it may see (None: what it is passed)
+    visible: frozenset[str] | None = None
 
 
 def _index_nodes(body: Body, found: dict[tuple[str | int, ...], Node]) -> None:
@@ -353,7 +364,27 @@ def locate_task(pipeline_id: str, reference: str, settings: AwsSettings | None =
         loop=enclosing[-1] if enclosing else None,
         fallback=fallback,
         node=None if fallback else node,
+        visible=_waited_for(loaded, owner_parts) if node is not None and node.computed_reads else None,
     )
+
+
+def _waited_for(loaded: _Loaded, parts: list[str | int]) -> frozenset[str]:
+    """What a task that reads by computed name sees: every task it waits for (directly or not)
+    in its body and, through the loops and groups around it, in theirs, parallel_group children
+    included. They have all finished, so the embedded engine sees them too; the planner made
+    the task wait for every task before it (plan.py), so these are the tasks before it. Others
+    in `$.tasks` (a child pipeline's parent, a while loop's previous iteration, a task that
+    only happened to run first) are not shown: on the engine they are absent or not certain."""
+    names: set[str] = set()
+    body: Body | None = loaded.plan.body
+    for end in range(2, len(parts) + 1, 2):
+        node = loaded.nodes.get(tuple(parts[:end]))
+        if node is None or body is None or node.name not in body.nodes:
+            break
+        waited = dependency_closure(body, node.name)
+        names.update(name for name, target in body.exposed.items() if target in waited)
+        body = node.body
+    return frozenset(names)
 
 
 def find_task(pipeline_id: str, reference: str) -> tuple[Plan, TaskBase, str]:
@@ -542,8 +573,11 @@ def open_inputs(
 # -- scope -------------------------------------------------------------------------------------
 
 
-def visible_outputs(tasks: Mapping[str, Any], outputs: Mapping[str, Any]) -> dict[str, Any]:
-    """Task outputs by name from `$.tasks` records (parallel-group children included) and `outputs`."""
+def visible_outputs(
+    tasks: Mapping[str, Any], outputs: Mapping[str, Any], only: frozenset[str] | None = None
+) -> dict[str, Any]:
+    """Task outputs by name from `$.tasks` records (parallel-group children included) and
+    `outputs`; with `only`, just those names."""
     found: dict[str, Any] = {}
     for name, record in tasks.items():
         if not isinstance(record, dict):
@@ -553,7 +587,7 @@ def visible_outputs(tasks: Mapping[str, Any], outputs: Mapping[str, Any]) -> dic
             if isinstance(child_record, dict):
                 found.setdefault(child, child_record.get("output"))
     found.update(outputs)
-    return {name: resolve(value) for name, value in found.items()}
+    return {name: resolve(value) for name, value in found.items() if only is None or name in only}
 
 
 def _declared_names(tasks: list[Any]) -> set[str]:
@@ -624,7 +658,9 @@ def _prepare(
     plan = location.plan
     inputs, sealed = open_inputs(event.pipeline, event.inputs, sealer)
     redactor = _redactor(plan, inputs, sealed)
-    outputs = visible_outputs(event.tasks, event.outputs)
+    # a leaf that reads by computed name is passed every task: it sees those it waits for
+    only = location.visible if isinstance(event, TaskEvent) and event.spec is None else None
+    outputs = visible_outputs(event.tasks, event.outputs, only)
     run = RunInfo(
         run_id=_run_id(event),
         pipeline_id=plan.pipeline_id,
@@ -822,18 +858,35 @@ def _items(prepared: _Prepared, event: DispatchEvent) -> list[Any]:
     return list(prepared.run.redactor.value(items))
 
 
+def _with_message(caught: Any, message: str) -> Any:
+    """A Catch result (`{"Error", "Cause"}`) whose error now reads `message`, its type kept."""
+    if not isinstance(caught, dict):
+        return caught
+    cause = caught.get("Cause")
+    try:
+        payload = json.loads(cause) if isinstance(cause, str) else None
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        return {**caught, "Cause": json.dumps({**payload, "errorMessage": message})}
+    return {**caught, "Cause": message}
+
+
 def _render(prepared: _Prepared, event: DispatchEvent) -> dict[str, Any]:
-    """A task's field rendered: `fallback_value` exactly as the engine's `on_failure` does (a
-    template that fails gives None), any other dotted field strictly."""
+    """A task's field rendered: `fallback_value` exactly as the engine's `on_failure` does
+    (`fallback_output`: a fallback_value that cannot be rendered gives None and the reason is
+    added to the task's error message), any other dotted field strictly."""
     location = prepared.location
     if event.field is None:
         raise DispatchError("'render' needs 'field'")
+    error = event.error
     if event.field == "fallback_value":
         policy = effective_policy(location.task, location.plan.pipeline)
-        try:
-            value = _rendered(policy.fallback_value, prepared.scope)
-        except TaskError:
-            value = None
+        caught = error_from_catch(error if isinstance(error, dict) else None)
+        original = caught.message if caught is not None else ""
+        value, message = fallback_output(policy.fallback_value, prepared.scope, original)
+        if caught is not None and message != original:
+            error = _with_message(error, prepared.run.redactor.text(message))
     else:
         source: Any = location.task
         for part in event.field.split("."):
@@ -843,7 +896,7 @@ def _render(prepared: _Prepared, event: DispatchEvent) -> dict[str, Any]:
         value = _rendered(
             source.model_dump(mode="json") if isinstance(source, BaseModel) else source, prepared.scope
         )
-    return {"status": event.status, "output": prepared.run.redactor.value(value), "error": event.error}
+    return {"status": event.status, "output": prepared.run.redactor.value(value), "error": error}
 
 
 def _while(prepared: _Prepared, event: DispatchEvent) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from orchestrator.runtime.documents import (
 )
 from orchestrator.runtime.generated import plan_generated
 from orchestrator.runtime.inputs import resolve_inputs
-from orchestrator.runtime.leaf import LEAF_TYPES, Services, cache_key, render, run_leaf
+from orchestrator.runtime.leaf import LEAF_TYPES, Services, cache_key, fallback_output, render, run_leaf
 from orchestrator.runtime.loops import loop_items
 from orchestrator.runtime.policy import ErrorPolicy, effective_policy, task_timeout
 from orchestrator.runtime.redact import MASK, Redactor
@@ -474,10 +474,11 @@ class _Run:
         failure.duration = time.perf_counter() - started
         if policy.on_failure == "abort_pipeline":
             raise AbortError(name, failure)
-        try:
-            failure.output = render(policy.fallback_value, scope)
-        except TaskError:
-            failure.output = None
+        error = failure.error
+        original = error.message if error else ""
+        failure.output, message = fallback_output(policy.fallback_value, scope, original)
+        if error is not None and message != original:
+            failure.error = ErrorInfo(error.type, self.shared.redactor.text(message))
         if policy.on_failure == "skip":
             failure.status = TaskStatus.SKIPPED
         else:

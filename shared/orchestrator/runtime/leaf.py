@@ -118,6 +118,58 @@ def _evaluate_in_script(scope: Scope) -> Any:
     return evaluate
 
 
+def render_task_script(script: str, scope: Scope) -> str:
+    """A python_task's script with its `{{ }}` placeholders filled in, for both engines.
+
+    Whatever goes wrong while rendering it is a `TemplateError` task failure (never retried,
+    then the task's `error_handling` applies), never an exception that escapes the task:
+    a Jinja error or an undefined value, a value that has no literal where it is written
+    (a set, a value nested too deeply, text a bytes literal cannot hold), or any other
+    exception (TypeError, RecursionError...) raised on the way. Running out of memory
+    stays `MemoryError`, as it is for a script that does.
+    """
+    if "{{" not in script:
+        return script  # render_script would return it as it is
+    try:
+        return render_script(script, _evaluate_in_script(scope))
+    except TaskError:
+        raise
+    except TemplateError as error:
+        raise TaskError("TemplateError", str(error)) from None
+    except MemoryError:
+        raise TaskError("MemoryError", "rendering the script ran out of memory") from None
+    except Exception as error:
+        message = f"the script cannot be rendered: {type(error).__name__}: {error}"
+        raise TaskError("TemplateError", message) from None
+
+
+def fallback_output(value: Any, scope: Scope, message: str) -> tuple[Any, str]:
+    """The output of a task that failed under `on_failure: skip` or
+    `continue_with_degraded_service`, and its error message, for both engines.
+
+    The output is the task's `fallback_value` rendered. A fallback_value that cannot give a
+    value (it names something undefined, or gives something that is not JSON) gives `null`:
+    on_failure still applies and the run goes on, and the task keeps its own error, whose
+    message says why the fallback_value was not used.
+    """
+    try:
+        output = render(value, scope)
+        json.dumps(output)
+    except TaskError as error:
+        problem = error.message
+    except (TypeError, ValueError, RecursionError) as error:
+        problem = f"it gives a value that is not JSON ({type(error).__name__}: {error})"
+    except Exception as error:  # whatever else rendering raised: still a value that is not there
+        problem = f"{type(error).__name__}: {error}"
+    else:
+        return output, message
+    return None, f"{message} [{FALLBACK_VALUE_PROBLEM}{problem}]"
+
+
+FALLBACK_VALUE_PROBLEM = "fallback_value not rendered, the output is null: "
+"""What a task's error message says (before the reason) when its fallback_value gave nothing."""
+
+
 def llm_request_fields(task: LLMTask, scope: Scope, default_model: str) -> dict[str, Any]:
     """The rendered request of an LLM task (also what `prompt_hash` caching hashes)."""
     return {
@@ -142,9 +194,7 @@ def run_leaf(
     on either engine, is what the run document shows (a secret the task read, or a sensitive
     input, as `***`), since on AWS an output travels in the execution's state."""
     if isinstance(task, PythonTask):
-        script = task.script  # without a placeholder, render_script would return it as is
-        if "{{" in script:
-            script = render_script(script, _evaluate_in_script(scope))
+        script = render_task_script(task.script, scope)
         context = Context(run, scope, name)
         log = TaskLog(name, run)
         try:

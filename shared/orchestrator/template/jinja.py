@@ -93,10 +93,13 @@ def _error(source: str, error: Exception) -> TemplateError:
     if isinstance(error, TemplateSyntaxError):
         return TemplateError(f"template syntax error in {text!r}: {error.message} (line {error.lineno})")
     if isinstance(error, UndefinedError):
-        return TemplateError(
-            f"{error.message} in {text!r}; pass it as an input (-i name=value), or guard it "
-            "with '| default(...)'"
-        )
+        message = str(error.message)
+        if message.endswith(" is undefined"):  # a name: it may be an input not given
+            return TemplateError(
+                f"{message} in {text!r}; pass it as an input (-i name=value), or guard it "
+                "with '| default(...)'"
+            )
+        return TemplateError(f"{message} in {text!r}; guard it with '| default(...)'")
     if isinstance(error, SecurityError):
         return TemplateError(f"not allowed in templates: {error} in {text!r}")
     return TemplateError(f"{type(error).__name__}: {error} in {text!r}")
@@ -128,6 +131,28 @@ def _compiled_template(source: str) -> Any:
     return strict_environment().from_string(source)
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _undefined_inside(value: Any, undefined: type[Undefined]) -> Undefined | None:
+    """The first undefined value inside lists, tuples and dicts (a strict template must not
+    hand one on: it would fail later, far from its template, or be written as text)."""
+    pending = [value]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        kind = type(current)
+        if kind in _SCALARS:
+            continue
+        if kind is dict or kind is list or kind is tuple or isinstance(current, (dict, list, tuple)):
+            if id(current) not in seen:
+                seen.add(id(current))
+                pending.extend(current.values() if isinstance(current, dict) else current)
+        elif isinstance(current, undefined):
+            return current
+    return None
+
+
 def evaluate_expression(expression: str, scope: Mapping[str, Any], *, lenient: bool = False) -> Any:
     """Value of one Jinja expression in `scope` (read in place: the scope is never copied)."""
     from jinja2 import Undefined
@@ -142,6 +167,11 @@ def evaluate_expression(expression: str, scope: Mapping[str, Any], *, lenient: b
             if lenient:
                 return None
             str(value)  # raises UndefinedError with Jinja's own message
+        elif not lenient and type(value) not in _SCALARS and not _DOTTED_EXPRESSION.fullmatch(expression):
+            # (a name or a dotted path reads a value of the scope as it is: JSON, never undefined)
+            inside = _undefined_inside(value, Undefined)
+            if inside is not None:
+                str(inside)  # `rows | map(attribute='missing') | list`: the same error
         return value
     except TemplateError:
         raise
