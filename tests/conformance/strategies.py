@@ -244,6 +244,10 @@ class GeneratedPipeline:
     uses: frozenset[str]  # constructs this pipeline exercises (for statistics)
     flags: frozenset[str]  # the Features flags it exercises
 
+    def __repr__(self) -> str:  # the files themselves are in the example's notes (describe())
+        children = f" and {len(self.children)} child pipeline(s)" if self.children else ""
+        return f"<{PIPELINE_ID}.yaml of {self.task_count()} task(s){children}>"
+
     def write(self, folder: Path) -> Path:
         """Write the pipeline as `fuzz.yaml` with its children beside it; its path."""
         folder.mkdir(parents=True, exist_ok=True)
@@ -338,8 +342,9 @@ class _Builder:
         return self.draw(st.integers(low, high))
 
     def flag(self, name: str) -> None:
+        """The pipeline uses the construct of a Features flag."""
         self.flags.add(name)
-        self.uses.add(f"divergence:{name}")
+        self.uses.add(f"feature:{name}")
 
     def new_name(self, scope: Scope, *, group: bool = False) -> str:
         """A name no task of the pipeline has (`group`: a parallel_group's, whose children's

@@ -230,7 +230,9 @@ def test_both_engines_agree_on_drawn_pipelines(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
+    """A drawn pipeline gives the same run document, and exit status, on both engines."""
     note(generated.describe())
+    note(f"# Features flags it uses: {', '.join(sorted(generated.flags)) or 'none'}")
     for use in sorted(generated.uses):
         event(use)
     folder = Path(tempfile.mkdtemp(dir=tmp_path, prefix="example-"))
@@ -399,6 +401,7 @@ KNOWN_DIVERGENCES = [
         "are invalid on AWS, and the pipeline_group fails with States.Runtime",
         children=("21_child.yaml",),
     ),
+    # (22) is not used: the shortened name in a run's error, found apart, is (12)
     Divergence(
         "23_big_output_in_failed_run.yaml",
         "(23) in a failed run, an output offloaded to S3 (over 200 KB) is its {'$payload': 's3://...'} "
