@@ -74,6 +74,25 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
 
 
 @pytest.fixture
+def run_on_both_engines(
+    cli: Callable[..., CliResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., dict[str, CliResult]]:
+    """`orchestrator run FILE --json ARGS...` on the embedded engine and on the emulated Step
+    Functions, each with a state folder of its own; each must exit 0. Results by engine."""
+
+    def run(path: Path, *arguments: str) -> dict[str, CliResult]:
+        results = {}
+        for engine in ("local", "stepfunctions"):
+            monkeypatch.setenv("ORCHESTRATOR_HOME", str(tmp_path / engine))
+            result = cli("run", path, "--json", "--engine", engine, *arguments)
+            assert result.code == 0, f"{engine}: {result.stderr}"
+            results[engine] = result
+        return results
+
+    return run
+
+
+@pytest.fixture
 def write_pipeline(tmp_path: Path) -> Callable[..., Path]:
     """Write YAML text (dedented) to tmp_path/<name>.yaml and return its path."""
 

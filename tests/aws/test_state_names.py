@@ -94,17 +94,12 @@ def test_tasks_named_like_the_compilers_states_keep_their_own(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_tasks_named_like_the_compilers_states_run_the_same_on_both_engines(
-    cli: Callable[..., CliResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run_on_both_engines: Callable[..., dict[str, CliResult]], tmp_path: Path
 ) -> None:
     path = tmp_path / "role_names.yaml"
     path.write_text(WHILE_WITH_ROLE_NAMES, encoding="utf-8")
-    documents = {}
-    for engine in ("local", "stepfunctions"):
-        monkeypatch.setenv("ORCHESTRATOR_HOME", str(tmp_path / engine))
-        result = cli("run", path, "--json", "--engine", engine)
-        assert result.code == 0, result.stderr
-        documents[engine] = result.document()
-    local, aws = documents["local"], documents["stepfunctions"]
+    results = run_on_both_engines(path)
+    local, aws = results["local"].document(), results["stepfunctions"].document()
     assert local["status"] == aws["status"] == "succeeded"
     assert local["outputs"] == aws["outputs"]
     assert local["outputs"]["loop"] == {"iterations": 3, "state": {"n": 3, "seen": 30}}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -63,23 +62,14 @@ tasks:
 """
 
 
-def _run(cli: Callable[..., CliResult], path: Path, engine: str) -> dict[str, Any]:
-    result = cli("run", path, "--json", "--engine", engine)
-    assert result.code == 0, result.stderr
-    return result.document()
-
-
 def test_lists_and_mappings_are_iterated_alike_on_both_engines(
-    cli: Callable[..., CliResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run_on_both_engines: Callable[..., dict[str, CliResult]], tmp_path: Path
 ) -> None:
     path = tmp_path / "loop_items.yaml"
     path.write_text(PIPELINE, encoding="utf-8")
-    documents = {}
-    for engine in ("local", "stepfunctions"):
-        monkeypatch.setenv("ORCHESTRATOR_HOME", str(tmp_path / engine))
-        documents[engine] = _run(cli, path, engine)
+    results = run_on_both_engines(path)
 
-    local, aws = documents["local"], documents["stepfunctions"]
+    local, aws = results["local"].document(), results["stepfunctions"].document()
     assert local["outputs"]["over_output"] == [
         {"line": {"kind": "list", "name": "bolts", "twice": 20}},
         {"line": {"kind": "list", "name": "nuts", "twice": 40}},

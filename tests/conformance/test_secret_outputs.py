@@ -45,20 +45,17 @@ tasks:
 
 
 def test_later_tasks_read_secret_bearing_outputs_redacted_on_both_engines(
-    cli: Callable[..., CliResult], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run_on_both_engines: Callable[..., dict[str, CliResult]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN a task that returns a secret it read and a sensitive input, and two that read it
     path = tmp_path / "secret_outputs.yaml"
     path.write_text(PIPELINE, encoding="utf-8")
     monkeypatch.setenv("ORCHESTRATOR_SECRET_API_TOKEN", SECRET)
-    documents = {}
-    for engine in ("local", "stepfunctions"):
-        monkeypatch.setenv("ORCHESTRATOR_HOME", str(tmp_path / engine))
-        result = cli("run", path, "--json", "--engine", engine, "-i", f"passphrase={PASSPHRASE}")
-        assert result.code == 0, result.stderr
+    results = run_on_both_engines(path, "-i", f"passphrase={PASSPHRASE}")
+    for result in results.values():
         assert SECRET not in result.stdout + result.stderr
         assert PASSPHRASE not in result.stdout + result.stderr
-        documents[engine] = result.document()
+    documents = {engine: result.document() for engine, result in results.items()}
 
     # THEN both read `***`, and a task that reads the secret itself still has the value
     local, aws = documents["local"], documents["stepfunctions"]

@@ -99,16 +99,11 @@ def test_a_for_loop_over_a_sensitive_input_is_refused_where_it_is_written(
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["turbo", "careful"])
 def test_conditions_on_a_sensitive_input_agree_on_both_engines(
-    cli: Callable[..., CliResult], pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+    run_on_both_engines: Callable[..., dict[str, CliResult]], pipeline: Path, mode: str
 ) -> None:
-    documents = {}
-    for engine in ("local", "stepfunctions"):
-        monkeypatch.setenv("ORCHESTRATOR_HOME", str(tmp_path / engine))
-        result = cli("run", pipeline, "--json", "--engine", engine, "-i", f"mode={mode}")
-        assert result.code == 0, result.stderr
-        documents[engine] = result.document()
+    results = run_on_both_engines(pipeline, "-i", f"mode={mode}")
 
-    local, aws = documents["local"], documents["stepfunctions"]
+    local, aws = results["local"].document(), results["stepfunctions"].document()
     ran = {name for name, task in local["tasks"].items() if task["status"] == "succeeded"}
     if mode == "turbo":
         assert ran == {"fast_path", "per_code", "plain"}
