@@ -8,7 +8,8 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from orchestrator.aws.lambda_runtime import DispatchEvent, dispatch
+from orchestrator.aws.dispatch import dispatch
+from orchestrator.aws.events import DispatchEvent
 
 logger = Logger()
 tracer = Tracer()
@@ -19,6 +20,6 @@ metrics = Metrics(namespace="Orchestrator")
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> Any:
-    """Answer one dispatch action (see `orchestrator.aws.lambda_runtime.dispatch`)."""
+    """Answer one dispatch action (see `orchestrator.aws.dispatch.dispatch`)."""
     metrics.add_metric(name="DispatchCalls", unit=MetricUnit.Count, value=1)
     return dispatch(DispatchEvent.model_validate(event))

@@ -8,7 +8,8 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from orchestrator.aws.lambda_runtime import TaskEvent, run_task_event
+from orchestrator.aws.events import TaskEvent
+from orchestrator.aws.task_function import run_task_event
 
 logger = Logger()
 tracer = Tracer()

@@ -24,13 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import Diagnostic, InputError, PipelineValidationError, TemplateError
-from orchestrator.runtime.python_task import (
-    compiles_cleanly,
-    may_have_multiline_strings,
-    recording_compile_warnings,
-)
 from orchestrator.spec.input_types import coerce
-from orchestrator.spec.loading import PipelineSource
+from orchestrator.spec.loading import ChildSource, PipelineSource
 from orchestrator.spec.models import (
     DynamicTaskGroup,
     ForLoop,
@@ -42,6 +37,11 @@ from orchestrator.spec.models import (
     TaskBase,
     WebSearchTask,
     WhileLoop,
+)
+from orchestrator.spec.scripts import (
+    compiles_cleanly,
+    may_have_multiline_strings,
+    recording_compile_warnings,
 )
 from orchestrator.spec.yaml_source import Location, SourceMap
 from orchestrator.template import jinja
@@ -586,7 +586,7 @@ def build_plan(source: PipelineSource) -> Plan:
         analysis.warn(reference.location, f"'{reference.name}' is not a declared input or a task; {fix}")
     _check_input_defaults(source.pipeline, analysis)
     _check_sensitive_loops(body, source.pipeline.sensitive_inputs(), analysis)
-    _check_child_pipelines(body, source.path, analysis, (source.path.resolve(),))
+    _check_child_pipelines(body, source.path, analysis, (source.path.resolve(),), source.children)
     for name in source.pipeline.security.sensitive_variables:
         if name not in source.pipeline.input_variables:
             analysis.warn(("security", "sensitive_variables"), f"'{name}' is not a declared input")
@@ -638,13 +638,14 @@ def _check_input_defaults(pipeline: Pipeline, analysis: _Analysis) -> None:
             analysis.error(location, f"the default of input '{name}' is {value!r}, not one of: {choices}")
 
 
-def _check_child_pipelines(body: Body, path: Path, analysis: _Analysis, stack: tuple[Path, ...]) -> None:
-    """Child pipelines must validate and must not include each other; missing ones only warn."""
-    from orchestrator.spec.loading import read_pipeline
-
+def _check_child_pipelines(
+    body: Body, path: Path, analysis: _Analysis, stack: tuple[Path, ...], children: dict[Path, ChildSource]
+) -> None:
+    """Child pipelines (read with the pipeline: `children`) must validate and must not include
+    each other; missing ones only warn."""
     for node in body.nodes.values():
         if node.body is not None:
-            _check_child_pipelines(node.body, path, analysis, stack)
+            _check_child_pipelines(node.body, path, analysis, stack, children)
         if not isinstance(node.task, PipelineGroup):
             continue
         for index, child in enumerate(node.task.pipelines):
@@ -654,14 +655,17 @@ def _check_child_pipelines(body: Body, path: Path, analysis: _Analysis, stack: t
                 chain = " -> ".join(p.name for p in (*stack, child_path))
                 analysis.error(location, f"pipelines include each other: {chain}")
                 continue
-            if not child_path.is_file():
+            found = children.get(child_path)
+            if found is None:
                 analysis.warn(location, f"'{child.pipeline}' does not exist (yet): the run will fail here")
                 continue
+            if isinstance(found, PipelineValidationError):
+                analysis.errors.extend(found.diagnostics)
+                continue
             try:
-                child_source = read_pipeline(child_path)
-                child_analysis = _Analysis(child_source.source)
-                child_body, _ = analyse_body(child_source.pipeline.tasks, ("tasks",), child_analysis)
-                _check_child_pipelines(child_body, child_path, child_analysis, (*stack, child_path))
+                child_analysis = _Analysis(found.source)
+                child_body, _ = analyse_body(found.pipeline.tasks, ("tasks",), child_analysis)
+                _check_child_pipelines(child_body, child_path, child_analysis, (*stack, child_path), children)
             except PipelineValidationError as error:
                 analysis.errors.extend(error.diagnostics)
                 continue

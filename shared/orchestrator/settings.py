@@ -10,12 +10,25 @@
 | `ORCHESTRATOR_MAX_THREADS` | worker threads of the embedded engine (default 256) |
 | `ORCHESTRATOR_STATE_TABLE` (`_CACHE_`, `_AUDIT_`, `_RUNS_`) | DynamoDB tables (on AWS) |
 | `ORCHESTRATOR_REDIS_URL` | Redis server for `storage_backend: redis` (default `redis://127.0.0.1:6379/0`) |
+
+On AWS (`AwsSettings`, read by the Lambda functions and the triggers):
+
+| variable | meaning |
+|---|---|
+| `ORCHESTRATOR_PIPELINES_DIR` | folder of `<pipeline_id>.yaml` (default `pipelines` beside the package) |
+| `ORCHESTRATOR_STATE_MACHINES` | JSON map pipeline id -> state machine ARN (used by the triggers) |
+| `ORCHESTRATOR_KMS_KEY_ID` | KMS key that seals sensitive inputs in execution input |
+| `ORCHESTRATOR_PAYLOAD_BUCKET` | S3 bucket for outputs too large for the execution state |
+| `AWS_LAMBDA_FUNCTION_NAME` | set by Lambda: sealing needs KMS; the state folder is `/tmp/.orchestrator` |
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import os
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,3 +170,50 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             if env.get(f"ORCHESTRATOR_{kind.upper()}_TABLE")
         },
     )
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    """What the Lambda glue and the triggers read from the environment."""
+
+    pipelines_dir: Path
+    state_machines: dict[str, str]
+    kms_key_id: str | None
+    on_lambda: bool
+    payload_bucket: str | None = None
+
+
+def default_pipelines_dir() -> Path:
+    """`pipelines` beside the package (the layer's `/opt/python/pipelines`), else the repository's."""
+    beside = Path(__file__).resolve().parent.parent / "pipelines"
+    if beside.is_dir():
+        return beside
+    return beside.parent.parent / "pipelines"
+
+
+def aws_settings(env: Mapping[str, str] | None = None) -> AwsSettings:
+    """Read the AWS-side configuration (default `os.environ`)."""
+    env = os.environ if env is None else env
+    folder = env.get("ORCHESTRATOR_PIPELINES_DIR")
+    machines_text = env.get("ORCHESTRATOR_STATE_MACHINES") or "{}"
+    try:
+        machines = json.loads(machines_text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"ORCHESTRATOR_STATE_MACHINES is not JSON: {error}") from None
+    if not isinstance(machines, dict) or not all(isinstance(v, str) for v in machines.values()):
+        raise ConfigError("ORCHESTRATOR_STATE_MACHINES must map pipeline ids to state machine ARNs")
+    return AwsSettings(
+        pipelines_dir=Path(folder) if folder else default_pipelines_dir(),
+        state_machines={str(key): value for key, value in machines.items()},
+        kms_key_id=env.get("ORCHESTRATOR_KMS_KEY_ID") or None,
+        on_lambda=bool(env.get("AWS_LAMBDA_FUNCTION_NAME")),
+        payload_bucket=env.get("ORCHESTRATOR_PAYLOAD_BUCKET") or None,
+    )
+
+
+def lambda_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """`load_settings`, with the state folder in /tmp on Lambda (the only writable place there)."""
+    values = dict(os.environ if env is None else env)
+    if values.get("AWS_LAMBDA_FUNCTION_NAME") and not values.get("ORCHESTRATOR_HOME"):
+        values["ORCHESTRATOR_HOME"] = str(Path(tempfile.gettempdir()) / ".orchestrator")
+    return load_settings(values)

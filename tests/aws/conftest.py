@@ -95,7 +95,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """moto 5 for every AWS call of the test, with fake credentials and fresh cached clients."""
     from moto import mock_aws
 
-    from orchestrator.aws.lambda_runtime import aws_client
+    from orchestrator.aws.clients import aws_client
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -112,7 +112,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture
 def sfn(aws: None) -> Any:
     """moto's Step Functions client (the same one the package builds for itself)."""
-    from orchestrator.aws.lambda_runtime import aws_client
+    from orchestrator.aws.clients import aws_client
 
     return aws_client("stepfunctions")
 

@@ -16,8 +16,8 @@ import pytest
 
 from conftest import PIPELINES
 from orchestrator.aws.asl import compile_file
+from orchestrator.aws.dispatch import _with_message
 from orchestrator.aws.execution import error_from_catch
-from orchestrator.aws.lambda_runtime import _with_message
 from orchestrator.runtime.leaf import FALLBACK_VALUE_PROBLEM
 
 Handler = Callable[[str, dict[str, Any]], Any]

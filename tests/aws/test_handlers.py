@@ -20,17 +20,13 @@ import pytest
 from fakes.fixtures import fake_openai, fake_search  # noqa: F401
 from fakes.servers import FakeOpenAIServer, FakeSearchServer
 from orchestrator.aws import triggers
-from orchestrator.aws.lambda_runtime import (
-    DispatchEvent,
-    KmsSealer,
-    LocalSealer,
-    TaskEvent,
-    TaskFailure,
-    dispatch,
-    find_task,
-    lambda_settings,
-    run_task_event,
-)
+from orchestrator.aws.deployed import find_task
+from orchestrator.aws.dispatch import dispatch
+from orchestrator.aws.events import DispatchEvent, TaskEvent, TaskFailure
+from orchestrator.aws.task_function import run_task_event
+from orchestrator.sealing.kms import KmsSealer
+from orchestrator.sealing.local import LocalSealer
+from orchestrator.settings import lambda_settings
 from orchestrator.spec.models import ForLoop, PythonTask
 from orchestrator.stores.factory import open_stores
 
@@ -489,7 +485,7 @@ def test_leaked_secret_in_an_output_or_error_is_redacted(tmp_path: Path) -> None
 
 
 def test_kms_sealer_binds_values_to_pipeline_and_input(aws: None) -> None:
-    from orchestrator.aws.lambda_runtime import aws_client
+    from orchestrator.aws.clients import aws_client
 
     key_id = aws_client("kms").create_key(Description="orchestrator inputs")["KeyMetadata"]["KeyId"]
     sealer = KmsSealer(key_id)
@@ -503,7 +499,7 @@ def test_kms_sealer_binds_values_to_pipeline_and_input(aws: None) -> None:
 def test_kms_sealed_run_is_opened_by_the_task(
     handler: Handler, event: Event, state_machines: Machines, sfn: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from orchestrator.aws.lambda_runtime import aws_client
+    from orchestrator.aws.clients import aws_client
 
     monkeypatch.setenv("ORCHESTRATOR_KMS_KEY_ID", aws_client("kms").create_key()["KeyMetadata"]["Arn"])
     arns = state_machines("secure_credentials")

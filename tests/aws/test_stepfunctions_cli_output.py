@@ -18,6 +18,7 @@ import textwrap
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -187,6 +188,29 @@ def test_with_json_stdout_is_the_run_document_alone(tmp_path: Path) -> None:
     assert remote.stdout.count("\n") == 1
     assert remote.stderr == local.stderr == "[first] hello from first\n[each] item 1\n[each] item 2\n"
     assert_quiet(remote)
+
+
+def test_an_ended_emulation_waits_for_lambda_calls_still_running() -> None:
+    """When an iteration aborts, moto ends the execution while another iteration's Lambda call
+    still runs; the emulation waits for it before giving stdout back, so what the call writes
+    when it ends (its EMF metrics) goes where Lambda output goes, not to the user's stdout."""
+    from orchestrator.aws.emulator import _Invoker
+
+    started, finished = threading.Event(), threading.Event()
+
+    def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
+        started.set()
+        finished.wait(0.5)
+        finished.set()
+        return {}
+
+    invoker = _Invoker({"slow": SimpleNamespace(lambda_handler=lambda_handler)})  # type: ignore[dict-item]
+    call = threading.Thread(target=invoker, args=(SimpleNamespace(function_name="slow"), {}))
+    call.start()
+    assert started.wait(5)
+    invoker.wait_idle(10)
+    assert finished.is_set() and invoker.in_flight == 0
+    call.join()
 
 
 def python_task(

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator.engine.local import input_hash
 from orchestrator.engine.sandbox import Limits, limits_for, run_sandboxed
 from orchestrator.errors import TaskError
 from orchestrator.runtime.context import RunInfo, StateConflictError
+from orchestrator.runtime.leaf import canonical_hash
 from orchestrator.runtime.redact import MASK, Redactor
 from orchestrator.runtime.scope import LoopFrame, Scope
 from orchestrator.settings import load_settings
@@ -40,7 +40,7 @@ def top_scope(run: RunInfo, inputs: dict[str, Any]) -> Scope:
     """The scope the engine gives top-level tasks (`_Run.top_scope`)."""
     values: dict[str, Any] = dict(jinja.GLOBALS)
     values.update(inputs)
-    values["input_hash"] = input_hash(inputs)
+    values["input_hash"] = canonical_hash(inputs)
     values["run"] = {"id": run.run_id, "pipeline": run.pipeline_id, "started_at": run.started_at}
     return Scope({}, Scope(values)).child()
 

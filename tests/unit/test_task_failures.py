@@ -33,11 +33,11 @@ from orchestrator.runtime.leaf import (
     render_task_script,
     run_leaf,
 )
-from orchestrator.runtime.python_task import compile_script
 from orchestrator.runtime.redact import Redactor
 from orchestrator.runtime.scope import Scope
 from orchestrator.settings import load_settings
 from orchestrator.spec.models import PythonTask
+from orchestrator.spec.scripts import compile_script
 from orchestrator.stores.factory import open_stores
 from orchestrator.template import jinja
 

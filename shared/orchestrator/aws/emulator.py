@@ -130,8 +130,26 @@ class _Invoker:
     handlers: dict[str, ModuleType]
 
     lock: threading.Lock = field(default_factory=threading.Lock)
+    in_flight: int = 0
+    idle: threading.Condition = field(default_factory=threading.Condition)
+
+    def wait_idle(self, timeout: float) -> None:
+        """Wait (up to `timeout` seconds) for invocations still running: when a Map iteration
+        fails the execution, moto lets the others finish their calls after it has ended."""
+        with self.idle:
+            self.idle.wait_for(lambda: self.in_flight == 0, timeout)
 
     def __call__(self, function: Any, event: Any = None) -> tuple[str, bool, str]:
+        with self.idle:
+            self.in_flight += 1
+        try:
+            return self._invoke(function, event)
+        finally:
+            with self.idle:
+                self.in_flight -= 1
+                self.idle.notify_all()
+
+    def _invoke(self, function: Any, event: Any = None) -> tuple[str, bool, str]:
         name = function.function_name
         module = self.handlers[name]
         try:
@@ -150,6 +168,10 @@ class _Invoker:
             }
             return json.dumps(payload), True, ""
         return json.dumps(result), False, ""
+
+
+STRAGGLER_WAIT = 30.0
+"""Seconds an ended emulation waits for Lambda calls that are still running."""
 
 
 class _LambdaStdout:
@@ -205,17 +227,19 @@ def emulated_aws(root: Path | None = None) -> Iterator[dict[str, str]]:
             stdout = sys.stdout
             # before the handlers load, so their loggers and metrics bind to it
             sys.stdout = _LambdaStdout(stdout, threading.get_ident())
+            invoker = _Invoker({})
             try:
-                handlers = {
-                    f"orchestrator-{kind}": _load_handler(root / "functions" / folder / "app.py")
+                invoker.handlers.update(
+                    (f"orchestrator-{kind}", _load_handler(root / "functions" / folder / "app.py"))
                     for kind, folder in FUNCTION_FOLDERS.items()
-                }
-                invoker = _Invoker(handlers)
+                )
                 with mock.patch.object(
                     LambdaFunction, "_invoke_lambda", lambda self, event=None: invoker(self, event)
                 ):
                     yield arns
             finally:
+                # calls still running write to the dropped stdout, not the user's
+                invoker.wait_idle(STRAGGLER_WAIT)
                 sys.stdout = stdout
     finally:
         os.environ.clear()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Any
 
 LIMIT = 200_000
@@ -24,10 +23,10 @@ def _s3() -> Any:
     return boto3.client("s3")
 
 
-def offload(value: Any, run_id: str, name: str, *, client: Any = None) -> Any:
-    """`value`, or a reference to it in S3 when its JSON is too large to travel in the state."""
+def offload(value: Any, run_id: str, name: str, bucket: str | None, *, client: Any = None) -> Any:
+    """`value`, or a reference to it in `bucket` when its JSON is too large to travel in the
+    state (no bucket: the value as it is)."""
     text = json.dumps(value)
-    bucket = os.environ.get("ORCHESTRATOR_PAYLOAD_BUCKET")
     if len(text.encode()) <= LIMIT or not bucket:
         return value
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -24,7 +24,7 @@ from orchestrator.runtime.redact import Redactor
 
 def execution_input(plan: Plan, inputs: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     """What a trigger starts the state machine with; sensitive inputs sealed."""
-    from orchestrator.aws.lambda_runtime import default_sealer, seal_inputs
+    from orchestrator.sealing.inputs import default_sealer, seal_inputs
 
     sensitive = plan.pipeline.sensitive_inputs() & set(inputs)
     sealed = seal_inputs(plan.pipeline_id, inputs, sensitive, default_sealer()) if sensitive else dict(inputs)

@@ -10,7 +10,7 @@ ones and starts the pipeline's state machine with the execution input of `docs/a
 **Sensitive inputs never enter the execution input in plain text.** Each input named by the
 pipeline's `sensitive_inputs()` is replaced by `{"sealed": <token>, "by": "kms"}`: envelope
 encryption under `ORCHESTRATOR_KMS_KEY_ID`, bound to the pipeline and input name by the KMS
-encryption context (see `lambda_runtime.KmsSealer`). The inputs keep their place, so the
+encryption context (see `orchestrator.sealing.kms`). The inputs keep their place, so the
 state machine passes them on unchanged, and only a task or dispatch Lambda (with
 `kms:Decrypt`) opens them; the outputs it returns are redacted. Empty values (`""`, null)
 are left as they are. Off Lambda without a KMS key (the in-process engine, tests) the
@@ -41,23 +41,19 @@ from urllib.parse import unquote_plus
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.aws.lambda_runtime import (
-    UnknownPipelineError,
-    aws_client,
-    aws_settings,
-    default_sealer,
-    load_plan,
-    seal_inputs,
-    visible_outputs,
-)
+from orchestrator.aws.clients import aws_client
+from orchestrator.aws.deployed import UnknownPipelineError, load_plan
+from orchestrator.aws.task_scope import visible_outputs
 from orchestrator.errors import InputError, OrchestratorError
+from orchestrator.sealing.inputs import default_sealer, seal_inputs
+from orchestrator.settings import aws_settings
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.data_classes.api_gateway_proxy_event import (
         RequestContextV2Authorizer,
     )
 
-    from orchestrator.aws.lambda_runtime import Sealer
+    from orchestrator.sealing.base import Sealer
 
 MAX_EXECUTION_NAME = 80
 MAX_IDEMPOTENCY_KEY = 256

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import getpass
-import hashlib
-import json
-import random
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +25,7 @@ from orchestrator.engine.sandbox import Limits, limits_for, run_sandboxed
 from orchestrator.engine.threads import DaemonThreadPool, shared_pool
 from orchestrator.errors import OrchestratorError, TaskError
 from orchestrator.plan import Body, Node, Plan, build_plan, plan_tasks
-from orchestrator.runtime.context import RunInfo, StateConflictError
+from orchestrator.runtime.context import RunInfo
 from orchestrator.runtime.documents import (
     ErrorInfo,
     RunStatus,
@@ -36,13 +33,21 @@ from orchestrator.runtime.documents import (
     TaskStatus,
     run_document,
 )
-from orchestrator.runtime.generated import plan_generated
+from orchestrator.runtime.generated import expand
 from orchestrator.runtime.inputs import resolve_inputs
-from orchestrator.runtime.leaf import LEAF_TYPES, Services, cache_key, fallback_output, render, run_leaf
-from orchestrator.runtime.loops import loop_items
+from orchestrator.runtime.leaf import LEAF_TYPES, Services, run_leaf
+from orchestrator.runtime.loops import (
+    for_iteration,
+    for_loop_items,
+    while_iteration,
+    while_output,
+    while_state,
+)
+from orchestrator.runtime.pipelines import child_failed, child_path, child_run, render_outputs, run_scope
 from orchestrator.runtime.policy import ErrorPolicy, effective_policy, task_timeout
 from orchestrator.runtime.redact import MASK, Redactor
-from orchestrator.runtime.scope import LoopFrame, Scope
+from orchestrator.runtime.scope import Scope
+from orchestrator.runtime.task import PipelineAborted, TaskRun, attempt_leaf, carry_task, timeout_error
 from orchestrator.runtime.task_streams import task_streams
 from orchestrator.settings import Settings
 from orchestrator.spec.loading import read_pipeline
@@ -55,9 +60,7 @@ from orchestrator.spec.models import (
     WhileLoop,
 )
 from orchestrator.stores.base import Stores
-from orchestrator.template import jinja
 
-CONFLICT_RERUNS = 50
 SANDBOX_GRACE = 5.0
 
 
@@ -81,16 +84,6 @@ class RunOptions:
     run_id: str | None = None
     observer: Observer | None = None
     sleep: Callable[[float], Any] = asyncio.sleep
-
-
-class AbortError(Exception):
-    """A task failed with `on_failure: abort_pipeline`; unwinds the bodies that contain it."""
-
-    def __init__(self, task: str, outcome: TaskOutcome) -> None:
-        super().__init__(task)
-        self.task = task
-        self.outcome = outcome
-        self.body_outcomes: dict[str, TaskOutcome] = {}
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -179,15 +172,9 @@ def _unwound(
         if name not in outcomes:
             status = TaskStatus.CANCELLED if name in cancelled else TaskStatus.NOT_RUN
             outcomes[name] = TaskOutcome(status)
-    if isinstance(error, AbortError):
+    if isinstance(error, PipelineAborted):
         error.body_outcomes = outcomes
     return error
-
-
-def input_hash(inputs: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of the run's inputs (SPEC section 4)."""
-    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class _Reporter:
@@ -342,7 +329,7 @@ class _BodySchedule:
         return ready[0]
 
     def fail(self, name: str, error: BaseException) -> None:
-        if isinstance(error, AbortError):
+        if isinstance(error, PipelineAborted):
             self.outcomes[name] = error.outcome
             if self.observer:
                 self.observer.task_finished(name, error.outcome)
@@ -413,98 +400,44 @@ class _Run:
     async def run_task(
         self, task: TaskBase, name: str, scope: Scope, node: Node | None, report: bool, depth: int = 0
     ) -> TaskOutcome:
-        started = time.perf_counter()
-        if not isinstance(task, WhileLoop) and task.condition is not None:
-            try:
-                should_run = jinja.evaluate_condition(task.condition, scope)
-            except OrchestratorError as error:
-                failure = TaskOutcome(TaskStatus.FAILED, None, 0, ErrorInfo("TemplateError", str(error)))
-                return self.apply_failure(task, name, scope, failure, started)
-            if not should_run:
-                return TaskOutcome(TaskStatus.SKIPPED, None, 0, None, time.perf_counter() - started)
-        policy = self.task_settings(task)[0]
-        entry = None
-        try:
-            entry = cache_key(
-                task,
-                name,
-                scope,
-                self.pipeline,
-                self.info.pipeline_id,
-                node.reads if node else frozenset(),
-                self.shared.services.settings.default_model,
-            )
-        except TaskError as error:
-            failure = TaskOutcome(TaskStatus.FAILED, None, 0, ErrorInfo(error.error_type, error.message))
-            return self.apply_failure(task, name, scope, failure, started)
-        cache = self.shared.options.stores.cache
-        if entry is not None and not self.shared.options.no_cache:
-            hit, value = cache.get(entry[0])
-            if hit:
-                return TaskOutcome(TaskStatus.CACHED, value, 0, None, time.perf_counter() - started)
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                output = await self.attempt(task, name, scope, node, report, depth)
-            except TaskError as error:
-                info = ErrorInfo(error.error_type, self.shared.redactor.text(error.message))
-                if error.retryable and attempts <= policy.retry_count:
-                    await self.shared.options.sleep(policy.delay_before(attempts))
-                    continue
-                failure = TaskOutcome(TaskStatus.FAILED, None, attempts, info)
-                break
-            if entry is not None:
-                cache.put(entry[0], self.shared.redactor.value(output), entry[1])
-            return TaskOutcome(TaskStatus.SUCCEEDED, output, attempts, None, time.perf_counter() - started)
-        if policy.fallback is not None:
-            try:
-                output = await self.attempt(policy.fallback, name, scope, None, False, depth)
-            except TaskError:
-                pass
-            else:
-                return TaskOutcome(TaskStatus.FALLBACK, output, attempts, None, time.perf_counter() - started)
-        return self.apply_failure(task, name, scope, failure, started)
+        """Carry a ready task to its outcome (`runtime.task`); this engine runs its attempts."""
+        run = TaskRun(
+            task,
+            name,
+            scope,
+            pipeline=self.pipeline,
+            pipeline_id=self.info.pipeline_id,
+            policy=self.task_settings(task)[0],
+            reads=node.reads if node else frozenset(),
+            cache=self.shared.options.stores.cache,
+            no_cache=self.shared.options.no_cache,
+            default_model=self.shared.services.settings.default_model,
+            redactor=self.shared.redactor,
+        )
 
-    def apply_failure(
-        self, task: TaskBase, name: str, scope: Scope, failure: TaskOutcome, started: float
-    ) -> TaskOutcome:
-        """`on_failure` after retries and fallback are spent."""
-        policy = self.task_settings(task)[0]
-        failure.duration = time.perf_counter() - started
-        if policy.on_failure == "abort_pipeline":
-            raise AbortError(name, failure)
-        error = failure.error
-        original = error.message if error else ""
-        failure.output, message = fallback_output(policy.fallback_value, scope, original)
-        if error is not None and message != original:
-            failure.error = ErrorInfo(error.type, self.shared.redactor.text(message))
-        if policy.on_failure == "skip":
-            failure.status = TaskStatus.SKIPPED
-        else:
+        async def attempt(which: TaskBase) -> Any:
+            if which is task:
+                return await self.attempt(task, name, scope, node, report, depth)
+            return await self.attempt(which, name, scope, None, False, depth)  # the fallback task
+
+        outcome = await carry_task(run, attempt, self.shared.options.sleep)
+        if outcome.status is TaskStatus.FAILED:
             self.shared.degraded.append(name)
-        return failure
+        return outcome
 
     async def attempt(
         self, task: TaskBase, name: str, scope: Scope, node: Node | None, report: bool, depth: int
     ) -> Any:
-        """One attempt; state conflicts re-run it without counting against retries."""
+        """One attempt, within the task's timeout."""
         _, timeout, limits = self.task_settings(task)
+        work = self.execute(task, name, scope, node, report, depth, limits, timeout)
+        if timeout is None:
+            return await work
         # a sandboxed child is killed at its own deadline; the wait here is only a backstop
-        deadline = None if timeout is None else timeout + (SANDBOX_GRACE if limits else 0.0)
-        for rerun in range(CONFLICT_RERUNS):
-            try:
-                work = self.execute(task, name, scope, node, report, depth, limits, timeout)
-                if deadline is None:
-                    return await work
-                return await asyncio.wait_for(work, deadline)
-            except StateConflictError:
-                await asyncio.sleep(random.uniform(0, 0.005 * (rerun + 1)))
-            except TimeoutError:
-                raise TaskError(
-                    "TaskTimeout", f"task '{name}' exceeded its timeout of {timeout:g}s"
-                ) from None
-        raise TaskError("StateConflict", f"task '{name}' kept conflicting with concurrent writers")
+        try:
+            return await asyncio.wait_for(work, timeout + (SANDBOX_GRACE if limits else 0.0))
+        except TimeoutError:
+            raise timeout_error(name, timeout) from None
 
     async def execute(
         self,
@@ -517,19 +450,19 @@ class _Run:
         limits: Limits | None,
         timeout: float | None,
     ) -> Any:
-        if isinstance(task, LEAF_TYPES) and limits is not None:
-            backend = self.pipeline.state_management.storage_backend
-            return await self.shared.pool.run_in_loop(
-                run_sandboxed, task, name, scope, self.info, backend, dict(self.inputs), limits
-            )
         if isinstance(task, LEAF_TYPES):
-            arguments = (task, name, scope, self.info, self.shared.services, dict(self.inputs))
-            if timeout is None and self.shared.activity.alone(depth):
-                try:
-                    return run_leaf(*arguments)
-                except KeyboardInterrupt:
-                    return await _interrupted()
-            return await self.shared.pool.run_in_loop(run_leaf, *arguments)
+            inputs = dict(self.inputs)
+            if limits is not None:
+                backend = self.pipeline.state_management.storage_backend
+                leaf = functools.partial(run_sandboxed, task, name, scope, self.info, backend, inputs, limits)
+            else:
+                leaf = functools.partial(run_leaf, task, name, scope, self.info, self.shared.services, inputs)
+                if timeout is None and self.shared.activity.alone(depth):
+                    try:
+                        return attempt_leaf(leaf, name)
+                    except KeyboardInterrupt:
+                        return await _interrupted()
+            return await self.shared.pool.run_in_loop(attempt_leaf, leaf, name)
         body = node.body if node is not None else None
         inner = depth + 1
         try:
@@ -545,7 +478,7 @@ class _Run:
                 return await self.dynamic_group(task, scope, inner)
             if isinstance(task, PipelineGroup):
                 return await self.pipeline_group(task, scope, inner)
-        except AbortError as abort:
+        except PipelineAborted as abort:
             error = abort.outcome.error or ErrorInfo("TaskFailed", "failed")
             raise TaskError(error.type, error.message) from None
         raise TypeError(f"unknown task type {type(task).__name__}")
@@ -555,16 +488,13 @@ class _Run:
 
     # containers ---------------------------------------------------------------------------
     async def for_loop(self, task: ForLoop, body: Body, scope: Scope, depth: int) -> list[Any]:
-        items = loop_items(
-            render(task.iterate_over, scope) if isinstance(task.iterate_over, str) else task.iterate_over
-        )
+        items = for_loop_items(task, scope)
         results: list[Any] = [None] * len(items)
         positions = iter(range(len(items)))
 
         async def worker() -> None:
             for index in positions:
-                frame = LoopFrame(index, item_variable=task.item_variable, item=items[index])
-                iteration = scope.child({task.item_variable: items[index], "loop_index": index}, loop=frame)
+                iteration = for_iteration(scope, task.item_variable, index, items[index])
                 outcomes = await self.run_body(body, iteration, depth=depth)
                 results[index] = {name: outcome.output for name, outcome in outcomes.items()}
 
@@ -580,20 +510,11 @@ class _Run:
         state: dict[str, Any] = {}
         last = list(body.nodes)[-1] if body.nodes else None
         iterations = 0
-        for index in range(task.max_iterations):
-            frame = LoopFrame(index, state=state)
-            iteration = scope.child({"loop_state": state, "loop_index": index}, loop=frame)
-            try:
-                keep_going = jinja.evaluate_condition(task.condition, iteration)
-            except OrchestratorError as error:
-                raise TaskError("TemplateError", str(error)) from None
-            if not keep_going:
-                break
+        while (iteration := while_iteration(task, scope, iterations, state)) is not None:
             outcomes = await self.run_body(body, iteration, depth=depth)
             iterations += 1
-            final = outcomes[last].output if last else None
-            state = final if isinstance(final, dict) else {}
-        return {"iterations": iterations, "state": state}
+            state = while_state(outcomes[last].output if last else None)
+        return while_output(iterations, state)
 
     async def parallel_group(
         self, task: ParallelGroup, name: str, body: Body, scope: Scope, report: bool, depth: int
@@ -604,7 +525,7 @@ class _Run:
             outcomes = await self.run_body(
                 body, inner, max_concurrency=task.max_concurrency, report=report, depth=depth
             )
-        except AbortError as abort:
+        except PipelineAborted as abort:
             outcomes = abort.body_outcomes
             raise
         finally:
@@ -615,46 +536,32 @@ class _Run:
         return {child: outcome.output for child, outcome in outcomes.items()}
 
     async def dynamic_group(self, task: DynamicTaskGroup, scope: Scope, depth: int) -> list[Any]:
-        specs = render(task.tasks, scope) if isinstance(task.tasks, str) else task.tasks
-        body = plan_generated(specs, task, self.plan.source.source)
+        body = expand(task, scope, self.plan.source.source)
         names = list(body.nodes)
         outcomes = await self.run_body(body, scope.child(), max_concurrency=task.max_concurrency, depth=depth)
         return [outcomes[name].output for name in names]
 
     async def pipeline_group(self, task: PipelineGroup, scope: Scope, depth: int) -> dict[str, Any]:
         async def run_child(index: int) -> tuple[str, dict[str, Any]]:
-            child = task.pipelines[index]
-            path = (self.plan.path.parent / child.pipeline).resolve()
-            if path in self.shared.pipeline_stack:
-                chain = " -> ".join(p.name for p in (*self.shared.pipeline_stack, path))
-                raise TaskError("PipelineCycle", f"pipelines include each other: {chain}")
-            try:
-                child_plan = build_plan(read_pipeline(path))
-                inputs = resolve_inputs(child_plan.pipeline, render(child.inputs, scope))
-                for sensitive in child_plan.pipeline.sensitive_inputs() & set(inputs):
-                    self.shared.redactor.add(inputs[sensitive])
-            except OrchestratorError as error:
-                raise TaskError("ChildPipelineInvalid", f"{child.pipeline}: {error}") from None
+            stack = self.shared.pipeline_stack
+            child_plan, inputs = child_run(task, index, scope, self.plan.path, _read_plan, including=stack)
+            for sensitive in child_plan.pipeline.sensitive_inputs() & set(inputs):
+                self.shared.redactor.add(inputs[sensitive])
             shared = _Shared(
                 self.shared.options,
                 self.shared.services,
                 self.shared.pool,
                 self.shared.redactor,
                 self.shared.activity,
-                (*self.shared.pipeline_stack, path),
+                (*stack, child_path(task, index, self.plan.path)),
                 self.shared.degraded,
             )
-            child_run = _Run(
+            run = _Run(
                 child_plan, inputs, shared, f"{self.info.run_id}.{child_plan.pipeline_id}", top_level=False
             )
-            document = await child_run.run(depth=depth)
+            document = await run.run(depth=depth)
             if document["status"] == RunStatus.FAILED:
-                failed = document["error"] or {}
-                raise TaskError(
-                    "ChildPipelineFailed",
-                    f"{child.pipeline}: task '{failed.get('task')}' failed: "
-                    f"{failed.get('type')}: {failed.get('message')}",
-                )
+                raise child_failed(task, index, document["error"] or {})
             return child_plan.pipeline_id, document["outputs"]
 
         if task.mode == "sequential":
@@ -667,14 +574,7 @@ class _Run:
 
     # the whole run ------------------------------------------------------------------------
     def top_scope(self) -> Scope:
-        values: dict[str, Any] = dict(self.inputs)
-        values["input_hash"] = input_hash(self.inputs)
-        values["run"] = {
-            "id": self.info.run_id,
-            "pipeline": self.info.pipeline_id,
-            "started_at": self.info.started_at,
-        }
-        return Scope({}, Scope(values, Scope(jinja.GLOBALS))).child()
+        return run_scope(self.inputs, self.info.run_id, self.info.pipeline_id, self.info.started_at)
 
     async def run(self, completed: dict[str, dict[str, Any]] | None = None, depth: int = 0) -> dict[str, Any]:
         """Run the pipeline; `completed` are checkpoints of top-level tasks a resumed run keeps
@@ -695,7 +595,7 @@ class _Run:
         try:
             work = self.run_body(self.plan.body, scope, report=True, completed=finished, depth=depth)
             outcomes = await (asyncio.wait_for(work, timeout) if timeout else work)
-        except AbortError as abort:
+        except PipelineAborted as abort:
             outcomes = abort.body_outcomes
             failed = abort.outcome.error or ErrorInfo("TaskFailed", "failed")
             error = failed.as_dict(abort.task)
@@ -711,13 +611,9 @@ class _Run:
         result = None
         if status is RunStatus.SUCCEEDED and self.pipeline.outputs is not None:
             try:
-                result = render(self.pipeline.outputs, scope)
+                result = render_outputs(self.pipeline.outputs, scope)
             except TaskError as failure:
-                error = {
-                    "task": None,
-                    "type": failure.error_type,
-                    "message": f"outputs: {failure.message}",
-                }
+                error = {"task": None, "type": failure.error_type, "message": failure.message}
                 status = RunStatus.FAILED
         if status is RunStatus.SUCCEEDED and self.shared.degraded:
             status = RunStatus.DEGRADED
@@ -759,6 +655,10 @@ class _Run:
                     if child.name:
                         flat[child.name] = children.get(child.name, TaskOutcome(TaskStatus.NOT_RUN))
         return flat
+
+
+def _read_plan(path: Path) -> Plan:
+    return build_plan(read_pipeline(path))
 
 
 def new_run_id() -> str:
@@ -875,7 +775,7 @@ def _resume_record(plan: Plan, inputs: dict[str, Any], user_id: str, options: Ru
     }
     secret_inputs = {name: value for name, value in inputs.items() if name in sensitive}
     if secret_inputs and plan.pipeline.security.encrypt_variables:
-        from orchestrator.runtime.sealing import seal
+        from orchestrator.sealing.local import seal
 
         record["sealed_inputs"] = seal(secret_inputs, options.settings.home)
     return record
@@ -895,7 +795,7 @@ def resume_run(
     plan = build_plan(read_pipeline(Path(record["pipeline_path"])))
     inputs = dict(record["inputs"])
     if record.get("sealed_inputs"):
-        from orchestrator.runtime.sealing import unseal
+        from orchestrator.sealing.local import unseal
 
         inputs.update(unseal(record["sealed_inputs"], options.settings.home))
     inputs.update(given)

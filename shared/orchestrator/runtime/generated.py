@@ -10,6 +10,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from orchestrator.errors import PipelineValidationError, TaskError
 from orchestrator.plan import Body, find_cycle, plan_tasks
+from orchestrator.runtime.leaf import render
+from orchestrator.runtime.scope import Scope
 from orchestrator.spec.models import DynamicTaskGroup, Task, TaskBase
 from orchestrator.spec.yaml_source import SourceMap
 
@@ -53,3 +55,9 @@ def plan_generated(specs: Any, group: DynamicTaskGroup, source: SourceMap) -> Bo
                 + " -> ".join(cycle),
             )
     return body
+
+
+def expand(group: DynamicTaskGroup, scope: Scope, source: SourceMap) -> Body:
+    """A dynamic_task_group's tasks, rendered (a template) or as written, validated and planned."""
+    specs = render(group.tasks, scope) if isinstance(group.tasks, str) else group.tasks
+    return plan_generated(specs, group, source)

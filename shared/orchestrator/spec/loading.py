@@ -1,17 +1,22 @@
-"""Read a pipeline file into a `Pipeline`, turning every schema problem into a located diagnostic."""
+"""Read a pipeline file, and the pipelines it includes, into `Pipeline`s; every schema problem
+becomes a located diagnostic. The only place that reads pipeline files for planning and
+compiling: `plan` and the compilers work on what this gives them."""
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import Diagnostic, PipelineValidationError
-from orchestrator.spec.models import TASK_TYPES, Pipeline, TaskBase
+from orchestrator.spec.models import TASK_TYPES, Pipeline, PipelineGroup, TaskBase
 from orchestrator.spec.yaml_source import Location, SourceMap, load_yaml
+
+ChildSource: TypeAlias = "PipelineSource | PipelineValidationError | None"
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,9 @@ class PipelineSource:
     pipeline: Pipeline
     source: SourceMap
     path: Path
+    children: dict[Path, ChildSource] = field(default_factory=dict, compare=False, repr=False)
+    """Every file it includes through pipeline_groups, directly or not, by resolved path (one
+    mapping for the whole tree): its source, why it cannot be used, or None when missing."""
 
     @property
     def pipeline_id(self) -> str:
@@ -155,8 +163,7 @@ def parse_pipeline(text: str, path: Path) -> PipelineSource:
     return PipelineSource(pipeline, source, path)
 
 
-def read_pipeline(path: Path) -> PipelineSource:
-    """Read and schema-check a pipeline file; a missing file is a diagnostic too."""
+def _read_file(path: Path) -> PipelineSource:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -166,3 +173,42 @@ def read_pipeline(path: Path) -> PipelineSource:
     except (OSError, UnicodeDecodeError) as error:
         raise PipelineValidationError([Diagnostic(str(path), 1, 1, "", f"cannot read: {error}")]) from None
     return parse_pipeline(text, path)
+
+
+def included_paths(pipeline: Pipeline, path: Path) -> Iterator[Path]:
+    """The resolved paths of the child pipelines its pipeline_groups name, at any depth."""
+    pending: list[TaskBase] = list(pipeline.tasks)
+    while pending:
+        task = pending.pop()
+        if isinstance(task, PipelineGroup):
+            yield from ((path.parent / child.pipeline).resolve() for child in task.pipelines)
+        inner = getattr(task, "tasks", None)
+        if isinstance(inner, list):
+            pending.extend(item for item in inner if isinstance(item, TaskBase))
+        fallback = task.error_handling.fallback if task.error_handling else None
+        if fallback is not None:
+            pending.append(fallback)
+
+
+def read_pipeline(path: Path) -> PipelineSource:
+    """Read and schema-check a pipeline file and every pipeline it includes (`children`); a
+    missing file is a diagnostic too. A child that is missing or invalid is recorded, not
+    raised: validating the parent reports it where the parent names it."""
+    root = _read_file(path)
+    children = root.children
+    pending = list(included_paths(root.pipeline, path))
+    while pending:
+        child = pending.pop()
+        if child in children or child == path.resolve():
+            continue
+        if not child.is_file():
+            children[child] = None
+            continue
+        try:
+            found = _read_file(child)
+        except PipelineValidationError as error:
+            children[child] = error
+            continue
+        children[child] = PipelineSource(found.pipeline, found.source, found.path, children)
+        pending.extend(included_paths(found.pipeline, child))
+    return root

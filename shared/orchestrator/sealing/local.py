@@ -1,7 +1,9 @@
-"""Encryption at rest for sensitive values (`security.encrypt_variables`): Fernet, local key file.
+"""Sealing with a local key: Fernet, with a key file in the state folder.
 
-The key is created on first use as `key` in the state folder with mode 0600. On AWS the same
-role is played by KMS.
+What the embedded engine uses for encryption at rest (`security.encrypt_variables`: the
+sensitive inputs of a run's resume record), and what the in-process stepfunctions engine and
+the tests seal execution inputs with. The key is created on first use as `key` in the state
+folder with mode 0600.
 """
 
 from __future__ import annotations
@@ -47,3 +49,25 @@ def unseal(token: str, home: Path) -> dict[str, Any]:
             f"cannot decrypt sensitive values: {home / 'key'} is not the key they were sealed with"
         ) from None
     return loaded
+
+
+class LocalSealer:
+    """Fernet with the state folder's key: for the in-process stepfunctions engine and tests.
+
+    On Lambda every container has its own `/tmp`, so a value sealed by one function cannot be
+    opened by another: deployments set `ORCHESTRATOR_KMS_KEY_ID` and get `KmsSealer`.
+    """
+
+    scheme = "local"
+
+    def __init__(self, home: Path) -> None:
+        self._home = home
+
+    def seal(self, pipeline_id: str, name: str, value: Any) -> str:
+        return seal({"pipeline": pipeline_id, "input": name, "value": value}, self._home)
+
+    def unseal(self, pipeline_id: str, name: str, token: str) -> Any:
+        opened = unseal(token, self._home)
+        if opened.get("pipeline") != pipeline_id or opened.get("input") != name:
+            raise ConfigError(f"sealed input '{name}' was sealed for another pipeline or input")
+        return opened.get("value")

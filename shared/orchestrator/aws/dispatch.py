@@ -1,0 +1,200 @@
+"""The dispatch function: what a state machine cannot evaluate itself, by the runtime's rules.
+
+Conditions, for_loop items, while_loop steps, dynamic_task_group expansion, child pipeline
+inputs, fallback values and the `outputs` section: each action calls the function of
+`orchestrator.runtime` that the embedded engine calls for the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from orchestrator.aws.deployed import event_location, pipeline_location, plan_of_file
+from orchestrator.aws.events import DispatchError, DispatchEvent, LoopModel, task_failure
+from orchestrator.aws.execution import error_from_catch
+from orchestrator.aws.task_scope import PreparedTask, prepare_task
+from orchestrator.errors import TaskError
+from orchestrator.runtime.documents import ErrorInfo
+from orchestrator.runtime.generated import expand
+from orchestrator.runtime.leaf import render
+from orchestrator.runtime.loops import for_loop_items, while_iteration, while_state
+from orchestrator.runtime.pipelines import child_run, render_outputs
+from orchestrator.runtime.policy import effective_policy
+from orchestrator.runtime.task import condition_holds, failure_outcome
+from orchestrator.sealing.base import Sealer
+from orchestrator.sealing.inputs import default_sealer, seal_inputs
+from orchestrator.settings import lambda_settings
+from orchestrator.spec.models import DynamicTaskGroup, ForLoop, PipelineGroup, WhileLoop
+from orchestrator.stores.base import Stores
+from orchestrator.stores.factory import open_stores
+
+
+def _condition(prepared: PreparedTask, event: DispatchEvent) -> dict[str, Any]:
+    task = prepared.location.task
+    if isinstance(task, WhileLoop):
+        raise DispatchError("a while_loop's condition is evaluated by the 'while' action")
+    return {"value": condition_holds(task.condition, prepared.scope)}
+
+
+def _items(prepared: PreparedTask, event: DispatchEvent) -> list[Any]:
+    task = prepared.location.task
+    if not isinstance(task, ForLoop):
+        raise DispatchError(f"'items' needs a for_loop, not {type(task).__name__}")
+    return list(prepared.run.redactor.value(for_loop_items(task, prepared.scope)))
+
+
+def _with_message(caught: Any, message: str) -> Any:
+    """A Catch result (`{"Error", "Cause"}`) whose error now reads `message`, its type kept."""
+    if not isinstance(caught, dict):
+        return caught
+    cause = caught.get("Cause")
+    try:
+        payload = json.loads(cause) if isinstance(cause, str) else None
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        return {**caught, "Cause": json.dumps({**payload, "errorMessage": message})}
+    return {**caught, "Cause": message}
+
+
+def _render(prepared: PreparedTask, event: DispatchEvent) -> dict[str, Any]:
+    """A task's field rendered: `fallback_value` exactly as the engine's `on_failure` does
+    (`runtime.task.failure_outcome`: one that cannot be rendered gives None and the reason is
+    added to the task's error message), any other dotted field strictly."""
+    location = prepared.location
+    if event.field is None:
+        raise DispatchError("'render' needs 'field'")
+    error = event.error
+    if event.field == "fallback_value":
+        policy = effective_policy(location.task, location.plan.pipeline)
+        caught = error_from_catch(error if isinstance(error, dict) else None)
+        failure = caught if caught is not None else ErrorInfo("", "")
+        outcome = failure_outcome(policy, prepared.scope, failure, 0, prepared.run.redactor)
+        value = outcome.output
+        if caught is not None and outcome.error is not None and outcome.error.message != caught.message:
+            error = _with_message(error, outcome.error.message)
+    else:
+        source: Any = location.task
+        for part in event.field.split("."):
+            if not isinstance(source, BaseModel) or part not in type(source).model_fields:
+                raise DispatchError(f"task '{location.name}' has no field '{event.field}'")
+            source = getattr(source, part)
+        value = render(
+            source.model_dump(mode="json") if isinstance(source, BaseModel) else source, prepared.scope
+        )
+    return {"status": event.status, "output": prepared.run.redactor.value(value), "error": error}
+
+
+def _while(prepared: PreparedTask, event: DispatchEvent) -> dict[str, Any]:
+    """One while_loop step (`runtime.loops.while_iteration`); see `dispatch` for the rule."""
+    task = prepared.location.task
+    if not isinstance(task, WhileLoop):
+        raise DispatchError(f"'while' needs a while_loop, not {type(task).__name__}")
+    loop = event.loop or LoopModel()
+    after_iteration = "last" in event.model_fields_set
+    index = loop.index + 1 if after_iteration else loop.index
+    state = while_state(event.last) if after_iteration else dict(loop.state or {})
+    keep_going = while_iteration(task, prepared.top, index, state) is not None
+    return {"index": index, "state": prepared.run.redactor.value(state), "continue": keep_going}
+
+
+def _expand(prepared: PreparedTask, event: DispatchEvent) -> list[dict[str, Any]]:
+    """A dynamic_task_group's generated specs, validated and planned exactly as the engine does."""
+    location = prepared.location
+    task = location.task
+    if not isinstance(task, DynamicTaskGroup):
+        raise DispatchError(f"'expand' needs a dynamic_task_group, not {type(task).__name__}")
+    body = expand(task, prepared.scope, location.plan.source.source)
+    expanded = []
+    for index, name in enumerate(body.nodes):
+        dumped = body.nodes[name].task.model_dump(mode="json", exclude_none=True)
+        dumped.setdefault("name", name)
+        expanded.append({"index": index, "spec": dumped, "type": dumped["type"], "name": name})
+    return list(prepared.run.redactor.value(expanded))
+
+
+def _child_inputs(prepared: PreparedTask, event: DispatchEvent, sealer: Sealer | None) -> dict[str, Any]:
+    """Inputs of child pipeline `child` (`runtime.pipelines.child_run`), sealed where they
+    are sensitive in the child or carry a sensitive value of the parent."""
+    location = prepared.location
+    task = location.task
+    if not isinstance(task, PipelineGroup):
+        raise DispatchError(f"'child_inputs' needs a pipeline_group, not {type(task).__name__}")
+    if event.child is None or not 0 <= event.child < len(task.pipelines):
+        raise DispatchError(f"'child_inputs' needs 'child', an index below {len(task.pipelines)}")
+    child_plan, inputs = child_run(task, event.child, prepared.scope, location.plan.path, plan_of_file)
+    redactor = prepared.run.redactor
+    secret = {name for name, value in inputs.items() if redactor.value(value) != value}
+    names = child_plan.pipeline.sensitive_inputs() | secret
+    return seal_inputs(child_plan.pipeline_id, inputs, names, sealer or default_sealer())
+
+
+def _outputs(prepared: PreparedTask, event: DispatchEvent) -> Any:
+    outputs = prepared.location.plan.pipeline.outputs
+    if outputs is None:
+        return None
+    return prepared.run.redactor.value(render_outputs(outputs, prepared.scope))
+
+
+_ACTIONS: dict[str, Callable[[PreparedTask, DispatchEvent], Any]] = {
+    "condition": _condition,
+    "items": _items,
+    "render": _render,
+    "while": _while,
+    "expand": _expand,
+    "outputs": _outputs,
+}
+
+
+def dispatch(event: DispatchEvent, stores: Stores | None = None, *, sealer: Sealer | None = None) -> Any:
+    """Evaluate what ASL cannot, for the task at `event.task`. By `action`:
+
+    - `condition`: `{"value": bool}`, the task's condition.
+    - `items`: the for_loop's rendered `iterate_over` as a list (a mapping gives
+      `[key, value]` pairs); anything else fails with `InvalidLoopItems`.
+    - `render`: `{"status", "output", "error"}`: `field` rendered (`fallback_value` as the
+      engine's `on_failure` does, or a dotted field of the task); `status` and `error` are
+      passed through, so the result is the task's record.
+    - `while`: `{"index", "state", "continue"}` (below).
+    - `expand`: `[{"index", "spec", "type", "name"}]`, the dynamic_task_group's specs
+      validated and planned (`InvalidTaskSpec`), each spec with its `name` filled in.
+    - `child_inputs`: the inputs of pipeline_group child number `child`, resolved against
+      the child's `input_variables` and sealed where sensitive.
+    - `outputs`: the pipeline's rendered `outputs` section (no `task` needed).
+
+    `while` is called once before the first iteration, without `last`, with `loop` =
+    `{"index": 0, "state": {}}`; then after every iteration with `loop` = its previous
+    answer and `last` = the output of the body's last task (which may be null). It answers
+    `index` = iterations done (`loop.index + 1` when `last` is given, else `loop.index`),
+    `state` = `last` if it is a mapping, `{}` if `last` is given but is not, else
+    `loop.state`; and `continue` = `index < max_iterations` and the loop condition is true
+    with `loop_state` = state and `loop_index` = index. When `continue` is false the loop's
+    output is `{"iterations": index, "state": state}`, as on the engine.
+
+    Every value returned is redacted; a failure raises a `TaskFailure` named by its type.
+    """
+    settings = lambda_settings()
+    if event.action == "outputs":
+        location = pipeline_location(event.pipeline)
+    else:
+        location = event_location(event, event.task)
+    stores = stores or open_stores(settings, location.plan.pipeline.state_management.storage_backend)
+    is_while = event.action == "while"
+    prepared = prepare_task(
+        event,
+        location,
+        stores,
+        sealer,
+        loop_container=location.task if is_while else None,
+        drop_loop_outputs=is_while,
+    )
+    try:
+        if event.action == "child_inputs":
+            return _child_inputs(prepared, event, sealer)
+        return _ACTIONS[event.action](prepared, event)
+    except TaskError as error:
+        raise task_failure(error, prepared.run.redactor) from None

@@ -1,0 +1,103 @@
+"""What a task or dispatch Lambda is sent (pydantic models of its event) and what it raises.
+
+The state machine (see `docs/aws.md`) sends each Lambda a small payload: the pipeline id, the
+dotted reference of a task in its file (`tasks.1.tasks.0`, `tasks.3.error_handling.fallback`),
+the run's inputs and ids, the outputs the task reads (`outputs`, or every record under
+`tasks`) and, inside a loop, the iteration (`loop`).
+
+A failed attempt raises an exception whose *class name* is the task's error type
+(`ValueError`, `TemplateError`, ...): Lambda reports it as `errorType`, which is what the
+state machine's `Retry` and `Catch` rules match. Its message is redacted.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.errors import OrchestratorError, TaskError
+from orchestrator.runtime.redact import Redactor
+
+
+class DispatchError(OrchestratorError):
+    """A dispatch payload asks for something its task cannot give (a compiler/runtime mismatch)."""
+
+
+class TaskFailure(Exception):
+    """Base of what a task or dispatch Lambda raises; the subclass's name is the error type."""
+
+
+@functools.lru_cache(maxsize=512)
+def error_class(error_type: str) -> type[TaskFailure]:
+    """The exception class named `error_type` (one per name and process), for Retry/Catch."""
+    return type(error_type, (TaskFailure,), {"__module__": __name__})
+
+
+def task_failure(error: TaskError, redactor: Redactor) -> TaskFailure:
+    """The exception to raise for a failed attempt: class named by its type, message redacted."""
+    return error_class(error.error_type)(redactor.text(error.message))
+
+
+class RunModel(BaseModel):
+    """`$.run`: which run this is. `user_id` and `no_cache` are set by the trigger when known."""
+
+    model_config = ConfigDict(extra="ignore", defer_build=True)
+
+    id: str
+    pipeline: str
+    started_at: str
+    user_id: str | None = None
+    no_cache: bool = False
+
+
+class LoopModel(BaseModel):
+    """`$.loop` inside a loop body: the item (for_loop) or the state (while_loop) and the index."""
+
+    model_config = ConfigDict(extra="ignore", defer_build=True)
+
+    item: Any = None
+    index: int = 0
+    state: dict[str, Any] | None = None
+    item_variable: str | None = None
+
+
+class EventBase(BaseModel):
+    # each function validates one kind of event: only its validator is built, at the first one
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    pipeline: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    run: RunModel
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    tasks: dict[str, Any] = Field(default_factory=dict)
+    loop: LoopModel | None = None
+    spec: dict[str, Any] | None = None
+    name: str | None = None
+
+
+class TaskEvent(EventBase):
+    """Payload of a task function: one attempt of the task at `task` (or of the inline `spec`).
+
+    `outputs` maps the names the task reads to their outputs; `tasks` may instead carry whole
+    records (`{"status", "output", "children"?}`) from which outputs are taken. With
+    `condition: true` the task's condition is evaluated first and a false one returns a skip.
+    `spec` is a generated task (a `dynamic_task_group`'s), given inline; `task` then names the
+    group and `name` (or the spec's own name) the generated task.
+    """
+
+    task: str
+    condition: bool = False
+
+
+class DispatchEvent(EventBase):
+    """Payload of the dispatch function: evaluate what ASL cannot (see `dispatch`)."""
+
+    action: Literal["condition", "items", "render", "while", "expand", "child_inputs", "outputs"]
+    task: str | None = None
+    field: str | None = None  # render
+    child: int | None = None  # child_inputs
+    last: Any = None  # while: the last body task's output (absent before the first iteration)
+    error: Any = None  # render: the Catch result, passed through
+    status: str | None = None  # render: the status to report, passed through

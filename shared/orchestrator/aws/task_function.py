@@ -1,0 +1,158 @@
+"""The task functions' job: one attempt of a leaf task, from its event to its result.
+
+The handler decodes the event (`TaskEvent`), this module rebuilds the scope (`task_scope`) and
+hands the task to the runtime (`orchestrator.runtime.task`): its condition and cache, one
+attempt, the cache write. Retries, the fallback task and `on_failure` belong to the state
+machine: one invocation is one attempt.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from orchestrator.aws.deployed import event_location
+from orchestrator.aws.events import DispatchError, TaskEvent, task_failure
+from orchestrator.aws.payloads import offload
+from orchestrator.aws.task_scope import PreparedTask, prepare_task
+from orchestrator.errors import TaskError
+from orchestrator.runtime.leaf import LEAF_TYPES, Services, run_leaf
+from orchestrator.runtime.policy import effective_policy, task_timeout
+from orchestrator.runtime.task import TaskRun, attempt_leaf, timeout_error
+from orchestrator.runtime.task_streams import task_streams
+from orchestrator.sealing.base import Sealer
+from orchestrator.settings import Settings, aws_settings, lambda_settings
+from orchestrator.stores.base import Stores, Versioned
+from orchestrator.stores.factory import open_stores
+
+_SERVICES: list[tuple[Settings, Services]] = []
+_SERVICES_LOCK = threading.Lock()
+
+
+def default_services(settings: Settings) -> Services:
+    """LLM and search clients kept for the life of the container (rebuilt if settings change)."""
+    with _SERVICES_LOCK:
+        if _SERVICES and _SERVICES[0][0] == settings:
+            return _SERVICES[0][1]
+        if _SERVICES:
+            _SERVICES.pop()[1].close()
+        services = Services(settings)
+        _SERVICES.append((settings, services))
+        return services
+
+
+def _with_timeout(work: Callable[[], Any], timeout: float | None, name: str) -> Any:
+    """Run `work`, failing with the engine's `TaskTimeout` if it outlives the task's timeout."""
+    if timeout is None:
+        return work()
+    result: list[Any] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(work())
+        except BaseException as error:
+            failure.append(error)
+
+    thread = threading.Thread(target=target, name=f"task-{name}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise timeout_error(name, timeout)
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def _attempt(prepared: PreparedTask, services: Services) -> Any:
+    """One attempt of the located leaf task, within its timeout (`runtime.task.attempt_leaf`)."""
+    location = prepared.location
+    task = location.task
+    if not isinstance(task, LEAF_TYPES):
+        raise DispatchError(f"task '{location.name}' is a {type(task).__name__}, not a leaf task")
+    leaf = functools.partial(
+        run_leaf, task, location.name, prepared.scope, prepared.run, services, prepared.inputs
+    )
+    with task_streams():
+        return _with_timeout(lambda: attempt_leaf(leaf, location.name), task_timeout(task), location.name)
+
+
+def run_task_event(
+    event: TaskEvent,
+    services: Services | None = None,
+    stores: Stores | None = None,
+    *,
+    sealer: Sealer | None = None,
+) -> dict[str, Any]:
+    """Run one attempt of a leaf task: `{"status": "succeeded"|"skipped"|"cached", "output": ...}`.
+
+    With `condition: true` the task's condition is checked first, and its cache entry read,
+    as `runtime.task.TaskRun.start` does for the engine; a fallback task has neither (as on
+    the engine). A failed attempt raises a `TaskFailure` subclass named after the error type.
+    """
+    location = event_location(event, event.task)
+    settings = lambda_settings()
+    pipeline = location.plan.pipeline
+    stores = stores or open_stores(settings, pipeline.state_management.storage_backend)
+    prepared = prepare_task(event, location, stores, sealer)
+    redactor = prepared.run.redactor
+    if event.spec is not None:
+        # a generated task sees the outputs of the tasks generated before it, as on the engine
+        prepared.scope.outputs.update(generated_outputs(stores, prepared.run.run_id, event.task).value or {})
+    services = services or default_services(settings)
+    run = TaskRun(
+        location.task,
+        location.name,
+        prepared.scope,
+        pipeline=pipeline,
+        pipeline_id=location.plan.pipeline_id,
+        policy=effective_policy(location.task, pipeline),
+        reads=location.reads,
+        cache=stores.cache,
+        no_cache=event.run.no_cache,
+        default_model=services.settings.default_model,
+        redactor=redactor,
+    )
+    try:
+        if not location.fallback:
+            early = run.start(check_condition=event.condition)
+            if early is not None:
+                return {"status": early.status.value, "output": early.output}
+        output = _attempt(prepared, services)
+    except TaskError as error:
+        raise task_failure(error, redactor) from None
+    if not location.fallback:
+        run.succeeded(output, 1)
+    if event.spec is not None:
+        record_generated_output(stores, prepared.run.run_id, event.task, location.name, output)
+    bucket = aws_settings().payload_bucket
+    return {"status": "succeeded", "output": offload(output, prepared.run.run_id, location.name, bucket)}
+
+
+GENERATED_TTL = 7 * 24 * 3600
+
+
+def generated_outputs(stores: Stores, run_id: str, group: str) -> Versioned:
+    """Outputs of the tasks a dynamic_task_group generated so far in this run, by name.
+
+    A Map iteration cannot see another's result, so generated tasks leave theirs in the
+    state store (run-scoped) for the ones after them, which is what `parallel: false` promises.
+    """
+    return stores.state.read(f"run:{run_id}:generated", group)
+
+
+def record_generated_output(stores: Stores, run_id: str, group: str, name: str, output: Any) -> None:
+    for _ in range(50):
+        current = generated_outputs(stores, run_id, group)
+        merged = {**(current.value or {}), name: output}
+        written = stores.state.compare_and_set(
+            f"run:{run_id}:generated", group, merged, current.version, ttl=GENERATED_TTL
+        )
+        if written is not None:
+            return
+        time.sleep(random.uniform(0, 0.01))
+    raise TaskError("StateConflict", f"could not record the output of generated task '{name}'")
