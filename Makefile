@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SAM_VENV ?= .venv-sam
 SAM_STAMP := $(SAM_VENV)/.installed
 
-.PHONY: help setup sam-tools demo test test-fast lint bench validate build deploy clean fuzz
+.PHONY: help setup sam-tools demo test test-fast lint bench bench-compare validate build deploy clean fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,10 @@ lint: $(STAMP) ## ruff (rules and format) and mypy --strict on the package and t
 
 bench: $(STAMP) ## run the benchmarks and write bench/RESULTS.md
 	$(BIN)/python bench/run.py
+
+BASE ?= HEAD
+bench-compare: $(STAMP) ## the engine's workloads on this tree against a commit, in one run: make bench-compare BASE=<ref>
+	$(BIN)/python bench/compare.py --base $(BASE)
 
 validate: $(STAMP) ## validate every bundled pipeline
 	$(BIN)/orchestrator validate pipelines/*.yaml

@@ -2,7 +2,7 @@
 
 child.py run FILE.yaml        load + plan + run on the embedded engine (phases timed)
 child.py run-dict FILE.json   the same from plain data: no YAML parsing
-child.py compile FILE.yaml    compile_file (load + plan + ASL), and compile_pipeline alone
+child.py compile FILE.yaml    read, plan and compile (`compile_file`), and compile_pipeline alone
 """
 
 from __future__ import annotations
@@ -59,12 +59,12 @@ def _run(path: Path, from_dict: bool) -> dict[str, Any]:
 
 
 def _compile(path: Path) -> dict[str, Any]:
-    from orchestrator.aws.asl import compile_file, compile_pipeline
+    from orchestrator.aws.asl import compile_pipeline
     from orchestrator.plan import build_plan
     from orchestrator.spec.loading import read_pipeline
 
     imported = time.perf_counter()
-    definition = compile_file(path)
+    definition = compile_pipeline(build_plan(read_pipeline(path)))
     compiled = time.perf_counter()
     plan = build_plan(read_pipeline(path))
     again = time.perf_counter()

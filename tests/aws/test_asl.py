@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from conftest import PIPELINES, REPO, CliResult
-from orchestrator.aws.asl import LAMBDA_INVOKE, compile_file
+from orchestrator.aws.asl import LAMBDA_INVOKE
+from orchestrator.aws.build import compile_definition
 
 CORPUS = Path(__file__).parent / "corpus"
 SOURCES = sorted(PIPELINES.glob("*.yaml")) + sorted(CORPUS.glob("*.yaml"))
@@ -36,7 +37,7 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     written = {}
     for source in SOURCES:
         target = folder / f"{source.parent.name}__{source.stem}.asl.json"
-        target.write_text(json.dumps(compile_file(source), indent=2), encoding="utf-8")
+        target.write_text(json.dumps(compile_definition(source), indent=2), encoding="utf-8")
         written[source.stem] = target
     return written
 
@@ -83,7 +84,7 @@ def test_compile_command_writes_sorted_json(cli: Any, tmp_path: Path) -> None:
 
 
 def test_leaf_tasks_carry_a_reference_and_only_what_they_read() -> None:
-    definition = compile_file(CORPUS / "leaf_policies.yaml")
+    definition = compile_definition(CORPUS / "leaf_policies.yaml")
     state = definition["States"]["with_fallback"]
     assert state["Resource"] == LAMBDA_INVOKE
     payload = state["Parameters"]["Payload"]
@@ -100,7 +101,7 @@ def test_leaf_tasks_carry_a_reference_and_only_what_they_read() -> None:
 
 
 def test_retry_comes_from_error_handling() -> None:
-    states = compile_file(CORPUS / "leaf_policies.yaml")["States"]
+    states = compile_definition(CORPUS / "leaf_policies.yaml")["States"]
     # pipeline defaults: 2 retries, 3 s, rate 1.5; errors that cannot change are never retried
     plain = states["plain"]["Retry"]
     assert plain[1] == {"ErrorEquals": plain[1]["ErrorEquals"], "MaxAttempts": 0}
@@ -118,7 +119,7 @@ def test_retry_comes_from_error_handling() -> None:
 
 
 def test_catch_routes_to_fallback_skip_degraded_and_abort() -> None:
-    definition = compile_file(CORPUS / "leaf_policies.yaml")
+    definition = compile_definition(CORPUS / "leaf_policies.yaml")
     states = definition["States"]
     assert definition["TimeoutSeconds"] == 600
     # fallback, then abort with the original error
@@ -152,7 +153,7 @@ def test_catch_routes_to_fallback_skip_degraded_and_abort() -> None:
 
 
 def test_native_conditions_skip_without_a_lambda_call() -> None:
-    states = compile_file(CORPUS / "conditions.yaml")["States"]
+    states = compile_definition(CORPUS / "conditions.yaml")["States"]
     choice = states["compare_string.if"]
     assert choice["Type"] == "Choice"
     assert choice["Choices"][0]["And"][2] == {"Variable": "$.inputs.mode", "StringEquals": "fast"}
@@ -166,17 +167,19 @@ def test_native_conditions_skip_without_a_lambda_call() -> None:
     assert "defined.if" in states and "group_native.if" in states
     # a literal false condition leaves only the skip
     assert "literal_false" not in states and "literal_false.skip" in states
-    # a bare path decides scalars natively and leaves objects and arrays to the task's Lambda
+    # a bare path decides scalars natively and leaves objects and arrays to the dispatch function
     truthy = states["truthy_leaf.if"]
-    assert truthy["Default"] == "truthy_leaf"
-    assert states["truthy_leaf"]["Parameters"]["Payload"]["condition"] is True
-    # a filter cannot be a Choice rule: the leaf's own Lambda evaluates it, a container asks dispatch
+    assert [choice["Next"] for choice in truthy["Choices"]] == ["truthy_leaf.condition", "truthy_leaf"]
+    assert truthy["Default"] == "truthy_leaf.skip"
+    assert "condition" not in states["truthy_leaf"]["Parameters"]["Payload"]
+    # a filter cannot be a Choice rule: the dispatch function evaluates it, for leaves and containers
     assert "filtered_leaf.if" not in states
+    assert states["filtered_leaf.condition"]["Parameters"]["Payload"]["action"] == "condition"
     assert states["loop_filtered.condition"]["Parameters"]["Payload"]["action"] == "condition"
 
 
 def test_loops_compile_to_map_and_a_choice_back_edge() -> None:
-    states = compile_file(CORPUS / "loops.yaml")["States"]
+    states = compile_definition(CORPUS / "loops.yaml")["States"]
     over_input = states["over_input"]
     assert over_input["Type"] == "Map"
     assert over_input["ItemsPath"] == "$.inputs.items"
@@ -202,7 +205,7 @@ def test_loops_compile_to_map_and_a_choice_back_edge() -> None:
 
 
 def test_groups_dynamic_groups_and_child_pipelines() -> None:
-    states = compile_file(CORPUS / "groups.yaml")["States"]
+    states = compile_definition(CORPUS / "groups.yaml")["States"]
     independent = states["independent"]
     assert independent["Type"] == "Parallel" and len(independent["Branches"]) == 2
     assert independent["ResultSelector"] == {"children": {"one.$": "$[0]", "two.$": "$[1]"}}
@@ -211,11 +214,10 @@ def test_groups_dynamic_groups_and_child_pipelines() -> None:
         "two.$": "$.tasks.independent.children.two.output",
     }
     assert len(states["chained"]["Branches"]) == 1
-    after = states["after_children"]["Parameters"]["Payload"]["outputs"]
-    assert after == {
-        "one.$": "$.tasks.independent.children.one.output",
-        "second.$": "$.tasks.chained.children.second.output",
-    }
+    # children it reads come in their groups' records: a child of a skipped group has none
+    after = states["after_children"]["Parameters"]["Payload"]
+    assert "outputs" not in after
+    assert after["tasks"] == {"independent.$": "$.tasks.independent", "chained.$": "$.tasks.chained"}
     generated = states["generated"]["Branches"][0]["States"]
     assert generated["generated.expand"]["Parameters"]["Payload"]["action"] == "expand"
     assert generated["generated.run"]["MaxConcurrency"] == 2
@@ -242,5 +244,5 @@ def test_groups_dynamic_groups_and_child_pipelines() -> None:
 
 def test_no_state_without_work_in_a_plain_chain() -> None:
     """Cost: a chain of tasks with default policies is exactly one state per task."""
-    states = compile_file(PIPELINES / "shared_state.yaml")["States"]
+    states = compile_definition(PIPELINES / "shared_state.yaml")["States"]
     assert all(state["Type"] == "Task" for state in states.values())

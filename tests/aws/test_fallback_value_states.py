@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from conftest import PIPELINES
-from orchestrator.aws.asl import compile_file
+from orchestrator.aws.build import compile_definition
 from orchestrator.aws.dispatch import _with_message
 from orchestrator.aws.execution import error_from_catch
 from orchestrator.runtime.leaf import FALLBACK_VALUE_PROBLEM
@@ -82,7 +82,7 @@ tasks:
 def states(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     path = tmp_path_factory.mktemp("fallback") / "fallback_states.yaml"
     path.write_text(PIPELINE, encoding="utf-8")
-    compiled: dict[str, Any] = compile_file(path)["States"]
+    compiled: dict[str, Any] = compile_definition(path)["States"]
     return compiled
 
 
@@ -134,6 +134,6 @@ def test_a_catch_result_gets_a_new_message_and_keeps_its_type() -> None:
 
 def test_a_bundled_pipelines_bare_name_fallback_value_stays_a_pass_state() -> None:
     source = PIPELINES / "hierarchical_error_handling.yaml"
-    states = compile_file(source)["States"]
+    states = compile_definition(source)["States"]
     failed = [state for name, state in states.items() if name.endswith(".failed")]
     assert failed and all(state["Type"] == "Pass" for state in failed)

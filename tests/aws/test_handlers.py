@@ -117,15 +117,6 @@ def test_python_task_reads_outputs_from_task_records(handler: Handler, event: Ev
     assert result == {"status": "succeeded", "output": "run"}
 
 
-def test_condition_true_in_the_payload_evaluates_it_and_skips(handler: Handler, event: Event) -> None:
-    # GIVEN `condition: true` and a condition that is false for these outputs
-    payload = event("sfn_python_task_condition")
-    assert handler("python_task", payload) == {"status": "skipped", "output": None}
-    # WHEN the condition holds THEN the task runs
-    payload["outputs"]["prepare"]["long"] = True
-    assert handler("python_task", payload) == {"status": "succeeded", "output": "more than three words: 2"}
-
-
 def test_failing_script_raises_an_exception_named_by_its_error_type(handler: Handler, event: Event) -> None:
     # GIVEN input_validation's first task with an input its script rejects
     payload = event("sfn_llm_task") | {"task": "tasks.0", "outputs": {}}

@@ -127,39 +127,48 @@ class Features:
     # (10) a generated task (dynamic_task_group) that fails under an error_handling of its own
     # or the pipeline's that does not abort
     generated_task_policies: bool = False
-    # (11) reading a child of a parallel_group that did not run (the group was skipped)
-    skipped_group_children_reads: bool = False
-    # (12) a state name over 80 characters (a long task name, or a group's child with a long name)
-    long_state_names: bool = False
+    # (11) reading a child of a parallel_group that did not run (the group was skipped); fixed:
+    # a task reading a group's child is passed the group's record, never the child's path
+    skipped_group_children_reads: bool = True
+    # (12) a state name over 80 characters (a long task name, or a group's child with a long name);
+    # fixed: the compiler keeps what each shortened name stands for, and the document reads that
+    long_state_names: bool = True
     # (13) a task failing with continue_with_degraded_service out of the run document's sight:
     # in a loop body or a child pipeline
     hidden_degraded_tasks: bool = False
     # (14) an `outputs` section that cannot be rendered
     outputs_render_errors: bool = False
-    # (15) a condition ordering a value of another type (`a > 4` where `a` is null or text)
-    condition_type_errors: bool = False
-    # (16) any other condition that cannot be evaluated (`a | length > 0` where `a` is null)
-    condition_errors: bool = False
-    # (17) a loop or group as a child of a parallel_group
-    containers_in_groups: bool = False
+    # (15) a condition ordering a value of another type (`a > 4` where `a` is null or text);
+    # fixed: the Choice rule sends every value Jinja might refuse to the dispatch function
+    condition_type_errors: bool = True
+    # (16) any other condition that cannot be evaluated (`a | length > 0` where `a` is null);
+    # fixed: the dispatch function, not the task's Lambda, evaluates it (no attempt)
+    condition_errors: bool = True
+    # (17) a loop or group as a child of a parallel_group; fixed: a branch's last state is
+    # `<child>.end`, apart from the container's own `<child>.result`
+    containers_in_groups: bool = True
     # (18) a child pipeline that fails (its pipeline_group's error)
     failed_child_pipelines: bool = False
-    # (19) a loop or group that fails with retries left (its attempts)
-    container_retries: bool = False
-    # (20) a parallel_group child that fails with abort_pipeline (the children's records)
-    aborting_group_children: bool = False
-    # (21) a child pipeline whose id (file name) starts with a digit
-    digit_child_ids: bool = False
+    # (19) a loop or group that fails with retries left (its attempts); fixed: the Map or
+    # Parallel state retried them already, and the document now counts each of its starts
+    container_retries: bool = True
+    # (20) a parallel_group child that fails with abort_pipeline (the children's records);
+    # fixed: the document reads a failed group's children from the history
+    aborting_group_children: bool = True
+    # (21) a child pipeline whose id (file name) starts with a digit; fixed: such an id is a
+    # plain key in the execution state (`asl.state_key`)
+    digit_child_ids: bool = True
     # (23) an output offloaded to S3 (over 200 KB) in a run that fails
     big_outputs_in_failed_runs: bool = False
     # (24) a big output rendered whole into `outputs` or a fallback_value (over 256 KB)
     big_rendered_values: bool = False
     # (25) a loop's or group's output mapping rendered as text (its keys' order shows)
-    mapping_order_in_text: bool = False
+    mapping_order_in_text: bool = True
     # (26) outputs under the 200 KB offload threshold adding up past 256 KB of execution state
     state_size_limit: bool = False
-    # (27) a condition reading an attribute that is a Python method of the value (`text.count`)
-    method_attributes: bool = False
+    # (27) a condition reading an attribute that is a Python method of the value (`text.count`);
+    # fixed: the Choice rule sends values that may have such an attribute to the dispatch function
+    method_attributes: bool = True
 
     @classmethod
     def everything(cls) -> Features:

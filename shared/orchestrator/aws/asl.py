@@ -13,16 +13,17 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from orchestrator import error_types
-from orchestrator.aws.conditions import parse_expression, to_choice_rule, truthiness_choices
+from orchestrator.aws.conditions import Decision, decide, parse_expression
 from orchestrator.errors import CompileError, PipelineValidationError
 from orchestrator.plan import Body, Node, Plan, build_plan
 from orchestrator.runtime.policy import effective_policy, task_timeout
-from orchestrator.spec.loading import read_pipeline
+from orchestrator.spec.loading import ChildSource, missing_file
 from orchestrator.spec.models import (
     DynamicTaskGroup,
     ForLoop,
@@ -52,6 +53,8 @@ LAMBDA_SERVICE_ERRORS = [
 ]
 LEAF_SELECTOR = {"status.$": "$.Payload.status", "output.$": "$.Payload.output"}
 MAX_STATE_NAME = 80
+# a key every JSONPath reader names after a dot (AWS; moto; statelint, which wants a letter first)
+PLAIN_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 TIMEOUT_GRACE = 5
 
 
@@ -67,16 +70,26 @@ class Scope:
     loop_path: str | None = None
     item_variable: str | None = None
     locations: dict[str, str] = field(default_factory=dict)  # task name -> its result's JSONPath
+    # a shortened state name -> the name it stands for (its prefix unshortened too); one
+    # mapping for the whole definition, shared by every scope
+    long_names: dict[str, str] = field(default_factory=dict)
+    # the child pipelines read with the pipeline (`PipelineSource.children`), by resolved path
+    children: dict[Path, ChildSource] = field(default_factory=dict)
 
     def state_name(self, *parts: str) -> str:
         """The state of a task (`state_name(task)`), or one of the compiler's states around it
         (`state_name(task, role)`, `task.role`). Task names are identifiers, so they never hold
-        a dot: no task's state can collide with another task's or the compiler's."""
+        a dot: no task's state can collide with another task's or the compiler's. A name over
+        80 characters is shortened with a hash and kept in `long_names`."""
         name = self.prefix + ".".join(parts)
         if len(name) <= MAX_STATE_NAME:
             return name
         digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-        return name[: MAX_STATE_NAME - 9] + "~" + digest
+        shortened = name[: MAX_STATE_NAME - 9] + "~" + digest
+        outer = self.prefix.removesuffix("/")
+        full_prefix = self.long_names.get(outer, outer) + "/" if self.prefix else ""
+        self.long_names[shortened] = full_prefix + ".".join(parts)
+        return shortened
 
     def path_of(self, name: str) -> str | None:
         if name in self.locations:
@@ -105,7 +118,18 @@ class Segment:
 
 def compile_pipeline(plan: Plan) -> dict[str, Any]:
     """The state machine definition of a plan, as a plain dict."""
-    scope = Scope(plan.pipeline, plan.pipeline_id, plan.path)
+    return _compile(plan)[0]
+
+
+def shortened_state_names(plan: Plan) -> dict[str, str]:
+    """The state names of `plan`'s definition that were over 80 characters, shortened with a
+    hash, each to the name it stands for (`group/child.role`): a history names states as the
+    definition does, and the run document reads the task out of the full name."""
+    return _compile(plan)[1]
+
+
+def _compile(plan: Plan) -> tuple[dict[str, Any], dict[str, str]]:
+    scope = Scope(plan.pipeline, plan.pipeline_id, plan.path, children=plan.source.children)
     finish = None
     if plan.pipeline.outputs is not None:
         # the run's `result`: the outputs section rendered once everything has finished
@@ -143,17 +167,24 @@ def compile_pipeline(plan: Plan) -> dict[str, Any]:
     }
     if plan.pipeline.resource_limits.timeout:
         definition["TimeoutSeconds"] = math.ceil(plan.pipeline.resource_limits.timeout)
-    return definition
+    return definition, scope.long_names
+
+
+def state_key(pipeline_id: str) -> str:
+    """The key of a child pipeline in the execution state (`$.child_inputs.<key>`): its id, when
+    JSONPath's dot notation can name it. An id is a file name, which may start with a digit or
+    hold a dash or a dot; statelint refuses those in bracket notation too, so such an id becomes
+    a plain key, readable and made unique by a hash of the id."""
+    if PLAIN_KEY.fullmatch(pipeline_id):
+        return pipeline_id
+    digest = hashlib.sha256(pipeline_id.encode()).hexdigest()[:8]
+    return "pipeline_" + re.sub(r"[^A-Za-z0-9_]", "_", pipeline_id) + "_" + digest
 
 
 def _locate(error: CompileError, plan: Plan) -> None:
     """Give `error` its file, line and column in `plan` (the innermost plan: a child's wins)."""
     if error.diagnostic is None:
         error.diagnostic = plan.source.source.diagnostic(error.location, f"cannot compile: {error.message}")
-
-
-def compile_file(path: Path) -> dict[str, Any]:
-    return compile_pipeline(build_plan(read_pipeline(path)))
 
 
 # bodies -----------------------------------------------------------------------------------
@@ -217,17 +248,17 @@ def _reference(node: Node) -> str:
 def _compile_node(node: Node, scope: Scope, pipeline_id: str) -> Segment:
     task = node.task
     if isinstance(task, PythonTask | LLMTask | WebSearchTask):
-        return _guarded(node, scope, _leaf(node, scope, pipeline_id), leaf=True)
+        return _guarded(node, scope, _leaf(node, scope, pipeline_id))
     if isinstance(task, ForLoop):
-        return _guarded(node, scope, _for_loop(node, task, scope, pipeline_id), leaf=False)
+        return _guarded(node, scope, _for_loop(node, task, scope, pipeline_id))
     if isinstance(task, WhileLoop):
-        return _guarded(node, scope, _while_loop(node, task, scope, pipeline_id), leaf=False)
+        return _guarded(node, scope, _while_loop(node, task, scope, pipeline_id))
     if isinstance(task, ParallelGroup):
-        return _guarded(node, scope, _parallel_group(node, task, scope, pipeline_id), leaf=False)
+        return _guarded(node, scope, _parallel_group(node, task, scope, pipeline_id))
     if isinstance(task, DynamicTaskGroup):
-        return _guarded(node, scope, _dynamic_group(node, task, scope, pipeline_id), leaf=False)
+        return _guarded(node, scope, _dynamic_group(node, task, scope, pipeline_id))
     if isinstance(task, PipelineGroup):
-        return _guarded(node, scope, _pipeline_group(node, task, scope), leaf=False)
+        return _guarded(node, scope, _pipeline_group(node, task, scope))
     raise CompileError(f"task '{node.name}': a {node.kind} has no state machine form", node.location)
 
 
@@ -248,13 +279,22 @@ def _payload(
         # whatever Python compiles), may read any task: the function keeps what the task sees
         payload["tasks.$"] = "$.tasks"
     else:
-        outputs = {
-            f"{name}.$": scope.locations[name] + ".output"
-            for name in sorted(node.reads)
-            if name in scope.locations and name != node.name
-        }
+        outputs: dict[str, str] = {}
+        records: dict[str, str] = {}
+        for name in sorted(node.reads):
+            if name not in scope.locations or name == node.name:
+                continue
+            group, child_of_group, _ = scope.locations[name].partition(".children.")
+            if child_of_group:
+                # a parallel group's child has no record when its group was skipped: the group's
+                # record goes instead, and the function finds the child in it when it ran
+                records[group.rsplit(".", 1)[1] + ".$"] = group
+            else:
+                outputs[f"{name}.$"] = scope.locations[name] + ".output"
         if outputs:
             payload["outputs"] = outputs
+        if records:
+            payload["tasks"] = records
     if scope.loop_path is not None:
         payload["loop.$"] = scope.loop_path
     payload.update(extra)
@@ -270,8 +310,7 @@ def _invoke(function: str, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _leaf(node: Node, scope: Scope, pipeline_id: str) -> dict[str, Any]:
-    extra: dict[str, Any] = {"condition": True} if node.task.condition is not None else {}
-    state = _invoke(node.kind, _payload(node, scope, pipeline_id, **extra))
+    state = _invoke(node.kind, _payload(node, scope, pipeline_id))
     state["ResultSelector"] = dict(LEAF_SELECTOR)
     state["ResultPath"] = scope.locations[node.name]
     return state
@@ -352,7 +391,7 @@ def _always_present_path(value: Any, scope: Scope) -> str | None:
     return scope.path_of(expression)
 
 
-def _guarded(node: Node, scope: Scope, state: dict[str, Any], *, leaf: bool) -> Segment:
+def _guarded(node: Node, scope: Scope, state: dict[str, Any]) -> Segment:
     """Wrap a task's main state with Retry, Catch (fallback / skip / degraded / abort) and its condition."""
     name = scope.state_name(node.name)
     if node.task.condition is False and not isinstance(node.task, WhileLoop):
@@ -424,7 +463,7 @@ def _guarded(node: Node, scope: Scope, state: dict[str, Any], *, leaf: bool) -> 
         state["Catch"] = [{"ErrorEquals": ["States.ALL"], "ResultPath": error_path, "Next": failure_target}]
     entry = name
     if node.task.condition is not None and not isinstance(node.task, WhileLoop):
-        entry, condition_states, skip_exit = _condition(node, scope, name, leaf=leaf)
+        entry, condition_states, skip_exit = _condition(node, scope, name, failure_target)
         states.update(condition_states)
         if skip_exit:
             exits.append(skip_exit)
@@ -432,48 +471,59 @@ def _guarded(node: Node, scope: Scope, state: dict[str, Any], *, leaf: bool) -> 
 
 
 def _condition(
-    node: Node, scope: Scope, run_target: str, *, leaf: bool
+    node: Node, scope: Scope, run_target: str, failure_target: str | None
 ) -> tuple[str, dict[str, Any], str | None]:
-    """States that decide a task's condition before it runs: a Choice where ASL can say it."""
+    """States that decide a task's condition before it runs: a Choice rule where it means what
+    Jinja means (`conditions.decide`), and the dispatch function's `condition` action wherever
+    it may not. A condition that cannot be evaluated fails the task before any attempt, as on
+    the engine: on to `failure_target` (on_failure's state; never the fallback), or the run fails."""
     condition = node.task.condition
     skip_name = scope.state_name(node.name, "skip")
-    skip = {
-        "Type": "Pass",
-        "Result": {"status": "skipped", "output": None},
-        "ResultPath": scope.locations[node.name],
+    states: dict[str, Any] = {
+        skip_name: {
+            "Type": "Pass",
+            "Result": {"status": "skipped", "output": None},
+            "ResultPath": scope.locations[node.name],
+        }
     }
     if isinstance(condition, bool):
-        if condition:
-            return run_target, {}, None
-        return skip_name, {skip_name: skip}, skip_name
-    parsed = parse_expression(jinja.condition_expression(str(condition)))
-    choice_name = scope.state_name(node.name, "if")
-    rule = to_choice_rule(parsed, scope.path_of) if parsed is not None else None
-    if rule is not None:
-        choice = {"Type": "Choice", "Choices": [{**rule, "Next": run_target}], "Default": skip_name}
-        return choice_name, {choice_name: choice, skip_name: skip}, skip_name
-    pairs = truthiness_choices(parsed, scope.path_of) if parsed is not None else None
-    if pairs is not None and leaf:
-        # objects and arrays fall through to the task, whose Lambda decides (condition: true)
-        choices = [{**rule, "Next": run_target if run else skip_name} for rule, run in pairs]
-        choice = {"Type": "Choice", "Choices": choices, "Default": run_target}
-        return choice_name, {choice_name: choice, skip_name: skip}, skip_name
-    if leaf:
-        return run_target, {}, None  # the task's own Lambda evaluates it and returns a skip
-    evaluate_name = scope.state_name(node.name, "condition")
-    evaluate = _invoke("dispatch", _payload(node, scope, scope.pipeline_id, action="condition"))
-    evaluate["ResultSelector"] = {"value.$": "$.Payload.value"}
-    evaluate["ResultPath"] = f"$.conditions.{node.name}"
-    evaluate["Retry"] = [dict(_retry(node, scope)[0])]
-    evaluate["Next"] = choice_name
-    choice = {
+        decision: Decision | None = Decision(condition, False)
+    else:
+        decision = decide(str(condition), scope.path_of)
+    if decision is not None and isinstance(decision.rule, bool) and decision.undecided is False:
+        return (run_target, {}, None) if decision.rule else (skip_name, states, skip_name)
+    ask_name = scope.state_name(node.name, "condition")
+    entry = ask_name
+    if decision is not None and decision.undecided is not True:
+        entry = scope.state_name(node.name, "if")
+        choices = [] if decision.undecided is False else [{**decision.undecided, "Next": ask_name}]
+        if isinstance(decision.rule, bool):
+            default = run_target if decision.rule else skip_name
+        else:
+            choices.append({**decision.rule, "Next": run_target})
+            default = skip_name
+        states[entry] = {"Type": "Choice", "Choices": choices, "Default": default}
+        if decision.undecided is False:
+            return entry, states, skip_name
+    answer_name = scope.state_name(node.name, "decided")
+    ask = _invoke("dispatch", _payload(node, scope, scope.pipeline_id, action="condition"))
+    ask["ResultSelector"] = {"value.$": "$.Payload.value"}
+    ask["ResultPath"] = f"$.conditions.{node.name}"
+    ask["Retry"] = [dict(_retry(node, scope)[0])]
+    if failure_target is not None:
+        ask["Catch"] = [
+            {"ErrorEquals": ["States.ALL"], "ResultPath": f"$.errors.{node.name}", "Next": failure_target}
+        ]
+    ask["Next"] = answer_name
+    states[ask_name] = ask
+    states[answer_name] = {
         "Type": "Choice",
         "Choices": [
             {"Variable": f"$.conditions.{node.name}.value", "BooleanEquals": True, "Next": run_target}
         ],
         "Default": skip_name,
     }
-    return evaluate_name, {evaluate_name: evaluate, choice_name: choice, skip_name: skip}, skip_name
+    return entry, states, skip_name
 
 
 # containers -------------------------------------------------------------------------------
@@ -524,6 +574,7 @@ def _for_loop(node: Node, task: ForLoop, scope: Scope, pipeline_id: str) -> dict
     inner = replace(
         scope,
         prefix=scope.state_name(node.name) + "/",
+        inputs_path="$.inputs",  # each iteration's state has the inputs there (_iteration_selector)
         loop_path="$.loop",
         item_variable=task.item_variable,
     )
@@ -558,14 +609,15 @@ def _for_loop(node: Node, task: ForLoop, scope: Scope, pipeline_id: str) -> dict
     if before:
         ((first_name, first_state),) = before.items()
         state["ItemsPath"] = f"$.items.{node.name}.value"
-        return _preceded(first_name, first_state, state)
+        return _preceded(first_name, first_state, scope.state_name(node.name, "run"), state)
     state["ItemsPath"] = items_path
     return state
 
 
-def _preceded(first_name: str, first_state: dict[str, Any], main: dict[str, Any]) -> dict[str, Any]:
+def _preceded(
+    first_name: str, first_state: dict[str, Any], main_name: str, main: dict[str, Any]
+) -> dict[str, Any]:
     """A container that needs a state before it: both go in a one-branch Parallel."""
-    main_name = first_name.rsplit(".", 1)[0] + ".run"
     first_state = {**first_state, "Next": main_name}
     result_path = main.pop("ResultPath")
     main = {**main, "End": True, "ResultPath": "$.result", "OutputPath": "$.result"}
@@ -672,9 +724,10 @@ def _parallel_group(node: Node, task: ParallelGroup, scope: Scope, pipeline_id: 
 
 
 def _rename_result(states: dict[str, Any], scope: Scope, child: str) -> dict[str, Any]:
-    """A branch's final Pass names itself after the child (state names must be unique)."""
+    """A branch's final Pass names itself after the child (state names must be unique): `child.end`,
+    not `child.result`, which a container child already names its own reshaping Pass."""
     final = scope.state_name("", "result")
-    renamed = scope.state_name(child, "result")
+    renamed = scope.state_name(child, "end")
     out: dict[str, Any] = {}
     for name, state in states.items():
         if state.get("Next") == final:
@@ -690,12 +743,12 @@ def _dynamic_group(node: Node, task: DynamicTaskGroup, scope: Scope, pipeline_id
     expand["ResultSelector"] = {"value.$": "$.Payload"}
     expand["ResultPath"] = f"$.items.{node.name}"
     expand["Retry"] = [dict(_retry(node, scope)[0])]
-    prefix = scope.state_name(node.name) + "/"
-    route = prefix + "route"
+    inner = replace(scope, prefix=scope.state_name(node.name) + "/")
+    route = inner.state_name("route")
     item_states: dict[str, Any] = {}
     choices = []
     for kind in ("python_task", "llm_task", "web_search_task"):
-        state_name = prefix + kind
+        state_name = inner.state_name(kind)
         payload = {
             "pipeline": pipeline_id,
             "task": _reference(node),
@@ -714,7 +767,7 @@ def _dynamic_group(node: Node, task: DynamicTaskGroup, scope: Scope, pipeline_id
         }
         item_states[state_name] = state
         choices.append({"Variable": "$.type", "StringEquals": kind, "Next": state_name})
-    unsupported = prefix + "unsupported"
+    unsupported = inner.state_name("unsupported")
     item_states[unsupported] = {
         "Type": "Fail",
         "Error": "InvalidTaskSpec",
@@ -737,7 +790,7 @@ def _dynamic_group(node: Node, task: DynamicTaskGroup, scope: Scope, pipeline_id
         "ResultSelector": {"status": "succeeded", "output.$": "$"},
         "ResultPath": scope.locations[node.name],
     }
-    return _preceded(expand_name, expand, main)
+    return _preceded(expand_name, expand, scope.state_name(node.name, "run"), main)
 
 
 def _outputs_map(body: Body) -> dict[str, str]:
@@ -759,8 +812,13 @@ def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, 
     chain: list[tuple[str, dict[str, Any], str]] = []
     for index, child in enumerate(task.pipelines):
         child_path = (scope.path.parent / child.pipeline).resolve()
+        found = scope.children.get(child_path)
         try:
-            child_plan = build_plan(read_pipeline(child_path))
+            if found is None:
+                raise missing_file(child_path)
+            if isinstance(found, PipelineValidationError):
+                raise found
+            child_plan = build_plan(found)
         except PipelineValidationError as error:
             problems = "; ".join(diagnostic.format() for diagnostic in error.diagnostics)
             raise CompileError(
@@ -768,13 +826,16 @@ def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, 
                 (*node.location, "pipelines", index, "pipeline"),
             ) from None
         identifiers.append(child_plan.pipeline_id)
-        inputs_path = f"$.child_inputs.{child_plan.pipeline_id}.value"
+        child_inputs_path = "$.child_inputs." + state_key(child_plan.pipeline_id)
+        inputs_path = child_inputs_path + ".value"
         child_scope = Scope(
             child_plan.pipeline,
             child_plan.pipeline_id,
             child_plan.path,
             prefix=scope.state_name(node.name, child_plan.pipeline_id) + "/",
             inputs_path=inputs_path,
+            long_names=scope.long_names,
+            children=scope.children,
         )
         collect = {"Type": "Pass", "Parameters": _outputs_map(child_plan.body)}
         try:
@@ -784,13 +845,13 @@ def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, 
         except CompileError as error:
             _locate(error, child_plan)
             raise
-        inputs_name = child_scope.prefix + "inputs"
+        inputs_name = child_scope.state_name("inputs")
         inputs_state = _invoke(
             "dispatch", _payload(node, scope, scope.pipeline_id, action="child_inputs", child=index)
         )
         inputs_state |= {
             "ResultSelector": {"value.$": "$.Payload"},
-            "ResultPath": f"$.child_inputs.{child_plan.pipeline_id}",
+            "ResultPath": child_inputs_path,
             "Retry": [dict(_retry(node, scope)[0])],
             "Next": start,
         }
@@ -810,9 +871,7 @@ def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, 
     for position, (_start, states, identifier) in enumerate(chain):
         for state in states.values():
             if state.pop("End", False):
-                state["ResultPath"] = f"$.children.{identifier}"
-                if "Parameters" in state and state["Type"] == "Pass":
-                    state["ResultPath"] = f"$.children.{identifier}"
+                state["ResultPath"] = "$.children." + state_key(identifier)
                 state["Next"] = (
                     chain[position + 1][0]
                     if position + 1 < len(chain)
@@ -822,7 +881,9 @@ def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, 
     collect_name = scope.state_name(node.name, "collect")
     sequence[collect_name] = {
         "Type": "Pass",
-        "Parameters": {f"{identifier}.$": f"$.children.{identifier}" for identifier in identifiers},
+        "Parameters": {
+            f"{identifier}.$": "$.children." + state_key(identifier) for identifier in identifiers
+        },
         "End": True,
     }
     return {

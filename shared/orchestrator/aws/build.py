@@ -40,9 +40,14 @@ def definition_text(definition: dict[str, Any]) -> str:
     return json.dumps(definition, indent=2, sort_keys=True) + "\n"
 
 
+def compile_definition(path: Path) -> dict[str, Any]:
+    """The ASL definition of one pipeline file, with the child pipelines it includes."""
+    return compile_pipeline(load_plan(path))
+
+
 def compile_file(path: Path) -> str:
     """The ASL JSON of one pipeline file (what `orchestrator compile FILE` prints)."""
-    return definition_text(compile_pipeline(load_plan(path)))
+    return definition_text(compile_definition(path))
 
 
 def pipeline_files(root: Path) -> list[Path]:

@@ -81,14 +81,13 @@ class TaskEvent(EventBase):
     """Payload of a task function: one attempt of the task at `task` (or of the inline `spec`).
 
     `outputs` maps the names the task reads to their outputs; `tasks` may instead carry whole
-    records (`{"status", "output", "children"?}`) from which outputs are taken. With
-    `condition: true` the task's condition is evaluated first and a false one returns a skip.
+    records (`{"status", "output", "children"?}`) from which outputs are taken. The task's
+    condition was decided before (by a Choice rule or the dispatch function's `condition`).
     `spec` is a generated task (a `dynamic_task_group`'s), given inline; `task` then names the
     group and `name` (or the spec's own name) the generated task.
     """
 
     task: str
-    condition: bool = False
 
 
 class DispatchEvent(EventBase):

@@ -2,7 +2,8 @@
 
 Statuses, outputs and errors come from the execution's output (`$.tasks`); attempts from the
 history (how many times each task's state scheduled its Lambda); the run's error from the
-`ExecutionFailed` event and the last failed task. `HistoryProgress` tells an observer (the
+`ExecutionFailed` event and the last failed task. A state whose name the compiler shortened
+(over 80 characters) is read by the name it stands for. `HistoryProgress` tells an observer (the
 CLI's progress lines) about top-level tasks from the same history, event by event.
 """
 
@@ -13,6 +14,7 @@ import threading
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.aws.asl import shortened_state_names
 from orchestrator.plan import Plan
 from orchestrator.runtime.documents import ErrorInfo, RunStatus, TaskOutcome, TaskStatus, run_document
 from orchestrator.spec.models import ParallelGroup
@@ -46,8 +48,28 @@ def task_of_state(state_name: str) -> str:
     return last.split(".", 1)[0]
 
 
-ATTEMPT_EVENTS = frozenset(
-    {"TaskScheduled", "LambdaFunctionScheduled", "MapStateStarted", "ParallelStateStarted"}
+def with_full_state_name(event: dict[str, Any], long_names: dict[str, str]) -> dict[str, Any]:
+    """`event` naming its state by the name a shortened one stands for (`long_names`, from
+    `asl.shortened_state_names`): `group/child`, whatever their length."""
+    for key in ("stateEnteredEventDetails", "stateExitedEventDetails"):
+        details = event.get(key)
+        if details is not None and details["name"] in long_names:
+            event = {**event, key: {**details, "name": long_names[details["name"]]}}
+    return event
+
+
+LAMBDA_ATTEMPTS = frozenset({"TaskScheduled", "LambdaFunctionScheduled"})
+CONTAINER_ATTEMPTS = frozenset({"MapStateStarted", "ParallelStateStarted"})
+CONTAINER_ENTRIES = frozenset({"MapStateEntered", "ParallelStateEntered"})
+CONTAINER_ENDS = frozenset(
+    {
+        "MapStateExited",
+        "MapStateFailed",
+        "MapStateAborted",
+        "ParallelStateExited",
+        "ParallelStateFailed",
+        "ParallelStateAborted",
+    }
 )
 
 
@@ -62,8 +84,9 @@ def scheduled_counts(history: list[dict[str, Any]]) -> Counter[str]:
             name = event["stateEnteredEventDetails"]["name"]
             current[event["id"]] = name
             counts.setdefault(name, 0)
-        elif kind in ATTEMPT_EVENTS:
-            entered = _entered_state(event, by_id, current)
+        elif kind in LAMBDA_ATTEMPTS or kind in CONTAINER_ATTEMPTS:
+            lambda_call = kind in LAMBDA_ATTEMPTS
+            entered = _entered_state(event, by_id, current) if lambda_call else _container_state(event, by_id)
             if entered is not None:
                 counts[entered] += 1
         elif kind == "TaskFailed" and event["taskFailedEventDetails"].get("error", "").startswith("Lambda."):
@@ -82,6 +105,30 @@ def _entered_state(
         if previous in current:
             return current[previous]
         previous = by_id.get(previous, {}).get("previousEventId")
+    return None
+
+
+def _container_state(event: dict[str, Any], by_id: dict[int, dict[str, Any]]) -> str | None:
+    """The Map or Parallel state that an attempt (`MapStateStarted`, `ParallelStateStarted`)
+    belongs to. A retry's start follows the failed attempt, whose own Map and Parallel states
+    have entries too: walking back, each of those that ended (exited, failed or aborted; a
+    caught failure is a failure then an exit) is stepped over up to its entry, and the first
+    entry not stepped over is the container's."""
+    ended = 0
+    later = ""
+    previous = event.get("previousEventId")
+    while previous and previous in by_id:
+        found = by_id[previous]
+        kind = found["type"]
+        if kind in CONTAINER_ENTRIES:
+            if not ended:
+                return str(found["stateEnteredEventDetails"]["name"])
+            ended -= 1
+        elif kind in CONTAINER_ENDS:
+            exited_after_failing = kind.endswith("Failed") and later == kind.removesuffix("Failed") + "Exited"
+            ended += 0 if exited_after_failing else 1  # (that exit was stepped over already)
+        later = kind
+        previous = found.get("previousEventId")
     return None
 
 
@@ -104,26 +151,28 @@ def document_from_execution(
     result: Any = None,
 ) -> dict[str, Any]:
     """The run document of one execution of `plan`'s state machine."""
+    long_names = shortened_state_names(plan)
+    history = [with_full_state_name(event, long_names) for event in history]
     tasks = (output or {}).get("tasks") or _last_known_tasks(history)
     counts = scheduled_counts(history)
+    error = _run_error(history, execution_status) if execution_status != "SUCCEEDED" else None
+    failed_task = error.get("task") if error else None
     outcomes: dict[str, TaskOutcome] = {}
+    failed_groups_children: set[str] = set()  # their failure is their group's, not the run's
     for name, node in plan.body.nodes.items():
         record = tasks.get(name)
-        attempts = counts.get(name, 0)
-        outcomes[name] = _outcome(record, attempts)
+        outcomes[name] = _outcome(record, counts.get(name, 0))
         if isinstance(node.task, ParallelGroup):
-            children = (record or {}).get("children") or {}
-            for child in node.task.tasks:
-                if child.name:
-                    outcomes[child.name] = _outcome(
-                        children.get(child.name), counts.get(f"{name}/{child.name}", 0)
-                    )
-    error = None
+            children = [child.name for child in node.task.tasks if child.name]
+            group_error = outcomes[name].error
+            if error and failed_task == name:
+                group_error = ErrorInfo(str(error["type"]), str(error["message"]))
+            found, failing = _group_children(history, name, children, record, group_error)
+            outcomes |= found
+            failed_groups_children |= {failing} if failing else set()
     status = RunStatus.SUCCEEDED
     if execution_status != "SUCCEEDED":
         status = RunStatus.FAILED
-        error = _run_error(history, execution_status)
-        failed_task = error.get("task") if error else None
         if failed_task in outcomes:
             failure = outcomes[failed_task]
             failure.status = TaskStatus.FAILED
@@ -132,7 +181,10 @@ def document_from_execution(
         for name, outcome in outcomes.items():
             if outcome.status is TaskStatus.NOT_RUN and counts.get(name):
                 outcome.status = TaskStatus.CANCELLED
-    elif any(outcome.status is TaskStatus.FAILED for outcome in outcomes.values()):
+    elif any(
+        outcome.status is TaskStatus.FAILED and name not in failed_groups_children
+        for name, outcome in outcomes.items()
+    ):
         status = RunStatus.DEGRADED
     return run_document(
         run_id=run_id,
@@ -142,6 +194,96 @@ def document_from_execution(
         result=result if status is not RunStatus.FAILED else None,
         error=error,
     )
+
+
+def _group_children(
+    history: list[dict[str, Any]],
+    group: str,
+    children: list[str],
+    record: dict[str, Any] | None,
+    error: ErrorInfo | None,
+) -> tuple[dict[str, TaskOutcome], str | None]:
+    """The outcomes of a parallel group's children in its last attempt, as the embedded engine
+    gives them, and the child whose failure failed the group (if it failed): from the group's
+    record, or, when the group failed (its record then has no children), from the history. Then
+    the failing child has failed with the group's error; the others finished (their last
+    record), were cancelled while running, or never started (not run)."""
+    attempt = _last_attempt(history, group)
+    counts = scheduled_counts(attempt)
+    if (record is not None and "children" in record) or not attempt:
+        found = (record or {}).get("children") or {}
+        return {
+            child: _outcome(found.get(child), counts.get(f"{group}/{child}", 0)) for child in children
+        }, None
+    failing = _failing_child(history, attempt, group, children)
+    outcomes: dict[str, TaskOutcome] = {}
+    for child in children:
+        attempts = counts.get(f"{group}/{child}", 0)
+        if child == failing:
+            outcomes[child] = TaskOutcome(TaskStatus.FAILED, None, attempts, error)
+            continue
+        entered = False
+        finished: dict[str, Any] | None = None
+        for event in attempt:
+            details = event.get("stateEnteredEventDetails") or event.get("stateExitedEventDetails")
+            if details is None or _child_of(group, details["name"], children) != child:
+                continue
+            entered = True
+            if event["type"].endswith("StateExited"):
+                finished = _task_record(details.get("output") or "{}", child) or finished
+        if finished is not None:
+            outcomes[child] = _outcome(finished, attempts)
+        else:
+            outcomes[child] = TaskOutcome(TaskStatus.CANCELLED if entered else TaskStatus.NOT_RUN)
+    return outcomes, failing
+
+
+def _last_attempt(history: list[dict[str, Any]], state: str) -> list[dict[str, Any]]:
+    """The events from the last start of the Map or Parallel state `state` on (none if it never started)."""
+    by_id = {event["id"]: event for event in history}
+    starts = [
+        event["id"]
+        for event in history
+        if event["type"] in CONTAINER_ATTEMPTS and _container_state(event, by_id) == state
+    ]
+    return [event for event in history if starts and event["id"] >= starts[-1]]
+
+
+def _failing_child(
+    history: list[dict[str, Any]], attempt: list[dict[str, Any]], group: str, children: list[str]
+) -> str | None:
+    """The child whose failure failed the group in its last attempt: the one the group's
+    failure event follows."""
+    by_id = {event["id"]: event for event in history}
+    for event in reversed(attempt):
+        if event["type"] == "ParallelStateFailed" and _container_state(event, by_id) == group:
+            previous = event.get("previousEventId")
+            while previous in by_id:
+                details = by_id[previous].get("stateEnteredEventDetails")
+                child = _child_of(group, details["name"], children) if details else None
+                if child is not None:
+                    return child
+                previous = by_id[previous].get("previousEventId")
+    return None
+
+
+def _child_of(group: str, state_name: str, children: list[str]) -> str | None:
+    """The child of `group` a state belongs to (`group/child`, `group/child.role`, `group/child/...`)."""
+    if not state_name.startswith(group + "/"):
+        return None
+    rest = state_name.removeprefix(group + "/")
+    child = rest.split("/", 1)[0].split(".", 1)[0]
+    return child if child in children else None
+
+
+def _task_record(state_json: str, name: str) -> dict[str, Any] | None:
+    """`$.tasks.<name>` in a state's JSON, if there."""
+    try:
+        tasks = json.loads(state_json).get("tasks")
+    except (ValueError, AttributeError):
+        return None
+    record = tasks.get(name) if isinstance(tasks, dict) else None
+    return record if isinstance(record, dict) else None
 
 
 def _last_known_tasks(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -201,6 +343,7 @@ class HistoryProgress:
 
     def __init__(self, plan: Plan, observer: Observer) -> None:
         self._tasks = frozenset(plan.body.nodes)
+        self._long_names = shortened_state_names(plan)
         self._observer = observer
         self._lock = threading.Lock()
         self._current: str | None = None
@@ -210,6 +353,7 @@ class HistoryProgress:
     def event(self, event: dict[str, Any]) -> None:
         """One history event (as `GetExecutionHistory` gives it), in the order they are recorded."""
         with self._lock:
+            event = with_full_state_name(event, self._long_names)
             entered = event.get("stateEnteredEventDetails")
             if entered is not None and "/" not in entered["name"]:
                 task = task_of_state(entered["name"])
@@ -258,10 +402,5 @@ def _last_record(events: list[dict[str, Any]], name: str) -> dict[str, Any] | No
     for event in reversed(events):
         details = event.get("stateExitedEventDetails")
         if details and "/" not in details["name"]:
-            try:
-                tasks = json.loads(details.get("output") or "{}").get("tasks")
-            except (ValueError, AttributeError):
-                return None
-            record = tasks.get(name) if isinstance(tasks, dict) else None
-            return record if isinstance(record, dict) else None
+            return _task_record(details.get("output") or "{}", name)
     return None

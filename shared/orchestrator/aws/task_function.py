@@ -1,8 +1,9 @@
 """The task functions' job: one attempt of a leaf task, from its event to its result.
 
 The handler decodes the event (`TaskEvent`), this module rebuilds the scope (`task_scope`) and
-hands the task to the runtime (`orchestrator.runtime.task`): its condition and cache, one
-attempt, the cache write. Retries, the fallback task and `on_failure` belong to the state
+hands the task to the runtime (`orchestrator.runtime.task`): its cache entry, one attempt,
+the cache write (its condition is decided before, by the state machine or the dispatch
+function). Retries, the fallback task and `on_failure` belong to the state
 machine: one invocation is one attempt.
 """
 
@@ -88,11 +89,11 @@ def run_task_event(
     *,
     sealer: Sealer | None = None,
 ) -> dict[str, Any]:
-    """Run one attempt of a leaf task: `{"status": "succeeded"|"skipped"|"cached", "output": ...}`.
+    """Run one attempt of a leaf task: `{"status": "succeeded"|"cached", "output": ...}`.
 
-    With `condition: true` the task's condition is checked first, and its cache entry read,
-    as `runtime.task.TaskRun.start` does for the engine; a fallback task has neither (as on
-    the engine). A failed attempt raises a `TaskFailure` subclass named after the error type.
+    Its cache entry is read first, as `runtime.task.TaskRun.start` does for the engine (its
+    condition was decided before the state machine called this); a fallback task has no cache
+    entry (as on the engine). A failed attempt raises a `TaskFailure` named after its error type.
     """
     location = event_location(event, event.task)
     settings = lambda_settings()
@@ -119,7 +120,7 @@ def run_task_event(
     )
     try:
         if not location.fallback:
-            early = run.start(check_condition=event.condition)
+            early = run.start(check_condition=False)
             if early is not None:
                 return {"status": early.status.value, "output": early.output}
         output = _attempt(prepared, services)

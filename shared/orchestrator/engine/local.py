@@ -496,7 +496,7 @@ class _Run:
             for index in positions:
                 iteration = for_iteration(scope, task.item_variable, index, items[index])
                 outcomes = await self.run_body(body, iteration, depth=depth)
-                results[index] = {name: outcome.output for name, outcome in outcomes.items()}
+                results[index] = {name: outcomes[name].output for name in body.nodes}  # in file order
 
         workers = [asyncio.ensure_future(worker()) for _ in range(min(task.max_concurrency, len(items)))]
         try:
@@ -533,7 +533,7 @@ class _Run:
             self.group_children[name] = outcomes
             for child, outcome in outcomes.items():
                 scope.outputs[child] = outcome.output
-        return {child: outcome.output for child, outcome in outcomes.items()}
+        return {child: outcomes[child].output for child in body.nodes}  # in file order, as on AWS
 
     async def dynamic_group(self, task: DynamicTaskGroup, scope: Scope, depth: int) -> list[Any]:
         body = expand(task, scope, self.plan.source.source)

@@ -163,13 +163,16 @@ def parse_pipeline(text: str, path: Path) -> PipelineSource:
     return PipelineSource(pipeline, source, path)
 
 
+def missing_file(path: Path) -> PipelineValidationError:
+    """The error of a pipeline file that is not there."""
+    return PipelineValidationError([Diagnostic(str(path), 1, 1, "", "no such file; check the path")])
+
+
 def _read_file(path: Path) -> PipelineSource:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise PipelineValidationError(
-            [Diagnostic(str(path), 1, 1, "", "no such file; check the path")]
-        ) from None
+        raise missing_file(path) from None
     except (OSError, UnicodeDecodeError) as error:
         raise PipelineValidationError([Diagnostic(str(path), 1, 1, "", f"cannot read: {error}")]) from None
     return parse_pipeline(text, path)
