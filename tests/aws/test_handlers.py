@@ -475,6 +475,43 @@ def test_leaked_secret_in_an_output_or_error_is_redacted(tmp_path: Path) -> None
         run_task_event(TaskEvent.model_validate(payload), sealer=sealer)
 
 
+def test_a_generated_task_is_carried_with_its_own_error_policy(tmp_path: Path) -> None:
+    """A generated task's policy exists only once it is generated: the function carries it
+    whole (retries, on_failure, fallback_value), as the engine does, and answers the record."""
+    counter = tmp_path / "attempts"
+    script = (
+        f"import pathlib\npath = pathlib.Path({str(counter)!r})\n"
+        "n = int(path.read_text()) + 1 if path.exists() else 1\npath.write_text(str(n))\n"
+        "if n < 3:\n    raise ValueError('not yet')\nreturn n"
+    )
+    payload: dict[str, Any] = {
+        "pipeline": "secure_credentials",
+        "task": "tasks.0",
+        "name": "generated",
+        "spec": {
+            "type": "python_task",
+            "script": script,
+            "error_handling": {"retry_count": 2, "retry_delay": 0},
+        },
+        "inputs": {"api_key": "", "database_password": "", "input_data": "x"},
+        "run": {"id": "r", "pipeline": "secure_credentials", "started_at": "now"},
+    }
+    # WHEN it fails twice with two retries THEN the third attempt's output is its record
+    assert run_task_event(TaskEvent.model_validate(payload)) == {"status": "succeeded", "output": 3}
+    # WHEN it fails under on_failure: skip THEN it is skipped with its fallback_value
+    payload["spec"] = {
+        "type": "python_task",
+        "script": "raise ValueError('down')",
+        "error_handling": {"on_failure": "skip", "fallback_value": {"ok": False}},
+    }
+    assert run_task_event(TaskEvent.model_validate(payload)) == {"status": "skipped", "output": {"ok": False}}
+    # WHEN it fails under abort_pipeline THEN the function fails with its error (and so its group)
+    payload["spec"]["error_handling"] = {"on_failure": "abort_pipeline"}
+    with pytest.raises(TaskFailure, match="down") as raised:
+        run_task_event(TaskEvent.model_validate(payload))
+    assert type(raised.value).__name__ == "ValueError"
+
+
 def test_kms_sealer_binds_values_to_pipeline_and_input(aws: None) -> None:
     from orchestrator.aws.clients import aws_client
 

@@ -126,7 +126,7 @@ class Features:
     # found by this fuzzer, diverging:
     # (10) a generated task (dynamic_task_group) that fails under an error_handling of its own
     # or the pipeline's that does not abort
-    generated_task_policies: bool = False
+    generated_task_policies: bool = True
     # (11) reading a child of a parallel_group that did not run (the group was skipped); fixed:
     # a task reading a group's child is passed the group's record, never the child's path
     skipped_group_children_reads: bool = True
@@ -135,9 +135,9 @@ class Features:
     long_state_names: bool = True
     # (13) a task failing with continue_with_degraded_service out of the run document's sight:
     # in a loop body or a child pipeline
-    hidden_degraded_tasks: bool = False
+    hidden_degraded_tasks: bool = True
     # (14) an `outputs` section that cannot be rendered
-    outputs_render_errors: bool = False
+    outputs_render_errors: bool = True
     # (15) a condition ordering a value of another type (`a > 4` where `a` is null or text);
     # fixed: the Choice rule sends every value Jinja might refuse to the dispatch function
     condition_type_errors: bool = True
@@ -148,7 +148,7 @@ class Features:
     # `<child>.end`, apart from the container's own `<child>.result`
     containers_in_groups: bool = True
     # (18) a child pipeline that fails (its pipeline_group's error)
-    failed_child_pipelines: bool = False
+    failed_child_pipelines: bool = True
     # (19) a loop or group that fails with retries left (its attempts); fixed: the Map or
     # Parallel state retried them already, and the document now counts each of its starts
     container_retries: bool = True

@@ -340,7 +340,9 @@ KNOWN_DIVERGENCES = [
     Divergence(
         "10_generated_task_error_handling.yaml",
         "(10) a failing generated task follows its own (or the pipeline's) error_handling locally; "
-        "on AWS generated tasks have no Retry/Catch: the failure fails the dynamic_task_group",
+        "on AWS generated tasks had no Retry/Catch: the failure failed the dynamic_task_group "
+        "(fixed: the task function carries a generated task's whole policy with runtime.task)",
+        fixed=True,
     ),
     Divergence(
         "11_skipped_group_child_reads.yaml",
@@ -359,13 +361,17 @@ KNOWN_DIVERGENCES = [
     Divergence(
         "13_hidden_degraded_tasks.yaml",
         "(13) a task failing with continue_with_degraded_service in a loop body or a child pipeline "
-        "makes the run degraded locally; on AWS it ends succeeded (only visible tasks count)",
+        "makes the run degraded locally; on AWS it ended succeeded (only visible tasks counted; "
+        "fixed: such a failure goes through a `.degraded` state, which the document looks for)",
         children=("child_of_13.yaml",),
+        fixed=True,
     ),
     Divergence(
         "14_outputs_render_error.yaml",
         "(14) an outputs section that cannot be rendered: error.task null and 'outputs: ' before the "
-        "message locally; task '' and no prefix on AWS",
+        "message locally; task '' and no prefix on AWS (fixed: runtime.pipelines.render_outputs "
+        "gives the message on both, and the document names no task for the pipeline's own states)",
+        fixed=True,
     ),
     Divergence(
         "15_condition_type_error.yaml",
@@ -388,8 +394,11 @@ KNOWN_DIVERGENCES = [
     Divergence(
         "18_failed_child_pipeline.yaml",
         "(18) a failing child pipeline fails its pipeline_group with ChildPipelineFailed naming the "
-        "child's task locally; on AWS with the child task's own error type and message",
+        "child's task locally; on AWS with the child task's own error type and message (fixed: each "
+        "top-level state of a child that can fail goes to a dispatch call giving the group's error, "
+        "runtime.pipelines.child_failed)",
         children=("child_of_18.yaml",),
+        fixed=True,
     ),
     Divergence(
         "19_container_retries.yaml",

@@ -58,6 +58,11 @@ PLAIN_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 TIMEOUT_GRACE = 5
 
 
+DEGRADED_ROLE = "degraded"
+"""The role of the state a task that failed under `continue_with_degraded_service` goes to:
+entering one, anywhere (a loop body, a child pipeline, a generated task), degrades the run."""
+
+
 @dataclass(frozen=True)
 class Scope:
     """Where names live while compiling one body."""
@@ -421,8 +426,10 @@ def _guarded(node: Node, scope: Scope, state: dict[str, Any]) -> Segment:
     error_path = f"$.errors.{node.name}"
     failure_target: str | None = None
     if policy.on_failure in {"skip", "continue_with_degraded_service"}:
-        failure_target = scope.state_name(node.name, "failed")
-        status = "skipped" if policy.on_failure == "skip" else "failed"
+        skips = policy.on_failure == "skip"
+        # `.degraded`: entering it makes the run degraded, wherever the task is (execution.py)
+        failure_target = scope.state_name(node.name, "failed" if skips else DEGRADED_ROLE)
+        status = "skipped" if skips else "failed"
         states[failure_target] = _fallback_value_state(node, scope, status, error_path)
         exits.append(failure_target)
     elif policy.fallback is not None:
@@ -745,7 +752,18 @@ def _dynamic_group(node: Node, task: DynamicTaskGroup, scope: Scope, pipeline_id
     expand["Retry"] = [dict(_retry(node, scope)[0])]
     inner = replace(scope, prefix=scope.state_name(node.name) + "/")
     route = inner.state_name("route")
-    item_states: dict[str, Any] = {}
+    ended, done = inner.state_name("", "ended"), inner.state_name("", "done")
+    degraded = inner.state_name("", DEGRADED_ROLE)
+    item_states: dict[str, Any] = {
+        # a generated task that failed under continue_with_degraded_service makes the run degraded
+        ended: {
+            "Type": "Choice",
+            "Choices": [{"Variable": "$.status", "StringEquals": "failed", "Next": degraded}],
+            "Default": done,
+        },
+        degraded: {"Type": "Pass", "OutputPath": "$.output", "End": True},
+        done: {"Type": "Pass", "OutputPath": "$.output", "End": True},
+    }
     choices = []
     for kind in ("python_task", "llm_task", "web_search_task"):
         state_name = inner.state_name(kind)
@@ -757,13 +775,14 @@ def _dynamic_group(node: Node, task: DynamicTaskGroup, scope: Scope, pipeline_id
             "run.$": "$.run",
             "tasks.$": "$.tasks",
         }
+        # the function carries the generated task's own error policy (known only once it is
+        # generated) and answers its record; only Lambda's own errors are retried here
         state = _invoke(kind, payload)
         state |= {
-            "ResultSelector": {"output.$": "$.Payload.output"},
+            "ResultSelector": {"status.$": "$.Payload.status", "output.$": "$.Payload.output"},
             "ResultPath": "$",
-            "OutputPath": "$.output",
             "Retry": [dict(_retry(node, scope)[0])],
-            "End": True,
+            "Next": ended,
         }
         item_states[state_name] = state
         choices.append({"Variable": "$.type", "StringEquals": kind, "Next": state_name})
@@ -791,6 +810,57 @@ def _dynamic_group(node: Node, task: DynamicTaskGroup, scope: Scope, pipeline_id
         "ResultPath": scope.locations[node.name],
     }
     return _preceded(expand_name, expand, scope.state_name(node.name, "run"), main)
+
+
+def _child_failures(
+    states: dict[str, Any], node: Node, scope: Scope, child_scope: Scope, index: int
+) -> dict[str, Any]:
+    """Make a failing child pipeline fail its pipeline_group as on the engine, with
+    `ChildPipelineFailed` naming the child's task (`runtime.pipelines.child_failed`).
+
+    Every top-level state of the child that can end it in failure (a Task, Map or Parallel
+    state without a Catch, or a Fail state) leaves its error at `$.child_error` and goes to a
+    dispatch call that turns it into the group's error, then to a Fail state that raises it.
+    Returns the states to add; changes `states` in place."""
+    added: dict[str, Any] = {}
+    for name, state in list(states.items()):
+        full = child_scope.long_names.get(name, name)
+        task = full.rsplit("/", 1)[-1].split(".", 1)[0] or None  # `.result`: the child's own
+        if state["Type"] == "Fail":
+            caught = str(state["ErrorPath"]).removesuffix(".Error")
+        elif state["Type"] in {"Task", "Map", "Parallel"} and "Catch" not in state:
+            caught = None
+        else:
+            continue
+        formatter = child_scope.state_name(task or "", "child_failed")
+        if formatter not in added:
+            raised = child_scope.state_name(task or "", "child_failed_raise")
+            payload = _payload(
+                node, scope, scope.pipeline_id, action="child_failed", child=index, failed_task=task
+            )
+            payload["error.$"] = CHILD_ERROR
+            call = _invoke("dispatch", payload)
+            call |= {
+                "ResultSelector": {"value.$": "$.Payload"},
+                "ResultPath": CHILD_ERROR,
+                "Retry": [dict(_retry(node, scope)[0])],
+                "Next": raised,
+            }
+            added[formatter] = call
+            added[raised] = {
+                "Type": "Fail",
+                "ErrorPath": f"{CHILD_ERROR}.value.Error",
+                "CausePath": f"{CHILD_ERROR}.value.Cause",
+            }
+        if caught is not None:  # a Fail state: its error moves to where the call reads it
+            states[name] = {"Type": "Pass", "InputPath": caught, "ResultPath": CHILD_ERROR, "Next": formatter}
+        else:
+            state["Catch"] = [{"ErrorEquals": ["States.ALL"], "ResultPath": CHILD_ERROR, "Next": formatter}]
+    return added
+
+
+CHILD_ERROR = "$.child_error"
+"""Where a child pipeline's failure is kept while it becomes its pipeline_group's error."""
 
 
 def _outputs_map(body: Body) -> dict[str, str]:
@@ -845,6 +915,7 @@ def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, 
         except CompileError as error:
             _locate(error, child_plan)
             raise
+        states.update(_child_failures(states, node, scope, child_scope, index))
         inputs_name = child_scope.state_name("inputs")
         inputs_state = _invoke(
             "dispatch", _payload(node, scope, scope.pipeline_id, action="child_inputs", child=index)

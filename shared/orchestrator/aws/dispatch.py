@@ -22,7 +22,7 @@ from orchestrator.runtime.documents import ErrorInfo
 from orchestrator.runtime.generated import expand
 from orchestrator.runtime.leaf import render
 from orchestrator.runtime.loops import for_loop_items, while_iteration, while_state
-from orchestrator.runtime.pipelines import child_run, render_outputs
+from orchestrator.runtime.pipelines import child_failed, child_run, render_outputs
 from orchestrator.runtime.policy import effective_policy
 from orchestrator.runtime.task import condition_holds, failure_outcome
 from orchestrator.sealing.base import Sealer
@@ -133,6 +133,27 @@ def _child_inputs(prepared: PreparedTask, event: DispatchEvent, sealer: Sealer |
     return seal_inputs(child_plan.pipeline_id, inputs, names, sealer or default_sealer())
 
 
+def _child_failed(prepared: PreparedTask, event: DispatchEvent) -> dict[str, str]:
+    """The error a pipeline_group fails with when its child `child` failed
+    (`runtime.pipelines.child_failed`, as on the engine), from the Catch result `error` of the
+    child's top-level task `failed_task`: `{"Error", "Cause"}`, for a Fail state."""
+    task = prepared.location.task
+    if not isinstance(task, PipelineGroup):
+        raise DispatchError(f"'child_failed' needs a pipeline_group, not {type(task).__name__}")
+    if event.child is None or not 0 <= event.child < len(task.pipelines):
+        raise DispatchError(f"'child_failed' needs 'child', an index below {len(task.pipelines)}")
+    caught = error_from_catch(event.error if isinstance(event.error, dict) else None)
+    caught = caught or ErrorInfo("TaskFailed", "failed")
+    failure = child_failed(
+        task, event.child, {"task": event.failed_task, "type": caught.type, "message": caught.message}
+    )
+    message = prepared.run.redactor.text(failure.message)
+    return {
+        "Error": failure.error_type,
+        "Cause": json.dumps({"errorType": failure.error_type, "errorMessage": message}),
+    }
+
+
 def _outputs(prepared: PreparedTask, event: DispatchEvent) -> Any:
     outputs = prepared.location.plan.pipeline.outputs
     if outputs is None:
@@ -146,6 +167,7 @@ _ACTIONS: dict[str, Callable[[PreparedTask, DispatchEvent], Any]] = {
     "render": _render,
     "while": _while,
     "expand": _expand,
+    "child_failed": _child_failed,
     "outputs": _outputs,
 }
 
@@ -164,6 +186,8 @@ def dispatch(event: DispatchEvent, stores: Stores | None = None, *, sealer: Seal
       validated and planned (`InvalidTaskSpec`), each spec with its `name` filled in.
     - `child_inputs`: the inputs of pipeline_group child number `child`, resolved against
       the child's `input_variables` and sealed where sensitive.
+    - `child_failed`: `{"Error", "Cause"}` of the pipeline_group whose child number `child`
+      failed in its task `failed_task` with the Catch result `error` (for a Fail state).
     - `outputs`: the pipeline's rendered `outputs` section (no `task` needed).
 
     `while` is called once before the first iteration, without `last`, with `loop` =

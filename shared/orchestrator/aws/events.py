@@ -93,10 +93,13 @@ class TaskEvent(EventBase):
 class DispatchEvent(EventBase):
     """Payload of the dispatch function: evaluate what ASL cannot (see `dispatch`)."""
 
-    action: Literal["condition", "items", "render", "while", "expand", "child_inputs", "outputs"]
+    action: Literal[
+        "condition", "items", "render", "while", "expand", "child_inputs", "child_failed", "outputs"
+    ]
     task: str | None = None
     field: str | None = None  # render
-    child: int | None = None  # child_inputs
+    child: int | None = None  # child_inputs, child_failed
+    failed_task: str | None = None  # child_failed: the child's top-level task that failed
     last: Any = None  # while: the last body task's output (absent before the first iteration)
-    error: Any = None  # render: the Catch result, passed through
+    error: Any = None  # render (passed through), child_failed: a Catch result
     status: str | None = None  # render: the status to report, passed through

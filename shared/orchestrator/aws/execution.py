@@ -14,7 +14,7 @@ import threading
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.aws.asl import shortened_state_names
+from orchestrator.aws.asl import DEGRADED_ROLE, shortened_state_names
 from orchestrator.plan import Plan
 from orchestrator.runtime.documents import ErrorInfo, RunStatus, TaskOutcome, TaskStatus, run_document
 from orchestrator.spec.models import ParallelGroup
@@ -132,6 +132,18 @@ def _container_state(event: dict[str, Any], by_id: dict[int, dict[str, Any]]) ->
     return None
 
 
+def _entered_degraded_state(history: list[dict[str, Any]]) -> bool:
+    """Whether a task failed under `continue_with_degraded_service` anywhere, the run document
+    listing it or not (a loop body, a child pipeline, a generated task): each goes through a
+    state of the role `asl.DEGRADED_ROLE`."""
+    suffix = "." + DEGRADED_ROLE
+    return any(
+        str(event["stateEnteredEventDetails"]["name"]).endswith(suffix)
+        for event in history
+        if "stateEnteredEventDetails" in event
+    )
+
+
 def _outcome(result: dict[str, Any] | None, attempts: int) -> TaskOutcome:
     if result is None:
         return TaskOutcome(TaskStatus.NOT_RUN)
@@ -181,7 +193,7 @@ def document_from_execution(
         for name, outcome in outcomes.items():
             if outcome.status is TaskStatus.NOT_RUN and counts.get(name):
                 outcome.status = TaskStatus.CANCELLED
-    elif any(
+    elif _entered_degraded_state(history) or any(
         outcome.status is TaskStatus.FAILED and name not in failed_groups_children
         for name, outcome in outcomes.items()
     ):
@@ -315,7 +327,8 @@ def _run_error(history: list[dict[str, Any]], execution_status: str) -> dict[str
                 },
             )
             if entered:
-                task = task_of_state(entered.split("/", 1)[0]) if "/" in entered else task_of_state(entered)
+                # a compiler state of the pipeline itself (`.result`, its outputs) names no task
+                task = task_of_state(entered.split("/", 1)[0]) or None
             break
     if failed is None:
         return {

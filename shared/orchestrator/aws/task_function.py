@@ -9,6 +9,7 @@ machine: one invocation is one attempt.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import random
 import threading
@@ -21,12 +22,14 @@ from orchestrator.aws.events import DispatchError, TaskEvent, task_failure
 from orchestrator.aws.payloads import offload
 from orchestrator.aws.task_scope import PreparedTask, prepare_task
 from orchestrator.errors import TaskError
+from orchestrator.runtime.documents import ErrorInfo, TaskOutcome
 from orchestrator.runtime.leaf import LEAF_TYPES, Services, run_leaf
 from orchestrator.runtime.policy import effective_policy, task_timeout
-from orchestrator.runtime.task import TaskRun, attempt_leaf, timeout_error
+from orchestrator.runtime.task import PipelineAborted, TaskRun, attempt_leaf, carry_task, timeout_error
 from orchestrator.runtime.task_streams import task_streams
 from orchestrator.sealing.base import Sealer
 from orchestrator.settings import Settings, aws_settings, lambda_settings
+from orchestrator.spec.models import TaskBase
 from orchestrator.stores.base import Stores, Versioned
 from orchestrator.stores.factory import open_stores
 
@@ -69,17 +72,32 @@ def _with_timeout(work: Callable[[], Any], timeout: float | None, name: str) -> 
     return result[0]
 
 
-def _attempt(prepared: PreparedTask, services: Services) -> Any:
-    """One attempt of the located leaf task, within its timeout (`runtime.task.attempt_leaf`)."""
-    location = prepared.location
-    task = location.task
+def _attempt(task: TaskBase, prepared: PreparedTask, services: Services) -> Any:
+    """One attempt of a leaf task (the located one, or its fallback) under the located task's
+    name, within its timeout (`runtime.task.attempt_leaf`)."""
+    name = prepared.location.name
     if not isinstance(task, LEAF_TYPES):
-        raise DispatchError(f"task '{location.name}' is a {type(task).__name__}, not a leaf task")
-    leaf = functools.partial(
-        run_leaf, task, location.name, prepared.scope, prepared.run, services, prepared.inputs
-    )
+        raise DispatchError(f"task '{name}' is a {type(task).__name__}, not a leaf task")
+    leaf = functools.partial(run_leaf, task, name, prepared.scope, prepared.run, services, prepared.inputs)
     with task_streams():
-        return _with_timeout(lambda: attempt_leaf(leaf, location.name), task_timeout(task), location.name)
+        return _with_timeout(lambda: attempt_leaf(leaf, name), task_timeout(task), name)
+
+
+def _carry_generated(run: TaskRun, prepared: PreparedTask, services: Services) -> TaskOutcome:
+    """A generated task carried to its outcome, its whole error policy included, by the
+    runtime's `carry_task` as on the engine: a dynamic_task_group's task exists only once it
+    is generated, so the state machine cannot hold its policy in Retry and Catch rules. Under
+    `abort_pipeline` its failure fails the function (and so its group), as it fails the
+    group on the engine."""
+
+    async def attempt(task: TaskBase) -> Any:
+        return _attempt(task, prepared, services)
+
+    try:
+        return asyncio.run(carry_task(run, attempt, asyncio.sleep))
+    except PipelineAborted as aborted:
+        error = aborted.outcome.error or ErrorInfo("TaskFailed", "failed")
+        raise task_failure(TaskError(error.type, error.message), prepared.run.redactor) from None
 
 
 def run_task_event(
@@ -89,7 +107,8 @@ def run_task_event(
     *,
     sealer: Sealer | None = None,
 ) -> dict[str, Any]:
-    """Run one attempt of a leaf task: `{"status": "succeeded"|"cached", "output": ...}`.
+    """Run one attempt of a leaf task: `{"status": "succeeded"|"cached", "output": ...}`; a
+    generated task (`spec`) is carried to its outcome instead (`_carry_generated`), any status.
 
     Its cache entry is read first, as `runtime.task.TaskRun.start` does for the engine (its
     condition was decided before the state machine called this); a fallback task has no cache
@@ -118,19 +137,22 @@ def run_task_event(
         default_model=services.settings.default_model,
         redactor=redactor,
     )
+    bucket = aws_settings().payload_bucket
+    if event.spec is not None:
+        outcome = _carry_generated(run, prepared, services)
+        record_generated_output(stores, prepared.run.run_id, event.task, location.name, outcome.output)
+        output = offload(outcome.output, prepared.run.run_id, location.name, bucket)
+        return {"status": outcome.status.value, "output": output}
     try:
         if not location.fallback:
             early = run.start(check_condition=False)
             if early is not None:
                 return {"status": early.status.value, "output": early.output}
-        output = _attempt(prepared, services)
+        output = _attempt(location.task, prepared, services)
     except TaskError as error:
         raise task_failure(error, redactor) from None
     if not location.fallback:
         run.succeeded(output, 1)
-    if event.spec is not None:
-        record_generated_output(stores, prepared.run.run_id, event.task, location.name, output)
-    bucket = aws_settings().payload_bucket
     return {"status": "succeeded", "output": offload(output, prepared.run.run_id, location.name, bucket)}
 
 
