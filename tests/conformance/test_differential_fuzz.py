@@ -422,12 +422,16 @@ KNOWN_DIVERGENCES = [
     Divergence(
         "23_big_output_in_failed_run.yaml",
         "(23) in a failed run, an output offloaded to S3 (over 200 KB) is its {'$payload': 's3://...'} "
-        "pointer in the AWS document, its value locally",
+        "pointer in the AWS document, its value locally (fixed: a failed execution's last known "
+        "records are read back from S3 too)",
+        fixed=True,
     ),
     Divergence(
         "24_big_rendered_values.yaml",
         "(24) a fallback_value or outputs section rendered over 256 KB is not offloaded on AWS: "
-        "States.DataLimitExceeded fails the run; locally it runs",
+        "States.DataLimitExceeded fails the run; locally it runs (fixed: the dispatch function "
+        "offloads what it renders, as a task function offloads an output)",
+        fixed=True,
     ),
     Divergence(
         "25_mapping_order_in_text.yaml",

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from orchestrator.aws.deployed import event_location, pipeline_location, plan_of_file
 from orchestrator.aws.events import DispatchError, DispatchEvent, LoopModel, task_failure
 from orchestrator.aws.execution import error_from_catch
+from orchestrator.aws.payloads import offload
 from orchestrator.aws.task_scope import PreparedTask, prepare_task
 from orchestrator.errors import TaskError
 from orchestrator.runtime.documents import ErrorInfo
@@ -27,10 +28,16 @@ from orchestrator.runtime.policy import effective_policy
 from orchestrator.runtime.task import condition_holds, failure_outcome
 from orchestrator.sealing.base import Sealer
 from orchestrator.sealing.inputs import default_sealer, seal_inputs
-from orchestrator.settings import lambda_settings
+from orchestrator.settings import aws_settings, lambda_settings
 from orchestrator.spec.models import DynamicTaskGroup, ForLoop, PipelineGroup, WhileLoop
 from orchestrator.stores.base import Stores
 from orchestrator.stores.factory import open_stores
+
+
+def _offloaded(value: Any, prepared: PreparedTask, name: str) -> Any:
+    """A rendered value as it goes back into the execution state: in S3 when too large for
+    it (`payloads.offload`), as a task's output is."""
+    return offload(value, prepared.run.run_id, name, aws_settings().payload_bucket)
 
 
 def _condition(prepared: PreparedTask, event: DispatchEvent) -> dict[str, Any]:
@@ -86,7 +93,8 @@ def _render(prepared: PreparedTask, event: DispatchEvent) -> dict[str, Any]:
         value = render(
             source.model_dump(mode="json") if isinstance(source, BaseModel) else source, prepared.scope
         )
-    return {"status": event.status, "output": prepared.run.redactor.value(value), "error": error}
+    output = _offloaded(prepared.run.redactor.value(value), prepared, location.name)
+    return {"status": event.status, "output": output, "error": error}
 
 
 def _while(prepared: PreparedTask, event: DispatchEvent) -> dict[str, Any]:
@@ -158,7 +166,9 @@ def _outputs(prepared: PreparedTask, event: DispatchEvent) -> Any:
     outputs = prepared.location.plan.pipeline.outputs
     if outputs is None:
         return None
-    return prepared.run.redactor.value(render_outputs(outputs, prepared.scope))
+    return _offloaded(
+        prepared.run.redactor.value(render_outputs(outputs, prepared.scope)), prepared, "outputs"
+    )
 
 
 _ACTIONS: dict[str, Callable[[PreparedTask, DispatchEvent], Any]] = {

@@ -394,8 +394,14 @@ def run_execution(
         ):
             history += page["events"]
         output = json.loads(described["output"]) if described.get("output") else None
+        # outputs kept in S3 are read back before the emulated bucket goes away
         if output is not None:
             from orchestrator.aws.payloads import resolve
 
-            output["tasks"] = resolve(output.get("tasks") or {})  # before the bucket goes away
+            output["tasks"] = resolve(output.get("tasks") or {})
+            output["result"] = resolve(output.get("result"))
+        else:
+            from orchestrator.aws.execution import last_known_tasks
+
+            output = {"tasks": last_known_tasks(history)}  # a failed execution has no output
         return {"status": described["status"], "output": output, "history": history}

@@ -15,6 +15,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.aws.asl import DEGRADED_ROLE, shortened_state_names
+from orchestrator.aws.payloads import resolve
 from orchestrator.plan import Plan
 from orchestrator.runtime.documents import ErrorInfo, RunStatus, TaskOutcome, TaskStatus, run_document
 from orchestrator.spec.models import ParallelGroup
@@ -165,7 +166,7 @@ def document_from_execution(
     """The run document of one execution of `plan`'s state machine."""
     long_names = shortened_state_names(plan)
     history = [with_full_state_name(event, long_names) for event in history]
-    tasks = (output or {}).get("tasks") or _last_known_tasks(history)
+    tasks = (output or {}).get("tasks") or last_known_tasks(history)
     counts = scheduled_counts(history)
     error = _run_error(history, execution_status) if execution_status != "SUCCEEDED" else None
     failed_task = error.get("task") if error else None
@@ -298,8 +299,9 @@ def _task_record(state_json: str, name: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _last_known_tasks(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """For a failed execution: the `$.tasks` of the last state that finished at the top level."""
+def last_known_tasks(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """For a failed execution: the `$.tasks` of the last state that finished at the top level,
+    outputs kept in S3 read back (as a succeeded execution's output is)."""
     for event in reversed(history):
         details = event.get("stateExitedEventDetails")
         if details and "/" not in details["name"]:
@@ -308,7 +310,8 @@ def _last_known_tasks(history: list[dict[str, Any]]) -> dict[str, Any]:
             except ValueError:
                 continue
             if isinstance(found, dict):
-                return found
+                resolved: dict[str, Any] = resolve(found)
+                return resolved
     return {}
 
 

@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.aws.clients import aws_client
 from orchestrator.aws.deployed import UnknownPipelineError, load_plan
+from orchestrator.aws.payloads import resolve
 from orchestrator.aws.task_scope import visible_outputs
 from orchestrator.errors import InputError, OrchestratorError
 from orchestrator.sealing.inputs import default_sealer, seal_inputs
@@ -460,7 +461,7 @@ def _run_view(run_id: str, pipeline_id: str, described: Mapping[str, Any]) -> di
         records = _flatten_records(output["tasks"])
         view["tasks"] = {name: record.get("status") for name, record in records.items()}
         view["outputs"] = visible_outputs(output["tasks"], {})
-        view["result"] = (output.get("result") or {}).get("value")
+        view["result"] = resolve((output.get("result") or {}).get("value"))
         if status == "succeeded" and "failed" in view["tasks"].values():
             view["status"] = "degraded"
     elif output is not None:
