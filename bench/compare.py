@@ -3,8 +3,8 @@
 A restructuring must not make Orchestrator slower. This checks out BASE (default: the last
 commit) in a worktree under bench/.work, then runs each workload below on BASE's package and on
 the working tree's, interleaved (one of each per round, BENCH_REPS rounds, default 5), in fresh
-processes, and prints the medians and their ratio. Both sides run the same workload files and
-this tree's `bench/child.py`; only the `orchestrator` package differs (PYTHONPATH).
+processes with new state folders, and prints the medians and their ratio. Both sides run the
+same workload files and this tree's `bench/child.py`; only the `orchestrator` package differs.
 
     .venv/bin/python bench/compare.py                 # working tree against HEAD
     .venv/bin/python bench/compare.py --base 07c34bf  # against any commit
@@ -76,13 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     trees = {"base": _base_tree(arguments.base), "this": ROOT}
     commands = _workloads(WORK)
     series = {(label, side): Series(f"{label} ({side})") for label in commands for side in trees}
-    for side, tree in trees.items():  # warm-up: state databases and byte-code caches
-        run_process(commands["1 task, from a cold process (CLI)"], env=_env(tree, WORK / side), cwd=WORK)
+    homes = WORK / "homes"
+    shutil.rmtree(homes, ignore_errors=True)
+    for side, tree in trees.items():  # warm-up: byte-code caches
+        run_process(commands["1 task, from a cold process (CLI)"], env=_env(tree, homes / side), cwd=WORK)
     for rep in range(REPS):
-        for label, command in commands.items():
+        for number, (label, command) in enumerate(commands.items()):
             for side, tree in trees.items():
                 log(f"  round {rep + 1}/{REPS}: {label} ({side})")
-                sample = run_process(command, env=_env(tree, WORK / side), cwd=WORK)
+                # a state folder of its own: a database grown by earlier runs is not measured
+                home = homes / f"{side}-{rep}-{number}"
+                sample = run_process(command, env=_env(tree, home), cwd=WORK)
                 if '"succeeded"' not in sample.stdout and "compile" not in command:
                     raise RuntimeError(f"{label} ({side}) did not succeed: {sample.stdout[-500:]}")
                 series[(label, side)].add(sample)
