@@ -34,6 +34,7 @@ from unittest import mock
 import yaml
 
 from orchestrator.aws.asl import FUNCTION_PLACEHOLDERS, compile_pipeline
+from orchestrator.aws.emulated_account import kept_in
 from orchestrator.errors import OrchestratorError
 from orchestrator.plan import Plan
 
@@ -197,8 +198,11 @@ class _LambdaStdout:
 
 
 @contextmanager
-def emulated_aws(root: Path | None = None) -> Iterator[dict[str, str]]:
-    """Inside: moto with this project's resources; yields the placeholder -> function ARN map."""
+def emulated_aws(root: Path | None = None, account: Path | None = None) -> Iterator[dict[str, str]]:
+    """Inside: moto with this project's resources; yields the placeholder -> function ARN map.
+    With `account` (a folder), the tables hold what they held when the last emulation using it
+    ended, and are kept there again (`emulated_account`)."""
+    import boto3
     from moto import mock_aws
 
     root = root or repository_root()
@@ -222,28 +226,38 @@ def emulated_aws(root: Path | None = None) -> Iterator[dict[str, str]]:
     try:
         with _quiet("moto"), mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
             arns = _create_resources(root)
-            from moto.awslambda.models import LambdaFunction
-
-            stdout = sys.stdout
-            # before the handlers load, so their loggers and metrics bind to it
-            sys.stdout = _LambdaStdout(stdout, threading.get_ident())
-            invoker = _Invoker({})
-            try:
-                invoker.handlers.update(
-                    (f"orchestrator-{kind}", _load_handler(root / "functions" / folder / "app.py"))
-                    for kind, folder in FUNCTION_FOLDERS.items()
-                )
-                with mock.patch.object(
-                    LambdaFunction, "_invoke_lambda", lambda self, event=None: invoker(self, event)
-                ):
-                    yield arns
-            finally:
-                # calls still running write to the dropped stdout, not the user's
-                invoker.wait_idle(STRAGGLER_WAIT)
-                sys.stdout = stdout
+            tables = {logical_id: os.environ[variable] for logical_id, variable in TABLE_ENV.items()}
+            dynamodb = boto3.client("dynamodb", region_name=REGION)
+            with kept_in(account, tables, dynamodb), _lambda_handlers(root):
+                yield arns
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@contextmanager
+def _lambda_handlers(root: Path) -> Iterator[None]:
+    """Inside: moto's Lambda invocations run the project's handlers in process; what they
+    write to stdout is dropped (`_LambdaStdout`)."""
+    from moto.awslambda.models import LambdaFunction
+
+    stdout = sys.stdout
+    # before the handlers load, so their loggers and metrics bind to it
+    sys.stdout = _LambdaStdout(stdout, threading.get_ident())
+    invoker = _Invoker({})
+    try:
+        invoker.handlers.update(
+            (f"orchestrator-{kind}", _load_handler(root / "functions" / folder / "app.py"))
+            for kind, folder in FUNCTION_FOLDERS.items()
+        )
+        with mock.patch.object(
+            LambdaFunction, "_invoke_lambda", lambda self, event=None: invoker(self, event)
+        ):
+            yield
+    finally:
+        # calls still running write to the dropped stdout, not the user's
+        invoker.wait_idle(STRAGGLER_WAIT)
+        sys.stdout = stdout
 
 
 @contextmanager
@@ -362,15 +376,17 @@ def run_execution(
     *,
     poll: float = 0.01,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    account: Path | None = None,
 ) -> dict[str, Any]:
     """Run a plan's state machine on the emulator; its status, output and history.
 
     `build_input` is called inside the emulated account (sealing sensitive inputs needs its KMS);
-    `on_event` hears each history event as the execution records it (on the emulator's thread).
+    `on_event` hears each history event as the execution records it (on the emulator's thread);
+    `account` is the folder the emulated account's tables are kept in between runs.
     """
     import boto3
 
-    with emulated_aws() as arns, _history_listener(on_event):
+    with emulated_aws(account=account) as arns, _history_listener(on_event):
         # the functions find task definitions by pipeline id, beside the file being run
         os.environ["ORCHESTRATOR_PIPELINES_DIR"] = str(plan.path.resolve().parent)
         client = boto3.client("stepfunctions", region_name=REGION)

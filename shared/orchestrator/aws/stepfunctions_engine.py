@@ -21,6 +21,9 @@ from orchestrator.plan import Plan
 from orchestrator.runtime.documents import RunStatus
 from orchestrator.runtime.redact import Redactor
 
+EMULATED_ACCOUNT = "emulated-aws"
+"""The state folder's subfolder that keeps the emulated account's tables between runs."""
+
 
 def execution_input(plan: Plan, inputs: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     """What a trigger starts the state machine with; sensitive inputs sealed."""
@@ -57,6 +60,7 @@ def run_plan_on_stepfunctions(plan: Plan, inputs: dict[str, Any], options: RunOp
         lambda: execution_input(plan, inputs, run),
         run_id,
         on_event=progress.event if progress is not None else None,
+        account=options.settings.home / EMULATED_ACCOUNT,
     )
     document = document_from_execution(
         plan, run_id, execution["status"], execution["output"], execution["history"]
