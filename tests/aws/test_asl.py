@@ -227,7 +227,7 @@ def test_groups_dynamic_groups_and_child_pipelines() -> None:
     children = states["children_parallel"]
     assert children["ResultSelector"]["output"] == {"left_child.$": "$[0]", "right_child.$": "$[1]"}
     left = children["Branches"][0]["States"]
-    assert left["children_parallel.left_child/inputs"]["Parameters"]["Payload"] == {
+    assert left["children_parallel.left_child/.inputs"]["Parameters"]["Payload"] == {
         "pipeline": "groups",
         "task": "tasks.7",
         "inputs.$": "$.inputs",

@@ -169,6 +169,7 @@ def test_nested_containers_and_odd_child_ids_mean_the_same_on_both_engines(
     assert local["outputs"]["outer"]["children"]["2nd-child.v1"] == {
         "positive": 2,
         "each": [{"scaled": 2}, {"scaled": 4}],
+        "inputs": 12,
     }
 
 

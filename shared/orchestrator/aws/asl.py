@@ -916,7 +916,7 @@ def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, 
             _locate(error, child_plan)
             raise
         states.update(_child_failures(states, node, scope, child_scope, index))
-        inputs_name = child_scope.state_name("inputs")
+        inputs_name = child_scope.state_name("", "inputs")  # `.inputs`: never a task's state
         inputs_state = _invoke(
             "dispatch", _payload(node, scope, scope.pipeline_id, action="child_inputs", child=index)
         )
