@@ -369,6 +369,10 @@ def command_compile(arguments: argparse.Namespace) -> int:
     except CompileError as error:
         _print_compile_error(arguments.file, error)
         return EXIT_FAILED
+    from orchestrator.aws.history import history_warnings
+
+    for warning in history_warnings(plan):
+        print(warning.format(), file=sys.stderr)
     text = json.dumps(definition, indent=2, sort_keys=True) + "\n"
     if arguments.output is None:
         print(text, end="")

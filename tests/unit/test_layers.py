@@ -24,7 +24,7 @@ FUNCTIONS = PACKAGE.parents[1] / "functions"
 
 LANGUAGE = [*sorted((PACKAGE / "spec").glob("*.py")), PACKAGE / "plan.py"]
 COMPILERS = [PACKAGE / "aws" / "asl.py", PACKAGE / "aws" / "conditions.py", PACKAGE / "aws" / "sam.py"]
-COMPILERS += [PACKAGE / "graph.py"]
+COMPILERS += [PACKAGE / "aws" / "history.py", PACKAGE / "graph.py"]
 
 # what each layer may import from the package (prefixes of module names)
 LANGUAGE_IMPORTS = ("orchestrator.errors", "orchestrator.spec", "orchestrator.template", "orchestrator.plan")
