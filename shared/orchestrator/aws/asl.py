@@ -710,6 +710,8 @@ def _parallel_group(node: Node, task: ParallelGroup, scope: Scope, pipeline_id: 
             states, start = _compile_body(single, inner, pipeline_id, end_state=only)
             branches.append({"StartAt": start, "States": _rename_result(states, inner, child)})
         selector: dict[str, Any] = {"children": {f"{c}.$": f"$[{i}]" for i, c in enumerate(children)}}
+        if task.max_concurrency and task.max_concurrency < len(children):
+            return _limited_group(node, task, scope, inner, branches, children)
     else:
         collect = {"Type": "Pass", "Parameters": {f"{c}.$": f"$.tasks.{c}" for c in children}}
         states, start = _compile_body(node.body, inner, pipeline_id, end_state=collect)
@@ -728,6 +730,67 @@ def _parallel_group(node: Node, task: ParallelGroup, scope: Scope, pipeline_id: 
         "ResultPath": location,
         "_after": {"Type": "Pass", "Parameters": shape, "ResultPath": location},
     }
+
+
+def _limited_group(
+    node: Node,
+    task: ParallelGroup,
+    scope: Scope,
+    inner: Scope,
+    branches: list[dict[str, Any]],
+    children: list[str],
+) -> dict[str, Any]:
+    """A parallel_group with a `max_concurrency` below its number of children: a Parallel
+    state has no limit, so the children run as the iterations of a Map over their positions
+    (MaxConcurrency holds), each routed to its own states, with the whole state passed in.
+    The Map's result is the Parallel's (the children's records, in order); the group's record
+    is built in the same one-branch Parallel, as `_preceded` does."""
+    positions = inner.state_name("", "positions")
+    route = inner.state_name("", "route")
+    run = inner.state_name("", "run")
+    record = inner.state_name("", "record")
+    states: dict[str, Any] = {
+        route: {
+            "Type": "Choice",
+            "Choices": [
+                {"Variable": "$.branch", "NumericEquals": index, "Next": branch["StartAt"]}
+                for index, branch in enumerate(branches)
+            ],
+        }
+    }
+    for branch in branches:
+        states.update(branch["States"])
+    carried = ("run", "tasks", "errors", "items", "loops", "conditions")
+    item_selector: dict[str, Any] = {f"{key}.$": f"$.{key}" for key in carried}
+    item_selector["inputs.$"] = scope.inputs_path
+    if scope.loop_path is not None:
+        item_selector["loop.$"] = scope.loop_path
+    item_selector["branch.$"] = "$$.Map.Item.Value"
+    main = {
+        "Type": "Map",
+        "ItemsPath": "$.positions",
+        "MaxConcurrency": task.max_concurrency,
+        "ItemSelector": item_selector,
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": route, "States": states},
+        "ResultSelector": {"children": {f"{c}.$": f"$[{i}]" for i, c in enumerate(children)}},
+        "ResultPath": "$.group",
+        "Next": record,
+    }
+    shape = {
+        "status": "succeeded",
+        "children.$": "$.group.children",
+        "output": {f"{c}.$": f"$.group.children.{c}.output" for c in children},
+    }
+    positions_state = {"Type": "Pass", "Result": list(range(len(branches))), "ResultPath": "$.positions"}
+    branch = {
+        "StartAt": positions,
+        "States": {
+            positions: {**positions_state, "Next": run},
+            run: main,
+            record: {"Type": "Pass", "Parameters": shape, "End": True},
+        },
+    }
+    return _first_branch(branch, scope.locations[node.name])
 
 
 def _rename_result(states: dict[str, Any], scope: Scope, child: str) -> dict[str, Any]:
