@@ -6,7 +6,9 @@ engine and once as its state machine on the emulated AWS, through the CLI in thi
 the comparable documents (status, tasks, outputs, result, error; times and run ids masked)
 and exit statuses must be equal. A failed run may differ in which independent tasks had
 already run, as docs/aws.md allows (on AWS, fewer): a task that one engine reports
-`cancelled` or `not_run` is left out of that comparison.
+`cancelled` or `not_run` is left out of that comparison. So is, in any run, a sibling of a
+parallel_group child that may fail its group (`GeneratedPipeline.racy`): whether it finished
+first depends on timing, on both engines (docs/decisions.md).
 
 Each divergence the engines have (or had) is numbered, has a minimal pipeline in
 `divergences/`, run by `test_known_divergence`, and a `Features` flag in the strategies that
@@ -157,16 +159,18 @@ def run_both(
     return Runs(results["local"], results["aws"])
 
 
-def agreeing_views(local: dict[str, Any], remote: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def agreeing_views(
+    local: dict[str, Any], remote: dict[str, Any], racy: frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """What both documents must agree on (see the module's docstring)."""
     views = comparable(local), comparable(remote)
-    if views[0]["status"] == views[1]["status"] == "failed":
-        for name in set(views[0]["tasks"]) | set(views[1]["tasks"]):
-            statuses = {view["tasks"].get(name, {}).get("status") for view in views}
-            if len(statuses) > 1 and statuses & NOT_STARTED:
-                for view in views:
-                    view["tasks"].pop(name, None)
-                    view["outputs"].pop(name, None)
+    failed = views[0]["status"] == views[1]["status"] == "failed"
+    for name in set(views[0]["tasks"]) | set(views[1]["tasks"]):
+        statuses = {view["tasks"].get(name, {}).get("status") for view in views}
+        if (failed or name in racy) and len(statuses) > 1 and statuses & NOT_STARTED:
+            for view in views:
+                view["tasks"].pop(name, None)
+                view["outputs"].pop(name, None)
     return views
 
 
@@ -196,8 +200,8 @@ def _short(value: Any) -> str:
     return text if len(text) <= 300 else text[:150] + f"...({len(text)} chars)..." + text[-100:]
 
 
-def assert_same_meaning(runs: Runs) -> None:
-    local, remote = agreeing_views(runs.local.document(), runs.remote.document())
+def assert_same_meaning(runs: Runs, racy: frozenset[str] = frozenset()) -> None:
+    local, remote = agreeing_views(runs.local.document(), runs.remote.document(), racy)
     found = differences(local, remote)
     if runs.local.code != runs.remote.code:
         found.append(f"exit status: local {runs.local.code} != aws {runs.remote.code}")
@@ -245,7 +249,7 @@ def test_both_engines_agree_on_drawn_pipelines(
     runs = run_both(cli, monkeypatch, path, folder, generated.inputs)
     note(f"local: {runs.local.stdout[:4000]}\naws: {runs.remote.stdout[:4000]}")
     # THEN the run documents mean the same
-    assert_same_meaning(runs)
+    assert_same_meaning(runs, generated.racy)
 
 
 @settings(
@@ -449,6 +453,26 @@ KNOWN_DIVERGENCES = [
         "27_method_attributes.yaml",
         "(27) a condition on an attribute that is a Python method of the value (text.count, "
         "mapping.items): defined and truthy locally; the AWS Choice rule finds no such JSON member",
+        fixed=True,
+    ),
+    # found by hand (the fuzzer draws no timeouts: its scripts never sleep, so neither has a flag)
+    Divergence(
+        "28_container_timeout.yaml",
+        "(28) a for_loop's own timeout stops it locally (TaskTimeout); on AWS a Map or Parallel "
+        "state has no TimeoutSeconds: the loop runs to its end and succeeds",
+    ),
+    Divergence(
+        "29_pipeline_timeout.yaml",
+        "(29) the pipeline's timeout: PipelineTimeout and every top-level task cancelled locally; "
+        "on AWS 'ExecutionTimed_Out' / 'timed_out' (fixed: a TIMED_OUT execution's document "
+        "gives the engine's error and statuses)",
+        fixed=True,
+    ),
+    # found by the fuzzer again
+    Divergence(
+        "30_negative_integer_literal.yaml",
+        "(30) a fallback_value literal -1: the int locally, the float -1.0 on AWS (moto reads a "
+        "negative number in Parameters as a float; fixed: the dispatch function renders it)",
         fixed=True,
     ),
 ]

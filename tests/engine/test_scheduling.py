@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, CliResult
 
 Cli = Callable[..., CliResult]
@@ -78,6 +80,42 @@ def test_a_run_timeout_keeps_every_task_on_worker_threads(cli: Cli, write_pipeli
     result = cli("run", path, "--json")
     assert result.code == 0, result.stderr
     assert result.document()["outputs"]["only"] == "orchestrator-task"
+
+
+CONTAINER_SHAPES = {
+    "parallel_group": "",
+    "while_loop": "    condition: 'true'\n    max_iterations: 1\n",
+    "for_loop": "    iterate_over: [1]\n",
+}
+
+
+@pytest.mark.parametrize("container", list(CONTAINER_SHAPES))
+def test_a_container_timeout_keeps_its_tasks_on_worker_threads_and_fires(
+    cli: Cli, write_pipeline: Write, container: str
+) -> None:
+    """A loop's or group's own timeout must be able to stop a task running alone inside it:
+    that task runs on a worker thread, never on the event loop's (which the deadline needs)."""
+    path = write_pipeline(
+        f"name: bounded_{container}\n"
+        "tasks:\n"
+        "  - name: box\n"
+        f"    type: {container}\n"
+        "    timeout: 1\n"
+        f"{CONTAINER_SHAPES[container]}"
+        "    error_handling: {on_failure: skip}\n"
+        "    tasks:\n"
+        "      - name: slow\n"
+        "        type: python_task\n"
+        "        script: |\n"
+        "          import time\n"
+        "          time.sleep(20)\n"
+        "          return 1\n"
+    )
+    result = cli("run", path, "--json")
+    assert result.code == 0, result.stderr
+    box = result.document()["tasks"]["box"]
+    assert box["status"] == "skipped"
+    assert box["error"] == {"type": "TaskTimeout", "message": "task 'box' exceeded its timeout of 1s"}
 
 
 def test_a_leaf_beside_a_loop_still_overlaps_the_loop_body(cli: Cli, write_pipeline: Write) -> None:

@@ -375,7 +375,10 @@ def _fallback_value_state(node: Node, scope: Scope, status: str, error_path: str
 
 def _plain_parameter(value: Any) -> bool:
     """Whether a value is written as it is by a state's Parameters: no template inside it and
-    no key that Step Functions would read as a path (`...$`)."""
+    no key that Step Functions would read as a path (`...$`), and no negative integer (moto's
+    ASL parser reads `-1` in Parameters as the float -1.0; the dispatch function keeps it whole)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value >= 0
     if isinstance(value, str):
         return not jinja.is_template(value)
     if isinstance(value, dict):

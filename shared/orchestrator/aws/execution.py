@@ -2,7 +2,8 @@
 
 Statuses, outputs and errors come from the execution's output (`$.tasks`); attempts from the
 history (how many times each task's state scheduled its Lambda); the run's error from the
-`ExecutionFailed` event and the last failed task. A state whose name the compiler shortened
+`ExecutionFailed` event and the last failed task (a timed-out execution is the pipeline's
+`PipelineTimeout`, every top-level task cancelled). A state whose name the compiler shortened
 (over 80 characters) is read by the name it stands for. `HistoryProgress` tells an observer (the
 CLI's progress lines) about top-level tasks from the same history, event by event.
 """
@@ -184,7 +185,23 @@ def document_from_execution(
             outcomes |= found
             failed_groups_children |= {failing} if failing else set()
     status = RunStatus.SUCCEEDED
-    if execution_status != "SUCCEEDED":
+    if execution_status == "TIMED_OUT":
+        # the pipeline's timeout (the definition's TimeoutSeconds) fired: as on the engine,
+        # every top-level task is cancelled, a group that had finished keeps its children
+        status = RunStatus.FAILED
+        timeout = plan.pipeline.resource_limits.timeout or 0
+        error = {
+            "task": None,
+            "type": "PipelineTimeout",
+            "message": f"the run exceeded its timeout of {timeout:g}s",
+        }
+        for name, node in plan.body.nodes.items():
+            outcomes[name] = TaskOutcome(TaskStatus.CANCELLED)
+            if isinstance(node.task, ParallelGroup) and "children" not in (tasks.get(name) or {}):
+                outcomes |= {
+                    child.name: TaskOutcome(TaskStatus.NOT_RUN) for child in node.task.tasks if child.name
+                }
+    elif execution_status != "SUCCEEDED":
         status = RunStatus.FAILED
         if failed_task in outcomes:
             failure = outcomes[failed_task]

@@ -101,17 +101,19 @@ class _Activity:
     runs on the event loop's thread instead of a worker thread: nothing else can be waiting
     for the loop meanwhile, and a chain of tasks then costs no thread hand-offs (a sequential
     pipeline or loop runs about twice as fast). Not when a timeout must be able to interrupt
-    it (the task's own, or the run's: `may_inline`).
+    it: the task's own, the run's (`may_inline`), or that of a loop or group around it
+    (`deadlines`: how many such containers are running).
     """
 
-    __slots__ = ("in_flight", "may_inline")
+    __slots__ = ("deadlines", "in_flight", "may_inline")
 
     def __init__(self, may_inline: bool) -> None:
         self.in_flight = 0
+        self.deadlines = 0
         self.may_inline = may_inline
 
     def alone(self, depth: int) -> bool:
-        return self.may_inline and self.in_flight == depth + 1
+        return self.may_inline and not self.deadlines and self.in_flight == depth + 1
 
 
 @dataclass
@@ -433,11 +435,17 @@ class _Run:
         work = self.execute(task, name, scope, node, report, depth, limits, timeout)
         if timeout is None:
             return await work
+        container = not isinstance(task, LEAF_TYPES)
+        if container:  # the tasks inside must leave the loop free for this deadline
+            self.shared.activity.deadlines += 1
         # a sandboxed child is killed at its own deadline; the wait here is only a backstop
         try:
             return await asyncio.wait_for(work, timeout + (SANDBOX_GRACE if limits else 0.0))
         except TimeoutError:
             raise timeout_error(name, timeout) from None
+        finally:
+            if container:
+                self.shared.activity.deadlines -= 1
 
     async def execute(
         self,
