@@ -298,6 +298,42 @@ def test_a_missing_child_pipeline_is_located_in_the_parent(cli: Cli, write_pipel
     ), result.stderr
 
 
+def test_a_child_pipeline_with_a_timeout_is_refused_on_aws_at_its_line(
+    cli: Cli, write_pipeline: Write
+) -> None:
+    # GIVEN a child pipeline with a timeout: it runs inside its parent's execution on AWS,
+    # where nothing could stop it at that timeout, as the embedded engine does
+    write_pipeline(
+        """
+        name: Slow child
+        resource_limits: {timeout: 5}
+        tasks:
+          - name: work
+            type: python_task
+            script: return 1
+        """,
+        name="slow_child",
+    )
+    parent = write_pipeline(
+        """
+        name: Parent
+        tasks:
+          - name: kids
+            type: pipeline_group
+            pipelines:
+              - pipeline: slow_child.yaml
+        """,
+        name="parent",
+    )
+    result = cli("compile", parent)
+    assert result.code == 1
+    assert result.stderr.startswith(
+        f"{parent}:7:19: cannot compile: task 'kids': child pipeline slow_child.yaml"
+    )
+    assert "has a timeout" in result.stderr and "put the timeout on its tasks" in result.stderr
+    assert cli("run", parent, "--json").code == 0  # the embedded engine keeps it
+
+
 @pytest.mark.parametrize("check", [False, True], ids=["build", "build --check"])
 def test_build_prints_a_located_line(cli: Cli, tmp_path: Path, check: bool) -> None:
     root = tmp_path / "app"

@@ -252,6 +252,15 @@ def _reference(node: Node) -> str:
 
 def _compile_node(node: Node, scope: Scope, pipeline_id: str) -> Segment:
     task = node.task
+    if not isinstance(task, PythonTask | LLMTask | WebSearchTask) and task_timeout(task) is not None:
+        # Map and Parallel states have no timeout: the state machine could not stop it, while the
+        # embedded engine does (never two meanings: refused here, located)
+        field = "timeout" if task.timeout is not None else "resource_limits"
+        raise CompileError(
+            f"task '{node.name}': on AWS a {node.kind}'s own timeout cannot stop it (Map and Parallel "
+            "states have none); put the timeout on the tasks inside it instead",
+            (*node.location, field),
+        )
     if isinstance(task, PythonTask | LLMTask | WebSearchTask):
         return _guarded(node, scope, _leaf(node, scope, pipeline_id))
     if isinstance(task, ForLoop):
@@ -961,6 +970,12 @@ def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, 
                 f"task '{node.name}': child pipeline {child.pipeline} is not valid: {problems}",
                 (*node.location, "pipelines", index, "pipeline"),
             ) from None
+        if child_plan.pipeline.resource_limits.timeout is not None:
+            raise CompileError(
+                f"task '{node.name}': child pipeline {child.pipeline} has a timeout, which AWS cannot "
+                "keep (it runs inside its parent's execution); put the timeout on its tasks instead",
+                (*node.location, "pipelines", index, "pipeline"),
+            )
         identifiers.append(child_plan.pipeline_id)
         child_inputs_path = "$.child_inputs." + state_key(child_plan.pipeline_id)
         inputs_path = child_inputs_path + ".value"

@@ -19,6 +19,7 @@ from orchestrator.aws.asl import DEGRADED_ROLE, shortened_state_names
 from orchestrator.aws.payloads import resolve
 from orchestrator.plan import Plan
 from orchestrator.runtime.documents import ErrorInfo, RunStatus, TaskOutcome, TaskStatus, run_document
+from orchestrator.runtime.pipelines import pipeline_timeout
 from orchestrator.spec.models import ParallelGroup
 
 if TYPE_CHECKING:
@@ -189,12 +190,7 @@ def document_from_execution(
         # the pipeline's timeout (the definition's TimeoutSeconds) fired: as on the engine,
         # every top-level task is cancelled, a group that had finished keeps its children
         status = RunStatus.FAILED
-        timeout = plan.pipeline.resource_limits.timeout or 0
-        error = {
-            "task": None,
-            "type": "PipelineTimeout",
-            "message": f"the run exceeded its timeout of {timeout:g}s",
-        }
+        error = pipeline_timeout(plan.pipeline.resource_limits.timeout or 0)
         for name, node in plan.body.nodes.items():
             outcomes[name] = TaskOutcome(TaskStatus.CANCELLED)
             if isinstance(node.task, ParallelGroup) and "children" not in (tasks.get(name) or {}):

@@ -43,7 +43,14 @@ from orchestrator.runtime.loops import (
     while_output,
     while_state,
 )
-from orchestrator.runtime.pipelines import child_failed, child_path, child_run, render_outputs, run_scope
+from orchestrator.runtime.pipelines import (
+    child_failed,
+    child_path,
+    child_run,
+    pipeline_timeout,
+    render_outputs,
+    run_scope,
+)
 from orchestrator.runtime.policy import ErrorPolicy, effective_policy, task_timeout
 from orchestrator.runtime.redact import MASK, Redactor
 from orchestrator.runtime.scope import Scope
@@ -609,11 +616,7 @@ class _Run:
             error = failed.as_dict(abort.task)
             status = RunStatus.FAILED
         except TimeoutError:
-            error = {
-                "task": None,
-                "type": "PipelineTimeout",
-                "message": f"the run exceeded its timeout of {timeout:g}s",
-            }
+            error = pipeline_timeout(timeout or 0)
             status = RunStatus.FAILED
             outcomes = {name: TaskOutcome(TaskStatus.CANCELLED) for name in self.plan.body.nodes}
         result = None

@@ -73,3 +73,12 @@ def run_scope(inputs: dict[str, Any], run_id: str, pipeline_id: str, started_at:
     values["input_hash"] = canonical_hash(inputs)
     values["run"] = {"id": run_id, "pipeline": pipeline_id, "started_at": started_at}
     return Scope({}, Scope(values, Scope(jinja.GLOBALS))).child()
+
+
+def pipeline_timeout(timeout: float) -> dict[str, Any]:
+    """The error of a run stopped by its pipeline's `resource_limits.timeout` (no task's)."""
+    return {
+        "task": None,
+        "type": "PipelineTimeout",
+        "message": f"the run exceeded its timeout of {timeout:g}s",
+    }
