@@ -67,7 +67,14 @@ def test_a_damaged_saved_account_is_a_clear_error_and_is_left_as_it_is(
     home = tmp_path / "home"
     saved = home / "emulated-aws" / "tables.json"
     saved.parent.mkdir(parents=True)
-    for damage in ("{not json", json.dumps({"format": 99, "tables": {}}), json.dumps([1, 2])):
+    damages = (
+        "{not json",
+        json.dumps({"format": 99, "tables": {}}),
+        json.dumps([1, 2]),
+        json.dumps({"format": 1, "tables": {"StateTable": [1, {"key": "not typed"}]}}),
+        json.dumps({"format": 1, "tables": {"CacheTable": "rows"}}),
+    )
+    for damage in damages:
         saved.write_text(damage, encoding="utf-8")
         monkeypatch.setenv("ORCHESTRATOR_HOME", str(home))
         result = cli("run", path, "--json", "--engine", "stepfunctions")

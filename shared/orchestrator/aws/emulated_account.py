@@ -60,11 +60,15 @@ def _restore(path: Path, tables: dict[str, str], client: Any) -> None:
     if not isinstance(items, dict):
         raise ConfigError(f"{path}: not a saved emulated account (format {saved.get('format')!r}); {fix}")
     for logical_id, rows in items.items():
-        if logical_id not in tables or not isinstance(rows, list):
+        if logical_id not in tables:
             continue  # a table this template no longer has
-        for start in range(0, len(rows), _BATCH):
-            requests = [{"PutRequest": {"Item": row}} for row in rows[start : start + _BATCH]]
-            client.batch_write_item(RequestItems={tables[logical_id]: requests})
+        try:
+            for start in range(0, len(rows), _BATCH):
+                requests = [{"PutRequest": {"Item": row}} for row in rows[start : start + _BATCH]]
+                client.batch_write_item(RequestItems={tables[logical_id]: requests})
+        except Exception as error:  # rows that are not DynamoDB items, whatever botocore says
+            problem = f"{logical_id} holds rows that are not items ({error})"
+            raise ConfigError(f"{path}: {problem}; {fix}") from None
 
 
 def _save(path: Path, tables: dict[str, str], client: Any) -> None:

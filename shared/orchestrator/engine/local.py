@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from orchestrator.engine.sandbox import Limits, limits_for, run_sandboxed
 from orchestrator.engine.threads import DaemonThreadPool, shared_pool
-from orchestrator.errors import OrchestratorError, TaskError
+from orchestrator.errors import OrchestratorError, PipelineValidationError, TaskError
 from orchestrator.plan import Body, Node, Plan, build_plan, plan_tasks
 from orchestrator.runtime.context import RunInfo
 from orchestrator.runtime.documents import (
@@ -134,6 +134,7 @@ class _Shared:
     activity: _Activity
     pipeline_stack: tuple[Path, ...] = ()
     degraded: list[str] = field(default_factory=list)
+    child_plans: dict[Path, Plan] = field(default_factory=dict)  # planned once per run
 
 
 async def _interrupted() -> Any:
@@ -556,10 +557,22 @@ class _Run:
         outcomes = await self.run_body(body, scope.child(), max_concurrency=task.max_concurrency, depth=depth)
         return [outcomes[name].output for name in names]
 
+    def child_plan(self, path: Path) -> Plan:
+        """A child pipeline's plan: from the files read with the pipeline (`spec.loading`), not
+        read again, and planned once per run (a pipeline_group in a loop runs it many times)."""
+        plans = self.shared.child_plans
+        if path not in plans:
+            found = self.plan.source.children.get(path)
+            if isinstance(found, PipelineValidationError):
+                raise found
+            plans[path] = build_plan(found if found is not None else read_pipeline(path))
+        return plans[path]
+
     async def pipeline_group(self, task: PipelineGroup, scope: Scope, depth: int) -> dict[str, Any]:
         async def run_child(index: int) -> tuple[str, dict[str, Any]]:
             stack = self.shared.pipeline_stack
-            child_plan, inputs = child_run(task, index, scope, self.plan.path, _read_plan, including=stack)
+            parent = self.plan.path
+            child_plan, inputs = child_run(task, index, scope, parent, self.child_plan, including=stack)
             for sensitive in child_plan.pipeline.sensitive_inputs() & set(inputs):
                 self.shared.redactor.add(inputs[sensitive])
             shared = _Shared(
@@ -570,6 +583,7 @@ class _Run:
                 self.shared.activity,
                 (*stack, child_path(task, index, self.plan.path)),
                 self.shared.degraded,
+                self.shared.child_plans,
             )
             run = _Run(
                 child_plan, inputs, shared, f"{self.info.run_id}.{child_plan.pipeline_id}", top_level=False
@@ -666,10 +680,6 @@ class _Run:
                     if child.name:
                         flat[child.name] = children.get(child.name, TaskOutcome(TaskStatus.NOT_RUN))
         return flat
-
-
-def _read_plan(path: Path) -> Plan:
-    return build_plan(read_pipeline(path))
 
 
 def new_run_id() -> str:
