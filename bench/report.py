@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import cloud_cost
+import state_size
 from measure import Series
 
 N = 2000
@@ -23,6 +24,7 @@ TITLES = {
     "lambda": "(d) Lambda cold start",
     "compile": "(e) Compile a generated 1,000-task pipeline",
     "cloud": "(f) Cloud cost per bundled pipeline",
+    "state": "(g) Execution state size on Step Functions",
 }
 README_SECTIONS = ("overhead", "scale", "dag", "compile")
 
@@ -410,6 +412,25 @@ which `make bench` writes from the same runs.
 """
 
 
+def _state(results: dict[str, Any]) -> str:
+    state = results["state"]
+    runs: list[dict[str, Any]] = state["runs"]
+    largest = max(runs, key=lambda run: run["largest_state"])
+    return f"""## {TITLES["state"]}
+
+Step Functions fails a run whose state passes 256 KiB (`States.DataLimitExceeded`, which no
+Catch handles). Values go to S3 above their share of a {largest["budget"]:,}-byte budget
+(`shared/orchestrator/aws/state_budget.py`). Each workload runs once as its compiled state
+machine on the emulated AWS, measured by `bench/state_size.py` from its execution history: the
+largest state input or output, as JSON ({state["seconds"]:.0f} s in all).
+
+{state_size.render(runs)}
+
+**The largest state: {largest["largest_state"]:,} bytes, {largest["quota_ratio"]:.0%} of the quota**
+(`{largest["workload"]}`).
+"""
+
+
 def _only(sections: list[str]) -> str:
     """The command that measures these sections alone."""
     return f"`bench/run.py --only {' '.join(sections)}`"
@@ -503,6 +524,7 @@ def render(results: dict[str, Any], optimisations: str) -> str:
         "lambda": lambda: _lambda(results),
         "compile": lambda: _compile(results)[0],
         "cloud": lambda: _cloud(results),
+        "state": lambda: _state(results),
     }
     return "\n".join(
         [

@@ -2,8 +2,8 @@
 
 Every number comes from fresh processes, run several times (BENCH_REPS, default 3) and
 reduced to medians; Orchestrator and Prefect runs are interleaved so that a noisy neighbour
-hurts both alike. The cloud cost (f) comes last, in a process of its own. See
-bench/RESULTS.md for what is measured and how.
+hurts both alike. The cloud cost (f) and the execution state size (g) come last, each in a
+process of its own. See bench/RESULTS.md for what is measured and how.
 
     .venv/bin/python bench/run.py                    # every section (what `make bench` runs)
     .venv/bin/python bench/run.py --only cloud       # measure (f) again, keep the other sections
@@ -343,6 +343,28 @@ def section_cloud() -> dict[str, Any]:
     return {"pipelines": runs, "seconds": time.perf_counter() - started}
 
 
+# (g) execution state size ------------------------------------------------------------------------
+
+
+def section_state() -> dict[str, Any]:
+    """The largest execution state of runs made of many large outputs, on the emulated Step
+    Functions: `state_size.py` in its own process."""
+    work = WORK / "state"
+    work.mkdir(parents=True, exist_ok=True)
+    output = work / "state_size.json"
+    started = time.perf_counter()
+    done = subprocess.run(
+        [PYTHON, str(BENCH / "state_size.py"), "--json", str(output)],
+        cwd=work,
+        env=orchestrator_env(work / "orchestrator-home"),
+        stdout=sys.stderr,  # its table goes to the bench's log
+    )
+    if not output.exists():
+        raise RuntimeError(f"bench/state_size.py: exit status {done.returncode}")
+    runs = json.loads(output.read_text(encoding="utf-8"))
+    return {"runs": runs, "seconds": time.perf_counter() - started}
+
+
 # main -------------------------------------------------------------------------------------------
 
 
@@ -366,6 +388,7 @@ def measure_sections(names: set[str]) -> dict[str, Any]:
         ("lambda", "(d) Lambda cold start and layer size", section_lambda),
         ("compile", "(e) compile", section_compile),
         ("cloud", "(f) cloud cost per bundled pipeline (emulated Step Functions)", section_cloud),
+        ("state", "(g) execution state size (emulated Step Functions)", section_state),
     ):
         if name in names:
             log(f"bench: {title}")

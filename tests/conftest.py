@@ -24,6 +24,19 @@ GUIDE_FIXTURES = sorted((REPO / "tests" / "fixtures" / "guide").glob("*.yaml"))
 PIPELINES = REPO / "pipelines"
 
 
+def every_state(definition: dict[str, Any]) -> dict[str, Any]:
+    """Every state of a definition by name, those in Parallel branches and Map iterations too
+    (independent tasks run in the branches of compiler-made Parallel states)."""
+    found: dict[str, Any] = {}
+    for name, state in definition["States"].items():
+        found[name] = state
+        for branch in state.get("Branches", []):
+            found.update(every_state(branch))
+        if "ItemProcessor" in state:
+            found.update(every_state(state["ItemProcessor"]))
+    return found
+
+
 def input_args(inputs: dict[str, Any]) -> list[str]:
     """`-i k=v` for each input: strings as they are, anything else as JSON (a YAML flow value)."""
     arguments: list[str] = []

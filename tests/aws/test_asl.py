@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from conftest import PIPELINES, REPO, CliResult
+from conftest import PIPELINES, REPO, CliResult, every_state
 from orchestrator.aws.asl import LAMBDA_INVOKE
 from orchestrator.aws.build import compile_definition
+from orchestrator.aws.state_budget import STATE_BUDGET
 
 CORPUS = Path(__file__).parent / "corpus"
 SOURCES = sorted(PIPELINES.glob("*.yaml")) + sorted(CORPUS.glob("*.yaml"))
@@ -77,7 +78,8 @@ def test_compile_command_writes_sorted_json(cli: Any, tmp_path: Path) -> None:
     result: CliResult = cli("compile", PIPELINES / "demo.yaml", "-o", target)
     assert result.code == 0
     text = target.read_text()
-    assert json.loads(text)["StartAt"] == "prepare"
+    # demo: `countdown` runs beside everything else, so the machine starts with a parallel step
+    assert json.loads(text)["StartAt"] == ".parallel1"
     assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
     printed: CliResult = cli("compile", PIPELINES / "demo.yaml")
     assert printed.stdout == text
@@ -85,23 +87,27 @@ def test_compile_command_writes_sorted_json(cli: Any, tmp_path: Path) -> None:
 
 def test_leaf_tasks_carry_a_reference_and_only_what_they_read() -> None:
     definition = compile_definition(CORPUS / "leaf_policies.yaml")
-    state = definition["States"]["with_fallback"]
+    state = every_state(definition)["with_fallback"]
     assert state["Resource"] == LAMBDA_INVOKE
     payload = state["Parameters"]["Payload"]
-    assert state["Parameters"]["FunctionName"] == "${LlmTaskFunctionArn}"
+    # (its timeout of 600 s runs it on a function sized for it: 605 s, issue 12)
+    assert state["Parameters"]["FunctionName"] == "${LlmTaskFunction605sArn}"
     assert payload == {
         "pipeline": "leaf_policies",
         "task": "tasks.2",
         "inputs.$": "$.inputs",
         "run.$": "$.run",
         "outputs": {"plain.$": "$.tasks.plain.output"},
+        "state_budget": STATE_BUDGET,  # it keeps its output under its share of the state (issue 12)
     }
     assert state["ResultPath"] == "$.tasks.with_fallback"
-    assert definition["States"]["computed_reads"]["Parameters"]["Payload"]["tasks.$"] == "$.tasks"
+    # a script naming what it reads at run time is given every finished task's record
+    reader = every_state(definition)["computed_reads"]["Parameters"]["Payload"]
+    assert reader["tasks"] and all(path.startswith("$.tasks.") for path in reader["tasks"].values())
 
 
 def test_retry_comes_from_error_handling() -> None:
-    states = compile_definition(CORPUS / "leaf_policies.yaml")["States"]
+    states = every_state(compile_definition(CORPUS / "leaf_policies.yaml"))
     # pipeline defaults: 2 retries, 3 s, rate 1.5; errors that cannot change are never retried
     plain = states["plain"]["Retry"]
     assert plain[1] == {"ErrorEquals": plain[1]["ErrorEquals"], "MaxAttempts": 0}
@@ -120,7 +126,7 @@ def test_retry_comes_from_error_handling() -> None:
 
 def test_catch_routes_to_fallback_skip_degraded_and_abort() -> None:
     definition = compile_definition(CORPUS / "leaf_policies.yaml")
-    states = definition["States"]
+    states = every_state(definition)
     assert definition["TimeoutSeconds"] == 600
     # fallback, then abort with the original error
     assert states["with_fallback"]["Catch"] == [
@@ -154,17 +160,14 @@ def test_catch_routes_to_fallback_skip_degraded_and_abort() -> None:
 
 
 def test_native_conditions_skip_without_a_lambda_call() -> None:
-    states = compile_definition(CORPUS / "conditions.yaml")["States"]
+    states = every_state(compile_definition(CORPUS / "conditions.yaml"))
     choice = states["compare_string.if"]
     assert choice["Type"] == "Choice"
     assert choice["Choices"][0]["And"][2] == {"Variable": "$.inputs.mode", "StringEquals": "fast"}
     assert choice["Default"] == "compare_string.skip"
-    assert states["compare_string.skip"] == {
-        "Type": "Pass",
-        "Result": {"status": "skipped", "output": None},
-        "ResultPath": "$.tasks.compare_string",
-        "Next": states["compare_string.skip"]["Next"],
-    }
+    skip = states["compare_string.skip"]
+    assert skip["Type"] == "Pass" and skip["ResultPath"] == "$.tasks.compare_string"
+    assert skip["Result"] == {"status": "skipped", "output": None}
     assert "defined.if" in states and "group_native.if" in states
     # a literal false condition leaves only the skip
     assert "literal_false" not in states and "literal_false.skip" in states
@@ -180,10 +183,14 @@ def test_native_conditions_skip_without_a_lambda_call() -> None:
 
 
 def test_loops_compile_to_map_and_a_choice_back_edge() -> None:
-    states = compile_definition(CORPUS / "loops.yaml")["States"]
-    over_input = states["over_input"]
+    states = every_state(compile_definition(CORPUS / "loops.yaml"))
+    # even an array input's items come from the dispatch function, which counts them and gives
+    # the iterations' run, whose inline limit is divided by their number (issue 12)
+    assert states["over_input.items"]["Parameters"]["Payload"]["action"] == "items"
+    over_input = states["over_input.run"]
     assert over_input["Type"] == "Map"
-    assert over_input["ItemsPath"] == "$.inputs.items"
+    assert over_input["ItemsPath"] == "$.items.over_input.value"
+    assert over_input["ItemSelector"]["run.$"] == "$.items.over_input.run"
     assert over_input["MaxConcurrency"] == 5
     assert over_input["ItemSelector"]["loop"]["item_variable"] == "number"
     inner = dict(_states(over_input["ItemProcessor"]))
@@ -200,25 +207,33 @@ def test_loops_compile_to_map_and_a_choice_back_edge() -> None:
     assert s3["ItemReader"]["Parameters"] == {"Bucket": "my-bucket", "Key": "items/list.json"}
     loop = states["improve"]["Branches"][0]["States"]
     assert loop["improve/.check"]["Choices"][0]["Next"] == "improve/step"
-    assert loop["improve/step"]["Next"] == "improve/.advance"
-    assert loop["improve/.advance"]["Next"] == "improve/.check"
+    # the body's one task takes the loop's step in its own call (no dispatch call for it), and
+    # the state machine goes straight back to the check
+    assert loop["improve/step"]["Next"] == "improve/.check"
+    assert loop["improve/step"]["ResultPath"] == "$.loops.improve"
+    assert loop["improve/step"]["Parameters"]["Payload"]["advance"]["task"] == "tasks.3"
     assert states["improve"]["Catch"][0]["Next"] == "improve.failed"
 
 
 def test_groups_dynamic_groups_and_child_pipelines() -> None:
-    states = compile_definition(CORPUS / "groups.yaml")["States"]
+    states = every_state(compile_definition(CORPUS / "groups.yaml"))
     independent = states["independent"]
     assert independent["Type"] == "Parallel" and len(independent["Branches"]) == 2
-    assert independent["ResultSelector"] == {"children": {"one.$": "$[0]", "two.$": "$[1]"}}
-    assert states["independent.result"]["Parameters"]["output"] == {
-        "one.$": "$.tasks.independent.children.one.output",
-        "two.$": "$.tasks.independent.children.two.output",
+    # the group's record is made from its branches' results, with no state of its own
+    assert independent["ResultSelector"] == {
+        "status": "succeeded",
+        "children": {"one.$": "$[0]", "two.$": "$[1]"},
+        "output": {"one.$": "$[0].output", "two.$": "$[1].output"},
     }
     assert len(states["chained"]["Branches"]) == 1
     # children it reads come in their groups' records: a child of a skipped group has none
     after = states["after_children"]["Parameters"]["Payload"]
     assert "outputs" not in after
-    assert after["tasks"] == {"independent.$": "$.tasks.independent", "chained.$": "$.tasks.chained"}
+    # (`chained` ran beside `seed`, in a parallel step: its record lies under the step's key)
+    assert after["tasks"] == {
+        "independent.$": "$.tasks.independent",
+        "chained.$": "$.tasks.parallel2.chained",
+    }
     generated = states["generated"]["Branches"][0]["States"]
     assert generated["generated.expand"]["Parameters"]["Payload"]["action"] == "expand"
     assert generated["generated.run"]["MaxConcurrency"] == 2
@@ -232,9 +247,10 @@ def test_groups_dynamic_groups_and_child_pipelines() -> None:
         "task": "tasks.7",
         "inputs.$": "$.inputs",
         "run.$": "$.run",
-        "tasks.$": "$.tasks",
+        "tasks": {"seed.$": "$.tasks.parallel2.seed", "chained.$": "$.tasks.parallel2.chained"},
         "action": "child_inputs",
         "child": 0,
+        "state_budget": STATE_BUDGET,
     }
     load = left["children_parallel.left_child/load"]["Parameters"]["Payload"]
     assert load["inputs.$"] == "$.child_inputs.left_child.value"
@@ -245,5 +261,5 @@ def test_groups_dynamic_groups_and_child_pipelines() -> None:
 
 def test_no_state_without_work_in_a_plain_chain() -> None:
     """Cost: a chain of tasks with default policies is exactly one state per task."""
-    states = compile_definition(PIPELINES / "shared_state.yaml")["States"]
+    states = every_state(compile_definition(PIPELINES / "shared_state.yaml"))
     assert all(state["Type"] == "Task" for state in states.values())

@@ -20,6 +20,7 @@ import pytest
 from conftest import PIPELINES, REPO
 from orchestrator.aws.emulator import FUNCTION_FOLDERS, _Invoker, _load_handler
 from orchestrator.aws.execution import document_from_execution
+from orchestrator.aws.moto_fixes import aws_json_paths
 from orchestrator.aws.stepfunctions_engine import execution_input
 from orchestrator.plan import build_plan
 from orchestrator.runtime.inputs import resolve_inputs
@@ -75,7 +76,8 @@ def test_the_deployed_stack_runs_a_pipeline(monkeypatch: pytest.MonkeyPatch) -> 
         "ORCHESTRATOR_PIPELINES_DIR": str(PIPELINES),
     }.items():
         monkeypatch.setenv(key, value)
-    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+    # (moto, with its reading of `$[0].status` put right as the emulator does: AWS's reading)
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), aws_json_paths():
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket="artifacts")
         archive = io.BytesIO()

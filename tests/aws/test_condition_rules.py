@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from moto.stepfunctions.parser.asl.utils.json_path import NoSuchJsonPathError, extract_json
 
+from conftest import every_state
 from orchestrator.aws.build import compile_definition
 from orchestrator.aws.conditions import Decision, Judgement, decide
 from orchestrator.errors import TemplateError
@@ -251,7 +252,7 @@ def test_literal_conditions_need_no_state() -> None:
 def _compiled(tmp_path: Path, text: str) -> dict[str, Any]:
     path = tmp_path / "conditions.yaml"
     path.write_text(text, encoding="utf-8")
-    states: dict[str, Any] = compile_definition(path)["States"]
+    states: dict[str, Any] = every_state(compile_definition(path))
     return states
 
 

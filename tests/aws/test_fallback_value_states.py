@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import PIPELINES
+from conftest import PIPELINES, every_state
 from orchestrator.aws.build import compile_definition
 from orchestrator.aws.dispatch import _with_message
 from orchestrator.aws.execution import error_from_catch
@@ -82,7 +82,7 @@ tasks:
 def states(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     path = tmp_path_factory.mktemp("fallback") / "fallback_states.yaml"
     path.write_text(PIPELINE, encoding="utf-8")
-    compiled: dict[str, Any] = compile_definition(path)["States"]
+    compiled: dict[str, Any] = every_state(compile_definition(path))
     return compiled
 
 
@@ -135,6 +135,6 @@ def test_a_catch_result_gets_a_new_message_and_keeps_its_type() -> None:
 
 def test_a_bundled_pipelines_bare_name_fallback_value_stays_a_pass_state() -> None:
     source = PIPELINES / "hierarchical_error_handling.yaml"
-    states = compile_definition(source)["States"]
+    states = every_state(compile_definition(source))
     failed = [state for name, state in states.items() if name.endswith(".failed")]
     assert failed and all(state["Type"] == "Pass" for state in failed)

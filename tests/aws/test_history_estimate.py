@@ -51,7 +51,7 @@ tasks:
   - name: poll
     type: while_loop
     condition: "{{ loop_index < 10 }}"
-    max_iterations: 3000
+    max_iterations: 4000
     tasks:
       - name: tick
         type: python_task
@@ -78,12 +78,12 @@ def test_compile_warns_at_each_loop_that_may_pass_the_quota(write_pipeline: Writ
     result = cli("compile", path)
     assert result.code == 0
     warnings = result.stderr.splitlines()
-    # a for_loop over 5,000 rendered items and a while_loop of up to 3,000 iterations: located,
+    # a for_loop over 5,000 rendered items and a while_loop of up to 4,000 iterations: located,
     # with the estimate and how it is made, the quota and what to do
     assert warnings[0].startswith(f"{path}:6:5: warning: for_loop 'each' records about ")
-    assert "(5,000 items x about 9 each)" in warnings[0] and f"{QUOTA:,}" in warnings[0]
+    assert "(5,000 items x about 7 each)" in warnings[0] and f"{QUOTA:,}" in warnings[0]
     assert "in batches" in warnings[0] and warnings[0].endswith("(tasks[0])")
     assert warnings[1].startswith(f"{path}:13:5: warning: while_loop 'poll' records about ")
-    assert "(3,000 iterations at most x about" in warnings[1] and "max_iterations" in warnings[1]
+    assert "(4,000 iterations at most x about" in warnings[1] and "max_iterations" in warnings[1]
     # three items, and items only an input can tell, are not warned about
     assert len(warnings) == 2

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import PIPELINES, CliResult
+from conftest import PIPELINES, CliResult, every_state
 from orchestrator.aws.asl import (
     MAX_STATE_NAME,
     compile_pipeline,
@@ -92,13 +92,11 @@ def test_every_transition_leads_to_a_state_that_exists_and_ends(source: Path) ->
 def test_containers_in_a_parallel_group_end_with_their_own_branch_state() -> None:
     # GIVEN a parallel_group whose children are a group, loops and groups of other kinds
     definition = compile_definition(CORPUS / "nested_containers.yaml")
-    branches = definition["States"]["outer"]["Branches"]
-    # THEN each branch ends with `<child>.end`, apart from a container's own `<child>.result`
+    branches = every_state(definition)["outer"]["Branches"]
+    # THEN each branch ends with the child's record, which the container's state writes
     for branch, child in zip(branches, ["inner", "each", "repeat", "generated", "children"], strict=True):
-        states = branch["States"]
-        assert states[f"outer/{child}.end"] == {"Type": "Pass", "OutputPath": f"$.tasks.{child}", "End": True}
-        if child != "children":  # (a pipeline_group's Parallel gives {status, output} itself)
-            assert states[f"outer/{child}.result"]["Next"] == f"outer/{child}.end"
+        last = branch["States"][f"outer/{child}"]
+        assert last["OutputPath"] == f"$.tasks.{child}" and last["End"] is True
 
 
 def test_a_child_pipeline_id_that_jsonpath_cannot_name_gets_a_plain_key() -> None:
@@ -146,12 +144,9 @@ def test_shortened_state_names_are_kept_with_the_names_they_stand_for(write_pipe
     assert set(long_names) == {name for name in names if "~" in name}
     assert set(long_names.values()) >= {
         top,
-        f"group/{child}.result",
         f"group/{child}.items",
         f"group/{child}.run",
-        f"group/{child}.end",
         f"group/{child}/{inner}",
-        f"group/{child}/.result",
     }
 
 

@@ -25,13 +25,19 @@ from typing import Any
 import pytest
 
 from orchestrator.aws.build import build_app, compile_file, pipeline_files, stale_files
-from orchestrator.aws.sam import (
+from orchestrator.aws.functions import (
     LAMBDA_MAX_MEMORY_MB,
     LAMBDA_MAX_TIMEOUT_S,
     MB_PER_VCPU,
+    MEMORY_HEADROOM_MB,
+    TIMEOUT_MARGIN_S,
+    base_function,
+    named_functions,
+    task_size,
+)
+from orchestrator.aws.sam import (
     STATE_MACHINES_VARIABLE,
     SUBSTITUTED_FUNCTIONS,
-    TIMEOUT_MARGIN_S,
     TRIGGER_FUNCTIONS,
     GetAtt,
     Intrinsic,
@@ -43,7 +49,6 @@ from orchestrator.aws.sam import (
     pascal_case,
     state_machine_id,
     state_machines_variable,
-    task_size,
 )
 from orchestrator.aws.triggers import parse_scheduled_run
 from orchestrator.spec.loading import parse_pipeline, read_pipeline
@@ -233,8 +238,11 @@ def test_functions_share_the_layer_and_are_traced(template: dict[str, Any]) -> N
     assert layer["Properties"]["ContentUri"] == "shared/"
     assert layer["Metadata"]["BuildMethod"] == "python3.12"
     functions = resources_of_type(template, "AWS::Serverless::Function")
-    assert set(functions) == set(FUNCTIONS)
-    for name, folder in FUNCTIONS.items():
+    # the hand-written functions, and variants of the task functions sized for limited tasks
+    assert set(FUNCTIONS) <= set(functions)
+    assert {base_function(name) for name in functions} == set(FUNCTIONS)
+    for name in functions:
+        folder = FUNCTIONS[base_function(name)]
         properties = function_properties(template, name)
         assert properties["CodeUri"] == f"functions/{folder}/"
         assert properties["Handler"] == "app.lambda_handler"
@@ -256,19 +264,21 @@ def test_one_state_machine_per_pipeline(template: dict[str, Any]) -> None:
         assert properties["Type"] == source.pipeline.workflow_type
         assert properties["DefinitionUri"] == f"statemachine/{source.pipeline_id}.asl.json"
         assert (REPO / properties["DefinitionUri"]).is_file()
+        definition = (REPO / properties["DefinitionUri"]).read_text(encoding="utf-8")
+        named = named_functions(definition)
+        # every base function, and the variants the definition calls
         assert properties["DefinitionSubstitutions"] == {
-            f"{function}Arn": GetAtt(f"{function}.Arn") for function in SUBSTITUTED_FUNCTIONS
+            f"{function}Arn": GetAtt(f"{function}.Arn") for function in {*SUBSTITUTED_FUNCTIONS, *named}
         }
         assert properties["Tracing"] == {"Enabled": True}
         (destination,) = properties["Logging"]["Destinations"]
         assert destination["CloudWatchLogsLogGroup"]["LogGroupArn"].target.split(".")[0] in log_groups
-        definition = (REPO / properties["DefinitionUri"]).read_text(encoding="utf-8")
         invoked = {
             policy["LambdaInvokePolicy"]["FunctionName"].name
             for policy in properties["Policies"]
             if isinstance(policy, dict) and "LambdaInvokePolicy" in policy
         }
-        assert invoked == {f for f in SUBSTITUTED_FUNCTIONS if "${" + f + "Arn}" in definition}
+        assert invoked == named
         assert f"{state_machine_id(source.pipeline_id)}Arn" in template["Outputs"]
 
 
@@ -425,23 +435,30 @@ def test_memory_and_timeout_follow_resource_limits(project: Path) -> None:
         properties = function_properties(template, name)
         return properties["MemorySize"], properties["Timeout"]
 
-    # python tasks: the pipeline's 3 GB and 600 s (+ margin); `small` asks for less, which never lowers it
-    assert size("PythonTaskFunction") == (3072, 600 + TIMEOUT_MARGIN_S)
-    # llm task: cpu_limit 2 -> 2 x 1769 MB beats the pipeline's 3 GB; 2000 s is capped at Lambda's 900
-    assert size("LlmTaskFunction") == (2 * MB_PER_VCPU, LAMBDA_MAX_TIMEOUT_S)
-    # no web search task anywhere: the hand-written size stands
-    base_search = base["Resources"]["WebSearchTaskFunction"]["Properties"]
-    assert size("WebSearchTaskFunction") == (base_search["MemorySize"], base_search["Timeout"])
+    # the base functions keep their hand-written sizes: no task without limits pays for another's
+    for name in ("PythonTaskFunction", "LlmTaskFunction", "WebSearchTaskFunction"):
+        written = base["Resources"][name]["Properties"]
+        assert size(name) == (written["MemorySize"], written["Timeout"])
+    # `fetch`: the pipeline's 3 GB (+ headroom) and 600 s (+ margin)
+    assert size("PythonTaskFunction3328MB605s") == (3072 + MEMORY_HEADROOM_MB, 600 + TIMEOUT_MARGIN_S)
+    # `ask`: cpu_limit 2 -> 2 x 1769 MB beats the pipeline's 3 GB; 2000 s is capped at Lambda's 900
+    assert size("LlmTaskFunction3538MB900s") == (2 * MB_PER_VCPU, LAMBDA_MAX_TIMEOUT_S)
+    # `only` (small.yaml): 64 MB asked, no timeout: the base function's stands
+    assert size("PythonTaskFunction320MB") == (
+        64 + MEMORY_HEADROOM_MB,
+        base["Resources"]["PythonTaskFunction"]["Properties"]["Timeout"],
+    )
 
 
 @pytest.mark.parametrize(
     ("limits", "expected"),
     [
         ({}, (None, None)),
-        ({"resource_limits": {"memory_limit": "1GB"}}, (1024, None)),
-        ({"resource_limits": {"memory_limit": "16MB"}}, (128, None)),
+        ({"resource_limits": {"memory_limit": "1GB"}}, (1024 + MEMORY_HEADROOM_MB, None)),
+        ({"resource_limits": {"memory_limit": "16MB"}}, (16 + MEMORY_HEADROOM_MB, None)),
         ({"resource_limits": {"memory_limit": "64GB"}}, (LAMBDA_MAX_MEMORY_MB, None)),
         ({"resource_limits": {"cpu_limit": 0.5, "memory_limit": "512MB"}}, (885, None)),
+        ({"resource_limits": {"cpu_limit": 0.05}}, (128, None)),
         ({"resource_limits": {"cpu_limit": 8}}, (LAMBDA_MAX_MEMORY_MB, None)),
         ({"timeout": 10.2}, (None, 11 + TIMEOUT_MARGIN_S)),
         ({"resource_limits": {"timeout": 5000}}, (None, LAMBDA_MAX_TIMEOUT_S)),

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from conformance.test_both_engines import comparable
-from conftest import CliResult
+from conftest import CliResult, every_state
 from orchestrator.aws.asl import compile_pipeline
 from orchestrator.plan import build_plan, dependency_closure
 from orchestrator.spec.loading import read_pipeline
@@ -259,7 +259,7 @@ def test_a_fixed_name_read_is_unchanged(cli: Cli, monkeypatch: pytest.MonkeyPatc
     assert plan.body.nodes["b"].dependencies == {"a"}
     assert not plan.body.nodes["b"].computed_reads
     # the state machine passes the one output it reads, not every task
-    payload = compile_pipeline(plan)["States"]["b"]["Parameters"]["Payload"]
+    payload = every_state(compile_pipeline(plan))["b"]["Parameters"]["Payload"]
     assert payload["outputs"] == {"a.$": "$.tasks.a.output"}
     assert "tasks.$" not in payload
 

@@ -1,9 +1,9 @@
 """A for_loop iterates the same items on both engines (issue 11, divergence 4).
 
 A list is iterated as it is; a mapping as its `[key, value]` pairs, whether it comes from an
-input or from a task's output. The compiler reads only an input declared as an array in
-place; anything else may be a mapping, so the runtime's `loop_items` gives the items on AWS
-as it does locally.
+input or from a task's output. Anything but a literal list may be a mapping (or an output kept
+in S3), so the runtime's `loop_items` gives the items on AWS as it does locally (the dispatch
+function's `items`, which also counts them: issue 12).
 """
 
 from __future__ import annotations

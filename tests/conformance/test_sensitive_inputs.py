@@ -59,9 +59,9 @@ def test_the_state_machine_never_reads_a_sensitive_input(pipeline: Path) -> None
     # WHEN the pipeline compiles
     text = str(compile_pipeline(build_plan(read_pipeline(pipeline))))
 
-    # THEN no state reads the sealed input; plain inputs are still read in place
+    # THEN no state reads the sealed input; plain inputs are still read in place (but a for_loop's
+    # items, even an array input's, which the dispatch function counts: issue 12)
     assert "$.inputs.mode" not in text
-    assert "$.inputs.codes" in text
     assert "$.inputs.level" in text
 
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator.engine.sandbox import Limits, limits_for, run_sandboxed
 from orchestrator.errors import TaskError
 from orchestrator.runtime.context import RunInfo, StateConflictError
 from orchestrator.runtime.leaf import canonical_hash
 from orchestrator.runtime.redact import MASK, Redactor
+from orchestrator.runtime.sandbox import Limits, limits_for, run_sandboxed
 from orchestrator.runtime.scope import LoopFrame, Scope
 from orchestrator.settings import load_settings
 from orchestrator.spec.models import Pipeline, PythonTask

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PIPELINES, REPO
+from conftest import PIPELINES, REPO, every_state
 from orchestrator import plan
 from orchestrator.aws.asl import compile_pipeline
 from orchestrator.plan import Plan, build_plan, dependency_closure
@@ -187,8 +187,8 @@ def test_the_compiler_passes_a_computed_reader_every_task(write_pipeline: Callab
             _python("fixed", 'return context.get_task_output("a")'),
         ]
     )
-    states = compile_pipeline(_plan(write_pipeline, text))["States"]
-    assert states["reader"]["Parameters"]["Payload"]["tasks.$"] == "$.tasks"
+    states = every_state(compile_pipeline(_plan(write_pipeline, text)))
+    assert states["reader"]["Parameters"]["Payload"]["tasks"] == {"a.$": "$.tasks.a"}
     assert "outputs" not in states["reader"]["Parameters"]["Payload"]
     assert states["fixed"]["Parameters"]["Payload"]["outputs"] == {"a.$": "$.tasks.a.output"}
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, CliResult
+from conftest import REPO, CliResult, every_state
 from orchestrator.aws.asl import NON_RETRYABLE as COMPILED_NON_RETRYABLE
 from orchestrator.aws.asl import compile_pipeline
 from orchestrator.error_types import ERROR_TYPES, NON_RETRYABLE, is_retryable, markdown_table
@@ -172,7 +172,7 @@ def test_the_compiled_retry_rule_lists_exactly_the_non_retryable_types(write_pip
         """
     )
     definition = compile_pipeline(build_plan(read_pipeline(path)))
-    retry = definition["States"]["find"]["Retry"]
+    retry = every_state(definition)["find"]["Retry"]
     matchers = [rule["ErrorEquals"] for rule in retry]
     assert {"ErrorEquals": EXPECTED_NON_RETRYABLE, "MaxAttempts": 0} in retry
     # the rule comes before the catch-all that retries, or it would never match

@@ -24,6 +24,7 @@ FUNCTIONS = PACKAGE.parents[1] / "functions"
 
 LANGUAGE = [*sorted((PACKAGE / "spec").glob("*.py")), PACKAGE / "plan.py"]
 COMPILERS = [PACKAGE / "aws" / "asl.py", PACKAGE / "aws" / "conditions.py", PACKAGE / "aws" / "sam.py"]
+COMPILERS += [PACKAGE / "aws" / "functions.py"]
 COMPILERS += [PACKAGE / "aws" / "history.py", PACKAGE / "graph.py"]
 
 # what each layer may import from the package (prefixes of module names)
@@ -32,6 +33,10 @@ COMPILER_IMPORTS = (
     *LANGUAGE_IMPORTS,
     "orchestrator.error_types",
     "orchestrator.runtime.policy",
+    # a while_loop's first step, decided when compiling where it can be (`asl.first_iteration_runs`):
+    # by the runtime's own step, never a second meaning
+    "orchestrator.runtime.loops",
+    "orchestrator.runtime.scope",
     "orchestrator.aws.",
 )
 
@@ -45,7 +50,7 @@ READS_FILES = {PACKAGE / "spec" / "loading.py": {"_read_file", "read_pipeline"}}
 ENVIRONMENT_READERS = {
     PACKAGE / "settings.py": "configuration: every variable, in one place",
     PACKAGE / "aws" / "emulator.py": "sets the emulated Lambda functions' environment, as AWS does",
-    PACKAGE / "engine" / "sandbox.py": "passes the environment on to a sandboxed task's process",
+    PACKAGE / "runtime" / "sandbox.py": "passes the environment on to a sandboxed task's process",
     PACKAGE / "stores" / "secrets_local.py": "the `env` secrets provider: secrets, not configuration",
 }
 

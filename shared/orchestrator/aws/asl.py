@@ -4,8 +4,10 @@ The execution state is `{"inputs", "run", "tasks", "errors", "items", "loops"}`;
 writes `{"status", "output"}` to `$.tasks.<name>` (children of a parallel group under
 `$.tasks.<group>.children.<child>`). Leaf tasks are `lambda:invoke` states that pass a small
 reference to the task, the inputs, the run and only the outputs they read (see docs/aws.md).
-Top-level tasks run in a topological order of the plan, one after the other: on AWS,
-concurrency comes from `parallel_group`, `for_loop` and `pipeline_group` states.
+A body keeps the plan's concurrency: its tasks run in the series-parallel shape of their
+dependencies (`series_parallel`), independent ones in the branches of a Parallel state, whose
+tasks' records then lie under the step's own key (`state_records`); the compiler knows where
+every finished task's record lies (`Scope.records`) and passes Lambdas the records one by one.
 """
 
 from __future__ import annotations
@@ -14,15 +16,22 @@ import hashlib
 import itertools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from orchestrator import error_types
-from orchestrator.aws.conditions import Decision, decide, parse_expression
-from orchestrator.errors import CompileError, PipelineValidationError
+from orchestrator.aws.conditions import Decision, decide
+from orchestrator.aws.functions import function_placeholder
+from orchestrator.aws.series_parallel import Parallel, Series, Shape, decompose, names
+from orchestrator.aws.state_budget import STATE_BUDGET
+from orchestrator.aws.state_records import PARALLEL_MARK
+from orchestrator.errors import CompileError, OrchestratorError, PipelineValidationError
 from orchestrator.plan import Body, Node, Plan, build_plan
+from orchestrator.runtime.loops import while_iteration
 from orchestrator.runtime.policy import effective_policy, task_timeout
+from orchestrator.runtime.scope import Scope as RuntimeScope
 from orchestrator.spec.loading import ChildSource, missing_file
 from orchestrator.spec.models import (
     DynamicTaskGroup,
@@ -60,7 +69,8 @@ TIMEOUT_GRACE = 5
 
 DEGRADED_ROLE = "degraded"
 """The role of the state a task that failed under `continue_with_degraded_service` goes to:
-entering one, anywhere (a loop body, a child pipeline, a generated task), degrades the run."""
+entering one, anywhere (a loop body, a child pipeline), degrades the run. (A generated task
+answers its record itself: `execution.py` reads a `failed` one in the history.)"""
 
 
 @dataclass(frozen=True)
@@ -74,12 +84,19 @@ class Scope:
     inputs_path: str = "$.inputs"
     loop_path: str | None = None
     item_variable: str | None = None
-    locations: dict[str, str] = field(default_factory=dict)  # task name -> its result's JSONPath
+    # a task that has finished (of this body or an outer one), or a finished group's child ->
+    # its record's JSONPath; only these may be read
+    locations: dict[str, str] = field(default_factory=dict)
+    # the finished tasks' records as they lie in the state (a group's holds its children): what
+    # a Lambda that may read any task is given, one by one (`records_parameter`)
+    records: dict[str, str] = field(default_factory=dict)
     # a shortened state name -> the name it stands for (its prefix unshortened too); one
     # mapping for the whole definition, shared by every scope
     long_names: dict[str, str] = field(default_factory=dict)
     # the child pipelines read with the pipeline (`PipelineSource.children`), by resolved path
     children: dict[Path, ChildSource] = field(default_factory=dict)
+    # the keys of the parallel steps' records so far; one set for the whole definition
+    step_keys: set[str] = field(default_factory=set)
 
     def state_name(self, *parts: str) -> str:
         """The state of a task (`state_name(task)`), or one of the compiler's states around it
@@ -135,33 +152,36 @@ def shortened_state_names(plan: Plan) -> dict[str, str]:
 
 def _compile(plan: Plan) -> tuple[dict[str, Any], dict[str, str]]:
     scope = Scope(plan.pipeline, plan.pipeline_id, plan.path, children=plan.source.children)
-    finish = None
+    finish: EndState | None = None
     if plan.pipeline.outputs is not None:
         # the run's `result`: the outputs section rendered once everything has finished
-        finish = _invoke(
-            "dispatch",
-            {
-                "pipeline": plan.pipeline_id,
-                "action": "outputs",
-                "inputs.$": "$.inputs",
-                "run.$": "$.run",
-                "tasks.$": "$.tasks",
-            },
-        )
-        finish |= {
-            "ResultSelector": {"value.$": "$.Payload"},
-            "ResultPath": "$.result",
-            "Retry": [
+
+        def finish(after: Scope) -> dict[str, Any]:
+            state = _invoke(
+                "dispatch",
                 {
-                    "ErrorEquals": LAMBDA_SERVICE_ERRORS,
-                    "IntervalSeconds": 1,
-                    "MaxAttempts": 3,
-                    "BackoffRate": 2.0,
-                }
-            ],
-        }
+                    "pipeline": plan.pipeline_id,
+                    "action": "outputs",
+                    "inputs.$": "$.inputs",
+                    "run.$": "$.run",
+                    "tasks": records_parameter(after),
+                },
+            )
+            return state | {
+                "ResultSelector": {"value.$": "$.Payload"},
+                "ResultPath": "$.result",
+                "Retry": [
+                    {
+                        "ErrorEquals": LAMBDA_SERVICE_ERRORS,
+                        "IntervalSeconds": 1,
+                        "MaxAttempts": 3,
+                        "BackoffRate": 2.0,
+                    }
+                ],
+            }
+
     try:
-        states, start = _compile_body(plan.body, scope, plan.pipeline_id, end_state=finish)
+        states, start, _after = _compile_body(plan.body, scope, plan.pipeline_id, end_state=finish)
     except CompileError as error:
         _locate(error, plan)
         raise
@@ -195,50 +215,131 @@ def _locate(error: CompileError, plan: Plan) -> None:
 # bodies -----------------------------------------------------------------------------------
 
 
-def topological_order(body: Body) -> list[str]:
-    """File order, except that a task never comes before what it depends on."""
-    placed: list[str] = []
-    done: set[str] = set()
-    remaining = list(body.nodes)
-    while remaining:
-        for name in remaining:
-            if body.nodes[name].dependencies <= done:
-                placed.append(name)
-                done.add(name)
-                remaining.remove(name)
-                break
-        else:  # a cycle: validation reports it; keep file order
-            placed += remaining
-            break
-    return placed
+def target(name: str) -> str:
+    """Where a task writes its record: `$.tasks.<name>` of the state it runs in. A parallel
+    step keeps its tasks' records under its own key once it ends (`_parallel_step`)."""
+    return f"$.tasks.{name}"
+
+
+EndState = Callable[[Scope], dict[str, Any]]
+"""A body's last state, made once the body is compiled (it reads where its tasks' records lie)."""
 
 
 def _compile_body(
-    body: Body, scope: Scope, pipeline_id: str, *, end_state: dict[str, Any] | None = None
-) -> tuple[dict[str, Any], str]:
-    """States of a body chained in topological order; the last exits End (or go to `end_state`)."""
-    scope = replace(scope, locations=dict(scope.locations))
-    for name, node in body.nodes.items():
-        scope.locations[name] = f"$.tasks.{name}"
-        if isinstance(node.task, ParallelGroup):
-            for child in node.task.tasks:
-                if child.name:
-                    scope.locations[child.name] = f"$.tasks.{name}.children.{child.name}"
-    segments = [_compile_node(body.nodes[name], scope, pipeline_id) for name in topological_order(body)]
-    states: dict[str, Any] = {}
-    for segment, following in itertools.pairwise(segments):
-        _link(segment, following.entry)
-    last = segments[-1]
+    body: Body, scope: Scope, pipeline_id: str, *, end_state: EndState | None = None
+) -> tuple[dict[str, Any], str, Scope]:
+    """A body's states in its series-parallel shape (`series_parallel.decompose`): independent
+    tasks run in the branches of a Parallel state. The last states exit End (or go to
+    `end_state`). Returns the states, the first one, and the scope after the body, which knows
+    where every task's record lies."""
+    scope = replace(scope, locations=dict(scope.locations), records=dict(scope.records))
+    shape = decompose({name: node.dependencies for name, node in body.nodes.items()})
+    segment, scope = _compile_shape(shape, body, scope, pipeline_id)
+    states = dict(segment.states)
     if end_state is not None:
         end_name = scope.state_name("", "result")
-        states[end_name] = {**end_state, "End": True}
-        _link(last, end_name)
+        states[end_name] = {**end_state(scope), "End": True}
+        _link(segment, end_name)
     else:
-        for exit_name in last.exits:
-            last.states[exit_name]["End"] = True
-    for segment in segments:
-        states.update(segment.states)
-    return states, segments[0].entry
+        for exit_name in segment.exits:
+            states[exit_name]["End"] = True
+    return states, segment.entry, scope
+
+
+def _compile_shape(shape: Shape, body: Body, scope: Scope, pipeline_id: str) -> tuple[Segment, Scope]:
+    """A task, a series of parts linked one to the next, or a parallel step; and the scope after it."""
+    if isinstance(shape, str):
+        node = body.nodes[shape]
+        segment = _compile_node(node, scope, pipeline_id)
+        _place(scope, node, target(node.name))
+        return segment, scope
+    if isinstance(shape, Series):
+        segments: list[Segment] = []
+        for part in shape.parts:
+            part_segment, scope = _compile_shape(part, body, scope, pipeline_id)
+            segments.append(part_segment)
+        for segment, following in itertools.pairwise(segments):
+            _link(segment, following.entry)
+        states: dict[str, Any] = {}
+        for segment in segments:
+            states.update(segment.states)
+        return Segment(segments[0].entry, states, segments[-1].exits), scope
+    return _parallel_step(shape, body, scope, pipeline_id)
+
+
+def _parallel_step(shape: Parallel, body: Body, scope: Scope, pipeline_id: str) -> tuple[Segment, Scope]:
+    """Parts that do not depend on each other, as the branches of one Parallel state.
+
+    A branch ends with its tasks' records only: a one-task branch outputs its record
+    (`OutputPath`), a longer one gathers them in a last Pass. The Parallel keeps them all under
+    one key of `$.tasks` (see `state_records`), so no record is copied once per branch and no
+    state is needed to merge them."""
+    key = _step_key(scope, body)
+    branches: list[dict[str, Any]] = []
+    selector: dict[str, Any] = {PARALLEL_MARK: True}
+    for index, part in enumerate(shape.parts):
+        branch_scope = replace(scope, locations=dict(scope.locations), records=dict(scope.records))
+        segment, branch_scope = _compile_shape(part, body, branch_scope, pipeline_id)
+        states = dict(segment.states)
+        if isinstance(part, str):
+            for exit_name in segment.exits:
+                states[exit_name] = {**states[exit_name], "OutputPath": target(part), "End": True}
+            selector[f"{part}.$"] = f"$[{index}]"
+        else:
+            gather = branch_scope.state_name("", f"{key}_{index}")
+            members = names(part)
+            states[gather] = {
+                "Type": "Pass",
+                "Parameters": {f"{name}.$": branch_scope.records[name] for name in members},
+                "End": True,
+            }
+            _link(Segment(segment.entry, states, segment.exits), gather)
+            selector.update({f"{name}.$": f"$[{index}].{name}" for name in members})
+        branches.append({"StartAt": segment.entry, "States": states})
+    name = scope.state_name("", key)
+    state = {"Type": "Parallel", "Branches": branches, "ResultSelector": selector, "ResultPath": target(key)}
+    for member in names(shape):
+        _place(scope, body.nodes[member], f"{target(key)}.{member}")
+    return Segment(name, {name: state}, [name]), scope
+
+
+def _step_key(scope: Scope, body: Body) -> str:
+    """A key of `$.tasks` for a parallel step: unique in the definition, and no task's name."""
+    taken = scope.step_keys | set(body.nodes) | set(scope.records)
+    number = len(scope.step_keys) + 1
+    while f"parallel{number}" in taken:
+        number += 1
+    key = f"parallel{number}"
+    scope.step_keys.add(key)
+    return key
+
+
+def _place(scope: Scope, node: Node, path: str) -> None:
+    """Record that `node` has finished and its record lies at `path` (its group's children in it)."""
+    scope.records[node.name] = path
+    scope.locations[node.name] = path
+    if isinstance(node.task, ParallelGroup):
+        for child in node.task.tasks:
+            if child.name:
+                scope.locations[child.name] = f"{path}.children.{child.name}"
+
+
+def records_parameter(scope: Scope, *, leave_out: str | None = None) -> dict[str, str]:
+    """Parameters giving a Lambda every finished task's record, by name (what `"tasks.$": "$.tasks"`
+    gave before tasks ran in parallel steps, which keep records under their own keys)."""
+    return {f"{name}.$": path for name, path in scope.records.items() if name != leave_out}
+
+
+def _flat_scope(scope: Scope) -> Scope:
+    """`scope` as seen from a state whose `$.tasks` is `records_parameter(scope)` (a loop
+    iteration, a generated task): every finished task's record at `$.tasks.<name>`."""
+    records = {name: target(name) for name in scope.records}
+    locations = dict(records)
+    for name, path in scope.locations.items():
+        if name not in records:  # a group's child: in its group's record
+            group = next(g for g, record in scope.records.items() if path.startswith(record + ".children."))
+            locations[name] = f"{target(group)}.children.{name}"
+    return replace(scope, locations=locations, records=records)
 
 
 def _link(segment: Segment, target: str) -> None:
@@ -291,7 +392,7 @@ def _payload(
     if node.computed_reads or "action" in extra:
         # dispatch calls, and scripts that compute the names they read (as the planner decided,
         # whatever Python compiles), may read any task: the function keeps what the task sees
-        payload["tasks.$"] = "$.tasks"
+        payload["tasks"] = records_parameter(scope, leave_out=node.name)
     else:
         outputs: dict[str, str] = {}
         records: dict[str, str] = {}
@@ -311,8 +412,16 @@ def _payload(
             payload["tasks"] = records
     if scope.loop_path is not None:
         payload["loop.$"] = scope.loop_path
+    if extra.get("action", "leaf") in STATE_WRITING_CALLS:
+        payload["state_budget"] = STATE_BUDGET  # the function keeps what it writes under its share
     payload.update(extra)
     return payload
+
+
+STATE_WRITING_CALLS = frozenset({"leaf", "render", "items", "expand", "child_inputs", "while"})
+"""The calls that put values into the state (a leaf task's or a fallback's output, and these
+dispatch actions): each keeps a value above its share of the state's budget in S3, and resolves
+the references it is given (`state_budget`, `payloads`). (The `outputs` action does too.)"""
 
 
 def _invoke(function: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -325,8 +434,9 @@ def _invoke(function: str, payload: dict[str, Any]) -> dict[str, Any]:
 
 def _leaf(node: Node, scope: Scope, pipeline_id: str) -> dict[str, Any]:
     state = _invoke(node.kind, _payload(node, scope, pipeline_id))
+    state["Parameters"]["FunctionName"] = function_placeholder(node, scope.pipeline)  # sized for it
     state["ResultSelector"] = dict(LEAF_SELECTOR)
-    state["ResultPath"] = scope.locations[node.name]
+    state["ResultPath"] = target(node.name)
     return state
 
 
@@ -377,9 +487,9 @@ def _fallback_value_state(node: Node, scope: Scope, status: str, error_path: str
             "output.$": "$.Payload.output",
             "error.$": "$.Payload.error",
         }
-        state["ResultPath"] = scope.locations[node.name]
+        state["ResultPath"] = target(node.name)
         return state
-    return {"Type": "Pass", "Parameters": parameters, "ResultPath": scope.locations[node.name]}
+    return {"Type": "Pass", "Parameters": parameters, "ResultPath": target(node.name)}
 
 
 def _plain_parameter(value: Any) -> bool:
@@ -416,18 +526,11 @@ def _guarded(node: Node, scope: Scope, state: dict[str, Any]) -> Segment:
         skip = {
             "Type": "Pass",
             "Result": {"status": "skipped", "output": None},
-            "ResultPath": scope.locations[node.name],
+            "ResultPath": target(node.name),
         }
         return Segment(skip_name, {skip_name: skip}, [skip_name])
     states: dict[str, Any] = {name: state}
     exits = [name]
-    after = state.pop("_after", None)
-    if after is not None:
-        # reshape the container's raw result into {status, output} (see _first_branch)
-        after_name = scope.state_name(node.name, "result")
-        states[after_name] = after
-        state["Next"] = after_name
-        exits = [after_name]
     timeout = task_timeout(node.task)
     if timeout is not None and state["Type"] == "Task":
         # the function stops the task at its timeout (TaskTimeout, as locally); the state's
@@ -463,8 +566,9 @@ def _guarded(node: Node, scope: Scope, state: dict[str, Any]) -> Segment:
             kind,
             _payload(node, scope, scope.pipeline_id, reference=_reference(node) + ".error_handling.fallback"),
         )
+        fallback["Parameters"]["FunctionName"] = function_placeholder(policy.fallback, scope.pipeline)
         fallback["ResultSelector"] = {"status": "fallback", "output.$": "$.Payload.output"}
-        fallback["ResultPath"] = scope.locations[node.name]
+        fallback["ResultPath"] = target(node.name)
         fallback["Retry"] = [dict(_retry(node, scope)[0])]
         if failure_target is not None:
             # keep the task's own error (what on_failure reports), not the fallback's
@@ -502,7 +606,7 @@ def _condition(
         skip_name: {
             "Type": "Pass",
             "Result": {"status": "skipped", "output": None},
-            "ResultPath": scope.locations[node.name],
+            "ResultPath": target(node.name),
         }
     }
     if isinstance(condition, bool):
@@ -549,10 +653,11 @@ def _condition(
 
 
 def _iteration_selector(scope: Scope, loop: dict[str, Any]) -> dict[str, Any]:
+    """Each iteration's state: the finished tasks' records, one by one (`_flat_scope` reads them)."""
     return {
         "inputs.$": scope.inputs_path,
         "run.$": "$.run",
-        "tasks.$": "$.tasks",
+        "tasks": records_parameter(scope),
         "errors": {},
         "items": {},
         "loops": {},
@@ -568,21 +673,14 @@ def _items_source(node: Node, task: ForLoop, scope: Scope) -> tuple[str, dict[st
     if isinstance(source, list):
         name = scope.state_name(node.name, "items")
         return name, {name: {"Type": "Pass", "Result": {"value": source}, "ResultPath": items_path}}
-    # An input declared as an array is read where it lies. Anything else may be a mapping,
-    # whose [key, value] pairs ASL cannot make: the dispatch function gives the items, by the
-    # runtime's `loop_items`, as the embedded engine does.
-    expression = jinja.single_expression(source)
-    parsed = parse_expression(expression) if expression else None
-    from jinja2 import nodes
-
-    declared = scope.pipeline.input_variables
-    if isinstance(parsed, nodes.Name) and parsed.name in declared and declared[parsed.name].type == "array":
-        path = scope.path_of(parsed.name)  # a task or a loop variable of that name comes first
-        if path == f"{scope.inputs_path}.{parsed.name}":
-            return path, {}
+    # Anything else may be a mapping, whose [key, value] pairs ASL cannot make, or an output (or
+    # a child's input) kept in S3: the dispatch function gives the items, by the runtime's
+    # `loop_items`, as the embedded engine does. It also counts them, and gives the run the
+    # iterations get, whose inline limit is divided by their number (`state_budget`): even an
+    # array input goes through it.
     name = scope.state_name(node.name, "items")
     state = _invoke("dispatch", _payload(node, scope, scope.pipeline_id, action="items"))
-    state["ResultSelector"] = {"value.$": "$.Payload"}
+    state["ResultSelector"] = {"value.$": "$.Payload.items", "run.$": "$.Payload.run"}
     state["ResultPath"] = items_path
     state["Retry"] = [dict(_retry(node, scope)[0])]
     return name, {name: state}
@@ -591,14 +689,19 @@ def _items_source(node: Node, task: ForLoop, scope: Scope) -> tuple[str, dict[st
 def _for_loop(node: Node, task: ForLoop, scope: Scope, pipeline_id: str) -> dict[str, Any]:
     assert node.body is not None
     inner = replace(
-        scope,
+        _flat_scope(scope),
         prefix=scope.state_name(node.name) + "/",
         inputs_path="$.inputs",  # each iteration's state has the inputs there (_iteration_selector)
         loop_path="$.loop",
         item_variable=task.item_variable,
     )
-    collect = {"Type": "Pass", "Parameters": {f"{n}.$": f"$.tasks.{n}.output" for n in node.body.nodes}}
-    states, start = _compile_body(node.body, inner, pipeline_id, end_state=collect)
+    body_names = list(node.body.nodes)
+
+    def collect(after: Scope) -> dict[str, Any]:
+        return {"Type": "Pass", "Parameters": {f"{n}.$": after.records[n] + ".output" for n in body_names}}
+
+    states, start, _after = _compile_body(node.body, inner, pipeline_id, end_state=collect)
+    _collect_in_leaf(states, node.body, inner)
     state: dict[str, Any] = {
         "Type": "Map",
         "MaxConcurrency": task.max_concurrency,
@@ -613,7 +716,7 @@ def _for_loop(node: Node, task: ForLoop, scope: Scope, pipeline_id: str) -> dict
         ),
         "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": start, "States": states},
         "ResultSelector": {"status": "succeeded", "output.$": "$"},
-        "ResultPath": scope.locations[node.name],
+        "ResultPath": target(node.name),
     }
     source = task.iterate_over
     if isinstance(source, str) and source.startswith("s3://") and not jinja.is_template(source):
@@ -628,9 +731,36 @@ def _for_loop(node: Node, task: ForLoop, scope: Scope, pipeline_id: str) -> dict
     if before:
         ((first_name, first_state),) = before.items()
         state["ItemsPath"] = f"$.items.{node.name}.value"
+        if first_state["Type"] == "Task":  # the dispatch function's items: the iterations' run too
+            state["ItemSelector"]["run.$"] = f"$.items.{node.name}.run"
         return _preceded(first_name, first_state, scope.state_name(node.name, "run"), state)
     state["ItemsPath"] = items_path
     return state
+
+
+def _collect_in_leaf(states: dict[str, Any], body: Body, scope: Scope) -> None:
+    """A body of one leaf task, ending with a Pass that collects `{task: output}` (a loop's
+    iteration, a child pipeline): the task's state writes that shape itself when it succeeds,
+    and ends the body there. Its other ways out (skipped, failed, fallback) still go through
+    the Pass."""
+    (name,) = body.nodes if len(body.nodes) == 1 else (None,)
+    if name is None or body.nodes[name].kind not in LEAF_KINDS:
+        return
+    main = states.get(scope.state_name(name))
+    if main is None or main.get("Type") != "Task" or main.get("Next") != scope.state_name("", "result"):
+        return
+    collect = main.pop("Next")
+    main |= {"ResultSelector": {f"{name}.$": "$.Payload.output"}, "ResultPath": "$", "End": True}
+    if not any(collect in _next_states(state) for state in states.values()):
+        del states[collect]  # no other way out of the task (no condition, no on_failure) goes there
+        scope.long_names.pop(collect, None)
+
+
+def _next_states(state: dict[str, Any]) -> list[str]:
+    """The states a state may go to next."""
+    found = [state[key] for key in ("Next", "Default") if key in state]
+    found += [choice["Next"] for choice in state.get("Choices", [])]
+    return found + [catch["Next"] for catch in state.get("Catch", [])]
 
 
 def _preceded(
@@ -645,17 +775,16 @@ def _preceded(
     )
 
 
-def _first_branch(branch: dict[str, Any], result_path: str) -> dict[str, Any]:
-    """A one-branch Parallel whose branch ends with `{status, output}`, kept at `result_path`.
-
-    The branch's result is read with `InputPath: <path>[0]` in a following Pass, rather than
-    `$[0].status` in a ResultSelector, which the emulator evaluates to a list.
-    """
+def _first_branch(
+    branch: dict[str, Any], result_path: str, fields: tuple[str, ...] = ("status", "output")
+) -> dict[str, Any]:
+    """A one-branch Parallel whose branch ends with the task's record (`{status, output}`, or
+    the given fields), kept at `result_path`."""
     return {
         "Type": "Parallel",
         "Branches": [branch],
+        "ResultSelector": {f"{key}.$": f"$[0].{key}" for key in fields},
         "ResultPath": result_path,
-        "_after": {"Type": "Pass", "InputPath": result_path + "[0]", "ResultPath": result_path},
     }
 
 
@@ -664,7 +793,7 @@ def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> 
     assert node.body is not None and node.body.nodes
     loop_path = f"$.loops.{node.name}"
     inner = replace(scope, prefix=scope.state_name(node.name) + "/", loop_path=loop_path, item_variable=None)
-    body_states, body_start = _compile_body(node.body, inner, pipeline_id)
+    body_states, body_start, after = _compile_body(node.body, inner, pipeline_id)
     last = list(node.body.nodes)[-1]
     advance_selector = {
         "index.$": "$.Payload.index",
@@ -676,18 +805,29 @@ def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> 
     check = inner.state_name("", "check")
     advance = inner.state_name("", "advance")
     done = inner.state_name("", "done")
-    start_state = _invoke(
-        "dispatch", _payload(node, scope, pipeline_id, action="while", loop={"index": 0, "state": {}})
-    )
-    start_state |= {"ResultSelector": advance_selector, "ResultPath": loop_path, "Next": check}
+    runs = first_iteration_runs(task)
+    if runs is None:
+        start_state = _invoke(
+            "dispatch", _payload(node, scope, pipeline_id, action="while", loop={"index": 0, "state": {}})
+        )
+        start_state |= {"ResultSelector": advance_selector, "ResultPath": loop_path, "Next": check}
+    else:  # known when compiling: no call, and straight on to the first iteration (or the end)
+        start_state = {
+            "Type": "Pass",
+            "Result": {"index": 0, "state": {}, "continue": runs},
+            "ResultPath": loop_path,
+            "Next": body_start if runs else done,
+        }
     advance_payload = _payload(node, scope, pipeline_id, action="while")
     advance_payload["loop.$"] = loop_path
-    advance_payload["last.$"] = f"$.tasks.{last}.output"
+    advance_payload["tasks"] = records_parameter(after)
+    advance_payload["last.$"] = after.records[last] + ".output"
     advance_state = _invoke("dispatch", advance_payload)
     advance_state |= {"ResultSelector": advance_selector, "ResultPath": loop_path, "Next": check}
     for _state_name, state in body_states.items():
         if state.pop("End", False):
             state["Next"] = advance
+    _advance_in_last_task(body_states, node, inner, after, check, advance_selector)
     states: dict[str, Any] = {
         first: start_state,
         check: {
@@ -706,7 +846,69 @@ def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> 
         },
         **body_states,
     }
-    return _first_branch({"StartAt": first, "States": states}, scope.locations[node.name])
+    if not any(advance in _next_states(state) for state in states.values()):
+        del states[advance]  # the body's last task takes every step itself
+        inner.long_names.pop(advance, None)
+    return _first_branch({"StartAt": first, "States": states}, target(node.name))
+
+
+def _advance_in_last_task(
+    states: dict[str, Any],
+    node: Node,
+    inner: Scope,
+    after: Scope,
+    check: str,
+    selector: dict[str, str],
+) -> None:
+    """A while_loop body that ends with one leaf task (its last in the file, whose output is
+    the loop's state): when that task succeeds, its function takes the loop's step too (the
+    `while` action's, run in it: `task_function._advanced`) and the state machine goes straight
+    to the check. The task's other ways out (skipped, failed, fallback) still go through the
+    dispatch call."""
+    assert node.body is not None
+    last = list(node.body.nodes)[-1]
+    main = states.get(inner.state_name(last))
+    if not ends_with_leaf(node.body) or main is None or main["Type"] != "Task":
+        return
+    payload = main["Parameters"]["Payload"]
+    payload["advance"] = {"task": _reference(node), "tasks": records_parameter(after, leave_out=last)}
+    main["ResultSelector"] = {
+        key: path.replace("$.Payload.", "$.Payload.advance.") for key, path in selector.items()
+    }
+    main["ResultPath"] = inner.loop_path
+    main["Next"] = check
+
+
+def ends_with_leaf(body: Body) -> bool:
+    """Whether a body's last task in the file is a leaf task that runs after all the others."""
+    last = list(body.nodes)[-1]
+    shape = decompose({name: body_node.dependencies for name, body_node in body.nodes.items()})
+    final = shape.parts[-1] if isinstance(shape, Series) else shape
+    return final == last and body.nodes[last].kind in LEAF_KINDS
+
+
+LEAF_KINDS = frozenset({"python_task", "llm_task", "web_search_task"})
+LOOP_VARIABLES = frozenset({"loop_state", "loop_index"})
+
+
+def first_iteration_runs(task: WhileLoop) -> bool | None:
+    """Whether a while_loop runs its first iteration, when that is known before the run: its
+    condition reads only `loop_state` and `loop_index` (`{}` and 0 then) and draws nothing at
+    random. The runtime's own step decides it (`runtime.loops.while_iteration`); None when the
+    dispatch function must (the condition reads inputs or tasks, or cannot be evaluated)."""
+    condition = task.condition
+    if isinstance(condition, str):
+        expression = jinja.condition_expression(condition)
+        try:
+            names = jinja.referenced_names(expression, expression=True)
+        except OrchestratorError:
+            return None
+        if not names <= LOOP_VARIABLES or "random" in expression:
+            return None
+    try:
+        return while_iteration(task, RuntimeScope({}), 0, {}) is not None
+    except OrchestratorError:  # (a TaskError too)
+        return None
 
 
 def _parallel_group(node: Node, task: ParallelGroup, scope: Scope, pipeline_id: str) -> dict[str, Any]:
@@ -717,30 +919,37 @@ def _parallel_group(node: Node, task: ParallelGroup, scope: Scope, pipeline_id: 
     if independent:
         branches = []
         for child in children:
-            single = Body({child: node.body.nodes[child]}, {child: child})
-            only: dict[str, Any] = {"Type": "Pass", "OutputPath": f"$.tasks.{child}"}
-            states, start = _compile_body(single, inner, pipeline_id, end_state=only)
-            branches.append({"StartAt": start, "States": _rename_result(states, inner, child)})
-        selector: dict[str, Any] = {"children": {f"{c}.$": f"$[{i}]" for i, c in enumerate(children)}}
+            # a branch outputs its child's record: every way out of the child writes it
+            segment = _compile_node(node.body.nodes[child], inner, pipeline_id)
+            states = dict(segment.states)
+            for exit_name in segment.exits:
+                states[exit_name] = {**states[exit_name], "OutputPath": target(child), "End": True}
+            branches.append({"StartAt": segment.entry, "States": states})
         if task.max_concurrency and task.max_concurrency < len(children):
             return _limited_group(node, task, scope, inner, branches, children)
+        records = {child: f"$[{index}]" for index, child in enumerate(children)}
     else:
-        collect = {"Type": "Pass", "Parameters": {f"{c}.$": f"$.tasks.{c}" for c in children}}
-        states, start = _compile_body(node.body, inner, pipeline_id, end_state=collect)
+
+        def collect(after: Scope) -> dict[str, Any]:
+            return {"Type": "Pass", "Parameters": {f"{c}.$": after.records[c] for c in children}}
+
+        states, start, _after = _compile_body(node.body, inner, pipeline_id, end_state=collect)
         branches = [{"StartAt": start, "States": states}]
-        selector = {"children.$": "$[0]"}
-    location = scope.locations[node.name]
-    shape = {
-        "status": "succeeded",
-        "children.$": f"{location}.children",
-        "output": {f"{c}.$": f"{location}.children.{c}.output" for c in children},
-    }
+        records = {child: f"$[0].{child}" for child in children}
     return {
         "Type": "Parallel",
         "Branches": branches,
-        "ResultSelector": selector,
-        "ResultPath": location,
-        "_after": {"Type": "Pass", "Parameters": shape, "ResultPath": location},
+        "ResultSelector": _group_record(records),
+        "ResultPath": target(node.name),
+    }
+
+
+def _group_record(records: dict[str, str]) -> dict[str, Any]:
+    """A parallel_group's record, from where its children's records lie in a result."""
+    return {
+        "status": "succeeded",
+        "children": {f"{child}.$": path for child, path in records.items()},
+        "output": {f"{child}.$": f"{path}.output" for child, path in records.items()},
     }
 
 
@@ -755,12 +964,12 @@ def _limited_group(
     """A parallel_group with a `max_concurrency` below its number of children: a Parallel
     state has no limit, so the children run as the iterations of a Map over their positions
     (MaxConcurrency holds), each routed to its own states, with the whole state passed in.
-    The Map's result is the Parallel's (the children's records, in order); the group's record
-    is built in the same one-branch Parallel, as `_preceded` does."""
+    The Map's result is the Parallel's (the children's records, in order), made into the
+    group's record by its ResultSelector; the positions are put in the state before it, in a
+    one-branch Parallel, as `_preceded` does."""
     positions = inner.state_name("", "positions")
     route = inner.state_name("", "route")
     run = inner.state_name("", "run")
-    record = inner.state_name("", "record")
     states: dict[str, Any] = {
         route: {
             "Type": "Choice",
@@ -784,61 +993,27 @@ def _limited_group(
         "MaxConcurrency": task.max_concurrency,
         "ItemSelector": item_selector,
         "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": route, "States": states},
-        "ResultSelector": {"children": {f"{c}.$": f"$[{i}]" for i, c in enumerate(children)}},
-        "ResultPath": "$.group",
-        "Next": record,
-    }
-    shape = {
-        "status": "succeeded",
-        "children.$": "$.group.children",
-        "output": {f"{c}.$": f"$.group.children.{c}.output" for c in children},
+        "ResultSelector": _group_record({child: f"$[{index}]" for index, child in enumerate(children)}),
+        "ResultPath": "$.result",
+        "OutputPath": "$.result",
+        "End": True,
     }
     positions_state = {"Type": "Pass", "Result": list(range(len(branches))), "ResultPath": "$.positions"}
-    branch = {
-        "StartAt": positions,
-        "States": {
-            positions: {**positions_state, "Next": run},
-            run: main,
-            record: {"Type": "Pass", "Parameters": shape, "End": True},
-        },
-    }
-    return _first_branch(branch, scope.locations[node.name])
-
-
-def _rename_result(states: dict[str, Any], scope: Scope, child: str) -> dict[str, Any]:
-    """A branch's final Pass names itself after the child (state names must be unique): `child.end`,
-    not `child.result`, which a container child already names its own reshaping Pass."""
-    final = scope.state_name("", "result")
-    renamed = scope.state_name(child, "end")
-    out: dict[str, Any] = {}
-    for name, state in states.items():
-        if state.get("Next") == final:
-            state = {**state, "Next": renamed}
-        out[renamed if name == final else name] = state
-    return out
+    branch = {"StartAt": positions, "States": {positions: {**positions_state, "Next": run}, run: main}}
+    return _first_branch(branch, target(node.name), ("status", "children", "output"))
 
 
 def _dynamic_group(node: Node, task: DynamicTaskGroup, scope: Scope, pipeline_id: str) -> dict[str, Any]:
     """A dispatch call expands the specs; a Map runs each on its type's function."""
     expand_name = scope.state_name(node.name, "expand")
     expand = _invoke("dispatch", _payload(node, scope, pipeline_id, action="expand"))
-    expand["ResultSelector"] = {"value.$": "$.Payload"}
+    # the specs, and the run the generated tasks get (its inline limit divided by their number)
+    expand["ResultSelector"] = {"value.$": "$.Payload.specs", "run.$": "$.Payload.run"}
     expand["ResultPath"] = f"$.items.{node.name}"
     expand["Retry"] = [dict(_retry(node, scope)[0])]
     inner = replace(scope, prefix=scope.state_name(node.name) + "/")
     route = inner.state_name("route")
-    ended, done = inner.state_name("", "ended"), inner.state_name("", "done")
-    degraded = inner.state_name("", DEGRADED_ROLE)
-    item_states: dict[str, Any] = {
-        # a generated task that failed under continue_with_degraded_service makes the run degraded
-        ended: {
-            "Type": "Choice",
-            "Choices": [{"Variable": "$.status", "StringEquals": "failed", "Next": degraded}],
-            "Default": done,
-        },
-        degraded: {"Type": "Pass", "OutputPath": "$.output", "End": True},
-        done: {"Type": "Pass", "OutputPath": "$.output", "End": True},
-    }
+    item_states: dict[str, Any] = {}
     choices = []
     for kind in ("python_task", "llm_task", "web_search_task"):
         state_name = inner.state_name(kind)
@@ -849,15 +1024,20 @@ def _dynamic_group(node: Node, task: DynamicTaskGroup, scope: Scope, pipeline_id
             "inputs.$": "$.inputs",
             "run.$": "$.run",
             "tasks.$": "$.tasks",
+            "state_budget": STATE_BUDGET,
         }
         # the function carries the generated task's own error policy (known only once it is
-        # generated) and answers its record; only Lambda's own errors are retried here
+        # generated) and answers its record; only Lambda's own errors are retried here. The
+        # iteration's result is the output; a record answered `failed` (under
+        # continue_with_degraded_service) makes the run degraded (`execution.py` reads it in
+        # the history)
         state = _invoke(kind, payload)
         state |= {
             "ResultSelector": {"status.$": "$.Payload.status", "output.$": "$.Payload.output"},
             "ResultPath": "$",
+            "OutputPath": "$.output",
             "Retry": [dict(_retry(node, scope)[0])],
-            "Next": ended,
+            "End": True,
         }
         item_states[state_name] = state
         choices.append({"Variable": "$.type", "StringEquals": kind, "Next": state_name})
@@ -870,8 +1050,8 @@ def _dynamic_group(node: Node, task: DynamicTaskGroup, scope: Scope, pipeline_id
     item_states[route] = {"Type": "Choice", "Choices": choices, "Default": unsupported}
     selector = {
         "inputs.$": scope.inputs_path,
-        "run.$": "$.run",
-        "tasks.$": "$.tasks",
+        "run.$": f"$.items.{node.name}.run",
+        "tasks": records_parameter(scope),
         "spec.$": "$$.Map.Item.Value.spec",
         "type.$": "$$.Map.Item.Value.type",
     }
@@ -882,7 +1062,7 @@ def _dynamic_group(node: Node, task: DynamicTaskGroup, scope: Scope, pipeline_id
         "ItemSelector": selector,
         "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": route, "States": item_states},
         "ResultSelector": {"status": "succeeded", "output.$": "$"},
-        "ResultPath": scope.locations[node.name],
+        "ResultPath": target(node.name),
     }
     return _preceded(expand_name, expand, scope.state_name(node.name, "run"), main)
 
@@ -938,15 +1118,15 @@ CHILD_ERROR = "$.child_error"
 """Where a child pipeline's failure is kept while it becomes its pipeline_group's error."""
 
 
-def _outputs_map(body: Body) -> dict[str, str]:
+def _outputs_map(body: Body, after: Scope) -> dict[str, str]:
     """Parameters collecting a run's outputs map: every top-level task and group child."""
     found: dict[str, str] = {}
     for name, node in body.nodes.items():
-        found[f"{name}.$"] = f"$.tasks.{name}.output"
+        found[f"{name}.$"] = after.records[name] + ".output"
         if isinstance(node.task, ParallelGroup):
             for child in node.task.tasks:
                 if child.name:
-                    found[f"{child.name}.$"] = f"$.tasks.{name}.children.{child.name}.output"
+                    found[f"{child.name}.$"] = f"{after.records[name]}.children.{child.name}.output"
     return found
 
 
@@ -987,15 +1167,21 @@ def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, 
             inputs_path=inputs_path,
             long_names=scope.long_names,
             children=scope.children,
+            step_keys=scope.step_keys,
         )
-        collect = {"Type": "Pass", "Parameters": _outputs_map(child_plan.body)}
+        child_body = child_plan.body
+
+        def collect(after: Scope, child_body: Body = child_body) -> dict[str, Any]:
+            return {"Type": "Pass", "Parameters": _outputs_map(child_body, after)}
+
         try:
-            states, start = _compile_body(
+            states, start, _after = _compile_body(
                 child_plan.body, child_scope, child_plan.pipeline_id, end_state=collect
             )
         except CompileError as error:
             _locate(error, child_plan)
             raise
+        _collect_in_leaf(states, child_plan.body, child_scope)
         states.update(_child_failures(states, node, scope, child_scope, index))
         inputs_name = child_scope.state_name("", "inputs")  # `.inputs`: never a task's state
         inputs_state = _invoke(
@@ -1016,7 +1202,7 @@ def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, 
             "Type": "Parallel",
             "Branches": branches,
             "ResultSelector": {"status": "succeeded", "output": output},
-            "ResultPath": scope.locations[node.name],
+            "ResultPath": target(node.name),
         }
     # sequential: one branch, each child's result kept under $.children before the next starts
     sequence: dict[str, Any] = {}
@@ -1042,5 +1228,5 @@ def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, 
         "Type": "Parallel",
         "Branches": [{"StartAt": chain[0][0], "States": sequence}],
         "ResultSelector": {"status": "succeeded", "output.$": "$[0]"},
-        "ResultPath": scope.locations[node.name],
+        "ResultPath": target(node.name),
     }

@@ -10,7 +10,10 @@ instead (with `jinja.evaluate_condition`, as the embedded engine does):
 - the truth of an array or an object (a rule cannot see whether it is empty);
 - an attribute that Jinja finds on the Python value rather than as a JSON member
   (`word.count` of a string, `mapping.items`, `flag.real`), an index into a string, and a
-  member of an output left in S3 (`{"$payload": ...}`).
+  member of a value left in S3 (`{"$payload": ...}`: a task output, a loop item or state, a
+  child pipeline's input above its inline limit, see `payloads`);
+- the equality of a value with a string literal longer than the smallest reference: the value
+  may be in S3 (a shorter one never is, and no scalar but a string is ever that long).
 
 Compiled are: comparisons of a path with a literal (`==`, `!=` with null, booleans, numbers
 and strings; `<`, `<=`, `>`, `>=` with numbers), `is defined`, `is undefined`, `is none`, the
@@ -35,7 +38,7 @@ from typing import Any
 
 from jinja2 import nodes
 
-from orchestrator.aws.payloads import REFERENCE_KEY
+from orchestrator.aws.payloads import REFERENCE_KEY, reference_size, size
 from orchestrator.template import jinja
 
 Rule = dict[str, Any]
@@ -61,6 +64,8 @@ _COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
 }
 _ORDER = {"lt": "LessThan", "lteq": "LessThanEquals", "gt": "GreaterThan", "gteq": "GreaterThanEquals"}
 _FLIPPED = {"eq": "eq", "ne": "ne", "lt": "gt", "lteq": "gteq", "gt": "lt", "gteq": "lteq"}
+# no value smaller than this ever travels as a reference (a bucket name has 3 characters or more)
+_SMALLEST_REFERENCE = reference_size("r", "t", "abc")
 
 
 @dataclass(frozen=True)
@@ -150,7 +155,7 @@ def _is(path: str, kind: str) -> Judgement:
 
 
 def _reference(path: str) -> Rule:
-    """An output left in S3 (`{"$payload": ...}`): what is inside it only the function reads."""
+    """A value left in S3 (`{"$payload": ...}`): what is inside it only the function reads."""
     return _present(f"{path}['{REFERENCE_KEY}']")
 
 
@@ -284,7 +289,11 @@ def _comparison(left: nodes.Expr, op: str, right: nodes.Expr, path_of: PathOf) -
         return None
     if op in {"eq", "ne"}:
         equal = _equals(path.json_path, value)
-        return Decision(equal if op == "eq" else _negation(equal), path.undecided)
+        undecided = path.undecided
+        if isinstance(value, str) and size(value) > _SMALLEST_REFERENCE:
+            # a value that long may be in S3, where the rule sees its reference
+            undecided = _any_of(undecided, _reference(path.json_path))
+        return Decision(equal if op == "eq" else _negation(equal), undecided)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None  # text orders differently in ASL (UTF-16); null and booleans are rare
     at = path.json_path

@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from orchestrator.aws.deployed import event_location, pipeline_location, plan_of_file
 from orchestrator.aws.events import DispatchError, DispatchEvent, LoopModel, task_failure
 from orchestrator.aws.execution import error_from_catch
-from orchestrator.aws.payloads import offload
+from orchestrator.aws.payloads import offload, offload_members, resolve
+from orchestrator.aws.state_budget import divided
 from orchestrator.aws.task_scope import PreparedTask, prepare_task
 from orchestrator.errors import TaskError
 from orchestrator.runtime.documents import ErrorInfo
@@ -34,10 +35,17 @@ from orchestrator.stores.base import Stores
 from orchestrator.stores.factory import open_stores
 
 
-def _offloaded(value: Any, prepared: PreparedTask, name: str) -> Any:
-    """A rendered value as it goes back into the execution state: in S3 when too large for
-    it (`payloads.offload`), as a task's output is."""
-    return offload(value, prepared.run.run_id, name, aws_settings().payload_bucket)
+def _offloaded(value: Any, prepared: PreparedTask, name: str, limit: int | None = None) -> Any:
+    """A value as it goes back into the execution state: in S3 when above its inline limit
+    (`payloads.offload`; by default the call's), as a task's output is."""
+    limit = prepared.inline_limit if limit is None else limit
+    return offload(value, prepared.run.run_id, name, aws_settings().payload_bucket, limit=limit)
+
+
+def _iterations_run(event: DispatchEvent, limit: int) -> dict[str, Any]:
+    """The run that a loop's iterations (or a dynamic group's tasks) get: this one, with the
+    inline limit of the values in their states."""
+    return {**event.run.model_dump(exclude_unset=True), "inline_limit": limit}
 
 
 def _condition(prepared: PreparedTask, event: DispatchEvent) -> dict[str, Any]:
@@ -47,11 +55,19 @@ def _condition(prepared: PreparedTask, event: DispatchEvent) -> dict[str, Any]:
     return {"value": condition_holds(task.condition, prepared.scope)}
 
 
-def _items(prepared: PreparedTask, event: DispatchEvent) -> list[Any]:
+def _items(prepared: PreparedTask, event: DispatchEvent) -> list[Any] | dict[str, Any]:
+    """The for_loop's items; for a state machine with a state budget, `{"items", "run"}`: each
+    item in S3 when above the iterations' inline limit, and the run they get (`_iterations_run`)."""
     task = prepared.location.task
     if not isinstance(task, ForLoop):
         raise DispatchError(f"'items' needs a for_loop, not {type(task).__name__}")
-    return list(prepared.run.redactor.value(for_loop_items(task, prepared.scope)))
+    items = list(prepared.run.redactor.value(for_loop_items(task, prepared.scope)))
+    if event.state_budget is None:
+        return items
+    limit = divided(prepared.inline_limit, len(items))
+    name = f"{prepared.location.name}.item"
+    kept = [_offloaded(item, prepared, name, limit) for item in items]
+    return {"items": kept, "run": _iterations_run(event, limit)}
 
 
 def _with_message(caught: Any, message: str) -> Any:
@@ -105,13 +121,17 @@ def _while(prepared: PreparedTask, event: DispatchEvent) -> dict[str, Any]:
     loop = event.loop or LoopModel()
     after_iteration = "last" in event.model_fields_set
     index = loop.index + 1 if after_iteration else loop.index
-    state = while_state(event.last) if after_iteration else dict(loop.state or {})
+    # the last output, or the state so far, may have travelled as a reference to S3
+    state = while_state(resolve(event.last)) if after_iteration else dict(resolve(loop.state) or {})
     keep_going = while_iteration(task, prepared.top, index, state) is not None
-    return {"index": index, "state": prepared.run.redactor.value(state), "continue": keep_going}
+    kept = _offloaded(prepared.run.redactor.value(state), prepared, f"{prepared.location.name}.state")
+    return {"index": index, "state": kept, "continue": keep_going}
 
 
-def _expand(prepared: PreparedTask, event: DispatchEvent) -> list[dict[str, Any]]:
-    """A dynamic_task_group's generated specs, validated and planned exactly as the engine does."""
+def _expand(prepared: PreparedTask, event: DispatchEvent) -> list[dict[str, Any]] | dict[str, Any]:
+    """A dynamic_task_group's generated specs, validated and planned exactly as the engine does;
+    for a state machine with a state budget, `{"specs", "run"}`: each spec in S3 when above the
+    generated tasks' inline limit, and the run they get (`_iterations_run`)."""
     location = prepared.location
     task = location.task
     if not isinstance(task, DynamicTaskGroup):
@@ -122,7 +142,13 @@ def _expand(prepared: PreparedTask, event: DispatchEvent) -> list[dict[str, Any]
         dumped = body.nodes[name].task.model_dump(mode="json", exclude_none=True)
         dumped.setdefault("name", name)
         expanded.append({"index": index, "spec": dumped, "type": dumped["type"], "name": name})
-    return list(prepared.run.redactor.value(expanded))
+    expanded = list(prepared.run.redactor.value(expanded))
+    if event.state_budget is None:
+        return expanded
+    limit = divided(prepared.inline_limit, len(expanded))
+    for entry in expanded:
+        entry["spec"] = _offloaded(entry["spec"], prepared, f"{location.name}.{entry['name']}.spec", limit)
+    return {"specs": expanded, "run": _iterations_run(event, limit)}
 
 
 def _child_inputs(prepared: PreparedTask, event: DispatchEvent, sealer: Sealer | None) -> dict[str, Any]:
@@ -138,7 +164,11 @@ def _child_inputs(prepared: PreparedTask, event: DispatchEvent, sealer: Sealer |
     redactor = prepared.run.redactor
     secret = {name for name, value in inputs.items() if redactor.value(value) != value}
     names = child_plan.pipeline.sensitive_inputs() | secret
-    return seal_inputs(child_plan.pipeline_id, inputs, names, sealer or default_sealer())
+    sealed = seal_inputs(child_plan.pipeline_id, inputs, names, sealer or default_sealer())
+    # the child's tasks resolve them (`task_scope.prepare_task`)
+    name = f"{location.name}.{child_plan.pipeline_id}.inputs"
+    bucket = aws_settings().payload_bucket
+    return offload_members(sealed, prepared.run.run_id, name, bucket, limit=prepared.inline_limit)
 
 
 def _child_failed(prepared: PreparedTask, event: DispatchEvent) -> dict[str, str]:
@@ -187,15 +217,19 @@ def dispatch(event: DispatchEvent, stores: Stores | None = None, *, sealer: Seal
 
     - `condition`: `{"value": bool}`, the task's condition.
     - `items`: the for_loop's rendered `iterate_over` as a list (a mapping gives
-      `[key, value]` pairs); anything else fails with `InvalidLoopItems`.
+      `[key, value]` pairs); anything else fails with `InvalidLoopItems`. With `state_budget`:
+      `{"items", "run"}`, the items (each in S3 above the iterations' inline limit: the call's
+      divided by their number) and the run the iterations get (its `inline_limit` that one).
     - `render`: `{"status", "output", "error"}`: `field` rendered (`fallback_value` as the
       engine's `on_failure` does, or a dotted field of the task); `status` and `error` are
       passed through, so the result is the task's record.
     - `while`: `{"index", "state", "continue"}` (below).
     - `expand`: `[{"index", "spec", "type", "name"}]`, the dynamic_task_group's specs
-      validated and planned (`InvalidTaskSpec`), each spec with its `name` filled in.
+      validated and planned (`InvalidTaskSpec`), each spec with its `name` filled in. With
+      `state_budget`: `{"specs", "run"}`, as `items` gives its items and run.
     - `child_inputs`: the inputs of pipeline_group child number `child`, resolved against
-      the child's `input_variables` and sealed where sensitive.
+      the child's `input_variables`, sealed where sensitive, the largest in S3 when together
+      they are above the call's inline limit.
     - `child_failed`: `{"Error", "Cause"}` of the pipeline_group whose child number `child`
       failed in its task `failed_task` with the Catch result `error` (for a Fail state).
     - `outputs`: the pipeline's rendered `outputs` section (no `task` needed).
@@ -209,7 +243,10 @@ def dispatch(event: DispatchEvent, stores: Stores | None = None, *, sealer: Seal
     with `loop_state` = state and `loop_index` = index. When `continue` is false the loop's
     output is `{"iterations": index, "state": state}`, as on the engine.
 
-    Every value returned is redacted; a failure raises a `TaskFailure` named by its type.
+    Every value returned is redacted, and a value put into the state is in S3 when above the
+    call's inline limit (`task_scope.limit_of`, `payloads.offload`): a rendered field, the
+    `outputs` section, a while_loop's `state`. References to S3 in what the call is given are
+    resolved first. A failure raises a `TaskFailure` named by its type.
     """
     settings = lambda_settings()
     if event.action == "outputs":

@@ -41,15 +41,19 @@ def task_failure(error: TaskError, redactor: Redactor) -> TaskFailure:
 
 
 class RunModel(BaseModel):
-    """`$.run`: which run this is. `user_id` and `no_cache` are set by the trigger when known."""
+    """`$.run`: which run this is. `user_id` and `no_cache` are set by the trigger when known;
+    `inline_limit` by the dispatch function for the iterations of a loop (or a dynamic group's
+    tasks): the bytes a value may take in their states (`state_budget`). Other keys are kept,
+    so a run handed on to iterations is the run it was."""
 
-    model_config = ConfigDict(extra="ignore", defer_build=True)
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     id: str
     pipeline: str
     started_at: str
     user_id: str | None = None
     no_cache: bool = False
+    inline_limit: int | None = None
 
 
 class LoopModel(BaseModel):
@@ -75,6 +79,20 @@ class EventBase(BaseModel):
     loop: LoopModel | None = None
     spec: dict[str, Any] | None = None
     name: str | None = None
+    # the compiler's budget for values in the state (`state_budget.STATE_BUDGET`), given to the
+    # calls that put values into the state; `items` and `expand` then answer the iterations' run
+    state_budget: int | None = None
+
+
+class AdvanceModel(BaseModel):
+    """A while_loop whose iterations this task ends (`task`: the loop's reference): once the task
+    has its output, its function also takes the loop's step, as the dispatch function's `while`
+    action would with that output as `last`, saving the state machine a call. `tasks` are the
+    records the loop's condition may read."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+    task: str
+    tasks: dict[str, Any] = Field(default_factory=dict)
 
 
 class TaskEvent(EventBase):
@@ -88,6 +106,7 @@ class TaskEvent(EventBase):
     """
 
     task: str
+    advance: AdvanceModel | None = None
 
 
 class DispatchEvent(EventBase):

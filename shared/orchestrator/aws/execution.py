@@ -1,11 +1,13 @@
 """A Step Functions execution -> the run document of SPEC section 11, as the local engine gives it.
 
-Statuses, outputs and errors come from the execution's output (`$.tasks`); attempts from the
-history (how many times each task's state scheduled its Lambda); the run's error from the
-`ExecutionFailed` event and the last failed task (a timed-out execution is the pipeline's
-`PipelineTimeout`, every top-level task cancelled). A state whose name the compiler shortened
-(over 80 characters) is read by the name it stands for. `HistoryProgress` tells an observer (the
-CLI's progress lines) about top-level tasks from the same history, event by event.
+Statuses, outputs and errors come from the execution's output (`$.tasks`; a failed execution
+has none: the records its states output); attempts from the history (how many times each task's
+state scheduled its Lambda); the run's error from the `ExecutionFailed` event and the failed
+task that gave it (a timed-out execution is the pipeline's `PipelineTimeout`, every top-level
+task cancelled). Top-level tasks may run side by side (`top_level_task`). A state whose name
+the compiler shortened (over 80 characters) is read by the name it stands for.
+`HistoryProgress` tells an observer (the CLI's progress lines) about top-level tasks from the
+same history, event by event.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.aws.asl import DEGRADED_ROLE, shortened_state_names
 from orchestrator.aws.payloads import resolve
+from orchestrator.aws.state_records import task_records
 from orchestrator.plan import Plan
 from orchestrator.runtime.documents import ErrorInfo, RunStatus, TaskOutcome, TaskStatus, run_document
 from orchestrator.runtime.pipelines import pipeline_timeout
@@ -51,6 +55,17 @@ def task_of_state(state_name: str) -> str:
     return last.split(".", 1)[0]
 
 
+def top_level_task(state_name: str, tasks: Collection[str]) -> str | None:
+    """The top-level task (one of `tasks`) a state belongs to, if any. Its states are named
+    `task` or `task.role`, at the top of the definition or in a branch of a Parallel state the
+    compiler makes for tasks that run side by side (named like the compiler's own states, with
+    a dot first: `.parallel1`, which belong to no task); a task's inner states are `task/...`."""
+    if "/" in state_name:
+        return None
+    task = task_of_state(state_name)
+    return task if task in tasks else None
+
+
 def with_full_state_name(event: dict[str, Any], long_names: dict[str, str]) -> dict[str, Any]:
     """`event` naming its state by the name a shortened one stands for (`long_names`, from
     `asl.shortened_state_names`): `group/child`, whatever their length."""
@@ -76,28 +91,44 @@ CONTAINER_ENDS = frozenset(
 )
 
 
-def scheduled_counts(history: list[dict[str, Any]]) -> Counter[str]:
-    """How many attempts each state made (retries included): Lambda calls, Map and Parallel runs."""
-    counts: Counter[str] = Counter()
-    current: dict[int, str] = {}
-    by_id = {e["id"]: e for e in history}
-    for event in history:
+class AttemptCounter:
+    """How many attempts each state made (retries included): Lambda calls, Map and Parallel
+    runs, from history events told one by one in the order they were recorded. Each attempt is
+    the state's that its chain of events (`previousEventId`, one chain per Parallel branch and
+    Map iteration) leads back to, so states that run side by side are counted apart."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._current: dict[int, str] = {}
+        self._by_id: dict[int, dict[str, Any]] = {}
+
+    def add(self, event: dict[str, Any]) -> None:
+        self._by_id[event["id"]] = event
         kind = event["type"]
         if kind.endswith("StateEntered"):
             name = event["stateEnteredEventDetails"]["name"]
-            current[event["id"]] = name
-            counts.setdefault(name, 0)
+            self._current[event["id"]] = name
+            self.counts.setdefault(name, 0)
         elif kind in LAMBDA_ATTEMPTS or kind in CONTAINER_ATTEMPTS:
-            lambda_call = kind in LAMBDA_ATTEMPTS
-            entered = _entered_state(event, by_id, current) if lambda_call else _container_state(event, by_id)
+            if kind in LAMBDA_ATTEMPTS:
+                entered = _entered_state(event, self._by_id, self._current)
+            else:
+                entered = _container_state(event, self._by_id)
             if entered is not None:
-                counts[entered] += 1
+                self.counts[entered] += 1
         elif kind == "TaskFailed" and event["taskFailedEventDetails"].get("error", "").startswith("Lambda."):
             # the Lambda service refused the call (throttled, unavailable): the task never ran
-            entered = _entered_state(event, by_id, current)
+            entered = _entered_state(event, self._by_id, self._current)
             if entered is not None:
-                counts[entered] -= 1
-    return counts
+                self.counts[entered] -= 1
+
+
+def scheduled_counts(history: list[dict[str, Any]]) -> Counter[str]:
+    """How many attempts each state made (retries included): Lambda calls, Map and Parallel runs."""
+    counter = AttemptCounter()
+    for event in history:
+        counter.add(event)
+    return counter.counts
 
 
 def _entered_state(
@@ -138,13 +169,46 @@ def _container_state(event: dict[str, Any], by_id: dict[int, dict[str, Any]]) ->
 def _entered_degraded_state(history: list[dict[str, Any]]) -> bool:
     """Whether a task failed under `continue_with_degraded_service` anywhere, the run document
     listing it or not (a loop body, a child pipeline, a generated task): each goes through a
-    state of the role `asl.DEGRADED_ROLE`."""
+    state of the role `asl.DEGRADED_ROLE`, or (a generated task, whose function carries its
+    policy) its task function answered a `failed` record."""
     suffix = "." + DEGRADED_ROLE
-    return any(
-        str(event["stateEnteredEventDetails"]["name"]).endswith(suffix)
-        for event in history
-        if "stateEnteredEventDetails" in event
-    )
+    by_id = {event.get("id"): event for event in history}
+    for event in history:
+        if "stateEnteredEventDetails" in event:
+            if str(event["stateEnteredEventDetails"]["name"]).endswith(suffix):
+                return True
+        elif event.get("type") == "TaskSucceeded":
+            output = (event.get("taskSucceededEventDetails") or {}).get("output")
+            if _answered_failed(output) and not _is_dispatch_call(event, by_id):
+                return True
+    return False
+
+
+def _answered_failed(output: Any) -> bool:
+    """Whether a Lambda call's result is a record whose status is `failed`."""
+    if not isinstance(output, str) or '"failed"' not in output:
+        return False
+    try:
+        payload = json.loads(output).get("Payload")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(payload, dict) and payload.get("status") == "failed"
+
+
+def _is_dispatch_call(event: dict[str, Any], by_id: dict[Any, dict[str, Any]]) -> bool:
+    """Whether the call an event answers was to the dispatch function (its payload names an
+    `action`; a task function's never does)."""
+    scheduled: dict[str, Any] | None = event
+    while scheduled is not None and scheduled.get("type") != "TaskScheduled":
+        scheduled = by_id.get(scheduled.get("previousEventId"))
+    if scheduled is None:
+        return False
+    try:
+        parameters = json.loads(scheduled["taskScheduledEventDetails"]["parameters"])
+    except (KeyError, ValueError, TypeError):
+        return False
+    payload = parameters.get("Payload") if isinstance(parameters, dict) else None
+    return isinstance(payload, dict) and "action" in payload
 
 
 def _outcome(result: dict[str, Any] | None, attempts: int) -> TaskOutcome:
@@ -164,11 +228,15 @@ def document_from_execution(
     output: dict[str, Any] | None,
     history: list[dict[str, Any]],
     result: Any = None,
+    *,
+    payloads: Any = None,
 ) -> dict[str, Any]:
-    """The run document of one execution of `plan`'s state machine."""
+    """The run document of one execution of `plan`'s state machine. `output` has its values
+    kept in S3 read back already; those of records read from the history are read with
+    `payloads` (an S3 client, or a `payloads.Snapshot`; by default the account's S3)."""
     long_names = shortened_state_names(plan)
     history = [with_full_state_name(event, long_names) for event in history]
-    tasks = (output or {}).get("tasks") or last_known_tasks(history)
+    tasks = task_records((output or {}).get("tasks") or {}) or last_known_tasks(history)
     counts = scheduled_counts(history)
     error = _run_error(history, execution_status) if execution_status != "SUCCEEDED" else None
     failed_task = error.get("task") if error else None
@@ -182,7 +250,7 @@ def document_from_execution(
             group_error = outcomes[name].error
             if error and failed_task == name:
                 group_error = ErrorInfo(str(error["type"]), str(error["message"]))
-            found, failing = _group_children(history, name, children, record, group_error)
+            found, failing = _group_children(history, name, children, record, group_error, payloads)
             outcomes |= found
             failed_groups_children |= {failing} if failing else set()
     status = RunStatus.SUCCEEDED
@@ -228,6 +296,7 @@ def _group_children(
     children: list[str],
     record: dict[str, Any] | None,
     error: ErrorInfo | None,
+    payloads: Any = None,
 ) -> tuple[dict[str, TaskOutcome], str | None]:
     """The outcomes of a parallel group's children in its last attempt, as the embedded engine
     gives them, and the child whose failure failed the group (if it failed): from the group's
@@ -256,9 +325,10 @@ def _group_children(
                 continue
             entered = True
             if event["type"].endswith("StateExited"):
-                finished = _task_record(details.get("output") or "{}", child) or finished
-        if finished is not None:
-            outcomes[child] = _outcome(finished, attempts)
+                own = child if "/" not in details["name"].removeprefix(group + "/") else None
+                finished = _records_in(_output_of(details), own).get(child) or finished
+        if finished is not None:  # (its values kept in S3 read back: `payloads`)
+            outcomes[child] = _outcome(resolve(finished, client=payloads), attempts)
         else:
             outcomes[child] = TaskOutcome(TaskStatus.CANCELLED if entered else TaskStatus.NOT_RUN)
     return outcomes, failing
@@ -302,72 +372,113 @@ def _child_of(group: str, state_name: str, children: list[str]) -> str | None:
     return child if child in children else None
 
 
-def _task_record(state_json: str, name: str) -> dict[str, Any] | None:
-    """`$.tasks.<name>` in a state's JSON, if there."""
+_STATUSES = frozenset(status.value for status in TaskStatus)
+
+
+def _is_record(value: Any) -> bool:
+    """A task's record (`{"status", "output", ...}`): a container's raw result, which the task's
+    last state then shapes into its record, has no status (or is a list)."""
+    return isinstance(value, dict) and value.get("status") in _STATUSES
+
+
+def _output_of(details: dict[str, Any]) -> Any:
+    """A state's output (`stateExitedEventDetails`), parsed; None when it is not JSON."""
     try:
-        tasks = json.loads(state_json).get("tasks")
-    except (ValueError, AttributeError):
+        return json.loads(details.get("output") or "null")
+    except ValueError:
         return None
-    record = tasks.get(name) if isinstance(tasks, dict) else None
-    return record if isinstance(record, dict) else None
+
+
+def _records_in(output: Any, own: str | None = None) -> dict[str, dict[str, Any]]:
+    """The records of finished tasks that a state's output holds, by name: in its `$.tasks`
+    (through `task_records`, a parallel step's records too) and in its `records` (where a
+    branch's last state gathers those of its tasks). For a state of the task `own`, the output
+    itself when it is a record: the last state of a one-task branch outputs its record only."""
+    if not isinstance(output, dict):
+        return {}
+    if own is not None and "tasks" not in output and _is_record(output):
+        return {own: output}
+    found: dict[str, dict[str, Any]] = {}
+    for holder in (output.get("tasks"), output.get("records")):
+        if isinstance(holder, dict):
+            found |= {name: record for name, record in task_records(holder).items() if _is_record(record)}
+    return found
 
 
 def last_known_tasks(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """For a failed execution: the `$.tasks` of the last state that finished at the top level,
-    outputs kept in S3 read back (as a succeeded execution's output is)."""
-    for event in reversed(history):
+    """For a failed execution (it has no output): the record of every task that had finished
+    at the top level, outputs kept in S3 read back (as a succeeded execution's output is).
+
+    Tasks that run side by side finish in different branches of a Parallel state, and a branch's
+    states hold the records of its own tasks (and of those before the Parallel) only, until the
+    Parallel ends: so the records are gathered from every state that exited outside any task
+    (`task`, `task.role` and the compiler's own states, wherever they are), a later one winning."""
+    found: dict[str, Any] = {}
+    for event in history:
         details = event.get("stateExitedEventDetails")
         if details and "/" not in details["name"]:
-            try:
-                found = json.loads(details.get("output") or "{}").get("tasks")
-            except ValueError:
-                continue
-            if isinstance(found, dict):
-                resolved: dict[str, Any] = resolve(found)
-                return resolved
-    return {}
+            found |= _records_in(_output_of(details), task_of_state(details["name"]) or None)
+    resolved: dict[str, Any] = resolve(found)
+    return resolved
+
+
+FAILURE_DETAILS = {
+    "TaskFailed": "taskFailedEventDetails",
+    "LambdaFunctionFailed": "lambdaFunctionFailedEventDetails",
+    "TaskTimedOut": "taskTimedOutEventDetails",
+}
 
 
 def _run_error(history: list[dict[str, Any]], execution_status: str) -> dict[str, Any]:
     failed = next((e for e in reversed(history) if e["type"] == "ExecutionFailed"), None)
+    details = (failed or {}).get("executionFailedEventDetails", {})
+    failures = [e for e in reversed(history) if e["type"] in FAILURE_DETAILS]
+    # with tasks side by side, the last failure recorded may be another branch's (retried, or
+    # cut short by this one): the failure that failed the execution gave it its error and cause
+    reported = (details.get("error"), details.get("cause"))
+    failure = next((e for e in failures if _failure_of(e) == reported), failures[0] if failures else None)
     task = None
-    for event in reversed(history):
-        if event["type"] in {"TaskFailed", "LambdaFunctionFailed", "TaskTimedOut"}:
-            entered = _entered_state(
-                event,
-                {e["id"]: e for e in history},
-                {
-                    e["id"]: e["stateEnteredEventDetails"]["name"]
-                    for e in history
-                    if e["type"] == "TaskStateEntered"
-                },
-            )
-            if entered:
-                # a compiler state of the pipeline itself (`.result`, its outputs) names no task
-                task = task_of_state(entered.split("/", 1)[0]) or None
-            break
+    if failure is not None:
+        entered = _entered_state(
+            failure,
+            {e["id"]: e for e in history},
+            {
+                e["id"]: e["stateEnteredEventDetails"]["name"]
+                for e in history
+                if e["type"] == "TaskStateEntered"
+            },
+        )
+        if entered:
+            # a compiler state of the pipeline itself (`.result`, its outputs) names no task
+            task = task_of_state(entered.split("/", 1)[0]) or None
     if failed is None:
         return {
             "task": task,
             "type": "Execution" + execution_status.title(),
             "message": execution_status.lower(),
         }
-    details = failed.get("executionFailedEventDetails", {})
     info = error_from_catch({"Error": details.get("error"), "Cause": details.get("cause")})
     assert info is not None
     return {"task": task, "type": info.type, "message": info.message}
+
+
+def _failure_of(event: dict[str, Any]) -> tuple[Any, Any]:
+    details = event.get(FAILURE_DETAILS[event["type"]], {})
+    return details.get("error"), details.get("cause")
 
 
 class HistoryProgress:
     """Top-level tasks starting and finishing, told to an observer (the CLI's progress lines)
     from the history events of an execution as it records them.
 
-    A top-level state (no `/` in its name) belongs to the task `task_of_state(name)`, and
-    top-level tasks run one after another: a task starts when the execution enters its first
-    state and has finished when it enters a state of anything else, or succeeds. Its outcome is
-    then read as `document_from_execution` reads it: the record in `$.tasks.<name>` of the output
-    of its last state, the attempts from its events. A task without such a record (the one that
-    failed the execution) is told by `finish`, from the run document.
+    Top-level tasks may run side by side, in the branches of the Parallel states the compiler
+    makes for tasks that do not depend on each other. A task starts when the execution first
+    enters one of its states (`top_level_task`) and has finished once a state that exits holds
+    its record (`_records_in`: its own last state's output, or the records a branch or a parallel
+    step gathers), whatever else is running. Its outcome is read as `document_from_execution`
+    reads it: that record, the attempts from the events so far. A task that never gets a record
+    (the one that failed the execution, or one cancelled with it) is told by `finish`, from the
+    run document.
     """
 
     def __init__(self, plan: Plan, observer: Observer) -> None:
@@ -375,32 +486,39 @@ class HistoryProgress:
         self._long_names = shortened_state_names(plan)
         self._observer = observer
         self._lock = threading.Lock()
-        self._current: str | None = None
-        self._events: list[dict[str, Any]] = []  # the current task's, for its attempts
-        self._unfinished: list[str] = []
+        self._attempts = AttemptCounter()
+        self._started: set[str] = set()
+        self._unfinished: list[str] = []  # started, not told finished, in the order they started
 
     def event(self, event: dict[str, Any]) -> None:
         """One history event (as `GetExecutionHistory` gives it), in the order they are recorded."""
         with self._lock:
             event = with_full_state_name(event, self._long_names)
+            self._attempts.add(event)
             entered = event.get("stateEnteredEventDetails")
-            if entered is not None and "/" not in entered["name"]:
-                task = task_of_state(entered["name"])
-                if task != self._current:
-                    self._leave()
-                    if task in self._tasks:
-                        self._current = task
-                        self._unfinished.append(task)
-                        self._observer.task_started(task)
-            elif event["type"] == "ExecutionSucceeded":
-                self._leave()
-            if self._current is not None:
-                self._events.append(event)
+            if entered is not None:
+                task = top_level_task(entered["name"], self._tasks)
+                if task is not None and task not in self._started:
+                    self._started.add(task)
+                    self._unfinished.append(task)
+                    self._observer.task_started(task)
+                return
+            exited = event.get("stateExitedEventDetails")
+            if exited is None or "/" in exited["name"] or not self._unfinished:
+                return
+            owner = top_level_task(exited["name"], self._tasks)
+            if owner is not None and owner not in self._unfinished:
+                return  # a state of a task told finished already
+            records = _records_in(_output_of(exited), owner)
+            for name in [name for name in self._unfinished if name in records]:
+                self._unfinished.remove(name)
+                self._observer.task_finished(
+                    name, _outcome(records[name], self._attempts.counts.get(name, 0))
+                )
 
     def finish(self, document: dict[str, Any]) -> None:
         """The execution has ended: the tasks not told finished yet, as `document` has them."""
         with self._lock:
-            self._current, self._events = None, []
             for name in self._unfinished:
                 record = document["tasks"].get(name)
                 if record is not None:
@@ -413,23 +531,3 @@ class HistoryProgress:
                     )
                     self._observer.task_finished(name, outcome)
             self._unfinished = []
-
-    def _leave(self) -> None:
-        name, events = self._current, self._events
-        self._current, self._events = None, []
-        if name is None:
-            return
-        record = _last_record(events, name)
-        if record is None:  # left without a result: `finish` tells it
-            return
-        self._unfinished.remove(name)
-        self._observer.task_finished(name, _outcome(record, scheduled_counts(events).get(name, 0)))
-
-
-def _last_record(events: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
-    """`$.tasks.<name>` in the output of the last top-level state that exited, if there."""
-    for event in reversed(events):
-        details = event.get("stateExitedEventDetails")
-        if details and "/" not in details["name"]:
-            return _task_record(details.get("output") or "{}", name)
-    return None

@@ -8,8 +8,9 @@ estimates each loop's events and warns, at the loop, when it may pass the quota.
 
 The counts follow the states the compiler emits (see asl.py): a Lambda call records 5 events
 (state entered, scheduled, started, succeeded, state exited), a Pass or Choice state 2, a Map
-or Parallel state 4, and each Map iteration 4 more (its start and end, and the Pass state that
-collects its outputs). Retries and failures add events; the
+or Parallel state 4 (a body's parallel steps too, with a Pass gathering each branch of more
+than one task), and each Map iteration 2 more (its start and end), plus the Pass state that
+collects its outputs unless its body is one leaf task. Retries and failures add events; the
 estimate is for a run where every task succeeds at its first attempt.
 """
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.aws.asl import LEAF_KINDS, ends_with_leaf, first_iteration_runs
+from orchestrator.aws.series_parallel import Parallel, Shape, decompose
 from orchestrator.errors import Diagnostic, OrchestratorError
 from orchestrator.plan import Body, Node, Plan
 from orchestrator.spec.models import DynamicTaskGroup, ForLoop, ParallelGroup, PipelineGroup, WhileLoop
@@ -28,7 +31,7 @@ QUOTA = 25_000
 LAMBDA_CALL = 5
 PASS_OR_CHOICE = 2
 CONTAINER = 4
-ITERATION = 4  # iteration started and succeeded, and the Pass state collecting its outputs
+ITERATION = 2  # iteration started and succeeded
 
 
 @dataclass(frozen=True)
@@ -57,18 +60,34 @@ def iterations(task: ForLoop | WhileLoop) -> int | None:
 
 
 def body_events(body: Body) -> Estimate:
-    total = Estimate(0)
+    total = Estimate(_steps_events(decompose({name: node.dependencies for name, node in body.nodes.items()})))
     for node in body.nodes.values():
         total = total + node_events(node)
     return total
 
 
+def _steps_events(shape: Shape) -> int:
+    """Events of a body's parallel steps themselves (their tasks' are counted apart)."""
+    if isinstance(shape, str):
+        return 0
+    own = 0
+    if isinstance(shape, Parallel):
+        own = CONTAINER + sum(PASS_OR_CHOICE for part in shape.parts if not isinstance(part, str))
+    return own + sum(_steps_events(part) for part in shape.parts)
+
+
 def per_iteration(node: Node) -> Estimate:
     """Events of one iteration of a loop's body, the loop's own states for it included."""
-    inner = body_events(node.body) if node.body is not None else Estimate(0)
+    body = node.body
+    inner = body_events(body) if body is not None else Estimate(0)
     if isinstance(node.task, WhileLoop):
-        return inner + Estimate(PASS_OR_CHOICE + LAMBDA_CALL)  # the check, the advance call
-    return inner + Estimate(ITERATION)
+        # the check, and the advance call unless the body's last task takes the step itself
+        folded = body is not None and ends_with_leaf(body)
+        return inner + Estimate(PASS_OR_CHOICE + (0 if folded else LAMBDA_CALL))
+    one_leaf = (
+        body is not None and len(body.nodes) == 1 and next(iter(body.nodes.values())).kind in LEAF_KINDS
+    )
+    return inner + Estimate(ITERATION + (0 if one_leaf else PASS_OR_CHOICE))
 
 
 def node_events(node: Node) -> Estimate:
@@ -83,15 +102,17 @@ def node_events(node: Node) -> Estimate:
             + _times(per_iteration(node), iterations(task))
         )
     if isinstance(task, WhileLoop):
-        # a Parallel around the start call, then the iterations
-        start = Estimate(CONTAINER + LAMBDA_CALL + PASS_OR_CHOICE)
+        # a Parallel around the start (a Pass when it is known when compiling, else a call and
+        # the first check), then the iterations
+        known = first_iteration_runs(task) is not None
+        start = Estimate(CONTAINER + (PASS_OR_CHOICE if known else LAMBDA_CALL + PASS_OR_CHOICE))
         return guard + start + _times(per_iteration(node), task.max_iterations)
     if isinstance(task, ParallelGroup):
         inner = body_events(node.body) if node.body is not None else Estimate(0)
-        return guard + Estimate(CONTAINER + PASS_OR_CHOICE) + inner
+        return guard + Estimate(CONTAINER) + inner
     if isinstance(task, DynamicTaskGroup):
-        # the expansion, then per generated task (unknown in number): route, call, end
-        each = Estimate(ITERATION + 3 * PASS_OR_CHOICE + LAMBDA_CALL)
+        # the expansion, then per generated task (unknown in number): route, call
+        each = Estimate(ITERATION + PASS_OR_CHOICE + LAMBDA_CALL)
         return guard + Estimate(LAMBDA_CALL + CONTAINER) + Estimate(each.events, known=False)
     if isinstance(task, PipelineGroup):
         # children are compiled in; their own bodies are not in this plan: one call each, at least

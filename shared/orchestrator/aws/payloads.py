@@ -1,20 +1,29 @@
-"""Outputs too large for a state's payload live in S3 and travel as references (SPEC 12).
+"""Values too large for the execution state live in S3 and travel as references (SPEC 12, issue 12).
 
-Step Functions allows 256 KB per state input or output. A task output whose JSON is above
-`LIMIT` is written to the payload bucket (`payloads/<run>/<task>-<hash>.json`, expired by the
-bucket's lifecycle rule) and replaced by `{"$payload": "s3://bucket/key"}`; whoever reads an
-output (a Lambda building its scope, the document builder) resolves references first, so
-templates and scripts never see them.
+Step Functions allows 256 KiB per state input or output, and fails the run with
+`States.DataLimitExceeded` (which no Catch handles) past it. Every value a function puts into
+the state (a task's output, a rendered `fallback_value`, loop items, a while_loop's state, a
+child pipeline's inputs, the `outputs` section) goes through `offload` with its *inline
+limit*: the bytes that value may take in the state (`state_budget.inline_limit`, the state's
+budget shared among every record that can be in one state at once). Above it, the value is
+written to the payload bucket (`payloads/<run>/<name>-<hash>.json`, expired by the bucket's
+lifecycle rule) and replaced by `{"$payload": "s3://bucket/key"}`; a value no bigger than its
+reference always stays. Whoever reads a value (a function building its scope, the document
+builder, the API's run view) resolves references first (`resolve`), so templates, scripts
+and run documents never see them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 LIMIT = 200_000
+"""The most any one value may take in the state (and what old payloads, without a budget, get)."""
 REFERENCE_KEY = "$payload"
+DIGEST_LENGTH = 16
 
 
 def _s3() -> Any:
@@ -23,16 +32,59 @@ def _s3() -> Any:
     return boto3.client("s3")
 
 
-def offload(value: Any, run_id: str, name: str, bucket: str | None, *, client: Any = None) -> Any:
-    """`value`, or a reference to it in `bucket` when its JSON is too large to travel in the
-    state (no bucket: the value as it is)."""
-    text = json.dumps(value)
-    if len(text.encode()) <= LIMIT or not bucket:
+def size(value: Any) -> int:
+    """The bytes `value` takes in the state: its JSON as Step Functions (and moto) measure it."""
+    return len(json.dumps(value).encode())
+
+
+def _key(run_id: str, name: str, digest: str) -> str:
+    return f"payloads/{run_id}/{name}-{digest}.json"
+
+
+def reference_size(run_id: str, name: str, bucket: str) -> int:
+    """The bytes a reference to a value of `name` in this run takes in the state."""
+    return size({REFERENCE_KEY: f"s3://{bucket}/{_key(run_id, name, '0' * DIGEST_LENGTH)}"})
+
+
+def offload(
+    value: Any, run_id: str, name: str, bucket: str | None, *, limit: int = LIMIT, client: Any = None
+) -> Any:
+    """`value`, or a reference to it in `bucket` when its JSON takes more than `limit` bytes
+    (never more than `LIMIT`) and more than the reference would (no bucket: the value as it is)."""
+    if not bucket:
         return value
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    key = f"payloads/{run_id}/{name}-{digest}.json"
+    text = json.dumps(value)
+    length = len(text.encode())
+    if length <= min(limit, LIMIT) or length <= reference_size(run_id, name, bucket):
+        return value
+    digest = hashlib.sha256(text.encode()).hexdigest()[:DIGEST_LENGTH]
+    key = _key(run_id, name, digest)
     (client or _s3()).put_object(Bucket=bucket, Key=key, Body=text.encode(), ContentType="application/json")
     return {REFERENCE_KEY: f"s3://{bucket}/{key}"}
+
+
+def offload_members(
+    values: Mapping[str, Any],
+    run_id: str,
+    name: str,
+    bucket: str | None,
+    *,
+    limit: int = LIMIT,
+    client: Any = None,
+) -> dict[str, Any]:
+    """`values` (a mapping: a child pipeline's inputs) taking at most about `limit` bytes in the
+    state: its largest members go to S3 (`offload`, each a reference) until the rest fits."""
+    kept = dict(values)
+    sizes = sorted(((size(value), key) for key, value in kept.items()), reverse=True)
+    total = size(kept)
+    for length, key in sizes:
+        if total <= limit:
+            break
+        moved = offload(kept[key], run_id, f"{name}.{key}", bucket, limit=0, client=client)
+        if moved is not kept[key]:
+            total -= length - size(moved)
+            kept[key] = moved
+    return kept
 
 
 def is_reference(value: Any) -> bool:
@@ -54,6 +106,33 @@ def resolve(value: Any, *, client: Any = None) -> Any:
             return value
         return [resolve(item, client=client) for item in value]
     return value
+
+
+class Snapshot:
+    """Objects of the payload bucket read once, answering `get_object` as S3 does: references
+    resolve with it (`resolve(value, client=snapshot)`) once the bucket is gone (an emulation)."""
+
+    def __init__(self, bucket: str, objects: dict[str, bytes]) -> None:
+        self.bucket = bucket
+        self.objects = objects
+
+    @classmethod
+    def read(cls, bucket: str, prefix: str, *, client: Any = None) -> Snapshot:
+        """Every object of `bucket` under `prefix` (a run's: `payloads/<run id>`)."""
+        client = client or _s3()
+        objects: dict[str, bytes] = {}
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for found in page.get("Contents", []):
+                objects[found["Key"]] = client.get_object(Bucket=bucket, Key=found["Key"])["Body"].read()
+        return cls(bucket, objects)
+
+    def get_object(self, *, Bucket: str, Key: str) -> dict[str, Any]:
+        """`{"Body": ...}` of the object at `Key` (S3's own argument names)."""
+        import io
+
+        if Bucket != self.bucket or Key not in self.objects:
+            raise KeyError(f"s3://{Bucket}/{Key} is not in the snapshot")
+        return {"Body": io.BytesIO(self.objects[Key])}
 
 
 def _contains_reference(value: Any) -> bool:

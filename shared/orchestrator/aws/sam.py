@@ -4,9 +4,9 @@
 tables, the bucket, the HTTP API, the triggers, the log groups). `build_template` adds what
 the pipelines decide: a state machine per pipeline (named `<stack>-<pipeline id>`), an
 EventBridge Scheduler schedule per `triggers.schedule` entry, the trigger functions'
-`ORCHESTRATOR_STATE_MACHINES` map, and the task functions' `MemorySize`/`Timeout` raised to
-what the pipelines' `resource_limits` ask for. Everything here is pure: the caller
-(`aws.build`) reads and writes the files.
+`ORCHESTRATOR_STATE_MACHINES` map, and a variant of a task function for each size the tasks'
+`resource_limits` and timeouts ask for (`aws.functions`: which function runs which task).
+Everything here is pure: the caller (`aws.build`) reads and writes the files.
 
 CloudFormation's short-form tags (`!Ref`, `!GetAtt`, `!Sub`, `!If`, ...) are kept as small
 classes, so the written `template.yaml` reads like a hand-written one and a test can inspect
@@ -25,27 +25,28 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+from orchestrator.aws.functions import (
+    FunctionSize,
+    FunctionVariant,
+    function_variants,
+    generated_task_sizes,
+    named_functions,
+    placeholder,
+)
 from orchestrator.errors import OrchestratorError
 from orchestrator.plan import Plan
-from orchestrator.spec.models import DynamicTaskGroup, Pipeline, ResourceLimits, Schedule, TaskBase
+from orchestrator.spec.models import Pipeline, Schedule
 
-# Functions the state machines call, by logical id; `${<id>Arn}` is their ASL placeholder.
+# Functions every state machine may call, by logical id; `${<id>Arn}` is their ASL placeholder.
+# (Variants of the task functions, `aws.functions`, are added for the machines that call them.)
 SUBSTITUTED_FUNCTIONS = ("PythonTaskFunction", "LlmTaskFunction", "WebSearchTaskFunction", "DispatchFunction")
-# The function that runs each task type (a dynamic group's generated tasks run on dispatch).
-FUNCTION_OF_TYPE = {
-    "python_task": "PythonTaskFunction",
-    "llm_task": "LlmTaskFunction",
-    "web_search_task": "WebSearchTaskFunction",
-    "dynamic_task_group": "DispatchFunction",
-}
 # Functions that start executions; they get `ORCHESTRATOR_STATE_MACHINES` (pipeline id -> ARN).
 TRIGGER_FUNCTIONS = ("ApiFunction", "UploadTriggerFunction", "ScheduleTriggerFunction")
 STATE_MACHINES_VARIABLE = "ORCHESTRATOR_STATE_MACHINES"
@@ -58,12 +59,6 @@ SCHEDULER_ROLE = "SchedulerRole"
 STATE_MACHINE_LOG_GROUP = "StateMachineLogGroup"
 STATE_MACHINE_LOGGING_POLICY = "StateMachineLoggingPolicy"
 LOG_LEVEL_PARAMETER = "StateMachineLogLevel"
-
-LAMBDA_MIN_MEMORY_MB = 128
-LAMBDA_MAX_MEMORY_MB = 10240
-LAMBDA_MAX_TIMEOUT_S = 900
-MB_PER_VCPU = 1769  # Lambda allocates one full vCPU at 1,769 MB
-TIMEOUT_MARGIN_S = 5  # the runtime's own timeout reports a clean TaskTimeout before Lambda's kills it
 
 _TOP_LEVEL_ORDER = (
     "AWSTemplateFormatVersion",
@@ -272,91 +267,21 @@ def schedule_id(pipeline_id: str, index: int) -> str:
     return f"{pascal_case(pipeline_id)}Schedule{index + 1}"
 
 
-# -- resource limits -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FunctionSize:
-    """What a function needs: the largest memory and timeout over the tasks it runs."""
-
-    memory_mb: int | None = None
-    timeout_s: int | None = None
-
-    def widen(self, other: FunctionSize) -> FunctionSize:
-        return FunctionSize(
-            _larger(self.memory_mb, other.memory_mb), _larger(self.timeout_s, other.timeout_s)
-        )
-
-
-def _larger(first: int | None, second: int | None) -> int | None:
-    if first is None:
-        return second
-    return first if second is None else max(first, second)
-
-
-def task_size(task: TaskBase, pipeline: Pipeline) -> FunctionSize:
-    """Lambda memory and timeout for one task: its own `resource_limits` over the pipeline's.
-
-    Memory is the larger of `memory_limit` and `cpu_limit` x 1,769 MB (Lambda gives CPU in
-    proportion to memory); the timeout is the task's own (`timeout`, `resource_limits.timeout`),
-    else the pipeline's, plus a small margin. Both are clamped to what Lambda allows.
-    """
-    own = task.resource_limits or ResourceLimits()
-    shared = pipeline.resource_limits
-    memory_bytes = own.memory_bytes() if own.memory_limit is not None else shared.memory_bytes()
-    cpus = own.cpu_limit if own.cpu_limit is not None else shared.cpu_limit
-    memory: int | None = None
-    if memory_bytes is not None:
-        memory = math.ceil(memory_bytes / 1024**2)
-    if cpus is not None:
-        memory = _larger(memory, math.ceil(cpus * MB_PER_VCPU))
-    seconds = task.timeout if task.timeout is not None else own.timeout
-    if seconds is None:
-        seconds = shared.timeout
-    timeout = None if seconds is None else math.ceil(seconds) + TIMEOUT_MARGIN_S
-    return FunctionSize(
-        None if memory is None else min(max(memory, LAMBDA_MIN_MEMORY_MB), LAMBDA_MAX_MEMORY_MB),
-        None if timeout is None else min(timeout, LAMBDA_MAX_TIMEOUT_S),
-    )
-
-
-def _every_task(tasks: Sequence[Any]) -> Iterator[TaskBase]:
-    """Every task of a list, nested bodies and fallbacks included (a dynamic group's specs are
-    not tasks yet: they run on the dispatch function within the group's own limits)."""
-    for task in tasks:
-        if not isinstance(task, TaskBase):
-            continue
-        yield task
-        nested = getattr(task, "tasks", None)
-        if isinstance(nested, list) and not isinstance(task, DynamicTaskGroup):
-            yield from _every_task(nested)
-        if task.error_handling is not None and task.error_handling.fallback is not None:
-            yield from _every_task([task.error_handling.fallback])
-
-
-def function_sizes(plans: Sequence[Plan]) -> dict[str, FunctionSize]:
-    """What each task function needs over every task it runs in every pipeline."""
-    sizes: dict[str, FunctionSize] = {}
-    for plan in plans:
-        pipeline: Pipeline = plan.pipeline
-        for task in _every_task(pipeline.tasks):
-            function = FUNCTION_OF_TYPE.get(str(getattr(task, "type", "")))
-            if function is not None:
-                sizes[function] = sizes.get(function, FunctionSize()).widen(task_size(task, pipeline))
-    return sizes
-
-
 # -- generated resources ---------------------------------------------------------------------
 
 
 def state_machine(
-    pipeline_id: str, workflow_type: str, definition: Mapping[str, Any] | None
+    pipeline_id: str,
+    workflow_type: str,
+    definition: Mapping[str, Any] | None,
+    variants: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """A pipeline's `AWS::Serverless::StateMachine`, invoking only the functions its ASL names."""
+    """A pipeline's `AWS::Serverless::StateMachine`, invoking only the functions its ASL names
+    (without a definition: every base function and every one of `variants`)."""
     text = json.dumps(definition) if definition is not None else None
-    invoked = [
-        function for function in SUBSTITUTED_FUNCTIONS if text is None or "${" + function + "Arn}" in text
-    ]
+    named = named_functions(text) if text is not None else set(SUBSTITUTED_FUNCTIONS) | set(variants)
+    substituted = [*SUBSTITUTED_FUNCTIONS, *(variant for variant in variants if variant in named)]
+    invoked = [function for function in substituted if function in named]
     policies: list[Any] = [{"LambdaInvokePolicy": {"FunctionName": Ref(function)}} for function in invoked]
     policies.append(Ref(STATE_MACHINE_LOGGING_POLICY))
     return {
@@ -366,7 +291,7 @@ def state_machine(
             "Type": workflow_type,
             "DefinitionUri": f"statemachine/{pipeline_id}.asl.json",
             "DefinitionSubstitutions": {
-                f"{function}Arn": GetAtt(f"{function}.Arn") for function in SUBSTITUTED_FUNCTIONS
+                f"{function}Arn": GetAtt(f"{function}.Arn") for function in substituted
             },
             "Logging": {
                 "Destinations": [
@@ -405,16 +330,50 @@ def schedule(pipeline_id: str, entry: Schedule) -> dict[str, Any]:
 
 
 def _size_functions(resources: dict[str, Any], sizes: Mapping[str, FunctionSize]) -> None:
-    """Raise (never lower) each function's hand-written MemorySize/Timeout to what its tasks need."""
+    """Raise (never lower) base functions' hand-written MemorySize/Timeout (for generated tasks)."""
     for function, size in sizes.items():
-        resource = resources.get(function)
-        if not isinstance(resource, dict):
-            raise TemplateError(f"the base template has no {function}")
-        properties = resource.setdefault("Properties", {})
+        properties = _function_properties(resources, function)
         for key, needed in (("MemorySize", size.memory_mb), ("Timeout", size.timeout_s)):
             current = properties.get(key)
             if needed is not None and (not isinstance(current, int) or needed > current):
                 properties[key] = needed
+
+
+def _function_properties(resources: dict[str, Any], function: str) -> dict[str, Any]:
+    resource = resources.get(function)
+    if not isinstance(resource, dict) or resource.get("Type") != "AWS::Serverless::Function":
+        raise TemplateError(f"the base template has no function {function}")
+    properties: dict[str, Any] = resource.setdefault("Properties", {})
+    return properties
+
+
+def function_variant(resources: Mapping[str, Any], variant: FunctionVariant) -> dict[str, Any]:
+    """A variant of a base function: a copy of it (code, layer, environment, everything) with its
+    own `MemorySize`/`Timeout`, under the base function's role (SAM's `<base>Role`, unless the
+    base names a `Role` of its own) and without its events."""
+    base = _function_properties(dict(resources), variant.base)
+    properties = copy.deepcopy(base)
+    properties.pop("Events", None)
+    if "Role" not in properties:
+        properties.pop("Policies", None)
+        properties["Role"] = GetAtt(f"{variant.base}Role.Arn")
+    size = variant.size
+    if size.memory_mb is not None:
+        properties["MemorySize"] = size.memory_mb
+    if size.timeout_s is not None:
+        properties["Timeout"] = size.timeout_s
+    asked = ", ".join(
+        part
+        for part in (
+            None if size.memory_mb is None else f"{size.memory_mb} MB",
+            None if size.timeout_s is None else f"{size.timeout_s} s",
+        )
+        if part
+    )
+    described = str(properties.get("Description") or variant.base).rstrip(".")
+    properties["Description"] = f"{described} ({asked}), for the tasks whose limits need it."
+    resource = {key: value for key, value in resources[variant.base].items() if key != "Properties"}
+    return {**copy.deepcopy(resource), "Properties": properties}
 
 
 def state_machines_variable(pipeline_ids: Sequence[str]) -> Sub:
@@ -447,6 +406,25 @@ def _add(section: dict[str, Any], logical_id: str, entry: Any) -> None:
     section[logical_id] = entry
 
 
+def _check_functions(pipeline_id: str, definition: Mapping[str, Any], resources: Mapping[str, Any]) -> None:
+    """Every function a definition names is one the template defines."""
+    missing = sorted(named_functions(json.dumps(definition)) - set(resources))
+    if missing:
+        names = ", ".join(placeholder(function) for function in missing)
+        raise TemplateError(f"the state machine of {pipeline_id} calls {names}, which the template lacks")
+
+
+def _add_after(section: dict[str, Any], after: str, logical_id: str, entry: Any) -> None:
+    """`_add`, placing the entry right after `after` (the template reads base, then variants)."""
+    _add(section, logical_id, entry)
+    keys = list(section)
+    keys.remove(logical_id)
+    keys.insert(keys.index(after) + 1, logical_id)
+    reordered = {key: section[key] for key in keys}
+    section.clear()
+    section.update(reordered)
+
+
 def build_template(
     base: Mapping[str, Any],
     plans: Sequence[Plan],
@@ -460,21 +438,28 @@ def build_template(
         The hand-written template (`infra/template.base.yaml`, loaded with `load_template`).
         It is not modified.
     plans:
-        One plan per deployed pipeline, each becoming `<PipelineId>StateMachine`.
+        One plan per deployed pipeline, each becoming `<PipelineId>StateMachine`; the function
+        variants their tasks need are added (`aws.functions`).
     definitions:
         Compiled ASL by pipeline id, to grant each state machine only the functions it
-        calls; a pipeline without one may invoke all four.
+        calls; a pipeline without one may invoke all of them.
     """
     template = copy.deepcopy(dict(base))
     resources: dict[str, Any] = template.setdefault("Resources", {})
     outputs: dict[str, Any] = template.setdefault("Outputs", {})
-    _size_functions(resources, function_sizes(plans))
+    _size_functions(resources, generated_task_sizes(plans))
+    variants = function_variants(plans)
+    for logical_id, variant in reversed(variants.items()):  # each variant after its base, in order
+        _add_after(resources, variant.base, logical_id, function_variant(resources, variant))
     _add_state_machines_variable(resources, state_machines_variable([plan.pipeline_id for plan in plans]))
     for plan in sorted(plans, key=lambda plan: plan.pipeline_id):
         pipeline: Pipeline = plan.pipeline
         machine = state_machine_id(plan.pipeline_id)
         definition = None if definitions is None else definitions.get(plan.pipeline_id)
-        _add(resources, machine, state_machine(plan.pipeline_id, pipeline.workflow_type, definition))
+        if definition is not None:
+            _check_functions(plan.pipeline_id, definition, resources)
+        resource = state_machine(plan.pipeline_id, pipeline.workflow_type, definition, list(variants))
+        _add(resources, machine, resource)
         for index, entry in enumerate(pipeline.triggers.schedule):
             _add(resources, schedule_id(plan.pipeline_id, index), schedule(plan.pipeline_id, entry))
         _add(outputs, f"{machine}Arn", {"Description": pipeline.name, "Value": Ref(machine)})

@@ -63,7 +63,12 @@ def run_plan_on_stepfunctions(plan: Plan, inputs: dict[str, Any], options: RunOp
         account=options.settings.home / EMULATED_ACCOUNT,
     )
     document = document_from_execution(
-        plan, run_id, execution["status"], execution["output"], execution["history"]
+        plan,
+        run_id,
+        execution["status"],
+        execution["output"],
+        execution["history"],
+        payloads=execution["payloads"],
     )
     if document["status"] != RunStatus.FAILED:
         document["result"] = ((execution["output"] or {}).get("result") or {}).get("value")

@@ -18,13 +18,14 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator.aws.deployed import event_location
-from orchestrator.aws.events import DispatchError, TaskEvent, task_failure
-from orchestrator.aws.payloads import offload
+from orchestrator.aws.events import DispatchError, DispatchEvent, TaskEvent, task_failure
+from orchestrator.aws.payloads import is_reference, offload, resolve
 from orchestrator.aws.task_scope import PreparedTask, prepare_task
 from orchestrator.errors import TaskError
 from orchestrator.runtime.documents import ErrorInfo, TaskOutcome
 from orchestrator.runtime.leaf import LEAF_TYPES, Services, run_leaf
 from orchestrator.runtime.policy import effective_policy, task_timeout
+from orchestrator.runtime.sandbox import SANDBOX_GRACE, limits_for, run_sandboxed
 from orchestrator.runtime.task import PipelineAborted, TaskRun, attempt_leaf, carry_task, timeout_error
 from orchestrator.runtime.task_streams import task_streams
 from orchestrator.sealing.base import Sealer
@@ -49,8 +50,9 @@ def default_services(settings: Settings) -> Services:
         return services
 
 
-def _with_timeout(work: Callable[[], Any], timeout: float | None, name: str) -> Any:
-    """Run `work`, failing with the engine's `TaskTimeout` if it outlives the task's timeout."""
+def _with_timeout(work: Callable[[], Any], timeout: float | None, name: str, grace: float = 0.0) -> Any:
+    """Run `work`, failing with the engine's `TaskTimeout` if it outlives the task's timeout
+    (`grace` more seconds, for work that stops itself at the timeout: a sandboxed attempt)."""
     if timeout is None:
         return work()
     result: list[Any] = []
@@ -64,7 +66,7 @@ def _with_timeout(work: Callable[[], Any], timeout: float | None, name: str) -> 
 
     thread = threading.Thread(target=target, name=f"task-{name}", daemon=True)
     thread.start()
-    thread.join(timeout)
+    thread.join(timeout + grace)
     if thread.is_alive():
         raise timeout_error(name, timeout)
     if failure:
@@ -74,13 +76,28 @@ def _with_timeout(work: Callable[[], Any], timeout: float | None, name: str) -> 
 
 def _attempt(task: TaskBase, prepared: PreparedTask, services: Services) -> Any:
     """One attempt of a leaf task (the located one, or its fallback) under the located task's
-    name, within its timeout (`runtime.task.attempt_leaf`)."""
+    name, within its timeout (`runtime.task.attempt_leaf`).
+
+    A task with a `memory_limit` or `cpu_limit` (its own or its pipeline's) runs in the
+    sandbox's child process, as on the embedded engine: the same address-space limit, CPU
+    affinity and kill at its timeout, so a breach fails with the same `MemoryLimitExceeded` or
+    `TaskTimeout`. The Lambda function it runs on is sized for it (`aws.functions`): its memory
+    is the backstop, never the limit."""
     name = prepared.location.name
     if not isinstance(task, LEAF_TYPES):
         raise DispatchError(f"task '{name}' is a {type(task).__name__}, not a leaf task")
-    leaf = functools.partial(run_leaf, task, name, prepared.scope, prepared.run, services, prepared.inputs)
+    pipeline = prepared.location.plan.pipeline
+    limits = limits_for(task, pipeline)
+    scope, run, inputs = prepared.scope, prepared.run, prepared.inputs
+    leaf: Callable[[], Any]
+    if limits is not None:
+        backend = pipeline.state_management.storage_backend
+        leaf = functools.partial(run_sandboxed, task, name, scope, run, backend, inputs, limits)
+    else:
+        leaf = functools.partial(run_leaf, task, name, scope, run, services, inputs)
+    grace = SANDBOX_GRACE if limits is not None else 0.0
     with task_streams():
-        return _with_timeout(lambda: attempt_leaf(leaf, name), task_timeout(task), name)
+        return _with_timeout(lambda: attempt_leaf(leaf, name), task_timeout(task), name, grace)
 
 
 def _carry_generated(run: TaskRun, prepared: PreparedTask, services: Services) -> TaskOutcome:
@@ -113,7 +130,13 @@ def run_task_event(
     Its cache entry is read first, as `runtime.task.TaskRun.start` does for the engine (its
     condition was decided before the state machine called this); a fallback task has no cache
     entry (as on the engine). A failed attempt raises a `TaskFailure` named after its error type.
+
+    The output goes into the execution state in S3 when above the call's inline limit
+    (`task_scope.limit_of`, `payloads.offload`), a cached one too.
     """
+    if is_reference(event.spec):
+        # a generated task's spec may have travelled as a reference to S3 (the `expand` action)
+        event = event.model_copy(update={"spec": resolve(event.spec)})
     location = event_location(event, event.task)
     settings = lambda_settings()
     pipeline = location.plan.pipeline
@@ -122,7 +145,8 @@ def run_task_event(
     redactor = prepared.run.redactor
     if event.spec is not None:
         # a generated task sees the outputs of the tasks generated before it, as on the engine
-        prepared.scope.outputs.update(generated_outputs(stores, prepared.run.run_id, event.task).value or {})
+        earlier = generated_outputs(stores, prepared.run.run_id, event.task).value or {}
+        prepared.scope.outputs.update(resolve(earlier))
     services = services or default_services(settings)
     run = TaskRun(
         location.task,
@@ -138,22 +162,52 @@ def run_task_event(
         redactor=redactor,
     )
     bucket = aws_settings().payload_bucket
+
+    def kept(value: Any) -> Any:
+        return offload(value, prepared.run.run_id, location.name, bucket, limit=prepared.inline_limit)
+
     if event.spec is not None:
         outcome = _carry_generated(run, prepared, services)
-        record_generated_output(stores, prepared.run.run_id, event.task, location.name, outcome.output)
-        output = offload(outcome.output, prepared.run.run_id, location.name, bucket)
+        output = kept(outcome.output)
+        # (as it travels: the tasks after it resolve it, as they resolve outputs in the state)
+        record_generated_output(stores, prepared.run.run_id, event.task, location.name, output)
         return {"status": outcome.status.value, "output": output}
     try:
         if not location.fallback:
             early = run.start(check_condition=False)
             if early is not None:
-                return {"status": early.status.value, "output": early.output}
+                return _advanced(
+                    event, {"status": early.status.value, "output": kept(early.output)}, stores, sealer
+                )
         output = _attempt(location.task, prepared, services)
     except TaskError as error:
         raise task_failure(error, redactor) from None
     if not location.fallback:
         run.succeeded(output, 1)
-    return {"status": "succeeded", "output": offload(output, prepared.run.run_id, location.name, bucket)}
+    return _advanced(event, {"status": "succeeded", "output": kept(output)}, stores, sealer)
+
+
+def _advanced(
+    event: TaskEvent, record: dict[str, Any], stores: Stores, sealer: Sealer | None
+) -> dict[str, Any]:
+    """The task's record, with the step of the while_loop it ends (`event.advance`) taken by the
+    dispatch function's own `while` action, its output as the iteration's last."""
+    if event.advance is None:
+        return record
+    from orchestrator.aws.dispatch import dispatch  # (the dispatch function's; imported when used)
+
+    step = DispatchEvent(
+        pipeline=event.pipeline,
+        task=event.advance.task,
+        action="while",
+        inputs=event.inputs,
+        run=event.run,
+        tasks=event.advance.tasks,
+        loop=event.loop,
+        last=record["output"],
+        state_budget=event.state_budget,
+    )
+    return {**record, "advance": dispatch(step, stores, sealer=sealer)}
 
 
 GENERATED_TTL = 7 * 24 * 3600

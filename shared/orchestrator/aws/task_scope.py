@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.aws.deployed import TaskLocation
+from orchestrator.aws.deployed import TaskLocation, load_plan, plan_of_file
 from orchestrator.aws.events import EventBase, LoopModel, TaskEvent
-from orchestrator.aws.payloads import resolve
+from orchestrator.aws.payloads import LIMIT, resolve
+from orchestrator.aws.state_budget import STATE_BUDGET, inline_limit, state_records
 from orchestrator.plan import Plan
 from orchestrator.runtime.context import RunInfo
 from orchestrator.runtime.loops import for_iteration, while_scope
@@ -65,6 +66,7 @@ class PreparedTask:
     run: RunInfo
     scope: Scope
     top: Scope
+    inline_limit: int = LIMIT  # the bytes a value this call puts into the state may take there
 
 
 def _run_id(event: EventBase) -> str:
@@ -92,10 +94,26 @@ def _child_outputs(plan: Plan, outputs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _loop_scope(top: Scope, loop: LoopModel, container: TaskBase | None) -> Scope:
+    """The iteration's scope; its item or state may have travelled as a reference to S3."""
     item_variable = container.item_variable if isinstance(container, ForLoop) else loop.item_variable
     if isinstance(container, WhileLoop) or item_variable is None:
-        return while_scope(top, loop.index, dict(loop.state or {}))
-    return for_iteration(top, item_variable, loop.index, loop.item)
+        return while_scope(top, loop.index, dict(resolve(loop.state) or {}))
+    return for_iteration(top, item_variable, loop.index, resolve(loop.item))
+
+
+def limit_of(event: EventBase, plan: Plan) -> int:
+    """The bytes a value this call puts into the state may take there (`state_budget`): the
+    run's own limit inside a loop's iterations, else the budget shared by the records of the
+    run's pipeline (the top one: a child pipeline's tasks share its state)."""
+    if event.run.inline_limit is not None:
+        return event.run.inline_limit
+    root = plan
+    if event.run.pipeline != event.pipeline:
+        try:
+            root = load_plan(event.run.pipeline)
+        except Exception:  # not deployed beside it: its own plan is the best guess
+            root = plan
+    return inline_limit(event.state_budget or STATE_BUDGET, state_records(root, plan_of_file))
 
 
 def prepare_task(
@@ -109,7 +127,8 @@ def prepare_task(
 ) -> PreparedTask:
     """Build the scope exactly as the engine's `top_scope` and loop iterations do."""
     plan = location.plan
-    inputs, sealed = open_inputs(event.pipeline, event.inputs, sealer)
+    # a child pipeline's inputs may have travelled as references to S3 (`payloads.offload_members`)
+    inputs, sealed = open_inputs(event.pipeline, resolve(event.inputs), sealer)
     redactor = _redactor(plan, inputs, sealed)
     # a leaf that reads by computed name is passed every task: it sees those it waits for
     only = location.visible if isinstance(event, TaskEvent) and event.spec is None else None
@@ -137,4 +156,4 @@ def prepare_task(
             top.outputs[name] = value
         elif not drop_loop_outputs:
             scope.outputs[name] = value
-    return PreparedTask(location, inputs, run, scope, top)
+    return PreparedTask(location, inputs, run, scope, top, limit_of(event, plan))

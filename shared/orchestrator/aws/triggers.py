@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from orchestrator.aws.clients import aws_client
 from orchestrator.aws.deployed import UnknownPipelineError, load_plan
 from orchestrator.aws.payloads import resolve
+from orchestrator.aws.state_records import task_records
 from orchestrator.aws.task_scope import visible_outputs
 from orchestrator.errors import InputError, OrchestratorError
 from orchestrator.sealing.inputs import default_sealer, seal_inputs
@@ -458,9 +459,10 @@ def _run_view(run_id: str, pipeline_id: str, described: Mapping[str, Any]) -> di
     except json.JSONDecodeError:
         output = None
     if isinstance(output, dict) and isinstance(output.get("tasks"), dict):
-        records = _flatten_records(output["tasks"])
+        tasks = task_records(output["tasks"])
+        records = _flatten_records(tasks)
         view["tasks"] = {name: record.get("status") for name, record in records.items()}
-        view["outputs"] = visible_outputs(output["tasks"], {})
+        view["outputs"] = visible_outputs(tasks, {})
         view["result"] = resolve((output.get("result") or {}).get("value"))
         if status == "succeeded" and "failed" in view["tasks"].values():
             view["status"] = "degraded"

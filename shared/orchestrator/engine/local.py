@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from orchestrator.engine.sandbox import Limits, limits_for, run_sandboxed
 from orchestrator.engine.threads import DaemonThreadPool, shared_pool
 from orchestrator.errors import OrchestratorError, PipelineValidationError, TaskError
 from orchestrator.plan import Body, Node, Plan, build_plan, plan_tasks
@@ -53,6 +52,7 @@ from orchestrator.runtime.pipelines import (
 )
 from orchestrator.runtime.policy import ErrorPolicy, effective_policy, task_timeout
 from orchestrator.runtime.redact import MASK, Redactor
+from orchestrator.runtime.sandbox import SANDBOX_GRACE, Limits, limits_for, run_sandboxed
 from orchestrator.runtime.scope import Scope
 from orchestrator.runtime.task import PipelineAborted, TaskRun, attempt_leaf, carry_task, timeout_error
 from orchestrator.runtime.task_streams import task_streams
@@ -67,8 +67,6 @@ from orchestrator.spec.models import (
     WhileLoop,
 )
 from orchestrator.stores.base import Stores
-
-SANDBOX_GRACE = 5.0
 
 
 class Observer(Protocol):

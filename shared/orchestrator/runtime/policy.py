@@ -59,3 +59,14 @@ def task_timeout(task: TaskBase) -> float | None:
     if task.resource_limits is not None:
         return task.resource_limits.timeout
     return None
+
+
+def memory_and_cpus(task: TaskBase, pipeline: Pipeline) -> tuple[int | None, float | None]:
+    """A task's `memory_limit` (in bytes) and `cpu_limit`, each its own `resource_limits`' over the
+    pipeline's: what the sandbox holds it to on either engine (`runtime.sandbox.limits_for`), and
+    what its Lambda function is sized for on AWS (`aws.functions`)."""
+    own = task.resource_limits
+    shared = pipeline.resource_limits
+    memory = own.memory_bytes() if own is not None and own.memory_limit is not None else shared.memory_bytes()
+    cpus = own.cpu_limit if own is not None and own.cpu_limit is not None else shared.cpu_limit
+    return memory, cpus

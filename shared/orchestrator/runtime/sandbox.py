@@ -1,14 +1,18 @@
 """Run one attempt of a leaf task in a child process with a memory limit, CPU affinity and a wall-clock kill.
 
-SPEC section 10: locally, `memory_limit` is an address-space limit (RLIMIT_AS), `cpu_limit`
-is CPU affinity where the platform has it, and a timeout kills the child. The parent sends
-one JSON request on the child's stdin (the task, a JSON copy of its scope, run ids and
-limits) and reads one JSON reply from its stdout. The child opens the same stores as the
-parent (`open_stores(load_settings(), backend)`), so state, caches and the audit log are
-shared. Secrets the task reads come back in the reply so the parent can redact them.
+SPEC section 10: `memory_limit` is an address-space limit (RLIMIT_AS), `cpu_limit` is CPU
+affinity where the platform has it, and a timeout kills the child. Both engines run a limited
+task here, so a breach is the same error everywhere: the embedded engine for its attempts, and
+on AWS the task function (`aws.task_function`) inside a Lambda function sized for the task
+(`aws.functions`), whose own memory is only the backstop. The parent sends one JSON request on
+the child's stdin (the task, a JSON copy of its scope, run ids and limits) and reads one JSON
+reply from its stdout. The child opens the same stores as the parent (`open_stores` with the
+same settings), on first use, so state, caches and the audit log are shared and a script that
+touches none of them does not pay for them under its limit. Secrets the task reads come back in
+the reply so the parent can redact them.
 
 The child is started with `subprocess.Popen` (never fork: the parent has threads). Its own
-side is `main()`, run as `python -m orchestrator.engine.sandbox`; it sets its limits before
+side is `main()`, run as `python -m orchestrator.runtime.sandbox`; it sets its limits before
 importing anything heavy. This module's top level therefore imports only light modules.
 """
 
@@ -24,6 +28,8 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -34,9 +40,14 @@ from orchestrator.runtime.redact import Redactor
 if TYPE_CHECKING:
     from orchestrator.runtime.context import RunInfo
     from orchestrator.runtime.scope import Scope
+    from orchestrator.settings import Settings
     from orchestrator.spec.models import Pipeline, TaskBase
+    from orchestrator.stores.base import Stores
 
-CHILD_MODULE = "orchestrator.engine.sandbox"
+CHILD_MODULE = "orchestrator.runtime.sandbox"
+SANDBOX_GRACE = 5.0
+"""Seconds a driver waits past a sandboxed attempt's timeout before giving up on it: the child is
+killed at its own deadline, so this wait is only a backstop."""
 STDERR_TAIL_LINES = 20
 _PARENT_POLL_SECONDS = 0.5
 _WATCHER_STACK_BYTES = 256 * 1024
@@ -57,14 +68,9 @@ def limits_for(task: TaskBase, pipeline: Pipeline) -> Limits | None:
     pipeline's timeout bounds the whole run, not each task). None when the task has no memory or cpu
     limit, so it stays in process. (A task with only `timeout` stays in process: the engine already
     enforces timeouts in process.)"""
-    from orchestrator.runtime.policy import task_timeout
+    from orchestrator.runtime.policy import memory_and_cpus, task_timeout
 
-    own = task.resource_limits
-    shared = pipeline.resource_limits
-    memory = own.memory_bytes() if own is not None and own.memory_limit is not None else None
-    if memory is None:
-        memory = shared.memory_bytes()
-    cpus = own.cpu_limit if own is not None and own.cpu_limit is not None else shared.cpu_limit
+    memory, cpus = memory_and_cpus(task, pipeline)
     if memory is None and cpus is None:
         return None
     return Limits(memory_bytes=memory, cpus=cpus, timeout=task_timeout(task))
@@ -214,8 +220,24 @@ def _known_secrets(redactor: Redactor) -> list[str]:
         return sorted(redactor._secrets)
 
 
+_ENVIRONMENT_HOOKS: list[Callable[[dict[str, str]], None]] = []
+
+
+@contextmanager
+def child_environment_hook(hook: Callable[[dict[str, str]], None]) -> Iterator[None]:
+    """Within: `hook` may change each sandboxed child's environment (a copy of this process's)
+    just before the child starts. The emulator's way to give a child the address of the
+    emulated AWS services, which its in-process mock does not reach (`aws.emulator`)."""
+    _ENVIRONMENT_HOOKS.append(hook)
+    try:
+        yield
+    finally:
+        _ENVIRONMENT_HOOKS.remove(hook)
+
+
 def _child_environment() -> dict[str, str]:
-    """The parent's environment, with this package importable however the parent found it."""
+    """The parent's environment, with this package importable however the parent found it (and
+    what the hooks add: `child_environment_hook`)."""
     import orchestrator
 
     environment = dict(os.environ)
@@ -223,6 +245,8 @@ def _child_environment() -> dict[str, str]:
     paths = environment.get("PYTHONPATH", "").split(os.pathsep)
     if root not in paths:
         environment["PYTHONPATH"] = os.pathsep.join(p for p in (root, *paths) if p)
+    for hook in tuple(_ENVIRONMENT_HOOKS):
+        hook(environment)
     return environment
 
 
@@ -337,26 +361,58 @@ def _exit_with_parent(parent: int) -> None:
         threading.stack_size(0)
 
 
+class _StoreOnUse:
+    """One of the child's stores: all of them are opened the first time the script uses one."""
+
+    def __init__(self, opened: Callable[[], Stores], name: str) -> None:
+        self._opened = opened
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(getattr(self._opened(), self._name), attribute)
+
+
+def _stores_on_use(settings: Settings, backend: str) -> Stores:
+    """The parent's stores, opened on first use: a script that reads no state, cache or secret
+    does not load their clients (boto3 on AWS) under its address-space limit."""
+    from orchestrator.stores.base import Stores
+    from orchestrator.stores.factory import open_stores
+
+    lock = threading.Lock()
+    opened: list[Stores] = []
+
+    def open_once() -> Stores:
+        with lock:
+            if not opened:
+                opened.append(open_stores(settings, backend))
+            return opened[0]
+
+    on_use: dict[str, Any] = {
+        item.name: _StoreOnUse(open_once, item.name) for item in dataclasses.fields(Stores)
+    }
+    return Stores(**on_use)
+
+
 def _serve(request: dict[str, Any], redactor: _CollectingRedactor) -> dict[str, Any]:
     """Rebuild the task's world, run it, and describe the outcome."""
     from orchestrator.runtime.context import RunInfo, StateConflictError
     from orchestrator.runtime.leaf import Services, run_leaf
     from orchestrator.runtime.scope import LoopFrame, Scope
-    from orchestrator.settings import load_settings
+    from orchestrator.runtime.task_streams import task_streams
+    from orchestrator.settings import lambda_settings
     from orchestrator.spec.models import TASK_TYPES
-    from orchestrator.stores.factory import open_stores
     from orchestrator.template.jinja import GLOBALS
 
     try:
         spec = request["task"]
         task = TASK_TYPES[spec["type"]].model_validate(spec)
-        settings = load_settings()
+        settings = lambda_settings()  # its parent's: the state folder in /tmp on Lambda too
         info = request["run"]
         run = RunInfo(
             run_id=info["run_id"],
             pipeline_id=info["pipeline_id"],
             user_id=info["user_id"],
-            stores=open_stores(settings, request["backend"]),
+            stores=_stores_on_use(settings, request["backend"]),
             redactor=redactor,
             persistence=info["persistence"],
             state_ttl=info["state_ttl"],
@@ -369,7 +425,8 @@ def _serve(request: dict[str, Any], redactor: _CollectingRedactor) -> dict[str, 
         scope = Scope(request["values"], outer, loop=LoopFrame(**frame) if frame is not None else None)
         services = Services(settings)
         try:
-            output = run_leaf(task, request["name"], scope, run, services, request["inputs"])
+            with task_streams():  # what the script prints becomes `[task] ...` lines, as in process
+                output = run_leaf(task, request["name"], scope, run, services, request["inputs"])
         finally:
             services.close()
         return {"ok": True, "output": output}
@@ -385,7 +442,8 @@ def _serve(request: dict[str, Any], redactor: _CollectingRedactor) -> dict[str, 
     except MemoryError:
         return {"ok": False, "type": "MemoryError", "message": "out of memory"}
     except BaseException as error:  # SystemExit from a script, a bug: reported, not a silent crash
-        traceback.print_exc()
+        if not isinstance(error, SystemExit):  # the script's own exit is its error, not a crash
+            traceback.print_exc()
         message = str(error) or type(error).__name__
         return {"ok": False, "type": type(error).__name__, "message": message}
 
