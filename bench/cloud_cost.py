@@ -340,8 +340,10 @@ What is counted, from each execution's history:
   attempt of a leaf task that ran. This is **the fewest possible: one Lambda call per executed
   leaf task**, which no orchestration can go below.
 - **Dispatch calls** are the rest: the dispatch function evaluating what ASL cannot, by
-  `action`: `condition` (a templated condition), `items` (an `iterate_over` list), `while`
-  (a `while_loop`'s start and each step), `expand` (a `dynamic_task_group`'s specs), `render`
+  `action`: `condition` (a templated condition), `items` (an `iterate_over` list that is not
+  the pipeline's own array input), `while` (a `while_loop`'s start, unless its condition reads
+  only the loop's variables, and each step, unless the body ends with a leaf task, whose
+  function then takes it), `expand` (a `dynamic_task_group`'s specs), `render`
   (a `fallback_value`), `child_inputs` (a child pipeline's inputs) and `outputs` (the pipeline's
   `outputs` section, rendered once at the end). They are the Lambda overhead of the compiled
   state machine.
@@ -360,6 +362,15 @@ reads the clock, and they follow the compiler: regenerate this page when `asl.py
 Not measured: {skipped_pipelines}.
 
 {chr(10).join(table)}
+
+Where the transitions above the minimum go: every one is a decision or a join the run needs.
+A `Choice` per condition the state machine decides (and a `Pass` writing the record of a task it
+skips), a `while_loop`'s check before each iteration, a `Parallel` state per step of tasks that
+run side by side (and a `Pass` gathering a branch of more than one task), a `Map` per loop, a
+dynamic group's route to its generated task's function, and the one-branch `Parallel` that holds
+a loop's own states so that its `Retry` and `Catch` cover all of them. Before issue 12 (commit
+292cb5c) the bundled pipelines took 126 transitions and 73 Lambda calls for the same 60 leaf
+calls (2.10× and 1.22×), with every top-level task run one after another.
 """
     if notes:
         text += "\n" + "\n".join(notes) + "\n"

@@ -263,3 +263,14 @@ def test_no_state_without_work_in_a_plain_chain() -> None:
     """Cost: a chain of tasks with default policies is exactly one state per task."""
     states = every_state(compile_definition(PIPELINES / "shared_state.yaml"))
     assert all(state["Type"] == "Task" for state in states.values())
+
+
+def test_a_loop_over_the_pipelines_array_input_reads_it_in_place_and_counts_it() -> None:
+    # GIVEN batch_processing: a for_loop of leaf tasks over its `items` input
+    states = every_state(compile_definition(PIPELINES / "batch_processing.yaml"))
+    loop = states["process_batch"]
+    # THEN no dispatch call gives the items: the Map reads the input, and each iteration is
+    # told their number, by which its functions divide their share of the state
+    assert loop["Type"] == "Map" and loop["ItemsPath"] == "$.inputs.items"
+    assert loop["ItemSelector"]["loop"]["count.$"] == "States.ArrayLength($.inputs.items)"
+    assert "process_batch.items" not in states

@@ -673,17 +673,35 @@ def _items_source(node: Node, task: ForLoop, scope: Scope) -> tuple[str, dict[st
     if isinstance(source, list):
         name = scope.state_name(node.name, "items")
         return name, {name: {"Type": "Pass", "Result": {"value": source}, "ResultPath": items_path}}
-    # Anything else may be a mapping, whose [key, value] pairs ASL cannot make, or an output (or
-    # a child's input) kept in S3: the dispatch function gives the items, by the runtime's
-    # `loop_items`, as the embedded engine does. It also counts them, and gives the run the
-    # iterations get, whose inline limit is divided by their number (`state_budget`): even an
-    # array input goes through it.
+    # The pipeline's own array input is read where it lies, when nothing in the body divides
+    # the iterations' share of the state again (leaf tasks only) and no loop is around it: each
+    # iteration is told the count (`States.ArrayLength`), and its functions divide their share
+    # by it (`task_scope.limit_of`), as `items` would have. Anything else may be a mapping,
+    # whose [key, value] pairs ASL cannot make, or an output (or a child's input) kept in S3:
+    # the dispatch function gives the items, by the runtime's `loop_items`, as the embedded
+    # engine does; it also counts them, and gives the iterations a run whose inline limit is
+    # divided by their number (`state_budget`).
+    if _array_input_in_place(node, task, scope):
+        return f"$.inputs.{jinja.single_expression(str(source))}", {}
     name = scope.state_name(node.name, "items")
     state = _invoke("dispatch", _payload(node, scope, scope.pipeline_id, action="items"))
     state["ResultSelector"] = {"value.$": "$.Payload.items", "run.$": "$.Payload.run"}
     state["ResultPath"] = items_path
     state["Retry"] = [dict(_retry(node, scope)[0])]
     return name, {name: state}
+
+
+def _array_input_in_place(node: Node, task: ForLoop, scope: Scope) -> bool:
+    """Whether a for_loop iterates over one of the pipeline's own (not sensitive) array inputs,
+    outside any loop, with a body of leaf tasks only: the Map then reads it where it lies."""
+    expression = jinja.single_expression(task.iterate_over) if isinstance(task.iterate_over, str) else None
+    declared = scope.pipeline.input_variables
+    if expression is None or not expression.isidentifier() or expression not in declared:
+        return False
+    top_level = scope.inputs_path == "$.inputs" and scope.loop_path is None
+    leaves = node.body is not None and all(n.kind in LEAF_KINDS for n in node.body.nodes.values())
+    in_place = scope.path_of(expression) == f"$.inputs.{expression}"  # not a task, not sensitive
+    return top_level and leaves and in_place and declared[expression].type == "array"
 
 
 def _for_loop(node: Node, task: ForLoop, scope: Scope, pipeline_id: str) -> dict[str, Any]:
@@ -735,6 +753,7 @@ def _for_loop(node: Node, task: ForLoop, scope: Scope, pipeline_id: str) -> dict
             state["ItemSelector"]["run.$"] = f"$.items.{node.name}.run"
         return _preceded(first_name, first_state, scope.state_name(node.name, "run"), state)
     state["ItemsPath"] = items_path
+    state["ItemSelector"]["loop"]["count.$"] = f"States.ArrayLength({items_path})"
     return state
 
 

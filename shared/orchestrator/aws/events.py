@@ -65,6 +65,9 @@ class LoopModel(BaseModel):
     index: int = 0
     state: dict[str, Any] | None = None
     item_variable: str | None = None
+    # the number of iterations, when the state machine counts them itself (a for_loop over an
+    # array input, read in place): the iterations divide their share of the state by it
+    count: int | None = None
 
 
 class EventBase(BaseModel):

@@ -14,7 +14,7 @@ from typing import Any
 from orchestrator.aws.deployed import TaskLocation, load_plan, plan_of_file
 from orchestrator.aws.events import EventBase, LoopModel, TaskEvent
 from orchestrator.aws.payloads import LIMIT, resolve
-from orchestrator.aws.state_budget import STATE_BUDGET, inline_limit, state_records
+from orchestrator.aws.state_budget import STATE_BUDGET, divided, inline_limit, state_records
 from orchestrator.plan import Plan
 from orchestrator.runtime.context import RunInfo
 from orchestrator.runtime.loops import for_iteration, while_scope
@@ -113,7 +113,11 @@ def limit_of(event: EventBase, plan: Plan) -> int:
             root = load_plan(event.run.pipeline)
         except Exception:  # not deployed beside it: its own plan is the best guess
             root = plan
-    return inline_limit(event.state_budget or STATE_BUDGET, state_records(root, plan_of_file))
+    limit = inline_limit(event.state_budget or STATE_BUDGET, state_records(root, plan_of_file))
+    if event.loop is not None and event.loop.count is not None:
+        # an iteration of a loop the state machine counted itself (`asl._array_input_in_place`)
+        return divided(limit, event.loop.count)
+    return limit
 
 
 def prepare_task(
