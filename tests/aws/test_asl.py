@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -56,7 +57,17 @@ def test_statelint_accepts_every_definition(compiled: dict[str, Path]) -> None:
     assert statelint, "statelint is a development dependency: pip install -e '.[dev]'"
     for path in compiled.values():
         result = subprocess.run([statelint, str(path)], capture_output=True, text=True, check=False)
-        assert result.returncode == 0 and not result.stdout.strip(), f"{path.name}: {result.stdout}"
+        lines = result.stdout.splitlines()  # "N errors:", then one line each
+        problems = [line for line in lines[1:] if not STATELINT_OUT_OF_DATE.search(line)]
+        assert (result.returncode == 0 and not lines) or (lines and not problems), (
+            f"{path.name}: {result.stdout}"
+        )
+
+
+STATELINT_OUT_OF_DATE = re.compile(r'Field "InputType" not allowed in .*\.ItemReader\.ReaderConfig$')
+"""statelint (3.1) knows only `MaxItems` in an ItemReader's ReaderConfig, while AWS requires
+`InputType` (`JSON` for a JSON array read with `s3:getObject`, as a distributed for_loop's
+items are; AWS's own examples write `"InputType": "CSV"`). asl-validator accepts it."""
 
 
 def test_asl_validator_accepts_every_definition(compiled: dict[str, Path]) -> None:
@@ -268,7 +279,8 @@ def test_no_state_without_work_in_a_plain_chain() -> None:
 def test_a_loop_over_the_pipelines_array_input_reads_it_in_place_and_counts_it() -> None:
     # GIVEN batch_processing: a for_loop of leaf tasks over its `items` input
     states = every_state(compile_definition(PIPELINES / "batch_processing.yaml"))
-    loop = states["process_batch"]
+    # (the inline Map, behind a Choice that takes a Distributed Map for too many items: issue 12)
+    loop = states["process_batch.run"]
     # THEN no dispatch call gives the items: the Map reads the input, and each iteration is
     # told their number, by which its functions divide their share of the state
     assert loop["Type"] == "Map" and loop["ItemsPath"] == "$.inputs.items"

@@ -123,6 +123,8 @@ def test_the_deployed_stack_runs_a_pipeline(monkeypatch: pytest.MonkeyPatch) -> 
         for logical_id in LOGICAL_IDS.values():  # moto does not apply DefinitionSubstitutions
             arn = boto3.client("lambda").get_function(FunctionName=physical[logical_id])["Configuration"]
             definition = definition.replace("${" + logical_id + "Arn}", arn["FunctionArn"])
+        # (where a Distributed Map would read its items and write its results: issue 12)
+        definition = definition.replace("${PayloadBucket}", physical["PayloadBucket"])
         assert "${" not in definition
         machine = boto3.client("stepfunctions").create_state_machine(
             name="demo-from-stack", definition=definition, roleArn=created.roleArn

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conftest import CliResult
+from conftest import CliResult, every_state
 from orchestrator.aws import emulator
 from orchestrator.aws.emulator import _Invoker, _load_handler, _one_request_at_a_time, run_execution
 from orchestrator.aws.execution import HistoryProgress, document_from_execution, last_known_tasks
@@ -325,16 +325,6 @@ class Recorder:
         return {name: outcome for kind, name, outcome in self.heard if kind == "finished" and outcome}
 
 
-def _states(definition: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every state of a definition, at any depth, by name."""
-    found: dict[str, dict[str, Any]] = {}
-    for name, state in definition["States"].items():
-        found[name] = state
-        for branch in state.get("Branches", []):
-            found |= _states(branch)
-    return found
-
-
 def hand_written_parallel(plan: Plan, branches: list[str], after: str) -> dict[str, Any]:
     """`plan`'s tasks as the compiler's states for them, with `branches` in the branches of a
     Parallel state named `.parallel1` whose branches output the whole branch state (each its
@@ -342,7 +332,7 @@ def hand_written_parallel(plan: Plan, branches: list[str], after: str) -> dict[s
     `after`, reading them there."""
     from orchestrator.aws.asl import compile_pipeline
 
-    compiled = _states(compile_pipeline(plan))
+    compiled = every_state(compile_pipeline(plan))
 
     def alone(name: str) -> dict[str, Any]:
         state = {k: v for k, v in compiled[name].items() if k not in {"OutputPath", "Next", "End"}}

@@ -70,6 +70,18 @@ tasks:
       - name: unknown
         type: python_task
         script: return 1
+  - name: heavy
+    type: for_loop
+    iterate_over: "{{ rows }}"
+    tasks:
+      - name: spin
+        type: while_loop
+        condition: "{{ loop_index < 10 }}"
+        max_iterations: 4000
+        tasks:
+          - name: turn
+            type: python_task
+            script: return {}
 """
 
 
@@ -78,12 +90,14 @@ def test_compile_warns_at_each_loop_that_may_pass_the_quota(write_pipeline: Writ
     result = cli("compile", path)
     assert result.code == 0
     warnings = result.stderr.splitlines()
-    # a for_loop over 5,000 rendered items and a while_loop of up to 4,000 iterations: located,
-    # with the estimate and how it is made, the quota and what to do
-    assert warnings[0].startswith(f"{path}:6:5: warning: for_loop 'each' records about ")
-    assert "(5,000 items x about 7 each)" in warnings[0] and f"{QUOTA:,}" in warnings[0]
-    assert "in batches" in warnings[0] and warnings[0].endswith("(tasks[0])")
-    assert warnings[1].startswith(f"{path}:13:5: warning: while_loop 'poll' records about ")
-    assert "(4,000 iterations at most x about" in warnings[1] and "max_iterations" in warnings[1]
+    # a while_loop of up to 4,000 iterations: located, with the estimate and how it is made,
+    # the quota and what to do
+    assert warnings[0].startswith(f"{path}:13:5: warning: while_loop 'poll' records about ")
+    assert "(4,000 iterations at most x about" in warnings[0] and f"{QUOTA:,}" in warnings[0]
+    assert "max_iterations" in warnings[0] and warnings[0].endswith("(tasks[1])")
+    # a for_loop runs as a Distributed Map when its iterations could pass the quota (issue 12):
+    # its 5,000 items are not warned about, one iteration that alone records too many is
+    assert warnings[1].startswith(f"{path}:35:5: warning: for_loop 'heavy' runs as a Distributed Map")
+    assert "one iteration records about" in warnings[1] and "child execution" in warnings[1]
     # three items, and items only an input can tell, are not warned about
     assert len(warnings) == 2

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from conftest import CliResult
+from conftest import CliResult, every_state
 from orchestrator.aws.asl import compile_pipeline
 from orchestrator.plan import build_plan
 from orchestrator.spec.loading import read_pipeline
@@ -62,26 +61,13 @@ tasks:
 """
 
 
-def _every_state(definition: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each state of a machine and of its branches and item processors, by name."""
-    found: dict[str, dict[str, Any]] = {}
-    for name, state in definition["States"].items():
-        found[name] = state
-        for branch in state.get("Branches", []):
-            found |= _every_state(branch)
-        for key in ("ItemProcessor", "Iterator"):
-            if key in state:
-                found |= _every_state(state[key])
-    return found
-
-
 def test_tasks_named_like_the_compilers_states_keep_their_own(tmp_path: Path) -> None:
     # GIVEN tasks named after every role the compiler gives its own states
     path = tmp_path / "role_names.yaml"
     path.write_text(WHILE_WITH_ROLE_NAMES, encoding="utf-8")
 
     # WHEN it compiles
-    states = _every_state(compile_pipeline(build_plan(read_pipeline(path))))
+    states = every_state(compile_pipeline(build_plan(read_pipeline(path))))
 
     # THEN each task is a Lambda call under its own name, beside the loop's own states
     for name in ("loop/start", "loop/check", "loop/advance", "loop/done"):

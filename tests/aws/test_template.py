@@ -36,6 +36,7 @@ from orchestrator.aws.functions import (
     task_size,
 )
 from orchestrator.aws.sam import (
+    PAYLOAD_BUCKET_NAME,
     STATE_MACHINES_VARIABLE,
     SUBSTITUTED_FUNCTIONS,
     TRIGGER_FUNCTIONS,
@@ -266,10 +267,19 @@ def test_one_state_machine_per_pipeline(template: dict[str, Any]) -> None:
         assert (REPO / properties["DefinitionUri"]).is_file()
         definition = (REPO / properties["DefinitionUri"]).read_text(encoding="utf-8")
         named = named_functions(definition)
-        # every base function, and the variants the definition calls
-        assert properties["DefinitionSubstitutions"] == {
+        # every base function, and the variants the definition calls; the payload bucket where a
+        # Distributed Map reads its items and writes its results (issue 12)
+        substitutions = {
             f"{function}Arn": GetAtt(f"{function}.Arn") for function in {*SUBSTITUTED_FUNCTIONS, *named}
         }
+        if "${PayloadBucket}" in definition:
+            substitutions["PayloadBucket"] = PAYLOAD_BUCKET_NAME  # (named: a !Ref would be a cycle)
+        assert properties["DefinitionSubstitutions"] == substitutions
+        # a Distributed Map's child executions are started by the state machine itself
+        own = [
+            policy for policy in properties["Policies"] if isinstance(policy, dict) and "Statement" in policy
+        ]
+        assert bool(own) == ('"DISTRIBUTED"' in definition)
         assert properties["Tracing"] == {"Enabled": True}
         (destination,) = properties["Logging"]["Destinations"]
         assert destination["CloudWatchLogsLogGroup"]["LogGroupArn"].target.split(".")[0] in log_groups
@@ -280,6 +290,11 @@ def test_one_state_machine_per_pipeline(template: dict[str, Any]) -> None:
         }
         assert invoked == named
         assert f"{state_machine_id(source.pipeline_id)}Arn" in template["Outputs"]
+
+
+def test_state_machines_name_the_payload_bucket_as_the_functions_do(template: dict[str, Any]) -> None:
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["ORCHESTRATOR_PAYLOAD_BUCKET"] == PAYLOAD_BUCKET_NAME
 
 
 def test_trigger_functions_know_every_state_machine(template: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ every finished task's record lies (`Scope.records`) and passes Lambdas the recor
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import math
@@ -83,6 +84,9 @@ class Scope:
     prefix: str = ""
     inputs_path: str = "$.inputs"
     loop_path: str | None = None
+    # the loop around this one, as its body's Lambdas are given it (`loop_reference`): a
+    # nested loop's iterations see the outer loops' variables too, as on the engine
+    outer_loop: str | dict[str, Any] | None = None
     item_variable: str | None = None
     # a task that has finished (of this body or an outer one), or a finished group's child ->
     # its record's JSONPath; only these may be read
@@ -97,6 +101,9 @@ class Scope:
     children: dict[Path, ChildSource] = field(default_factory=dict)
     # the keys of the parallel steps' records so far; one set for the whole definition
     step_keys: set[str] = field(default_factory=set)
+    # these states run in a Distributed Map's child execution, whose history the run's document
+    # never reads: a task degraded there says so itself (`_fallback_value_state`)
+    child_execution: bool = False
 
     def state_name(self, *parts: str) -> str:
         """The state of a task (`state_name(task)`), or one of the compiler's states around it
@@ -410,18 +417,38 @@ def _payload(
             payload["outputs"] = outputs
         if records:
             payload["tasks"] = records
-    if scope.loop_path is not None:
-        payload["loop.$"] = scope.loop_path
+    _give_loop(payload, "loop", loop_reference(scope))
     if extra.get("action", "leaf") in STATE_WRITING_CALLS:
         payload["state_budget"] = STATE_BUDGET  # the function keeps what it writes under its share
     payload.update(extra)
     return payload
 
 
-STATE_WRITING_CALLS = frozenset({"leaf", "render", "items", "expand", "child_inputs", "while"})
+STATE_WRITING_CALLS = frozenset({"leaf", "render", "items", "expand", "child_inputs", "while", "collect"})
 """The calls that put values into the state (a leaf task's or a fallback's output, and these
 dispatch actions): each keeps a value above its share of the state's budget in S3, and resolves
 the references it is given (`state_budget`, `payloads`). (The `outputs` action does too.)"""
+
+
+def loop_reference(scope: Scope) -> str | dict[str, Any] | None:
+    """The iteration a Lambda in this scope is given as `loop`: a for_loop's `$.loop` (which
+    holds the loops around it: `_for_loop`), or a while_loop's index and state, with the loop
+    around it as `outer`."""
+    if scope.loop_path is None:
+        return None
+    if scope.loop_path == "$.loop" or scope.outer_loop is None:
+        return scope.loop_path
+    own = {"index.$": f"{scope.loop_path}.index", "state.$": f"{scope.loop_path}.state"}
+    _give_loop(own, "outer", scope.outer_loop)
+    return own
+
+
+def _give_loop(parameters: dict[str, Any], key: str, reference: str | dict[str, Any] | None) -> None:
+    """Put a loop reference into Parameters: a path (`key.$`) or an object built from paths."""
+    if isinstance(reference, str):
+        parameters[f"{key}.$"] = reference
+    elif reference is not None:
+        parameters[key] = reference
 
 
 def _invoke(function: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -469,18 +496,25 @@ def _fallback_value_state(node: Node, scope: Scope, status: str, error_path: str
     dispatch function (`render`), as the engine does it (`runtime.leaf.fallback_output`): a
     JSONPath that finds nothing would fail the whole execution, where the engine gives null
     and notes why in the task's error.
+
+    In a Distributed Map's child execution, whose history the run document does not read, a
+    degraded task's state is always the dispatch call, told to note that the run is degraded
+    (`mark_degraded`: the loop's `collect` call then says so in the parent's history).
     """
     policy = effective_policy(node.task, scope.pipeline)
     value = policy.fallback_value
     parameters: dict[str, Any] = {"status": status, "error.$": error_path}
-    if _plain_parameter(value):
+    marks = status == "failed" and scope.child_execution
+    if _plain_parameter(value) and not marks:
         parameters["output"] = value
-    elif (path := _always_present_path(value, scope)) is not None:
+    elif not marks and (path := _always_present_path(value, scope)) is not None:
         parameters["output.$"] = path
     else:
         payload = _payload(node, scope, scope.pipeline_id, action="render", field="fallback_value")
         payload["error.$"] = error_path
         payload["status"] = status
+        if marks:
+            payload["mark_degraded"] = True
         state = _invoke("dispatch", payload)
         state["ResultSelector"] = {
             "status": status,
@@ -712,6 +746,7 @@ def _for_loop(node: Node, task: ForLoop, scope: Scope, pipeline_id: str) -> dict
         inputs_path="$.inputs",  # each iteration's state has the inputs there (_iteration_selector)
         loop_path="$.loop",
         item_variable=task.item_variable,
+        outer_loop=None,
     )
     body_names = list(node.body.nodes)
 
@@ -736,6 +771,7 @@ def _for_loop(node: Node, task: ForLoop, scope: Scope, pipeline_id: str) -> dict
         "ResultSelector": {"status": "succeeded", "output.$": "$"},
         "ResultPath": target(node.name),
     }
+    _give_loop(state["ItemSelector"]["loop"], "outer", loop_reference(scope))  # the loops around it
     source = task.iterate_over
     if isinstance(source, str) and source.startswith("s3://") and not jinja.is_template(source):
         bucket, _, key = source.removeprefix("s3://").partition("/")
@@ -745,6 +781,9 @@ def _for_loop(node: Node, task: ForLoop, scope: Scope, pipeline_id: str) -> dict
         }
         state["ItemProcessor"]["ProcessorConfig"] = {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
         return state
+    mode = _loop_mode(node)
+    if mode != "inline":  # its iterations may pass the history quota: child executions (issue 12)
+        return _distributed_loop(node, task, scope, inner, pipeline_id, state, mode == "runtime")
     items_path, before = _items_source(node, task, scope)
     if before:
         ((first_name, first_state),) = before.items()
@@ -807,11 +846,178 @@ def _first_branch(
     }
 
 
+# distributed for_loops (issue 12) ------------------------------------------------------------
+
+PAYLOAD_BUCKET = "${PayloadBucket}"
+"""The payload bucket's name in a definition: SAM substitutes it (`DefinitionSubstitutions`), as
+the emulator does."""
+MAP_RUN_RESULTS = "payloads/map-runs"
+"""Where a Distributed Map's ResultWriter puts its results (`<prefix>/<map run>/manifest.json`
+and the files it lists), under the prefix the bucket's lifecycle rule expires."""
+DISTRIBUTED = {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+
+
+def _loop_mode(node: Node) -> str:
+    """`history.loop_mode`: how a for_loop runs (history reads this module's helpers)."""
+    from orchestrator.aws.history import loop_mode
+
+    return loop_mode(node)
+
+
+def _distributed_loop(
+    node: Node,
+    task: ForLoop,
+    scope: Scope,
+    inner: Scope,
+    pipeline_id: str,
+    inline: dict[str, Any],
+    at_run_time: bool,
+) -> dict[str, Any]:
+    """A for_loop whose iterations may record more history events than its execution should
+    hold (`history.loop_mode`): a Distributed Map, each iteration a child execution with its
+    own history, in a one-branch Parallel (its Retry and Catch are the loop's).
+
+    Its results stay out of the state: the Map writes them to the payload bucket
+    (`ResultWriter`), and the dispatch function's `collect` action reads them and gives the
+    loop's output, a list in item order, as a reference to S3. An iteration never fails its
+    child execution: its body runs in a Parallel whose Catch outputs the error, and `collect`
+    raises the first (by index) with its own type and message, so the loop's Retry and Catch
+    see what an inline Map's would.
+
+    `at_run_time`: the count is known only at run time, and the inline Map (`inline`, as
+    `_for_loop` made it) is kept too, behind a Choice: at most `history.inline_iterations` run
+    inline. Items from the dispatch function (`items`, told that bound) are written to S3 when
+    they go to the Distributed Map, which reads them there (`ItemReader`); the pipeline's array
+    input is read in place, by both Maps, and the Choice looks for the item past the bound.
+    """
+    from orchestrator.aws.history import inline_iterations
+
+    assert node.body is not None
+    name = node.name
+    main_name = scope.state_name(name, "run")
+    distributed_name = scope.state_name(name, "distributed") if at_run_time else main_name
+    # the body's states, compiled again when both Maps are kept: state names are unique
+    child = replace(inner, prefix=distributed_name + "/", child_execution=True)
+    distributed: dict[str, Any] = {
+        "Type": "Map",
+        "MaxConcurrency": task.max_concurrency,
+        "ItemSelector": copy.deepcopy(inline["ItemSelector"]),
+        "ItemProcessor": {"ProcessorConfig": dict(DISTRIBUTED), **_child_iteration(node, child, pipeline_id)},
+        "ResultWriter": {
+            "Resource": "arn:aws:states:::s3:putObject",
+            "Parameters": {"Bucket": PAYLOAD_BUCKET, "Prefix": MAP_RUN_RESULTS},
+        },
+        "ResultSelector": {"Bucket.$": "$.ResultWriterDetails.Bucket", "Key.$": "$.ResultWriterDetails.Key"},
+        "ResultPath": "$.map_run",
+    }
+    collect_name = scope.state_name(name, "collect")
+    collect = _invoke("dispatch", _payload(node, scope, pipeline_id, action="collect"))
+    collect["Parameters"]["Payload"]["manifest.$"] = "$.map_run"
+    collect |= {
+        "ResultSelector": {"status": "succeeded", "output.$": "$.Payload.output"},
+        "ResultPath": "$.result",
+        "OutputPath": "$.result",
+        "Retry": [dict(_retry(node, scope)[0])],  # Lambda's own errors: an iteration's is the loop's
+        "End": True,
+    }
+    distributed["Next"] = collect_name
+    inline = {**inline, "End": True, "ResultPath": "$.result", "OutputPath": "$.result"}
+    states: dict[str, Any] = {distributed_name: distributed, collect_name: collect}
+    limit = inline_iterations(node) if at_run_time else -1  # (-1: not even no items run inline)
+    items_path, before = _items_source(node, task, scope)
+    route: dict[str, Any] | None = None
+    entry = distributed_name
+    if before:
+        ((first_name, first_state),) = before.items()
+        if first_state["Type"] == "Task":  # the dispatch function's items: it counts them
+            found = f"$.items.{name}"
+            first_state["Parameters"]["Payload"]["inline_up_to"] = limit
+            first_state["ResultSelector"] |= {
+                "distributed.$": "$.Payload.distributed",
+                "source.$": "$.Payload.source",
+            }
+            distributed["ItemReader"] = {
+                "Resource": "arn:aws:states:::s3:getObject",
+                "ReaderConfig": {"InputType": "JSON"},
+                "Parameters": {"Bucket.$": f"{found}.source.Bucket", "Key.$": f"{found}.source.Key"},
+            }
+            distributed["ItemSelector"]["run.$"] = f"{found}.run"
+            inline["ItemsPath"] = f"{found}.value"
+            inline["ItemSelector"]["run.$"] = f"{found}.run"
+            route = {"Variable": f"{found}.distributed", "BooleanEquals": True}
+        else:  # literal items: their count is known, and too many
+            distributed["ItemsPath"] = f"$.items.{name}.value"
+    else:  # the pipeline's own array input, read in place
+        distributed["ItemsPath"] = items_path
+        inline["ItemsPath"] = items_path
+        inline["ItemSelector"]["loop"]["count.$"] = f"States.ArrayLength({items_path})"
+        route = {"Variable": f"{items_path}[{limit}]", "IsPresent": True}
+    if at_run_time and route is not None:
+        entry = scope.state_name(name, "route")
+        states[entry] = {
+            "Type": "Choice",
+            "Choices": [{**route, "Next": distributed_name}],
+            "Default": main_name,
+        }
+        states[main_name] = inline
+    if before:
+        states = {first_name: {**first_state, "Next": entry}, **states}
+        entry = first_name
+    return _first_branch({"StartAt": entry, "States": states}, target(name))
+
+
+def _child_iteration(node: Node, child: Scope, pipeline_id: str) -> dict[str, Any]:
+    """The states of one iteration of a distributed for_loop (its child execution): the body in
+    a Parallel, then `{index, output}` (`output` is `{task: output}`, as an inline iteration's
+    result), or `{index, error}` with what the Parallel caught. The child never fails, so every
+    iteration's outcome is in the Map's results, however many failed."""
+    assert node.body is not None
+    body_names = list(node.body.nodes)
+
+    def collect(after: Scope) -> dict[str, Any]:
+        return {"Type": "Pass", "Parameters": {f"{n}.$": after.records[n] + ".output" for n in body_names}}
+
+    states, start, _after = _compile_body(node.body, child, pipeline_id, end_state=collect)
+    _collect_in_leaf(states, node.body, child)
+    iteration = child.state_name("", "iteration")
+    done = child.state_name("", "iteration_done")
+    failed = child.state_name("", "iteration_failed")
+    return {
+        "StartAt": iteration,
+        "States": {
+            iteration: {
+                "Type": "Parallel",
+                "Branches": [{"StartAt": start, "States": states}],
+                "ResultSelector": {"value.$": "$[0]"},
+                "ResultPath": "$.iteration",
+                "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.iteration_error", "Next": failed}],
+                "Next": done,
+            },
+            done: {
+                "Type": "Pass",
+                "Parameters": {"index.$": "$.loop.index", "output.$": "$.iteration.value"},
+                "End": True,
+            },
+            failed: {
+                "Type": "Pass",
+                "Parameters": {"index.$": "$.loop.index", "error.$": "$.iteration_error"},
+                "End": True,
+            },
+        },
+    }
+
+
 def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> dict[str, Any]:
     """Body + Choice back-edge; a dispatch call between iterations advances the loop and its state."""
     assert node.body is not None and node.body.nodes
     loop_path = f"$.loops.{node.name}"
-    inner = replace(scope, prefix=scope.state_name(node.name) + "/", loop_path=loop_path, item_variable=None)
+    inner = replace(
+        scope,
+        prefix=scope.state_name(node.name) + "/",
+        loop_path=loop_path,
+        item_variable=None,
+        outer_loop=loop_reference(scope),
+    )
     body_states, body_start, after = _compile_body(node.body, inner, pipeline_id)
     last = list(node.body.nodes)[-1]
     advance_selector = {
@@ -826,9 +1032,11 @@ def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> 
     done = inner.state_name("", "done")
     runs = first_iteration_runs(task)
     if runs is None:
-        start_state = _invoke(
-            "dispatch", _payload(node, scope, pipeline_id, action="while", loop={"index": 0, "state": {}})
-        )
+        start_payload = _payload(node, scope, pipeline_id, action="while")
+        start_payload.pop("loop.$", None)
+        start_payload["loop"] = {"index": 0, "state": {}}
+        _give_loop(start_payload["loop"], "outer", loop_reference(scope))
+        start_state = _invoke("dispatch", start_payload)
         start_state |= {"ResultSelector": advance_selector, "ResultPath": loop_path, "Next": check}
     else:  # known when compiling: no call, and straight on to the first iteration (or the end)
         start_state = {
@@ -838,7 +1046,9 @@ def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> 
             "Next": body_start if runs else done,
         }
     advance_payload = _payload(node, scope, pipeline_id, action="while")
-    advance_payload["loop.$"] = loop_path
+    advance_payload.pop("loop.$", None)
+    advance_payload.pop("loop", None)
+    _give_loop(advance_payload, "loop", loop_reference(inner))
     advance_payload["tasks"] = records_parameter(after)
     advance_payload["last.$"] = after.records[last] + ".output"
     advance_state = _invoke("dispatch", advance_payload)
@@ -1003,8 +1213,7 @@ def _limited_group(
     carried = ("run", "tasks", "errors", "items", "loops", "conditions")
     item_selector: dict[str, Any] = {f"{key}.$": f"$.{key}" for key in carried}
     item_selector["inputs.$"] = scope.inputs_path
-    if scope.loop_path is not None:
-        item_selector["loop.$"] = scope.loop_path
+    _give_loop(item_selector, "loop", loop_reference(scope))
     item_selector["branch.$"] = "$$.Map.Item.Value"
     main = {
         "Type": "Map",
@@ -1045,6 +1254,8 @@ def _dynamic_group(node: Node, task: DynamicTaskGroup, scope: Scope, pipeline_id
             "tasks.$": "$.tasks",
             "state_budget": STATE_BUDGET,
         }
+        if scope.child_execution:  # a degraded generated task notes it (`_fallback_value_state`)
+            payload["mark_degraded"] = True
         # the function carries the generated task's own error policy (known only once it is
         # generated) and answers its record; only Lambda's own errors are retried here. The
         # iteration's result is the output; a record answered `failed` (under
@@ -1187,6 +1398,7 @@ def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, 
             long_names=scope.long_names,
             children=scope.children,
             step_keys=scope.step_keys,
+            child_execution=scope.child_execution,
         )
         child_body = child_plan.body
 

@@ -57,6 +57,8 @@ class TaskLocation:
     node: Node | None
     # a task that reads by computed name: the names it may see (None: what it is passed)
     visible: frozenset[str] | None = None
+    # the loops around `loop`, outermost first: their iterations' variables are seen too
+    outer_loops: tuple[TaskBase, ...] = ()
 
 
 def _index_nodes(body: Body, found: dict[tuple[str | int, ...], Node]) -> None:
@@ -145,6 +147,7 @@ def locate_task(pipeline_id: str, reference: str, settings: AwsSettings | None =
         fallback=fallback,
         node=None if fallback else node,
         visible=_waited_for(loaded, owner_parts) if node is not None and node.computed_reads else None,
+        outer_loops=tuple(enclosing[:-1]),
     )
 
 
@@ -183,6 +186,9 @@ def _inline_location(around: TaskLocation, spec: dict[str, Any], name: str | Non
         raise TaskError("InvalidTaskSpec", message) from None
     (node,) = body.nodes.values()
     loop = around.task if isinstance(around.task, ForLoop | WhileLoop) else around.loop
+    outer = around.outer_loops
+    if loop is not around.loop and around.loop is not None:
+        outer = (*outer, around.loop)
     return TaskLocation(
         plan=around.plan,
         task=task,
@@ -191,6 +197,7 @@ def _inline_location(around: TaskLocation, spec: dict[str, Any], name: str | Non
         loop=loop,
         fallback=False,
         node=node,
+        outer_loops=outer,
     )
 
 

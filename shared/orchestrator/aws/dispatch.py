@@ -14,16 +14,16 @@ from typing import Any
 from pydantic import BaseModel
 
 from orchestrator.aws.deployed import event_location, pipeline_location, plan_of_file
-from orchestrator.aws.events import DispatchError, DispatchEvent, LoopModel, task_failure
+from orchestrator.aws.events import DispatchError, DispatchEvent, LoopModel, error_class, task_failure
 from orchestrator.aws.execution import error_from_catch
-from orchestrator.aws.payloads import offload, offload_members, resolve
+from orchestrator.aws.payloads import load, offload, offload_members, resolve, store
 from orchestrator.aws.state_budget import divided
 from orchestrator.aws.task_scope import PreparedTask, prepare_task
 from orchestrator.errors import TaskError
 from orchestrator.runtime.documents import ErrorInfo
 from orchestrator.runtime.generated import expand
 from orchestrator.runtime.leaf import render
-from orchestrator.runtime.loops import for_loop_items, while_iteration, while_state
+from orchestrator.runtime.loops import for_loop_items, for_loop_output, while_iteration, while_state
 from orchestrator.runtime.pipelines import child_failed, child_run, render_outputs
 from orchestrator.runtime.policy import effective_policy
 from orchestrator.runtime.task import condition_holds, failure_outcome
@@ -64,10 +64,35 @@ def _items(prepared: PreparedTask, event: DispatchEvent) -> list[Any] | dict[str
     items = list(prepared.run.redactor.value(for_loop_items(task, prepared.scope)))
     if event.state_budget is None:
         return items
-    limit = divided(prepared.inline_limit, len(items))
     name = f"{prepared.location.name}.item"
+    if event.inline_up_to is not None and len(items) > event.inline_up_to:
+        return _distributed_items(items, prepared, event, name)
+    limit = divided(prepared.inline_limit, len(items))
     kept = [_offloaded(item, prepared, name, limit) for item in items]
-    return {"items": kept, "run": _iterations_run(event, limit)}
+    answer: dict[str, Any] = {"items": kept, "run": _iterations_run(event, limit)}
+    if event.inline_up_to is not None:  # the state machine chooses the Map by `distributed`
+        answer |= {"distributed": False, "source": None}
+    return answer
+
+
+def _distributed_items(
+    items: list[Any], prepared: PreparedTask, event: DispatchEvent, name: str
+) -> dict[str, Any]:
+    """Items for a Distributed Map: each iteration is a child execution with a state of its own,
+    so an item may take the whole share of this call's values (the limit is not divided); the
+    list itself goes to S3 (`source`), where the Map reads it (`ItemReader`), whatever its
+    length. The iterations' run keeps the undivided limit."""
+    bucket = aws_settings().payload_bucket
+    if not bucket:
+        raise DispatchError("a distributed for_loop needs the payload bucket (ORCHESTRATOR_PAYLOAD_BUCKET)")
+    kept = [_offloaded(item, prepared, name, prepared.inline_limit) for item in items]
+    key = store(kept, prepared.run.run_id, f"{prepared.location.name}.items", bucket)
+    return {
+        "items": [],
+        "run": _iterations_run(event, prepared.inline_limit),
+        "distributed": True,
+        "source": {"Bucket": bucket, "Key": key},
+    }
 
 
 def _with_message(caught: Any, message: str) -> Any:
@@ -110,6 +135,8 @@ def _render(prepared: PreparedTask, event: DispatchEvent) -> dict[str, Any]:
             source.model_dump(mode="json") if isinstance(source, BaseModel) else source, prepared.scope
         )
     output = _offloaded(prepared.run.redactor.value(value), prepared, location.name)
+    if event.mark_degraded:
+        mark_degraded(prepared.run.stores, event.run.id)
     return {"status": event.status, "output": output, "error": error}
 
 
@@ -201,6 +228,62 @@ def _outputs(prepared: PreparedTask, event: DispatchEvent) -> Any:
     )
 
 
+def _collect(prepared: PreparedTask, event: DispatchEvent) -> dict[str, Any]:
+    """A distributed for_loop's output, from what its Distributed Map wrote (`manifest`: the
+    ResultWriter's manifest, as AWS writes it): every child execution's output is
+    `{index, output}` or `{index, error}` (`asl._child_iteration`). If any iteration failed,
+    the loop fails with the first one's error (by index), its type and message kept, as an
+    inline Map's failure would give it; else its output is the iterations' outputs in item
+    order (`runtime.loops.for_loop_output`), as a reference to S3. `degraded`: a task degraded
+    in some child execution of this run (`mark_degraded`)."""
+    if event.manifest is None:
+        raise DispatchError("'collect' needs the Distributed Map's 'manifest'")
+    bucket = str(event.manifest["Bucket"])
+    manifest = load(bucket, str(event.manifest["Key"]))
+    files = manifest.get("ResultFiles") or {}
+    outputs: dict[int, Any] = {}
+    failures: dict[int, Any] = {}
+    for status in ("SUCCEEDED", "FAILED"):
+        for written in files.get(status) or []:
+            for child in load(bucket, str(written["Key"])):
+                if child.get("Status") != "SUCCEEDED":  # the iteration's own Parallel failed
+                    raise error_class(str(child.get("Error") or "States.TaskFailed"))(
+                        prepared.run.redactor.text(str(child.get("Cause") or "an iteration failed"))
+                    )
+                result = json.loads(child["Output"])
+                if "error" in result:
+                    failures[int(result["index"])] = result["error"]
+                else:
+                    outputs[int(result["index"])] = result["output"]
+    if failures:
+        caught = failures[min(failures)]
+        failure = error_from_catch(caught)
+        assert failure is not None
+        error_type = str(caught.get("Error") or failure.type) if isinstance(caught, dict) else failure.type
+        raise task_failure(TaskError(error_type, failure.message), prepared.run.redactor)
+    output = for_loop_output(outputs)
+    kept = _offloaded(output, prepared, prepared.location.name, 0)  # a reference, unless tiny
+    return {"output": kept, "degraded": degraded_marked(prepared.run.stores, event.run.id)}
+
+
+DEGRADED_MARK = "degraded"
+DEGRADED_TTL = 7 * 24 * 3600
+
+
+def _marks(run_id: str) -> str:
+    return f"run:{run_id}:marks"
+
+
+def mark_degraded(stores: Stores, run_id: str) -> None:
+    """Note, in the run-scoped state, that a task of run `run_id` ended degraded where the run's
+    document cannot see it: in a distributed for_loop's child execution."""
+    stores.state.write(_marks(run_id), DEGRADED_MARK, True, ttl=DEGRADED_TTL)
+
+
+def degraded_marked(stores: Stores, run_id: str) -> bool:
+    return stores.state.read(_marks(run_id), DEGRADED_MARK).value is True
+
+
 _ACTIONS: dict[str, Callable[[PreparedTask, DispatchEvent], Any]] = {
     "condition": _condition,
     "items": _items,
@@ -209,6 +292,7 @@ _ACTIONS: dict[str, Callable[[PreparedTask, DispatchEvent], Any]] = {
     "expand": _expand,
     "child_failed": _child_failed,
     "outputs": _outputs,
+    "collect": _collect,
 }
 
 
@@ -220,6 +304,9 @@ def dispatch(event: DispatchEvent, stores: Stores | None = None, *, sealer: Seal
       `[key, value]` pairs); anything else fails with `InvalidLoopItems`. With `state_budget`:
       `{"items", "run"}`, the items (each in S3 above the iterations' inline limit: the call's
       divided by their number) and the run the iterations get (its `inline_limit` that one).
+      With `inline_up_to` (a for_loop that may run as a Distributed Map) also `distributed`:
+      true when there are more items than that, and then `items` is empty and `source`
+      (`{"Bucket", "Key"}`) holds them in S3, each in S3 above the undivided limit.
     - `render`: `{"status", "output", "error"}`: `field` rendered (`fallback_value` as the
       engine's `on_failure` does, or a dotted field of the task); `status` and `error` are
       passed through, so the result is the task's record.
@@ -233,6 +320,8 @@ def dispatch(event: DispatchEvent, stores: Stores | None = None, *, sealer: Seal
     - `child_failed`: `{"Error", "Cause"}` of the pipeline_group whose child number `child`
       failed in its task `failed_task` with the Catch result `error` (for a Fail state).
     - `outputs`: the pipeline's rendered `outputs` section (no `task` needed).
+    - `collect`: `{"output", "degraded"}` of a distributed for_loop, from the results its
+      Distributed Map wrote (`manifest`); an iteration's failure fails it (`_collect`).
 
     `while` is called once before the first iteration, without `last`, with `loop` =
     `{"index": 0, "state": {}}`; then after every iteration with `loop` = its previous
@@ -246,7 +335,8 @@ def dispatch(event: DispatchEvent, stores: Stores | None = None, *, sealer: Seal
     Every value returned is redacted, and a value put into the state is in S3 when above the
     call's inline limit (`task_scope.limit_of`, `payloads.offload`): a rendered field, the
     `outputs` section, a while_loop's `state`. References to S3 in what the call is given are
-    resolved first. A failure raises a `TaskFailure` named by its type.
+    resolved first. A failure raises a `TaskFailure` named by its type. With `mark_degraded`,
+    a `render` notes that the run is degraded (`mark_degraded`).
     """
     settings = lambda_settings()
     if event.action == "outputs":

@@ -45,9 +45,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from orchestrator.aws.asl import FUNCTION_PLACEHOLDERS, compile_pipeline
+from orchestrator.aws.asl import FUNCTION_PLACEHOLDERS, PAYLOAD_BUCKET, compile_pipeline
 from orchestrator.aws.emulated_account import kept_in
-from orchestrator.aws.moto_fixes import aws_json_paths
+from orchestrator.aws.moto_fixes import aws_json_paths, result_writer_files
 from orchestrator.errors import OrchestratorError
 from orchestrator.plan import Plan
 from orchestrator.runtime.sandbox import child_environment_hook
@@ -357,6 +357,7 @@ def emulated_aws(root: Path | None = None, account: Path | None = None) -> Itera
             _quiet("moto"),
             mock_aws(config={"stepfunctions": {"execute_state_machine": True}}),
             aws_json_paths(),
+            result_writer_files(),
         ):
             arns = _create_resources(root)
             tables = {logical_id: os.environ[variable] for logical_id, variable in TABLE_ENV.items()}
@@ -624,6 +625,9 @@ def _history_listener(listener: Callable[[dict[str, Any]], None] | None) -> Iter
 
     original = EventManager._publish_history_event
     failures: list[Exception] = []
+    # the executions' own histories: a Distributed Map's iterations (child executions, on AWS)
+    # are recorded by event managers of their own, in no history `GetExecutionHistory` gives
+    executions: set[int] = set()
 
     def publish(self: EventManager, *arguments: Any, **keywords: Any) -> None:
         original(self, *arguments, **keywords)
@@ -631,6 +635,10 @@ def _history_listener(listener: Callable[[dict[str, Any]], None] | None) -> Iter
             return
         event = dict(self._history_event_list[-1])
         event["type"] = str(getattr(event["type"], "value", event["type"]))
+        if event["type"] == "ExecutionStarted":
+            executions.add(id(self))
+        if id(self) not in executions:
+            return
         try:
             listener(event)
         except Exception as error:
@@ -701,7 +709,7 @@ def substitute(definition: dict[str, Any], arns: dict[str, str]) -> str:
     text = json.dumps(definition)
     for placeholder, arn in with_variants(text, arns).items():
         text = text.replace(placeholder, arn)
-    return text
+    return text.replace(PAYLOAD_BUCKET, BUCKET)  # where a Distributed Map writes its results
 
 
 def run_execution(

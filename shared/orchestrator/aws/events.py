@@ -68,6 +68,8 @@ class LoopModel(BaseModel):
     # the number of iterations, when the state machine counts them itself (a for_loop over an
     # array input, read in place): the iterations divide their share of the state by it
     count: int | None = None
+    # the iteration of the loop around this one, when loops nest: its variables are seen too
+    outer: LoopModel | None = None
 
 
 class EventBase(BaseModel):
@@ -85,6 +87,9 @@ class EventBase(BaseModel):
     # the compiler's budget for values in the state (`state_budget.STATE_BUDGET`), given to the
     # calls that put values into the state; `items` and `expand` then answer the iterations' run
     state_budget: int | None = None
+    # a call in a distributed for_loop's child execution, whose history the run document does
+    # not read: a task degraded there notes that the run is degraded (`dispatch.mark_degraded`)
+    mark_degraded: bool = False
 
 
 class AdvanceModel(BaseModel):
@@ -116,7 +121,15 @@ class DispatchEvent(EventBase):
     """Payload of the dispatch function: evaluate what ASL cannot (see `dispatch`)."""
 
     action: Literal[
-        "condition", "items", "render", "while", "expand", "child_inputs", "child_failed", "outputs"
+        "condition",
+        "items",
+        "render",
+        "while",
+        "expand",
+        "child_inputs",
+        "child_failed",
+        "outputs",
+        "collect",
     ]
     task: str | None = None
     field: str | None = None  # render
@@ -125,3 +138,6 @@ class DispatchEvent(EventBase):
     last: Any = None  # while: the last body task's output (absent before the first iteration)
     error: Any = None  # render (passed through), child_failed: a Catch result
     status: str | None = None  # render: the status to report, passed through
+    # items: the most iterations that run inline, more as a Distributed Map (-1: never inline)
+    inline_up_to: int | None = None
+    manifest: dict[str, Any] | None = None  # collect: where the Distributed Map wrote its results

@@ -170,7 +170,8 @@ def _entered_degraded_state(history: list[dict[str, Any]]) -> bool:
     """Whether a task failed under `continue_with_degraded_service` anywhere, the run document
     listing it or not (a loop body, a child pipeline, a generated task): each goes through a
     state of the role `asl.DEGRADED_ROLE`, or (a generated task, whose function carries its
-    policy) its task function answered a `failed` record."""
+    policy) its task function answered a `failed` record, or (in a distributed for_loop's
+    child execution) the loop's `collect` call answered `degraded`."""
     suffix = "." + DEGRADED_ROLE
     by_id = {event.get("id"): event for event in history}
     for event in history:
@@ -181,7 +182,22 @@ def _entered_degraded_state(history: list[dict[str, Any]]) -> bool:
             output = (event.get("taskSucceededEventDetails") or {}).get("output")
             if _answered_failed(output) and not _is_dispatch_call(event, by_id):
                 return True
+            if _answered_degraded(output):
+                return True
     return False
+
+
+def _answered_degraded(output: Any) -> bool:
+    """Whether a Lambda call's result says the run is degraded: the `collect` call of a
+    distributed for_loop, when a task was degraded in a child execution (whose history is
+    not this one)."""
+    if not isinstance(output, str) or '"degraded"' not in output:
+        return False
+    try:
+        payload = json.loads(output).get("Payload")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(payload, dict) and payload.get("degraded") is True
 
 
 def _answered_failed(output: Any) -> bool:

@@ -1,23 +1,35 @@
-"""How many history events a run of the compiled state machine records, estimated at compile time.
+"""How many history events a run of the compiled state machine records, estimated at compile time,
+and which for_loops therefore run as a Distributed Map.
 
 A Standard execution records at most 25,000 events; past that it fails, whatever the
 pipeline's error handling says. Loops are what get there: every iteration records the events
-of its body again. From what the compiler can know (a literal `iterate_over`, one that
-renders without any input or output, a while_loop's `max_iterations`), `history_warnings`
-estimates each loop's events and warns, at the loop, when it may pass the quota.
+of its body again. So a for_loop whose iterations may record more than `INLINE_EVENTS` runs as
+a Distributed Map (`loop_mode`): each iteration is a child execution with a history of its
+own, and the parent records the Map run's few events whatever the count. That bound also keeps
+an inline loop's records within what one execution state holds (`state_budget`: each record
+costs at least 2.5 events, so at most 1,000 of them). When the count is known when compiling
+(a literal `iterate_over`, one that renders without any input or output) the compiler decides;
+otherwise the state machine does, from the count the dispatch function's `items` action (or,
+for the pipeline's own array input, a Choice rule) finds at run time: at most
+`inline_iterations` iterations run inline.
+
+`history_warnings` warns, at a loop, when a run may still pass the quota: a while_loop whose
+`max_iterations` may, or one iteration of a for_loop alone (a child execution's history).
 
 The counts follow the states the compiler emits (see asl.py): a Lambda call records 5 events
 (state entered, scheduled, started, succeeded, state exited), a Pass or Choice state 2, a Map
 or Parallel state 4 (a body's parallel steps too, with a Pass gathering each branch of more
 than one task), and each Map iteration 2 more (its start and end), plus the Pass state that
-collects its outputs unless its body is one leaf task. Retries and failures add events; the
-estimate is for a run where every task succeeds at its first attempt.
+collects its outputs unless its body is one leaf task. A Distributed Map records 6 in its
+execution (entered, started, its Map run's start and end, succeeded, exited) and a call that
+collects its results. Retries and failures add events; the estimate is for a run where every
+task succeeds at its first attempt.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from orchestrator.aws.asl import LEAF_KINDS, ends_with_leaf, first_iteration_runs
 from orchestrator.aws.series_parallel import Parallel, Shape, decompose
@@ -28,16 +40,27 @@ from orchestrator.template import jinja
 
 QUOTA = 25_000
 """History events a Standard execution may record."""
+INLINE_EVENTS = 2_500
+"""The most events a for_loop's iterations may record in the execution they run in (an inline
+Map); a loop whose iterations may record more runs as a Distributed Map. A tenth of the quota:
+the rest is for the other tasks and retries, and an inline loop under it keeps its records
+under the 1,000 one state holds."""
 LAMBDA_CALL = 5
 PASS_OR_CHOICE = 2
 CONTAINER = 4
 ITERATION = 2  # iteration started and succeeded
+MAP_RUN = 6  # a Distributed Map in its execution: entered, started, map run started and ended, ...
+
+LoopMode = Literal["inline", "distributed", "runtime"]
+"""How a for_loop runs: as an inline Map, as a Distributed Map, or as either, chosen at run time
+from its count (at most `inline_iterations` inline)."""
 
 
 @dataclass(frozen=True)
 class Estimate:
     """Events of one run of a task (`events`); `known` is False when a loop's count of
-    iterations could not be known, and `events` then counts one iteration of it."""
+    iterations could not be known, and `events` then counts the most it records in this
+    execution (`node_events`)."""
 
     events: int
     known: bool = True
@@ -57,6 +80,31 @@ def iterations(task: ForLoop | WhileLoop) -> int | None:
         except (OrchestratorError, TypeError, ValueError):
             return None
     return len(items) if isinstance(items, list | tuple | dict) else None
+
+
+def reads_s3(task: ForLoop) -> bool:
+    """A for_loop over `s3://bucket/key.json`: a Distributed Map reading the list from S3."""
+    source = task.iterate_over
+    return isinstance(source, str) and source.startswith("s3://") and not jinja.is_template(source)
+
+
+def inline_iterations(node: Node) -> int:
+    """The most iterations of a for_loop that run inline: their events stay within
+    `INLINE_EVENTS` (0 when one iteration alone may record more)."""
+    return INLINE_EVENTS // max(1, per_iteration(node).events)
+
+
+def loop_mode(node: Node) -> LoopMode:
+    """How a for_loop runs on AWS (see the module's docstring)."""
+    task = node.task
+    assert isinstance(task, ForLoop)
+    if reads_s3(task):
+        return "distributed"
+    limit = inline_iterations(node)
+    count = iterations(task)
+    if count is not None:
+        return "distributed" if count > limit else "inline"
+    return "distributed" if limit == 0 else "runtime"
 
 
 def body_events(body: Body) -> Estimate:
@@ -90,17 +138,29 @@ def per_iteration(node: Node) -> Estimate:
     return inner + Estimate(ITERATION + (0 if one_leaf else PASS_OR_CHOICE))
 
 
+def child_events(node: Node) -> Estimate:
+    """Events of one iteration of a for_loop run as a Distributed Map, in its child execution:
+    the body, in a Parallel state that catches its failure, then a Pass with its output."""
+    return per_iteration(node) + Estimate(CONTAINER + PASS_OR_CHOICE)
+
+
 def node_events(node: Node) -> Estimate:
-    """Events of one run of a task, its condition's state included."""
+    """Events of one run of a task in the execution it runs in, its condition's state included.
+    A for_loop whose count is known only at run time counts the most it may record there."""
     task = node.task
     guard = Estimate(PASS_OR_CHOICE if task.condition is not None else 0)
     if isinstance(task, ForLoop):
         items = LAMBDA_CALL if isinstance(task.iterate_over, str) else 0
-        return (
-            guard
-            + Estimate(items + CONTAINER + PASS_OR_CHOICE)
-            + _times(per_iteration(node), iterations(task))
-        )
+        own = guard + Estimate(items + CONTAINER + PASS_OR_CHOICE)
+        mode = loop_mode(node)
+        distributed = Estimate(MAP_RUN + LAMBDA_CALL)  # the Map run, and the call collecting its results
+        if mode == "distributed":
+            return own + distributed
+        each = per_iteration(node)
+        if mode == "inline":
+            return own + _times(each, iterations(task))
+        most = max(inline_iterations(node) * each.events, distributed.events)
+        return own + Estimate(PASS_OR_CHOICE + most, known=False)  # the route, then either way
     if isinstance(task, WhileLoop):
         # a Parallel around the start (a Pass when it is known when compiling, else a call and
         # the first check), then the iterations
@@ -145,19 +205,26 @@ def history_warnings(plan: Plan) -> list[Diagnostic]:
 def _warn_loops(body: Body, plan: Plan, warnings: list[Diagnostic]) -> None:
     for node in body.nodes.values():
         task = node.task
-        count = iterations(task) if isinstance(task, ForLoop | WhileLoop) else None
-        estimate = node_events(node)
-        if count is not None and estimate.events > QUOTA:
-            each = per_iteration(node).events
-            if isinstance(task, ForLoop):
-                counted, fix = "items", "process the items in batches (each batch a child pipeline)"
-            else:
-                counted, fix = "iterations at most", "lower max_iterations, or loop in fewer states"
-            message = (
-                f"{node.kind} '{node.name}' records about {estimate.events:,} history events "
-                f"({count:,} {counted} x about {each} each); a Standard execution records at most "
-                f"{QUOTA:,} and then fails: {fix}"
-            )
+        message = None
+        if isinstance(task, ForLoop) and loop_mode(node) != "inline":
+            # its iterations may each run in a child execution: only one alone can pass the quota
+            each = child_events(node).events
+            if each > QUOTA:
+                message = (
+                    f"for_loop '{node.name}' runs as a Distributed Map, and one iteration records "
+                    f"about {each:,} history events in its child execution; a Standard execution "
+                    f"records at most {QUOTA:,} and then fails: loop in fewer states per iteration"
+                )
+        elif isinstance(task, WhileLoop):
+            estimate = node_events(node)
+            if estimate.events > QUOTA:
+                message = (
+                    f"{node.kind} '{node.name}' records about {estimate.events:,} history events "
+                    f"({task.max_iterations:,} iterations at most x about {per_iteration(node).events} "
+                    f"each); a Standard execution records at most {QUOTA:,} and then fails: lower "
+                    "max_iterations, or loop in fewer states"
+                )
+        if message is not None:
             warnings.append(plan.source.source.diagnostic(tuple(node.location), message, severity="warning"))
         elif node.body is not None:
             _warn_loops(node.body, plan, warnings)

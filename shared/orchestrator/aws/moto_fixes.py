@@ -6,6 +6,8 @@
   issue 7825), so a `ResultSelector` reading a Parallel's branch results field by field would
   see `["succeeded"]` where AWS sees `"succeeded"`. Paths with filters, wildcards or slices keep
   moto's reading.
+- **A Distributed Map's `ResultWriter`** writes its results to S3 as AWS does (moto writes an
+  empty manifest): `result_writer_files`.
 """
 
 from __future__ import annotations
@@ -52,3 +54,71 @@ def aws_json_paths() -> Iterator[None]:
     finally:
         for module, function in zip(modules, saved, strict=True):
             setattr(module, "extract_json", function)  # noqa: B010
+
+
+@contextmanager
+def result_writer_files() -> Iterator[None]:
+    """Inside: a Distributed Map's `ResultWriter` writes what AWS writes. moto writes only the
+    manifest, with no result files listed; AWS writes the child executions' results too, in
+    files per status (`<prefix>/<map run>/SUCCEEDED_0.json`, a JSON array of entries with each
+    execution's `Status` and its `Output` as JSON text), listed in the manifest with their
+    sizes. Each map run gets a folder of its own (moto finds the map run by taking the last one
+    started, which may be another Map's when two run at once). AWS promises no order in a result
+    file: the emulator writes the last iteration first, so nothing may rely on one."""
+    import datetime
+    import json
+    import uuid
+
+    from moto.stepfunctions.parser.asl.component.state.exec.state_map.result_writer.resource_eval import (
+        resource_eval_s3,
+    )
+
+    evaluator = resource_eval_s3.ResourceEvalS3
+
+    def put_object(env: Any, resource_runtime_part: Any, state_credentials: Any) -> None:
+        parameters = env.stack.pop()
+        results = env.stack.pop()
+        s3 = evaluator._get_s3_client(
+            resource_runtime_part=resource_runtime_part, state_credentials=state_credentials
+        )
+        runs = env.map_run_record_pool_manager.get_all()
+        map_run_arn = runs[-1].map_run_arn if runs else "arn:aws:states:::mapRun:emulated"
+        prefix = str(parameters.get("Prefix") or "")
+        folder = f"{prefix.rstrip('/')}/{uuid.uuid4()}" if prefix else str(uuid.uuid4())
+        now = datetime.datetime.now(datetime.UTC).isoformat()
+        files: dict[str, list[dict[str, Any]]] = {"FAILED": [], "PENDING": [], "SUCCEEDED": []}
+        entries: dict[str, list[dict[str, Any]]] = {"FAILED": [], "SUCCEEDED": []}
+        for index, output in reversed(list(enumerate(results or []))):
+            status = "FAILED" if output is None else "SUCCEEDED"  # (moto keeps no failed output)
+            entry: dict[str, Any] = {
+                "ExecutionArn": f"{map_run_arn}:{index}",
+                "InputDetails": {"Included": False},
+                "Name": str(index),
+                "RedriveCount": 0,
+                "RedriveStatus": "NOT_REDRIVABLE",
+                "StartDate": now,
+                "Status": status,
+                "StopDate": now,
+            }
+            if output is not None:
+                entry |= {"Output": json.dumps(output), "OutputDetails": {"Included": True}}
+            entries[status].append(entry)
+        for status, found in entries.items():
+            if found:
+                body = json.dumps(found).encode()
+                key = f"{folder}/{status}_0.json"
+                s3.put_object(Bucket=parameters["Bucket"], Key=key, Body=body)
+                files[status].append({"Key": key, "Size": len(body)})
+        manifest = {"DestinationBucket": parameters["Bucket"], "MapRunArn": map_run_arn, "ResultFiles": files}
+        key = f"{folder}/manifest.json"
+        s3.put_object(Bucket=parameters["Bucket"], Key=key, Body=json.dumps(manifest).encode())
+        env.stack.append(
+            {"MapRunArn": map_run_arn, "ResultWriterDetails": {"Bucket": parameters["Bucket"], "Key": key}}
+        )
+
+    saved = evaluator.__dict__["_handle_put_object"]
+    evaluator._handle_put_object = staticmethod(put_object)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        evaluator._handle_put_object = saved  # type: ignore[method-assign]

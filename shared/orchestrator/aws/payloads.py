@@ -57,10 +57,25 @@ def offload(
     length = len(text.encode())
     if length <= min(limit, LIMIT) or length <= reference_size(run_id, name, bucket):
         return value
+    return {REFERENCE_KEY: f"s3://{bucket}/{_put(text, run_id, name, bucket, client)}"}
+
+
+def store(value: Any, run_id: str, name: str, bucket: str, *, client: Any = None) -> str:
+    """Write `value`'s JSON to `bucket` (`payloads/<run>/<name>-<hash>.json`), whatever its size;
+    its key."""
+    return _put(json.dumps(value), run_id, name, bucket, client)
+
+
+def _put(text: str, run_id: str, name: str, bucket: str, client: Any) -> str:
     digest = hashlib.sha256(text.encode()).hexdigest()[:DIGEST_LENGTH]
     key = _key(run_id, name, digest)
     (client or _s3()).put_object(Bucket=bucket, Key=key, Body=text.encode(), ContentType="application/json")
-    return {REFERENCE_KEY: f"s3://{bucket}/{key}"}
+    return key
+
+
+def load(bucket: str, key: str, *, client: Any = None) -> Any:
+    """The JSON value of the object at `key` in `bucket`."""
+    return json.loads((client or _s3()).get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
 def offload_members(
@@ -92,11 +107,12 @@ def is_reference(value: Any) -> bool:
 
 
 def resolve(value: Any, *, client: Any = None) -> Any:
-    """`value` with every payload reference inside it replaced by what it points to."""
+    """`value` with every payload reference inside it replaced by what it points to, and any
+    inside that (a distributed for_loop's output, one reference, holds its iterations' values
+    as the iterations left them: references above their limit)."""
     if is_reference(value):
         bucket, _, key = value[REFERENCE_KEY].removeprefix("s3://").partition("/")
-        body = (client or _s3()).get_object(Bucket=bucket, Key=key)["Body"].read()
-        return json.loads(body)
+        return resolve(load(bucket, key, client=client), client=client)
     if isinstance(value, dict):
         if not _contains_reference(value):
             return value

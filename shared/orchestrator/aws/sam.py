@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.aws.asl import PAYLOAD_BUCKET
 from orchestrator.aws.functions import (
     FunctionSize,
     FunctionVariant,
@@ -59,6 +60,7 @@ SCHEDULER_ROLE = "SchedulerRole"
 STATE_MACHINE_LOG_GROUP = "StateMachineLogGroup"
 STATE_MACHINE_LOGGING_POLICY = "StateMachineLoggingPolicy"
 LOG_LEVEL_PARAMETER = "StateMachineLogLevel"
+PAYLOAD_BUCKET_ID = "PayloadBucket"
 
 _TOP_LEVEL_ORDER = (
     "AWSTemplateFormatVersion",
@@ -111,6 +113,13 @@ class Intrinsic:
 
     function: str
     value: Any
+
+
+_STACK_SUFFIX = {"StackSuffix": Intrinsic("Select", [2, Intrinsic("Split", ["/", Ref("AWS::StackId")])])}
+PAYLOAD_BUCKET_NAME = Sub(["orchestrator-${StackSuffix}", _STACK_SUFFIX])
+"""The payload bucket's name, as `infra/template.base.yaml` gives it (`ORCHESTRATOR_PAYLOAD_BUCKET`).
+Named, not referenced: the upload trigger's S3 event makes the bucket depend on a function that
+names every state machine, so a !Ref from a state machine would be a dependency cycle."""
 
 
 class TemplateLoader(yaml.SafeLoader):
@@ -284,15 +293,18 @@ def state_machine(
     invoked = [function for function in substituted if function in named]
     policies: list[Any] = [{"LambdaInvokePolicy": {"FunctionName": Ref(function)}} for function in invoked]
     policies.append(Ref(STATE_MACHINE_LOGGING_POLICY))
+    substitutions: dict[str, Any] = {f"{function}Arn": GetAtt(f"{function}.Arn") for function in substituted}
+    if text is not None and f'"{PAYLOAD_BUCKET}"' in text:  # a Distributed Map's items and results
+        substitutions[PAYLOAD_BUCKET_ID] = PAYLOAD_BUCKET_NAME
+    if text is not None and '"DISTRIBUTED"' in text:
+        policies.append(distributed_map_policy(pipeline_id, payloads=PAYLOAD_BUCKET in text))
     return {
         "Type": "AWS::Serverless::StateMachine",
         "Properties": {
             "Name": Sub(f"${{AWS::StackName}}-{pipeline_id}"),
             "Type": workflow_type,
             "DefinitionUri": f"statemachine/{pipeline_id}.asl.json",
-            "DefinitionSubstitutions": {
-                f"{function}Arn": GetAtt(f"{function}.Arn") for function in substituted
-            },
+            "DefinitionSubstitutions": substitutions,
             "Logging": {
                 "Destinations": [
                     {"CloudWatchLogsLogGroup": {"LogGroupArn": GetAtt(f"{STATE_MACHINE_LOG_GROUP}.Arn")}}
@@ -304,6 +316,42 @@ def state_machine(
             "Policies": policies,
         },
     }
+
+
+def distributed_map_policy(pipeline_id: str, *, payloads: bool) -> dict[str, Any]:
+    """What a state machine with a Distributed Map needs (AWS's IAM policy for it): to start its
+    own child executions and follow or stop them, and (`payloads`) to read its items from and
+    write its results to the payload bucket, under `payloads/`."""
+    arn = "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}"
+    name = f"${{AWS::StackName}}-{pipeline_id}"
+    statements: list[dict[str, Any]] = [
+        {
+            "Effect": "Allow",
+            "Action": ["states:StartExecution"],
+            "Resource": Sub(f"{arn}:stateMachine:{name}"),
+        },
+        {
+            "Effect": "Allow",
+            "Action": ["states:DescribeExecution", "states:StopExecution"],
+            "Resource": Sub(f"{arn}:execution:{name}/*"),
+        },
+    ]
+    if payloads:
+        statements.append(
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "s3:GetObject",
+                    "s3:PutObject",
+                    "s3:ListMultipartUploadParts",
+                    "s3:AbortMultipartUpload",
+                ],
+                "Resource": Sub(
+                    ["arn:${AWS::Partition}:s3:::orchestrator-${StackSuffix}/payloads/*", _STACK_SUFFIX]
+                ),
+            }
+        )
+    return {"Statement": statements}
 
 
 def schedule(pipeline_id: str, entry: Schedule) -> dict[str, Any]:

@@ -23,9 +23,12 @@ so loops nested in loops divide again.
 A value never moves for less than its reference takes (100-250 bytes with its record), so the
 bound holds while the state's records number about 1,000 at most, loop iterations included
 (on the emulator, a for_loop of 1,200 iterations returning 50 KB each peaks at 55% of the
-quota): past that even references do not fit in one state, and a loop of several thousand
-iterations needs a Distributed Map, whose results stay out of the state. Inputs and error
-messages are not offloaded: they take from the room the budget leaves.
+quota): past that even references do not fit in one state. So a for_loop whose iterations
+would record more than `history.INLINE_EVENTS` events (each record costs at least 2.5)
+runs as a Distributed Map, whose results stay out of the state: it counts one iteration here,
+as its iterations each hold their records in a child execution's state, and the loop's output
+is one reference. Inputs and error messages are not offloaded: they take from the room the
+budget leaves.
 """
 
 from __future__ import annotations
@@ -77,7 +80,9 @@ def _node_records(node: Node, path: Path, plan_of: PlanOf) -> int:
     if isinstance(task, ForLoop):
         per_iteration = inner + 1  # the body's records and the item
         count = literal_count(task)
-        return per_iteration * max(1, count) if count is not None else per_iteration
+        if count is None or _distributed(node):
+            return per_iteration  # (a Distributed Map's iterations: one in each child's state)
+        return per_iteration * max(1, count)
     if isinstance(task, WhileLoop):
         return inner + 1  # the body's records and the loop's state
     if isinstance(task, ParallelGroup):
@@ -96,6 +101,14 @@ def _node_records(node: Node, path: Path, plan_of: PlanOf) -> int:
             total += 1 + (records if task.mode == "parallel" else 2 * records)  # + its inputs
         return total
     return 1
+
+
+def _distributed(node: Node) -> bool:
+    """Whether a for_loop over a literal list runs as a Distributed Map (`history.loop_mode`):
+    its results are one reference in the state, each iteration's records in its own."""
+    from orchestrator.aws.history import loop_mode  # (history reads the compiler, which reads this)
+
+    return loop_mode(node) == "distributed"
 
 
 def inline_limit(budget: int, records: int) -> int:

@@ -22,7 +22,7 @@ from orchestrator.aws.events import DispatchError, DispatchEvent, TaskEvent, tas
 from orchestrator.aws.payloads import is_reference, offload, resolve
 from orchestrator.aws.task_scope import PreparedTask, prepare_task
 from orchestrator.errors import TaskError
-from orchestrator.runtime.documents import ErrorInfo, TaskOutcome
+from orchestrator.runtime.documents import ErrorInfo, TaskOutcome, TaskStatus
 from orchestrator.runtime.leaf import LEAF_TYPES, Services, run_leaf
 from orchestrator.runtime.policy import effective_policy, task_timeout
 from orchestrator.runtime.sandbox import SANDBOX_GRACE, limits_for, run_sandboxed
@@ -169,6 +169,10 @@ def run_task_event(
     if event.spec is not None:
         outcome = _carry_generated(run, prepared, services)
         output = kept(outcome.output)
+        if event.mark_degraded and outcome.status is TaskStatus.FAILED:  # in a child execution
+            from orchestrator.aws.dispatch import mark_degraded
+
+            mark_degraded(stores, event.run.id)
         # (as it travels: the tasks after it resolve it, as they resolve outputs in the state)
         record_generated_output(stores, prepared.run.run_id, event.task, location.name, output)
         return {"status": outcome.status.value, "output": output}

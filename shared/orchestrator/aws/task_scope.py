@@ -93,12 +93,28 @@ def _child_outputs(plan: Plan, outputs: Mapping[str, Any]) -> dict[str, Any]:
     return children
 
 
-def _loop_scope(top: Scope, loop: LoopModel, container: TaskBase | None) -> Scope:
-    """The iteration's scope; its item or state may have travelled as a reference to S3."""
+def _loop_scope(
+    top: Scope, loop: LoopModel, container: TaskBase | None, outer_loops: tuple[TaskBase, ...]
+) -> Scope:
+    """The iteration's scope, inside those of the loops around it (`loop.outer`), as the
+    engine nests them; an item or state may have travelled as a reference to S3."""
+    iterations: list[LoopModel] = []  # innermost first
+    found: LoopModel | None = loop
+    while found is not None:
+        iterations.append(found)
+        found = found.outer
+    containers = [container, *reversed(outer_loops)][: len(iterations)]  # innermost first
+    scope = top
+    for model, around in reversed(list(zip(iterations, containers, strict=False))):
+        scope = _one_iteration(scope, model, around)
+    return scope
+
+
+def _one_iteration(scope: Scope, loop: LoopModel, container: TaskBase | None) -> Scope:
     item_variable = container.item_variable if isinstance(container, ForLoop) else loop.item_variable
     if isinstance(container, WhileLoop) or item_variable is None:
-        return while_scope(top, loop.index, dict(resolve(loop.state) or {}))
-    return for_iteration(top, item_variable, loop.index, resolve(loop.item))
+        return while_scope(scope, loop.index, dict(resolve(loop.state) or {}))
+    return for_iteration(scope, item_variable, loop.index, resolve(loop.item))
 
 
 def limit_of(event: EventBase, plan: Plan) -> int:
@@ -153,7 +169,10 @@ def prepare_task(
     scope = top
     inner: set[str] = set()
     if event.loop is not None:
-        scope = _loop_scope(top, event.loop, container)
+        outer = location.outer_loops
+        if loop_container is not None and location.loop is not None:
+            outer = (*outer, location.loop)  # a while_loop's own step: the loops around it
+        scope = _loop_scope(top, event.loop, container, outer)
         inner = _declared_names(getattr(container, "tasks", []))
     for name, value in outputs.items():
         if name not in inner:

@@ -38,6 +38,7 @@ from orchestrator.runtime.leaf import LEAF_TYPES, Services, run_leaf
 from orchestrator.runtime.loops import (
     for_iteration,
     for_loop_items,
+    iteration_output,
     while_iteration,
     while_output,
     while_state,
@@ -510,7 +511,8 @@ class _Run:
             for index in positions:
                 iteration = for_iteration(scope, task.item_variable, index, items[index])
                 outcomes = await self.run_body(body, iteration, depth=depth)
-                results[index] = {name: outcomes[name].output for name in body.nodes}  # in file order
+                outputs = {name: outcome.output for name, outcome in outcomes.items()}
+                results[index] = iteration_output(body.nodes, outputs)  # in file order
 
         workers = [asyncio.ensure_future(worker()) for _ in range(min(task.max_concurrency, len(items)))]
         try:

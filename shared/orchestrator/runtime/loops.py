@@ -6,6 +6,7 @@ dispatch Lambda's `items` action returns, and its `while` action takes one while
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from orchestrator.errors import TaskError
@@ -38,6 +39,18 @@ def for_iteration(scope: Scope, item_variable: str, index: int, item: Any) -> Sc
     """The scope of for_loop iteration `index`: the item under its variable, `loop_index`."""
     frame = LoopFrame(index, item_variable=item_variable, item=item)
     return scope.child({item_variable: item, "loop_index": index}, loop=frame)
+
+
+def iteration_output(names: Iterable[str], outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """What one for_loop iteration gives the loop's output: its body tasks' outputs, by name,
+    in file order (a task that did not run gives None)."""
+    return {name: outputs.get(name) for name in names}
+
+
+def for_loop_output(iterations: Mapping[int, Any]) -> list[Any]:
+    """A finished for_loop's output: its iterations' outputs (`iteration_output`, by index) as
+    a list in item order, however they finished."""
+    return [iterations[index] for index in sorted(iterations)]
 
 
 def while_scope(scope: Scope, index: int, state: dict[str, Any]) -> Scope:
