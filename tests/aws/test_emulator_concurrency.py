@@ -497,7 +497,7 @@ def test_last_known_tasks_gathers_records_from_every_branch() -> None:
         _exited(3, "b", b),  # a one-task branch's last state outputs its record only
         _exited(4, "group", {"tasks": {"first": before, "group": {"children": group["children"]}}}),
         _exited(5, "group.result", group),
-        _exited(6, ".parallel1_2", {"records": {"d": a}}),  # a branch's records, gathered
+        _exited(6, ".parallel1_2", {"d": a}),  # a branch's records, gathered
         _exited(7, "loop/inner", {"tasks": {"inner": a}}),  # inside a task: not a top-level record
     ]
     assert last_known_tasks(history) == {"first": before, "a": a, "b": b, "group": group, "d": a}

@@ -24,7 +24,7 @@ from typing import Any
 
 from orchestrator import error_types
 from orchestrator.aws.conditions import Decision, decide
-from orchestrator.aws.functions import function_placeholder
+from orchestrator.aws.functions import BASE_FUNCTIONS, function_placeholder, placeholder
 from orchestrator.aws.series_parallel import Parallel, Series, Shape, decompose, names
 from orchestrator.aws.state_budget import STATE_BUDGET
 from orchestrator.aws.state_records import PARALLEL_MARK
@@ -47,11 +47,8 @@ from orchestrator.spec.models import (
 )
 from orchestrator.template import jinja
 
-FUNCTION_PLACEHOLDERS = {
-    "python_task": "${PythonTaskFunctionArn}",
-    "llm_task": "${LlmTaskFunctionArn}",
-    "web_search_task": "${WebSearchTaskFunctionArn}",
-    "dispatch": "${DispatchFunctionArn}",
+FUNCTION_PLACEHOLDERS = {kind: placeholder(logical_id) for kind, logical_id in BASE_FUNCTIONS.items()} | {
+    "dispatch": placeholder("DispatchFunction")
 }
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
 NON_RETRYABLE = list(error_types.NON_RETRYABLE)  # the registry's, sorted: never retried

@@ -191,24 +191,26 @@ def _answered_degraded(output: Any) -> bool:
     """Whether a Lambda call's result says the run is degraded: the `collect` call of a
     distributed for_loop, when a task was degraded in a child execution (whose history is
     not this one)."""
-    if not isinstance(output, str) or '"degraded"' not in output:
-        return False
-    try:
-        payload = json.loads(output).get("Payload")
-    except (ValueError, AttributeError):
-        return False
-    return isinstance(payload, dict) and payload.get("degraded") is True
+    payload = _answer(output, '"degraded"')
+    return payload is not None and payload.get("degraded") is True
 
 
 def _answered_failed(output: Any) -> bool:
     """Whether a Lambda call's result is a record whose status is `failed`."""
-    if not isinstance(output, str) or '"failed"' not in output:
-        return False
+    payload = _answer(output, '"failed"')
+    return payload is not None and payload.get("status") == "failed"
+
+
+def _answer(output: Any, holding: str) -> dict[str, Any] | None:
+    """A Lambda call's result (`TaskSucceeded` output), when its text holds `holding` (parsed
+    only then: most results do not) and its payload is a mapping."""
+    if not isinstance(output, str) or holding not in output:
+        return None
     try:
         payload = json.loads(output).get("Payload")
     except (ValueError, AttributeError):
-        return False
-    return isinstance(payload, dict) and payload.get("status") == "failed"
+        return None
+    return payload if isinstance(payload, dict) else None
 
 
 def _is_dispatch_call(event: dict[str, Any], by_id: dict[Any, dict[str, Any]]) -> bool:
@@ -407,18 +409,18 @@ def _output_of(details: dict[str, Any]) -> Any:
 
 def _records_in(output: Any, own: str | None = None) -> dict[str, dict[str, Any]]:
     """The records of finished tasks that a state's output holds, by name: in its `$.tasks`
-    (through `task_records`, a parallel step's records too) and in its `records` (where a
-    branch's last state gathers those of its tasks). For a state of the task `own`, the output
-    itself when it is a record: the last state of a one-task branch outputs its record only."""
+    (through `task_records`, a parallel step's records too). For a state of the task `own`, the
+    output itself when it is a record: the last state of a one-task branch outputs its record
+    only. A branch's gathering Pass outputs its tasks' records by name, and nothing else."""
     if not isinstance(output, dict):
         return {}
     if own is not None and "tasks" not in output and _is_record(output):
         return {own: output}
-    found: dict[str, dict[str, Any]] = {}
-    for holder in (output.get("tasks"), output.get("records")):
-        if isinstance(holder, dict):
-            found |= {name: record for name, record in task_records(holder).items() if _is_record(record)}
-    return found
+    holder = output.get("tasks", output)
+    if not isinstance(holder, dict):
+        return {}
+    found = {name: record for name, record in task_records(holder).items() if _is_record(record)}
+    return found if "tasks" in output or len(found) == len(holder) else {}
 
 
 def last_known_tasks(history: list[dict[str, Any]]) -> dict[str, Any]:
