@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SAM_VENV ?= .venv-sam
 SAM_STAMP := $(SAM_VENV)/.installed
 
-.PHONY: help setup sam-tools demo test test-fast lint bench bench-compare validate build deploy clean fuzz
+.PHONY: help setup sam-tools demo test test-fast lint bench bench-compare validate build deploy clean fuzz attack
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -69,7 +69,8 @@ deploy: build ## deploy the built app to the AWS account of your credentials (as
 clean: ## remove the virtual environment and local state
 	rm -rf $(VENV) $(SAM_VENV) node_modules .aws-sam .orchestrator .pytest_cache .mypy_cache .ruff_cache
 
-# `make fuzz EXAMPLES=500`: that many random pipelines on both engines (CI runs a fixed few);
+# `make fuzz EXAMPLES=500`: that many random pipelines on both engines (CI runs a fixed few),
+# then that many drawn pipeline files, inputs files and -i values through the CLI;
 # FEATURES=all (or flags of tests/conformance/strategies.py's Features) brings back the known
 # divergences. A failure prints the shrunk pipeline and @reproduce_failure to replay it.
 EXAMPLES ?= 200
@@ -78,3 +79,8 @@ fuzz: $(STAMP) ## differential fuzzer, at random: make fuzz EXAMPLES=500 [FEATUR
 	ORCHESTRATOR_FUZZ_EXAMPLES=$(EXAMPLES) ORCHESTRATOR_FUZZ_RANDOM=1 ORCHESTRATOR_FUZZ_FEATURES=$(FEATURES) \
 		$(BIN)/pytest -q -p no:cacheprovider --timeout=0 --hypothesis-show-statistics \
 		tests/conformance/test_differential_fuzz.py::test_both_engines_agree_on_drawn_pipelines
+	ORCHESTRATOR_FUZZ_EXAMPLES=$(EXAMPLES) ORCHESTRATOR_FUZZ_RANDOM=1 \
+		$(BIN)/pytest -q -p no:cacheprovider --timeout=0 --hypothesis-show-statistics tests/security/test_cli_fuzz.py
+
+attack: $(STAMP) ## the whole attack suite: every damaged state folder against every command
+	ORCHESTRATOR_ATTACKS=all $(BIN)/pytest -q -p no:cacheprovider tests/security

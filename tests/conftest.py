@@ -161,3 +161,23 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture
+def dynamodb_tables(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """The template's own DynamoDB tables in a moto account: `{"client": ..., logical id: name}`."""
+    import boto3
+    from moto import mock_aws
+
+    from orchestrator.aws.emulator import table_definitions
+
+    credentials = {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_DEFAULT_REGION": "us-east-1"}
+    for key, value in credentials.items():
+        monkeypatch.setenv(key, value)
+    with mock_aws():
+        client = boto3.client("dynamodb")
+        names = {}
+        for logical_id, arguments in table_definitions(REPO / "template.yaml").items():
+            client.create_table(**arguments)
+            names[logical_id] = arguments["TableName"]
+        yield {"client": client, **names}

@@ -1,4 +1,8 @@
-"""Lambda entry point of the HTTP API: `POST /pipelines/{id}/runs`, `GET /runs/{run_id}`."""
+"""Lambda entry point of the HTTP API: `POST /pipelines/{id}/runs`, `GET /runs`, `GET /runs/{run_id}`.
+
+Every route acts for the caller API Gateway's IAM authorizer let in (`triggers.require_caller`):
+a run belongs to the caller who started it, and only that caller reads or lists it.
+"""
 
 from __future__ import annotations
 
@@ -18,16 +22,21 @@ metrics = Metrics(namespace="Orchestrator")
 app = APIGatewayHttpResolver()
 
 
+def _caller() -> str:
+    return triggers.require_caller(app.current_event.request_context.authorizer)
+
+
 @app.post("/pipelines/<pipeline_id>/runs")
 def create_run(pipeline_id: str) -> Response[dict[str, Any]]:
-    """Start a run; 202 when started now, 200 when the Idempotency-Key names an earlier one."""
+    """Start a run; 202 when started now, 200 when the caller's Idempotency-Key names an earlier one."""
+    caller = _caller()
     event = app.current_event
     request = triggers.parse_run_request(event.decoded_body)
     started = triggers.start_run(
         pipeline_id,
         request.inputs,
         idempotency_key=event.headers.get("idempotency-key"),
-        user_id=triggers.caller_id(event.request_context.authorizer),
+        owner=caller,
         no_cache=request.no_cache,
     )
     metrics.add_metric(name="RunsStarted", unit=MetricUnit.Count, value=int(started.created))
@@ -39,10 +48,20 @@ def create_run(pipeline_id: str) -> Response[dict[str, Any]]:
     )
 
 
+@app.get("/runs")
+def list_runs() -> dict[str, Any]:
+    """The caller's runs, newest first (`?limit=`, 1 to 100, default 20)."""
+    caller = _caller()
+    text = app.current_event.get_query_string_value("limit", "20") or "20"
+    if not text.isdigit():
+        raise triggers.InvalidRequestError(f"limit must be a whole number from 1 to {triggers.MAX_LISTED}")
+    return triggers.list_runs(caller, limit=int(text))
+
+
 @app.get("/runs/<run_id>")
 def get_run(run_id: str) -> dict[str, Any]:
-    """A run's status, task statuses and outputs."""
-    return triggers.describe_run(run_id)
+    """A run's status, task statuses and outputs: 404 unless the caller started it."""
+    return triggers.describe_run(run_id, caller=_caller())
 
 
 def request_error(error: triggers.RequestError) -> Response[dict[str, Any]]:

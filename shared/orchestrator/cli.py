@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from orchestrator.errors import (
     MissingDependenciesError,
     OrchestratorError,
     PipelineValidationError,
+    StateFolderError,
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
@@ -173,19 +175,11 @@ def command_validate(arguments: argparse.Namespace) -> int:
 
 
 def _read_inputs(arguments: argparse.Namespace) -> tuple[dict[str, Any], frozenset[str]]:
-    from orchestrator.runtime.inputs import parse_assignment
+    from orchestrator.runtime.inputs import parse_assignment, read_inputs_file
 
     given: dict[str, Any] = {}
     if arguments.inputs_file is not None:
-        import yaml
-
-        try:
-            loaded = yaml.safe_load(arguments.inputs_file.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as error:
-            raise InputError(f"--inputs-file {arguments.inputs_file}: {error}") from None
-        if not isinstance(loaded, dict):
-            raise InputError(f"--inputs-file {arguments.inputs_file}: must be a mapping of name: value")
-        given.update(loaded)
+        given.update(read_inputs_file(arguments.inputs_file))
     text_keys: set[str] = set()
     for assignment in arguments.input:
         key, value = parse_assignment(assignment)
@@ -228,6 +222,7 @@ def command_run(arguments: argparse.Namespace) -> int:
         observer=progress,
     )
     _settle_long_lived_objects(arguments)
+    out = _stdout_for_the_document(arguments)
     if arguments.engine == "stepfunctions":
         from orchestrator.aws.stepfunctions_engine import run_plan_on_stepfunctions
 
@@ -239,9 +234,9 @@ def command_run(arguments: argparse.Namespace) -> int:
     else:
         document = run_plan(plan, inputs, options)
     if arguments.json:
-        _print_json(document)
+        _print_json(document, out)
     else:
-        _print_summary(document)
+        _print_summary(document, out)
     return EXIT_FAILED if document["status"] == "failed" else EXIT_OK
 
 
@@ -264,22 +259,47 @@ def command_resume(arguments: argparse.Namespace) -> int:
         progress = Progress(sys.stderr, sys.stderr.isatty() and not arguments.json)
         options = RunOptions(settings=settings, stores=stores, observer=progress)
         _settle_long_lived_objects(arguments)
+        out = _stdout_for_the_document(arguments)
         document = resume_run(arguments.run_id, options, given, text_keys)
     except (InputError, PipelineValidationError) as error:
         print(f"cannot resume {arguments.run_id}: {error}", file=sys.stderr)
         return EXIT_INVALID
     if arguments.json:
-        _print_json(document)
+        _print_json(document, out)
     else:
-        _print_summary(document)
+        _print_summary(document, out)
     return EXIT_FAILED if document["status"] == "failed" else EXIT_OK
 
 
-def _print_json(value: Any) -> None:
-    """A JSON document on stdout: indented for a person at a terminal, on one line for a
+def _print_json(value: Any, out: TextIO | None = None) -> None:
+    """A JSON document on stdout (or `out`): indented for a person at a terminal, on one line for a
     program reading a pipe or a file (as `gh --json` does; `jq .` indents it). Indenting is
     done by the json module's Python encoder: about 25 µs per task of a large run document."""
-    print(json.dumps(value, indent=2 if sys.stdout.isatty() else None, default=str))
+    out = out or sys.stdout
+    if out is None:  # the command was started with stdout closed: nowhere to print
+        return
+    print(json.dumps(value, indent=2 if out.isatty() else None, default=str), file=out, flush=True)
+
+
+def _stdout_for_the_document(arguments: argparse.Namespace) -> TextIO:
+    """Where `run` and `resume` print the run document. When this command is the whole process
+    (POSIX), stdout is kept for the document alone: file descriptor 1 and `sys.stdout` go to
+    stderr from here on, so a thread or a process a script started cannot write on stdout
+    around the document, and what they write is redacted until the process ends, after its run
+    too (`runtime.task_streams.keep_redacting`)."""
+    from orchestrator.runtime.task_streams import keep_redacting
+
+    if not arguments.owns_process or os.name != "posix" or sys.stdout is None:
+        return sys.stdout
+    sys.stdout.flush()
+    try:
+        out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+        os.dup2(2, 1)
+    except OSError:  # stdout or stderr closed by the caller: nothing to keep apart
+        return sys.stdout
+    sys.stdout = sys.stderr
+    keep_redacting()
+    return out
 
 
 def _settle_long_lived_objects(arguments: argparse.Namespace) -> None:
@@ -335,21 +355,21 @@ def command_audit(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_summary(document: dict[str, Any]) -> None:
-    print(f"run {document['run_id']}: {document['status']}")
+def _print_summary(document: dict[str, Any], out: TextIO) -> None:
+    print(f"run {document['run_id']}: {document['status']}", file=out)
     for name, record in document["tasks"].items():
         line = f"  {name}: {record['status']}"
         if record["attempts"] > 1:
             line += f" ({record['attempts']} attempts)"
         if record["error"]:
             line += f" - {record['error']['type']}: {record['error']['message']}"
-        print(line)
+        print(line, file=out)
     if document["error"]:
         error = document["error"]
         where = f"error in task '{error['task']}'" if error.get("task") else "error"
-        print(f"{where}: {error['type']}: {error['message']}")
+        print(f"{where}: {error['type']}: {error['message']}", file=out)
     shown = document["result"] if document["result"] is not None else document["outputs"]
-    print(json.dumps(shown, indent=2, default=str))
+    print(json.dumps(shown, indent=2, default=str), file=out, flush=True)
 
 
 def _print_compile_error(file: Path, error: CompileError) -> None:
@@ -444,11 +464,27 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
     arguments.owns_process = argv is None
-    if arguments.owns_process:
-        gc.disable()  # until the run starts: see _settle_long_lived_objects
+    if not arguments.owns_process:
+        return _command(arguments)
+    from orchestrator.engine import leftovers
+
+    gc.disable()  # until the run starts: see _settle_long_lived_objects
+    leftovers.adopt_descendants()
+    try:
+        code = _command(arguments)
+    finally:
+        leftovers.end_descendants()  # what scripts started does not outlive the command
+    leftovers.exit_past_threads(code)
+    return code
+
+
+def _command(arguments: argparse.Namespace) -> int:
     try:
         return COMMANDS[arguments.command](arguments)
     except MissingDependenciesError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    except StateFolderError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
     except ConfigError as error:

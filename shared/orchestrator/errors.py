@@ -48,6 +48,11 @@ class ConfigError(OrchestratorError):
     """The Orchestrator configuration (environment or config file) is wrong."""
 
 
+class StateFolderError(ConfigError):
+    """The state folder or a file in it cannot be used as it is (damaged, not writable, full,
+    the wrong kind of entry); the message names it, what is wrong and the fix."""
+
+
 class TaskError(OrchestratorError):
     """A task attempt failed. `error_type` is what run documents and Catch rules see.
 

@@ -20,18 +20,29 @@ On AWS (`AwsSettings`, read by the Lambda functions and the triggers):
 | `ORCHESTRATOR_KMS_KEY_ID` | KMS key that seals sensitive inputs in execution input |
 | `ORCHESTRATOR_PAYLOAD_BUCKET` | S3 bucket for outputs too large for the execution state |
 | `AWS_LAMBDA_FUNCTION_NAME` | set by Lambda: sealing needs KMS; the state folder is `/tmp/.orchestrator` |
+
+Which config file is trusted with your keys: the one `ORCHESTRATOR_CONFIG` names and
+`$ORCHESTRATOR_HOME/config.yaml` when `ORCHESTRATOR_HOME` is set are the user's own. One found
+in the working folder (`./orchestrator.yaml`, or `./.orchestrator/config.yaml` when
+`ORCHESTRATOR_HOME` is not set) is a project config: it came with the folder, so it may route
+models and searches anywhere except that it cannot send a key taken from the environment
+(`OPENAI_API_KEY`, `ORCHESTRATOR_SEARCH_API_KEY`, an `api_key_env` variable) to a host other
+than this machine (loopback) or the provider's default; such a file is refused when loaded
+(`_check_project_config`).
 """
 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -84,6 +95,16 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: not a text file ({error.reason}); the config file is UTF-8 YAML: fix it or move it "
+            "aside, or name another file with ORCHESTRATOR_CONFIG"
+        ) from None
+    except OSError as error:
+        raise ConfigError(
+            f"{path}: cannot read the config file ({error.strerror}); make it readable, or name another "
+            "file with ORCHESTRATOR_CONFIG"
+        ) from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: the config file must be a mapping")
     _check_config_keys(loaded, path)
@@ -134,21 +155,106 @@ def _model_routes(config: dict[str, Any], env: dict[str, str], path: Path) -> di
     return routes
 
 
+def _config_file(env: Mapping[str, str], home: Path) -> tuple[Path | None, bool]:
+    """The config file to read, if any, and whether it is the user's own (see the module's
+    docstring): the one `ORCHESTRATOR_CONFIG` names, else the first of the state folder's
+    `config.yaml` and `./orchestrator.yaml` that exists."""
+    if env.get("ORCHESTRATOR_CONFIG"):
+        named = Path(env["ORCHESTRATOR_CONFIG"])
+        if not _is_file(named):
+            raise ConfigError(f"{named}: ORCHESTRATOR_CONFIG names a file that does not exist")
+        return named, True
+    for candidate, own in (
+        (home / "config.yaml", bool(env.get("ORCHESTRATOR_HOME"))),
+        (Path("orchestrator.yaml"), False),
+    ):
+        if _is_file(candidate):
+            return candidate, own
+    return None, True
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError as error:
+        raise ConfigError(
+            f"{path}: cannot look for the config file there ({error.strerror}); make {path.parent} a folder "
+            "you can read, or name the config file with ORCHESTRATOR_CONFIG"
+        ) from None
+
+
+def _env_key_sends(config: dict[str, Any], env: Mapping[str, str]) -> Iterator[tuple[str, str, str]]:
+    """Each place the config file's own URLs would be sent a key from the environment, as
+    (the setting naming the URL, the URL, the variable holding the key). Mirrors the precedence
+    of `load_settings` and `Settings.route_for`: the environment's URLs win over the file's."""
+    llm = config.get("llm") or {}
+    llm_url = None if env.get("OPENAI_BASE_URL") else llm.get("base_url")
+    llm_variable = "OPENAI_API_KEY" if env.get("OPENAI_API_KEY") else None
+    if llm_url and llm_variable:
+        yield "llm.base_url", llm_url, llm_variable
+    for name, entry in (llm.get("models") or {}).items():
+        if not isinstance(entry, dict):
+            continue  # refused by `_model_routes`
+        setting, url = (
+            (f"llm.models.{name}.base_url", entry["base_url"])
+            if entry.get("base_url")
+            else ("llm.base_url", llm_url)
+        )
+        variable = llm_variable
+        if entry.get("api_key"):
+            variable = None
+        elif entry.get("api_key_env") and env.get(str(entry["api_key_env"])):
+            variable = str(entry["api_key_env"])
+        if url and variable:
+            yield setting, url, variable
+    search = config.get("search") or {}
+    search_url = None if env.get("ORCHESTRATOR_SEARCH_URL") else search.get("url")
+    search_variable = None
+    if env.get("ORCHESTRATOR_SEARCH_API_KEY"):
+        search_variable = "ORCHESTRATOR_SEARCH_API_KEY"
+    elif not search.get("api_key") and search.get("api_key_env") and env.get(str(search["api_key_env"])):
+        search_variable = str(search["api_key_env"])
+    if search_url and search_variable:
+        yield "search.url", search_url, search_variable
+
+
+def _on_this_machine(url: str) -> bool:
+    host = urlsplit(url).hostname
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_project_config(config: dict[str, Any], path: Path, env: Mapping[str, str]) -> None:
+    """Refuse a project config (found in the working folder) that would send a key from the
+    environment to a host of its choosing other than this machine."""
+    for setting, url, variable in _env_key_sends(config, env):
+        if not _on_this_machine(url):
+            host = urlsplit(url).hostname or url
+            raise ConfigError(
+                f"{path}: '{setting}' would send your {variable} to {host}, and a config file found in "
+                "the working folder may not choose where a key from your environment goes; put this "
+                "setting in your own config ($ORCHESTRATOR_HOME/config.yaml with ORCHESTRATOR_HOME set, "
+                f"or a file named by ORCHESTRATOR_CONFIG; ORCHESTRATOR_CONFIG={path} trusts this one), "
+                f"or unset {variable}"
+            )
+
+
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Build `Settings` from the environment (default `os.environ`) and the config file."""
     env = dict(os.environ) if env is None else env
     home = Path(env.get("ORCHESTRATOR_HOME") or ".orchestrator")
-    config_path = Path(env["ORCHESTRATOR_CONFIG"]) if env.get("ORCHESTRATOR_CONFIG") else None
-    if config_path is None:
-        for candidate in (home / "config.yaml", Path("orchestrator.yaml")):
-            if candidate.is_file():
-                config_path = candidate
-                break
+    config_path, own = _config_file(env, home)
     config: dict[str, Any] = {}
     if config_path is not None:
-        if not config_path.is_file():
-            raise ConfigError(f"{config_path}: ORCHESTRATOR_CONFIG names a file that does not exist")
         config = _read_config_file(config_path)
+        if not own:
+            _check_project_config(config, config_path, env)
     llm = config.get("llm") or {}
     search = config.get("search") or {}
     search_key = env.get("ORCHESTRATOR_SEARCH_API_KEY") or search.get("api_key")

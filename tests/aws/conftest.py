@@ -117,9 +117,39 @@ def sfn(aws: None) -> Any:
     return aws_client("stepfunctions")
 
 
+def create_table(logical_id: str, name: str) -> None:
+    """Create a DynamoDB table of `infra/template.base.yaml` in moto, with the template's keys
+    and indexes (so the code is tested against the schema that is deployed)."""
+    from orchestrator.aws.clients import aws_client
+    from orchestrator.aws.sam import load_template
+
+    base = load_template((REPO / "infra" / "template.base.yaml").read_text(encoding="utf-8"))
+    properties = base["Resources"][logical_id]["Properties"]
+    indexes = [
+        {key: index[key] for key in ("IndexName", "KeySchema", "Projection")}
+        for index in properties.get("GlobalSecondaryIndexes", [])
+    ]
+    aws_client("dynamodb").create_table(
+        TableName=name,
+        AttributeDefinitions=properties["AttributeDefinitions"],
+        KeySchema=properties["KeySchema"],
+        BillingMode="PAY_PER_REQUEST",
+        **({"GlobalSecondaryIndexes": indexes} if indexes else {}),
+    )
+
+
+@pytest.fixture
+def template_table(aws: None) -> Callable[[str, str], None]:
+    """`create_table(logical id, name)`: a table of the template in this test's moto account."""
+    return create_table
+
+
 @pytest.fixture
 def state_machines(sfn: Any, monkeypatch: pytest.MonkeyPatch) -> Callable[..., dict[str, str]]:
-    """Create a trivial state machine per pipeline id and publish them in ORCHESTRATOR_STATE_MACHINES."""
+    """Create a trivial state machine per pipeline id and publish them in ORCHESTRATOR_STATE_MACHINES,
+    with the runs table the HTTP API records run owners in (ORCHESTRATOR_RUNS_TABLE)."""
+    create_table("RunsTable", "orchestrator-runs")
+    monkeypatch.setenv("ORCHESTRATOR_RUNS_TABLE", "orchestrator-runs")
 
     def create(*pipeline_ids: str) -> dict[str, str]:
         arns = {

@@ -197,7 +197,7 @@ def test_loops_compile_to_map_and_a_choice_back_edge() -> None:
     states = every_state(compile_definition(CORPUS / "loops.yaml"))
     # even an array input's items come from the dispatch function, which counts them and gives
     # the iterations' run, whose inline limit is divided by their number (issue 12)
-    assert states["over_input.items"]["Parameters"]["Payload"]["action"] == "items"
+    assert states["over_input"]["Parameters"]["Payload"]["action"] == "items"
     over_input = states["over_input.run"]
     assert over_input["Type"] == "Map"
     assert over_input["ItemsPath"] == "$.items.over_input.value"
@@ -205,14 +205,15 @@ def test_loops_compile_to_map_and_a_choice_back_edge() -> None:
     assert over_input["MaxConcurrency"] == 5
     assert over_input["ItemSelector"]["loop"]["item_variable"] == "number"
     inner = dict(_states(over_input["ItemProcessor"]))
-    # a literal item list is put in place first, in a one-branch Parallel around the Map
-    assert inner["over_input/inner_loop"]["Type"] == "Parallel"
-    assert inner["over_input/inner_loop.run"]["Type"] == "Map"
-    filtered = states["over_filter"]
-    assert filtered["Type"] == "Parallel"
-    assert (
-        filtered["Branches"][0]["States"]["over_filter.items"]["Parameters"]["Payload"]["action"] == "items"
-    )
+    # a literal item list is put in place first; the loop has no error handling of its own, so
+    # its states run in the body, with no one-branch Parallel around them: the Map, its
+    # attempt, has the task's name
+    assert inner["over_input/inner_loop.items"]["Next"] == "over_input/inner_loop"
+    assert inner["over_input/inner_loop"]["Type"] == "Map"
+    assert inner["over_input/inner_loop"]["ResultPath"] == "$.tasks.inner_loop"
+    # (the dispatch call giving the items is the attempt here)
+    assert states["over_filter"]["Parameters"]["Payload"]["action"] == "items"
+    assert states["over_filter"]["Next"] == "over_filter.route"
     s3 = states["over_s3"]
     assert s3["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
     assert s3["ItemReader"]["Parameters"] == {"Bucket": "my-bucket", "Key": "items/list.json"}
@@ -224,6 +225,114 @@ def test_loops_compile_to_map_and_a_choice_back_edge() -> None:
     assert loop["improve/step"]["ResultPath"] == "$.loops.improve"
     assert loop["improve/step"]["Parameters"]["Payload"]["advance"]["task"] == "tasks.3"
     assert states["improve"]["Catch"][0]["Next"] == "improve.failed"
+
+
+def test_a_loop_body_ending_with_a_leaf_has_it_collect_the_iteration_s_outputs() -> None:
+    # GIVEN batch_processing: an iteration runs validate_item, process_item, store_result
+    states = every_state(compile_definition(PIPELINES / "batch_processing.yaml"))
+    last = states["process_batch/store_result"]
+    # THEN the last task's call is given the others' outputs and its state ends the iteration
+    # with `{task: output}`, with no Pass after it
+    assert last["Parameters"]["Payload"]["collect"] == {
+        "validate_item.$": "$.tasks.validate_item.output",
+        "process_item.$": "$.tasks.process_item.output",
+    }
+    assert last["ResultSelector"] == {
+        "validate_item.$": "$.Payload.collected.validate_item",
+        "process_item.$": "$.Payload.collected.process_item",
+        "store_result.$": "$.Payload.output",
+    }
+    assert last["ResultPath"] == "$" and last["End"] is True
+    assert not any(name.endswith("/.result") for name in states)
+
+
+def test_child_inputs_that_copy_parent_inputs_are_built_by_parameters() -> None:
+    # GIVEN pipeline_parallelism: each child's one input is `{{ <a parent input> }}` of its type
+    states = every_state(compile_definition(PIPELINES / "pipeline_parallelism.yaml"))
+    # THEN no dispatch call builds them: the child's Lambdas are given them by Parameters
+    assert not any(name.endswith("/.inputs") for name in states)
+    describe = states["launch_parallel_pipelines.data_analysis_pipeline/describe_dataset"]
+    assert describe["Parameters"]["Payload"]["inputs"] == {"dataset.$": "$.inputs.dataset_a"}
+
+
+@pytest.mark.parametrize(
+    ("given", "also_declared", "built"),
+    [
+        ("{value: '{{ number }}'}", "", True),
+        ("{value: 3}", "", False),  # a constant the child's condition reads: a Choice cannot test it
+        ("{value: '{{ text }}'}", "", False),  # another type: the child would refuse it
+        ("{value: '{{ seed }}'}", "", False),  # a task's output: it may be in S3
+        ("{value: '{{ number + 1 }}'}", "", False),  # not a plain reference
+        ("{value: '{{ number }}'}", "  key: {type: string, sensitive: true}\n", False),  # redacted
+    ],
+)
+def test_child_inputs_are_built_by_parameters_only_when_nothing_is_checked(
+    tmp_path: Path, given: str, also_declared: str, built: bool
+) -> None:
+    (tmp_path / "child.yaml").write_text((CORPUS / "2nd-child.v1.yaml").read_text())
+    parent = tmp_path / "parent.yaml"
+    parent.write_text(
+        "name: parent\ninput_variables:\n  number: {type: integer, default: 2}\n"
+        + also_declared
+        + "  text: {type: string, default: a}\ntasks:\n"
+        "  - {name: seed, type: python_task, script: return 1}\n"
+        f"  - {{name: children, type: pipeline_group, depends_on: [seed], pipelines: "
+        f"[{{pipeline: child.yaml, inputs: {given}}}]}}\n"
+    )
+    states = every_state(compile_definition(parent))
+    assert any(name.endswith("/.inputs") for name in states) is not built
+
+
+LOOP_WITH_POLICY = """name: held
+tasks:
+  - name: words
+    type: python_task
+    script: return ["a", "b"]
+  - name: each
+    type: for_loop
+    iterate_over: "{{{{ words }}}}"
+    depends_on: [words]
+{policy}    tasks:
+      - name: one
+        type: python_task
+        script: return 1
+      - name: two
+        type: python_task
+        depends_on: [one]
+        script: return 2
+"""
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "",
+        "    error_handling: {on_failure: skip}\n",
+        "    error_handling: {retry_count: 2}\n",
+        "    error_handling: {on_failure: continue_with_degraded_service, fallback_value: 0}\n",
+        "    error_handling:\n      fallback: {type: python_task, script: return 0}\n",
+    ],
+    ids=["none", "skip", "retry", "degraded", "fallback"],
+)
+def test_a_loop_s_own_states_are_held_in_a_parallel_only_for_its_error_handling(
+    tmp_path: Path, policy: str
+) -> None:
+    # GIVEN a for_loop whose items come from a dispatch call (two states of its own)
+    path = tmp_path / "held.yaml"
+    path.write_text(LOOP_WITH_POLICY.format(policy=policy))
+    states = compile_definition(path)["States"]
+    if not policy:
+        # THEN without error handling they run in the body: the Map writes the loop's record
+        # (the dispatch call giving the items, the loop's attempt, has the task's name)
+        assert states["words"]["Next"] == "each"
+        assert states["each"]["Parameters"]["Payload"]["action"] == "items"
+        assert states["each"]["Next"] == "each.route"  # (inline or distributed, at run time)
+        assert states["each.run"]["ResultPath"] == "$.tasks.each"
+        assert "OutputPath" not in states["each.run"]
+    else:
+        # THEN with it, a one-branch Parallel holds them, its Retry and Catch covering both
+        assert states["each"]["Type"] == "Parallel" and "each.route" not in states
+        assert states["each"]["Retry"] and (policy.count("retry") or states["each"]["Catch"])
 
 
 def test_groups_dynamic_groups_and_child_pipelines() -> None:
@@ -245,10 +354,21 @@ def test_groups_dynamic_groups_and_child_pipelines() -> None:
         "independent.$": "$.tasks.independent",
         "chained.$": "$.tasks.parallel2.chained",
     }
-    generated = states["generated"]["Branches"][0]["States"]
-    assert generated["generated.expand"]["Parameters"]["Payload"]["action"] == "expand"
-    assert generated["generated.run"]["MaxConcurrency"] == 2
-    in_order = states["generated_in_order"]["Branches"][0]["States"]["generated_in_order.run"]
+    # (no error handling of its own: the group's own states run in the body, the expansion
+    # first, as its attempt)
+    assert states["generated"]["Parameters"]["Payload"]["action"] == "expand"
+    assert states["generated.run"]["MaxConcurrency"] == 2
+    # each spec comes with its type's function, and the Map calls it with no state to route it
+    assert states["generated"]["Parameters"]["Payload"]["functions"] == {
+        "python_task": "${PythonTaskFunctionArn}",
+        "llm_task": "${LlmTaskFunctionArn}",
+        "web_search_task": "${WebSearchTaskFunctionArn}",
+    }
+    iteration = states["generated.run"]["ItemProcessor"]
+    assert list(iteration["States"]) == [iteration["StartAt"]] == ["generated/.generated"]
+    assert iteration["States"]["generated/.generated"]["Parameters"]["FunctionName.$"] == "$.function"
+    assert states["generated.run"]["ItemSelector"]["function.$"] == "$$.Map.Item.Value.function"
+    in_order = states["generated_in_order.run"]
     assert in_order["MaxConcurrency"] == 1
     children = states["children_parallel"]
     assert children["ResultSelector"]["output"] == {"left_child.$": "$[0]", "right_child.$": "$[1]"}

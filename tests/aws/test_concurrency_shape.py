@@ -28,10 +28,14 @@ LEAF_FUNCTIONS = {FUNCTION_PLACEHOLDERS[kind] for kind in ("python_task", "llm_t
 
 
 def _is_leaf_call(name: str, state: dict[str, Any]) -> bool:
-    """A task's own attempt (not its fallback, which only runs after it failed)."""
+    """A task's own attempt (not its fallback, which only runs after it failed); a generated
+    task's function is named by its spec (`FunctionName.$`)."""
     if state.get("Type") != "Task":
         return False
-    function = str(state.get("Parameters", {}).get("FunctionName", ""))
+    parameters = state.get("Parameters", {})
+    if "FunctionName.$" in parameters:
+        return True
+    function = str(parameters.get("FunctionName", ""))
     leaf = function in LEAF_FUNCTIONS or any(function.startswith(f[:-4]) for f in LEAF_FUNCTIONS)
     return leaf and not name.endswith(".fallback")
 

@@ -3,41 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import REPO
-from orchestrator.aws.emulator import table_definitions
 from orchestrator.stores.dynamodb import DynamoCacheStore, DynamoRunStore, DynamoStateStore
 
 
-@pytest.fixture
-def tables(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    """The template's own tables, in moto."""
-    import boto3
-    from moto import mock_aws
-
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "t",
-        "AWS_SECRET_ACCESS_KEY": "t",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    with mock_aws():
-        client = boto3.client("dynamodb")
-        names = {}
-        for logical_id, arguments in table_definitions(Path(REPO) / "template.yaml").items():
-            client.create_table(**arguments)
-            names[logical_id] = arguments["TableName"]
-        yield {"client": client, **names}
-
-
-def test_compare_and_set_rejects_a_stale_version(tables: dict[str, Any]) -> None:
+def test_compare_and_set_rejects_a_stale_version(dynamodb_tables: dict[str, Any]) -> None:
     # GIVEN two writers that read the same version
-    store = DynamoStateStore(tables["StateTable"], tables["client"])
+    store = DynamoStateStore(dynamodb_tables["StateTable"], dynamodb_tables["client"])
     assert store.compare_and_set("shared", "n", 1, 0) == 1
     first, second = store.read("shared", "n"), store.read("shared", "n")
     # WHEN both write back
@@ -53,9 +28,9 @@ def test_compare_and_set_rejects_a_stale_version(tables: dict[str, Any]) -> None
 
 
 @pytest.mark.slow
-def test_expired_state_and_cache_read_as_absent(tables: dict[str, Any]) -> None:
-    state = DynamoStateStore(tables["StateTable"], tables["client"])
-    cache = DynamoCacheStore(tables["CacheTable"], tables["client"])
+def test_expired_state_and_cache_read_as_absent(dynamodb_tables: dict[str, Any]) -> None:
+    state = DynamoStateStore(dynamodb_tables["StateTable"], dynamodb_tables["client"])
+    cache = DynamoCacheStore(dynamodb_tables["CacheTable"], dynamodb_tables["client"])
     state.write("pipeline:p", "k", {"v": 1}, ttl=0.5)
     cache.put("c", [1, 2], ttl=0.5)
     assert state.read("pipeline:p", "k").value == {"v": 1}
@@ -66,8 +41,8 @@ def test_expired_state_and_cache_read_as_absent(tables: dict[str, Any]) -> None:
     assert cache.get("c") == (False, None)
 
 
-def test_run_records_and_checkpoints(tables: dict[str, Any]) -> None:
-    runs = DynamoRunStore(tables["RunsTable"], tables["client"])
+def test_run_records_and_checkpoints(dynamodb_tables: dict[str, Any]) -> None:
+    runs = DynamoRunStore(dynamodb_tables["RunsTable"], dynamodb_tables["client"])
     document = {"run_id": "r1", "pipeline": "demo", "status": "running", "outputs": {}}
     runs.save(document, resume={"pipeline_path": "demo.yaml"})
     runs.checkpoint("r1", "prepare", {"status": "succeeded", "output": 1})

@@ -32,12 +32,13 @@ def _maps(states: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_a_limited_group_is_a_map_with_its_max_concurrency() -> None:
     maps = _maps(compile_definition(CORPUS / "limited_groups.yaml")["States"])
-    assert maps["group/.run"]["MaxConcurrency"] == 2
-    assert maps["each/inner_group/.run"]["MaxConcurrency"] == 1
+    # (the groups have no error handling of their own: the Map, their attempt, has their name)
+    assert maps["group"]["MaxConcurrency"] == 2
+    assert maps["each/inner_group"]["MaxConcurrency"] == 1
     # each iteration is routed to one child's states, and gets the whole state with the loop's
-    router = maps["each/inner_group/.run"]["ItemProcessor"]["States"]["each/inner_group/.route"]
+    router = maps["each/inner_group"]["ItemProcessor"]["States"]["each/inner_group/.route"]
     assert [choice["NumericEquals"] for choice in router["Choices"]] == [0, 1]
-    assert maps["each/inner_group/.run"]["ItemSelector"]["loop.$"] == "$.loop"
+    assert maps["each/inner_group"]["ItemSelector"]["loop.$"] == "$.loop"
 
 
 @pytest.mark.slow

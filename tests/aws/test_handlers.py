@@ -110,6 +110,20 @@ def test_python_task_in_a_loop_sees_its_item_and_index(handler: Handler, event: 
     assert result["output"] == {"word": "retry", "score": sum(map(ord, "retry")) % 97}
 
 
+def test_a_task_ending_a_body_hands_back_the_outputs_it_is_given_to_collect(
+    handler: Handler, event: Event
+) -> None:
+    # GIVEN the last task of a loop's body, given the other tasks' outputs to collect (one a
+    # reference to S3: handed back as it is, not read)
+    payload = event("sfn_python_task_loop")
+    collect = {"first": {"n": 1}, "second": {"$payload": "s3://bucket/payloads/run/second.json"}}
+    payload["collect"] = collect
+    result = handler("python_task", payload)
+    # THEN its record comes with them, untouched, beside its own output
+    assert result["collected"] == collect
+    assert result["output"] == {"word": "retry", "score": sum(map(ord, "retry")) % 97}
+
+
 def test_python_task_reads_outputs_from_task_records(handler: Handler, event: Event) -> None:
     # GIVEN `tasks` records (as `$.tasks`) instead of an `outputs` map
     result = handler("python_task", event("sfn_python_task_records"))
@@ -289,6 +303,19 @@ def test_dispatch_expand_with_an_invalid_spec_fails(handler: Handler, event: Eve
         handler("dispatch", payload)
     assert type(raised.value).__name__ == "InvalidTaskSpec"
     assert "generated task 3" in str(raised.value)
+
+
+def test_dispatch_expand_names_each_generated_task_s_function(handler: Handler, event: Event) -> None:
+    payload = event("sfn_dispatch_expand")
+    payload["functions"] = {"python_task": "py-arn", "llm_task": "llm-arn", "web_search_task": "web-arn"}
+    expanded = handler("dispatch", payload)
+    assert [item["function"] for item in expanded] == ["web-arn", "llm-arn", "py-arn"]
+    # a type the state machine gives no function for is refused before any task runs
+    del payload["functions"]["python_task"]
+    with pytest.raises(TaskFailure) as raised:
+        handler("dispatch", payload)
+    assert type(raised.value).__name__ == "InvalidTaskSpec"
+    assert "generated task 2" in str(raised.value) and "not a python_task" in str(raised.value)
 
 
 def test_dispatch_outputs_renders_the_outputs_section(handler: Handler, event: Event) -> None:

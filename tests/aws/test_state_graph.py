@@ -93,10 +93,12 @@ def test_containers_in_a_parallel_group_end_with_their_own_branch_state() -> Non
     # GIVEN a parallel_group whose children are a group, loops and groups of other kinds
     definition = compile_definition(CORPUS / "nested_containers.yaml")
     branches = every_state(definition)["outer"]["Branches"]
-    # THEN each branch ends with the child's record, which the container's state writes
+    # THEN each branch ends with the child's record, which the container's last states write
+    # (its own state, or, when its own states run in the branch, those that end it)
     for branch, child in zip(branches, ["inner", "each", "repeat", "generated", "children"], strict=True):
-        last = branch["States"][f"outer/{child}"]
-        assert last["OutputPath"] == f"$.tasks.{child}" and last["End"] is True
+        last = [state for state in branch["States"].values() if state.get("End")]
+        assert last and all(state["OutputPath"] == f"$.tasks.{child}" for state in last)
+        assert all(state["ResultPath"] == f"$.tasks.{child}" for state in last)
 
 
 def test_a_child_pipeline_id_that_jsonpath_cannot_name_gets_a_plain_key() -> None:
@@ -145,7 +147,7 @@ def test_shortened_state_names_are_kept_with_the_names_they_stand_for(write_pipe
     assert set(long_names.values()) >= {
         top,
         f"group/{child}.items",
-        f"group/{child}.run",
+        f"group/{child}",  # (its Map: the loop's attempt, its own states in the branch)
         f"group/{child}/{inner}",
     }
 
@@ -239,3 +241,34 @@ def test_retried_containers_and_failed_groups_children_mean_the_same_on_both_eng
     assert remote["tasks"] == local["tasks"]
     assert remote["outputs"] == local["outputs"]
     assert remote["status"] == local["status"]
+
+
+PARENT_OF_CHILD = """
+name: parent
+input_variables:
+  number: {type: integer, default: 2}
+tasks:
+  - name: children
+    type: pipeline_group
+    pipelines:
+      - {pipeline: child.yaml, inputs: {value: "{{ number }}"}}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("number", ["2", "-1"])
+def test_child_inputs_given_by_parameters_mean_the_same_on_both_engines(
+    write_pipeline: Write, run_on_both_engines: RunBoth, number: str
+) -> None:
+    # GIVEN a child whose input is a copy of the parent's (no dispatch call builds it), read by
+    # the child's condition, its loop and its tasks
+    write_pipeline((CORPUS / "2nd-child.v1.yaml").read_text(), name="child")
+    path = write_pipeline(PARENT_OF_CHILD)
+    assert not any(name.endswith("/.inputs") for name in every_state(compile_definition(path)))
+    # WHEN it runs on both engines, its condition true and false
+    results = run_on_both_engines(path, "-i", f"number={number}")
+    local, remote = (results[engine].document() for engine in ("local", "stepfunctions"))
+    # THEN the documents agree
+    assert remote["tasks"] == local["tasks"]
+    assert remote["outputs"] == local["outputs"]
+    assert local["outputs"]["children"]["child"]["inputs"] == int(number) + 10

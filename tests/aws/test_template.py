@@ -221,7 +221,7 @@ def test_http_api_requires_authentication_and_routes_to_the_api_function(templat
     assert auth["DefaultAuthorizer"] == "AWS_IAM" and auth["EnableIamAuthorizer"] is True
     events = function_properties(template, "ApiFunction")["Events"].values()
     routes = {(e["Properties"]["Method"], e["Properties"]["Path"]) for e in events if e["Type"] == "HttpApi"}
-    assert routes == {("POST", "/pipelines/{id}/runs"), ("GET", "/runs/{run_id}")}
+    assert routes == {("POST", "/pipelines/{id}/runs"), ("GET", "/runs"), ("GET", "/runs/{run_id}")}
     assert all(e["Properties"]["ApiId"] == Ref(api_id) for e in events)
 
 

@@ -80,7 +80,9 @@ def test_a_value_moves_to_s3_above_its_limit_and_never_for_a_bigger_reference() 
     stored: dict[str, bytes] = {}
 
     class Bucket:
-        def put_object(self, *, Bucket: str, Key: str, Body: bytes, ContentType: str) -> None:
+        def put_object(
+            self, *, Bucket: str, Key: str, Body: bytes, ContentType: str, IfNoneMatch: str
+        ) -> None:
             stored[Key] = Body
 
     value = "x" * 5000

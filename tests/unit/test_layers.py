@@ -44,8 +44,12 @@ FILE_CALLS = frozenset(
     {"open", "read_text", "read_bytes", "write_text", "write_bytes", "is_file", "exists", "mkdir", "iterdir"}
     | {"read_pipeline"}
 )
-READS_FILES = {PACKAGE / "spec" / "loading.py": {"_read_file", "read_pipeline"}}
-"""The functions of these layers that may touch files: the one reader of pipeline files."""
+READS_FILES = {
+    PACKAGE / "spec" / "loading.py": {"_read_file", "read_pipeline"},
+    PACKAGE / "spec" / "files.py": {"read_text"},
+}
+"""The functions of these layers that may touch files: the one reader of pipeline files, and
+the one reader of a user's files (with its limits), which it calls."""
 
 ENVIRONMENT_READERS = {
     PACKAGE / "settings.py": "configuration: every variable, in one place",

@@ -28,13 +28,15 @@ from orchestrator.aws.functions import BASE_FUNCTIONS, function_placeholder, pla
 from orchestrator.aws.series_parallel import Parallel, Series, Shape, decompose, names
 from orchestrator.aws.state_budget import STATE_BUDGET
 from orchestrator.aws.state_records import PARALLEL_MARK
-from orchestrator.errors import CompileError, OrchestratorError, PipelineValidationError
+from orchestrator.errors import CompileError, InputError, OrchestratorError, PipelineValidationError
 from orchestrator.plan import Body, Node, Plan, build_plan
 from orchestrator.runtime.loops import while_iteration
 from orchestrator.runtime.policy import effective_policy, task_timeout
 from orchestrator.runtime.scope import Scope as RuntimeScope
+from orchestrator.spec.input_types import coerce, json_input
 from orchestrator.spec.loading import ChildSource, missing_file
 from orchestrator.spec.models import (
+    ChildPipeline,
     DynamicTaskGroup,
     ForLoop,
     LLMTask,
@@ -42,6 +44,7 @@ from orchestrator.spec.models import (
     Pipeline,
     PipelineGroup,
     PythonTask,
+    TaskBase,
     WebSearchTask,
     WhileLoop,
 )
@@ -80,6 +83,9 @@ class Scope:
     path: Path
     prefix: str = ""
     inputs_path: str = "$.inputs"
+    # a child pipeline's inputs built by Parameters (`_child_inputs_parameters`): given to its
+    # Lambdas and iterations as they are, in place of the value at `inputs_path`
+    inputs: dict[str, Any] | None = None
     loop_path: str | None = None
     # the loop around this one, as its body's Lambdas are given it (`loop_reference`): a
     # nested loop's iterations see the outer loops' variables too, as on the engine
@@ -129,6 +135,8 @@ class Scope:
                 return self.loop_path + ".index"
         if name in self.pipeline.input_variables and name not in self.pipeline.sensitive_inputs():
             # a sensitive input is sealed in the execution input: only a Lambda can read it
+            if self.inputs is not None:  # (a constant has no path: a Lambda reads it)
+                return self.inputs.get(f"{name}.$")
             return f"{self.inputs_path}.{name}"
         return None
 
@@ -334,6 +342,13 @@ def records_parameter(scope: Scope, *, leave_out: str | None = None) -> dict[str
     return {f"{name}.$": path for name, path in scope.records.items() if name != leave_out}
 
 
+def inputs_parameter(scope: Scope) -> dict[str, Any]:
+    """Parameters giving a Lambda (or an iteration) the inputs of the pipeline it runs in."""
+    if scope.inputs is not None:
+        return {"inputs": scope.inputs}
+    return {"inputs.$": scope.inputs_path}
+
+
 def _flat_scope(scope: Scope) -> Scope:
     """`scope` as seen from a state whose `$.tasks` is `records_parameter(scope)` (a loop
     iteration, a generated task): every finished task's record at `$.tasks.<name>`."""
@@ -390,7 +405,7 @@ def _payload(
     payload: dict[str, Any] = {
         "pipeline": pipeline_id,
         "task": reference or _reference(node),
-        "inputs.$": scope.inputs_path,
+        **inputs_parameter(scope),
         "run.$": "$.run",
     }
     if node.computed_reads or "action" in extra:
@@ -549,8 +564,10 @@ def _always_present_path(value: Any, scope: Scope) -> str | None:
     return scope.path_of(expression)
 
 
-def _guarded(node: Node, scope: Scope, state: dict[str, Any]) -> Segment:
-    """Wrap a task's main state with Retry, Catch (fallback / skip / degraded / abort) and its condition."""
+def _guarded(node: Node, scope: Scope, made: dict[str, Any] | Held) -> Segment:
+    """Wrap a task's main state with Retry, Catch (fallback / skip / degraded / abort) and its
+    condition. A container's own states (`Held`) run in a one-branch Parallel that carries them,
+    unless the task has no error handling of its own (`handled`): they then run in the body."""
     name = scope.state_name(node.name)
     if node.task.condition is False and not isinstance(node.task, WhileLoop):
         skip_name = scope.state_name(node.name, "skip")
@@ -560,6 +577,14 @@ def _guarded(node: Node, scope: Scope, state: dict[str, Any]) -> Segment:
             "ResultPath": target(node.name),
         }
         return Segment(skip_name, {skip_name: skip}, [skip_name])
+    if isinstance(made, Held) and _attempt_state(made) is not None and not handled(node.task, scope.pipeline):
+        segment = _released(made, name, scope.long_names)
+        if node.task.condition is not None and not isinstance(node.task, WhileLoop):
+            entry, condition_states, skip_exit = _condition(node, scope, segment.entry, None)
+            segment.states.update(condition_states)
+            segment = Segment(entry, segment.states, segment.exits + ([skip_exit] if skip_exit else []))
+        return segment
+    state = _first_branch(made) if isinstance(made, Held) else made
     states: dict[str, Any] = {name: state}
     exits = [name]
     timeout = task_timeout(node.task)
@@ -686,7 +711,7 @@ def _condition(
 def _iteration_selector(scope: Scope, loop: dict[str, Any]) -> dict[str, Any]:
     """Each iteration's state: the finished tasks' records, one by one (`_flat_scope` reads them)."""
     return {
-        "inputs.$": scope.inputs_path,
+        **inputs_parameter(scope),
         "run.$": "$.run",
         "tasks": records_parameter(scope),
         "errors": {},
@@ -735,12 +760,13 @@ def _array_input_in_place(node: Node, task: ForLoop, scope: Scope) -> bool:
     return top_level and leaves and in_place and declared[expression].type == "array"
 
 
-def _for_loop(node: Node, task: ForLoop, scope: Scope, pipeline_id: str) -> dict[str, Any]:
+def _for_loop(node: Node, task: ForLoop, scope: Scope, pipeline_id: str) -> dict[str, Any] | Held:
     assert node.body is not None
     inner = replace(
         _flat_scope(scope),
         prefix=scope.state_name(node.name) + "/",
         inputs_path="$.inputs",  # each iteration's state has the inputs there (_iteration_selector)
+        inputs=None,
         loop_path="$.loop",
         item_variable=task.item_variable,
         outer_loop=None,
@@ -794,18 +820,35 @@ def _for_loop(node: Node, task: ForLoop, scope: Scope, pipeline_id: str) -> dict
 
 
 def _collect_in_leaf(states: dict[str, Any], body: Body, scope: Scope) -> None:
-    """A body of one leaf task, ending with a Pass that collects `{task: output}` (a loop's
-    iteration, a child pipeline): the task's state writes that shape itself when it succeeds,
-    and ends the body there. Its other ways out (skipped, failed, fallback) still go through
-    the Pass."""
-    (name,) = body.nodes if len(body.nodes) == 1 else (None,)
-    if name is None or body.nodes[name].kind not in LEAF_KINDS:
+    """A body ending with a Pass that collects `{task: output}` (a loop's iteration, a child
+    pipeline), whose last part is one leaf task that runs after all the others: that task's
+    state writes that shape itself when it succeeds, and ends the body there. Its function is
+    given the other outputs the Pass would collect (`collect`) and hands them back as they are
+    with its record (`collected`: `task_function`), so no state is needed after it. Its other
+    ways out (skipped, failed, fallback) still go through the Pass."""
+    final = final_leaf(body)
+    if final is None:
         return
-    main = states.get(scope.state_name(name))
-    if main is None or main.get("Type") != "Task" or main.get("Next") != scope.state_name("", "result"):
+    main = states.get(scope.state_name(final))
+    collect = scope.state_name("", "result")
+    if main is None or main.get("Type") != "Task" or main.get("Next") != collect:
         return
-    collect = main.pop("Next")
-    main |= {"ResultSelector": {f"{name}.$": "$.Payload.output"}, "ResultPath": "$", "End": True}
+    gathered: dict[str, str] = states[collect]["Parameters"]
+    if not all(key.endswith(".$") for key in gathered):
+        return
+    own = target(final) + ".output"
+    others = {key: path for key, path in gathered.items() if path != own}
+    if others:
+        main["Parameters"]["Payload"]["collect"] = others
+    main.pop("Next")
+    main |= {
+        "ResultSelector": {
+            key: "$.Payload.output" if path == own else "$.Payload.collected." + key.removesuffix(".$")
+            for key, path in gathered.items()
+        },
+        "ResultPath": "$",
+        "End": True,
+    }
     if not any(collect in _next_states(state) for state in states.values()):
         del states[collect]  # no other way out of the task (no condition, no on_failure) goes there
         scope.long_names.pop(collect, None)
@@ -818,29 +861,88 @@ def _next_states(state: dict[str, Any]) -> list[str]:
     return found + [catch["Next"] for catch in state.get("Catch", [])]
 
 
-def _preceded(
-    first_name: str, first_state: dict[str, Any], main_name: str, main: dict[str, Any]
-) -> dict[str, Any]:
-    """A container that needs a state before it: both go in a one-branch Parallel."""
+def _preceded(first_name: str, first_state: dict[str, Any], main_name: str, main: dict[str, Any]) -> Held:
+    """A container that needs a state before it: both are its own states."""
     first_state = {**first_state, "Next": main_name}
     result_path = main.pop("ResultPath")
-    main = {**main, "End": True, "ResultPath": "$.result", "OutputPath": "$.result"}
-    return _first_branch(
-        {"StartAt": first_name, "States": {first_name: first_state, main_name: main}}, result_path
-    )
+    main = {**main, "End": True, "ResultPath": HELD_RECORD, "OutputPath": HELD_RECORD}
+    return Held({"StartAt": first_name, "States": {first_name: first_state, main_name: main}}, result_path)
 
 
-def _first_branch(
-    branch: dict[str, Any], result_path: str, fields: tuple[str, ...] = ("status", "output")
-) -> dict[str, Any]:
-    """A one-branch Parallel whose branch ends with the task's record (`{status, output}`, or
-    the given fields), kept at `result_path`."""
+HELD_RECORD = "$.result"
+"""Where the last states of a container's own states write its record (and output it)."""
+
+
+@dataclass(frozen=True)
+class Held:
+    """A container's own states (`branch`: `StartAt` and `States`), whose last states write its
+    record (`{status, output}`, or the given fields) at `HELD_RECORD` and output it; the record
+    belongs at `result_path`. In a one-branch Parallel (`_first_branch`) when the task's own
+    Retry and Catch must cover them all, else straight in the body (`_released`)."""
+
+    branch: dict[str, Any]
+    result_path: str
+    fields: tuple[str, ...] = ("status", "output")
+    # False for a while_loop: its body runs in the state the branch is given, and its tasks'
+    # records must not outlive the branch (they are no tasks of the body around it)
+    releasable: bool = True
+
+
+def handled(task: TaskBase, pipeline: Pipeline) -> bool:
+    """Whether a task has error handling of its own (a retry, a fallback, an `on_failure` other
+    than aborting the run): a container's Retry and Catch then cover all its states, which run
+    in a one-branch Parallel. (Without, each call in it retries Lambda's own errors itself.)"""
+    policy = effective_policy(task, pipeline)
+    return policy.retry_count > 0 or policy.fallback is not None or policy.on_failure != "abort_pipeline"
+
+
+def _first_branch(held: Held) -> dict[str, Any]:
+    """A one-branch Parallel whose branch ends with the task's record, kept at `result_path`."""
     return {
         "Type": "Parallel",
-        "Branches": [branch],
-        "ResultSelector": {f"{key}.$": f"$[0].{key}" for key in fields},
-        "ResultPath": result_path,
+        "Branches": [held.branch],
+        "ResultSelector": {f"{key}.$": f"$[0].{key}" for key in held.fields},
+        "ResultPath": held.result_path,
     }
+
+
+def _attempt_state(held: Held) -> str | None:
+    """The state of a container's own states whose run is the task's attempt, as the run
+    document counts them (`execution.AttemptCounter`: a Lambda call, a Map or Parallel run):
+    the first one, after a Pass putting its items in place. None when there is no such state
+    (a Choice first, between two Maps; a while_loop, whose body must stay in its branch)."""
+    if not held.releasable:
+        return None
+    states = held.branch["States"]
+    name = held.branch["StartAt"]
+    while states[name]["Type"] == "Pass" and "Next" in states[name]:
+        name = states[name]["Next"]
+    return name if states[name]["Type"] in {"Task", "Map", "Parallel"} else None
+
+
+def _released(held: Held, task_state: str, long_names: dict[str, str]) -> Segment:
+    """A container's own states in the body: its attempt's state (`_attempt_state`) named as
+    the task's main state is (the name it had is no longer in `long_names`), and the last ones
+    writing its record where it belongs."""
+    attempt = _attempt_state(held)
+    assert attempt is not None
+    long_names.pop(attempt, None)
+    renamed = {attempt: task_state}
+    states: dict[str, Any] = {}
+    exits = []
+    for name, state in copy.deepcopy(held.branch["States"]).items():
+        for key in ("Next", "Default"):
+            if key in state:
+                state[key] = renamed.get(state[key], state[key])
+        for choice in state.get("Choices", []):
+            choice["Next"] = renamed.get(choice["Next"], choice["Next"])
+        if state.get("End"):
+            assert state.pop("OutputPath") == HELD_RECORD and state.pop("End")
+            state["ResultPath"] = held.result_path
+            exits.append(renamed.get(name, name))
+        states[renamed.get(name, name)] = state
+    start = held.branch["StartAt"]
+    return Segment(renamed.get(start, start), states, exits)
 
 
 # distributed for_loops (issue 12) ------------------------------------------------------------
@@ -869,10 +971,11 @@ def _distributed_loop(
     pipeline_id: str,
     inline: dict[str, Any],
     at_run_time: bool,
-) -> dict[str, Any]:
+) -> Held:
     """A for_loop whose iterations may record more history events than its execution should
     hold (`history.loop_mode`): a Distributed Map, each iteration a child execution with its
-    own history, in a one-branch Parallel (its Retry and Catch are the loop's).
+    own history; the loop's own states (`Held`) are in a one-branch Parallel when its Retry and
+    Catch must cover them (`handled`).
 
     Its results stay out of the state: the Map writes them to the payload bucket
     (`ResultWriter`), and the dispatch function's `collect` action reads them and gives the
@@ -912,13 +1015,13 @@ def _distributed_loop(
     collect["Parameters"]["Payload"]["manifest.$"] = "$.map_run"
     collect |= {
         "ResultSelector": {"status": "succeeded", "output.$": "$.Payload.output"},
-        "ResultPath": "$.result",
-        "OutputPath": "$.result",
+        "ResultPath": HELD_RECORD,
+        "OutputPath": HELD_RECORD,
         "Retry": [dict(_retry(node, scope)[0])],  # Lambda's own errors: an iteration's is the loop's
         "End": True,
     }
     distributed["Next"] = collect_name
-    inline = {**inline, "End": True, "ResultPath": "$.result", "OutputPath": "$.result"}
+    inline = {**inline, "End": True, "ResultPath": HELD_RECORD, "OutputPath": HELD_RECORD}
     states: dict[str, Any] = {distributed_name: distributed, collect_name: collect}
     limit = inline_iterations(node) if at_run_time else -1  # (-1: not even no items run inline)
     items_path, before = _items_source(node, task, scope)
@@ -960,7 +1063,7 @@ def _distributed_loop(
     if before:
         states = {first_name: {**first_state, "Next": entry}, **states}
         entry = first_name
-    return _first_branch({"StartAt": entry, "States": states}, target(name))
+    return Held({"StartAt": entry, "States": states}, target(name))
 
 
 def _child_iteration(node: Node, child: Scope, pipeline_id: str) -> dict[str, Any]:
@@ -1004,7 +1107,7 @@ def _child_iteration(node: Node, child: Scope, pipeline_id: str) -> dict[str, An
     }
 
 
-def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> dict[str, Any]:
+def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> Held:
     """Body + Choice back-edge; a dispatch call between iterations advances the loop and its state."""
     assert node.body is not None and node.body.nodes
     loop_path = f"$.loops.{node.name}"
@@ -1068,6 +1171,8 @@ def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> 
                 "status": "succeeded",
                 "output": {"iterations.$": f"{loop_path}.index", "state.$": f"{loop_path}.state"},
             },
+            "ResultPath": HELD_RECORD,
+            "OutputPath": HELD_RECORD,
             "End": True,
         },
         **body_states,
@@ -1075,7 +1180,7 @@ def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> 
     if not any(advance in _next_states(state) for state in states.values()):
         del states[advance]  # the body's last task takes every step itself
         inner.long_names.pop(advance, None)
-    return _first_branch({"StartAt": first, "States": states}, target(node.name))
+    return Held({"StartAt": first, "States": states}, target(node.name), releasable=False)
 
 
 def _advance_in_last_task(
@@ -1105,12 +1210,16 @@ def _advance_in_last_task(
     main["Next"] = check
 
 
-def ends_with_leaf(body: Body) -> bool:
-    """Whether a body's last task in the file is a leaf task that runs after all the others."""
-    last = list(body.nodes)[-1]
+def final_leaf(body: Body) -> str | None:
+    """The leaf task a body ends with, when one runs after all the others."""
     shape = decompose({name: body_node.dependencies for name, body_node in body.nodes.items()})
     final = shape.parts[-1] if isinstance(shape, Series) else shape
-    return final == last and body.nodes[last].kind in LEAF_KINDS
+    return final if isinstance(final, str) and body.nodes[final].kind in LEAF_KINDS else None
+
+
+def ends_with_leaf(body: Body) -> bool:
+    """Whether a body's last task in the file is a leaf task that runs after all the others."""
+    return final_leaf(body) == list(body.nodes)[-1]
 
 
 LEAF_KINDS = frozenset({"python_task", "llm_task", "web_search_task"})
@@ -1137,7 +1246,7 @@ def first_iteration_runs(task: WhileLoop) -> bool | None:
         return None
 
 
-def _parallel_group(node: Node, task: ParallelGroup, scope: Scope, pipeline_id: str) -> dict[str, Any]:
+def _parallel_group(node: Node, task: ParallelGroup, scope: Scope, pipeline_id: str) -> dict[str, Any] | Held:
     assert node.body is not None
     children = list(node.body.nodes)
     inner = replace(scope, prefix=scope.state_name(node.name) + "/")
@@ -1186,13 +1295,13 @@ def _limited_group(
     inner: Scope,
     branches: list[dict[str, Any]],
     children: list[str],
-) -> dict[str, Any]:
+) -> Held:
     """A parallel_group with a `max_concurrency` below its number of children: a Parallel
     state has no limit, so the children run as the iterations of a Map over their positions
     (MaxConcurrency holds), each routed to its own states, with the whole state passed in.
     The Map's result is the Parallel's (the children's records, in order), made into the
-    group's record by its ResultSelector; the positions are put in the state before it, in a
-    one-branch Parallel, as `_preceded` does."""
+    group's record by its ResultSelector; the positions are put in the state before it (both
+    the group's own states, `Held`, as `_preceded` makes them)."""
     positions = inner.state_name("", "positions")
     route = inner.state_name("", "route")
     run = inner.state_name("", "run")
@@ -1209,7 +1318,9 @@ def _limited_group(
         states.update(branch["States"])
     carried = ("run", "tasks", "errors", "items", "loops", "conditions")
     item_selector: dict[str, Any] = {f"{key}.$": f"$.{key}" for key in carried}
-    item_selector["inputs.$"] = scope.inputs_path
+    # the whole state, so that its paths hold in the iteration (a child's Parameters-built
+    # inputs read the parent's, at `$.inputs`)
+    item_selector["inputs.$"] = "$.inputs" if scope.inputs is not None else scope.inputs_path
     _give_loop(item_selector, "loop", loop_reference(scope))
     item_selector["branch.$"] = "$$.Map.Item.Value"
     main = {
@@ -1219,75 +1330,73 @@ def _limited_group(
         "ItemSelector": item_selector,
         "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": route, "States": states},
         "ResultSelector": _group_record({child: f"$[{index}]" for index, child in enumerate(children)}),
-        "ResultPath": "$.result",
-        "OutputPath": "$.result",
+        "ResultPath": HELD_RECORD,
+        "OutputPath": HELD_RECORD,
         "End": True,
     }
     positions_state = {"Type": "Pass", "Result": list(range(len(branches))), "ResultPath": "$.positions"}
     branch = {"StartAt": positions, "States": {positions: {**positions_state, "Next": run}, run: main}}
-    return _first_branch(branch, target(node.name), ("status", "children", "output"))
+    return Held(branch, target(node.name), ("status", "children", "output"))
 
 
-def _dynamic_group(node: Node, task: DynamicTaskGroup, scope: Scope, pipeline_id: str) -> dict[str, Any]:
-    """A dispatch call expands the specs; a Map runs each on its type's function."""
+def _dynamic_group(node: Node, task: DynamicTaskGroup, scope: Scope, pipeline_id: str) -> Held:
+    """A dispatch call expands the specs, each with the function of its type (the definition
+    gives it the base functions: a generated task runs on its type's, `functions`); a Map runs
+    each on its function, named by the spec (`FunctionName.$`), with no state to route it."""
     expand_name = scope.state_name(node.name, "expand")
     expand = _invoke("dispatch", _payload(node, scope, pipeline_id, action="expand"))
+    expand["Parameters"]["Payload"]["functions"] = {
+        kind: FUNCTION_PLACEHOLDERS[kind] for kind in BASE_FUNCTIONS
+    }
     # the specs, and the run the generated tasks get (its inline limit divided by their number)
     expand["ResultSelector"] = {"value.$": "$.Payload.specs", "run.$": "$.Payload.run"}
     expand["ResultPath"] = f"$.items.{node.name}"
     expand["Retry"] = [dict(_retry(node, scope)[0])]
     inner = replace(scope, prefix=scope.state_name(node.name) + "/")
-    route = inner.state_name("route")
-    item_states: dict[str, Any] = {}
-    choices = []
-    for kind in ("python_task", "llm_task", "web_search_task"):
-        state_name = inner.state_name(kind)
-        payload = {
-            "pipeline": pipeline_id,
-            "task": _reference(node),
-            "spec.$": "$.spec",
-            "inputs.$": "$.inputs",
-            "run.$": "$.run",
-            "tasks.$": "$.tasks",
-            "state_budget": STATE_BUDGET,
-        }
-        if scope.child_execution:  # a degraded generated task notes it (`_fallback_value_state`)
-            payload["mark_degraded"] = True
-        # the function carries the generated task's own error policy (known only once it is
-        # generated) and answers its record; only Lambda's own errors are retried here. The
-        # iteration's result is the output; a record answered `failed` (under
-        # continue_with_degraded_service) makes the run degraded (`execution.py` reads it in
-        # the history)
-        state = _invoke(kind, payload)
-        state |= {
-            "ResultSelector": {"status.$": "$.Payload.status", "output.$": "$.Payload.output"},
-            "ResultPath": "$",
-            "OutputPath": "$.output",
-            "Retry": [dict(_retry(node, scope)[0])],
-            "End": True,
-        }
-        item_states[state_name] = state
-        choices.append({"Variable": "$.type", "StringEquals": kind, "Next": state_name})
-    unsupported = inner.state_name("unsupported")
-    item_states[unsupported] = {
-        "Type": "Fail",
-        "Error": "InvalidTaskSpec",
-        "Cause": "on AWS a dynamic_task_group may generate python, llm and web search tasks only",
+    generated = inner.state_name("", "generated")  # `.generated`: never a task's state
+    payload = {
+        "pipeline": pipeline_id,
+        "task": _reference(node),
+        "spec.$": "$.spec",
+        "inputs.$": "$.inputs",
+        "run.$": "$.run",
+        "tasks.$": "$.tasks",
+        "state_budget": STATE_BUDGET,
     }
-    item_states[route] = {"Type": "Choice", "Choices": choices, "Default": unsupported}
+    if scope.child_execution:  # a degraded generated task notes it (`_fallback_value_state`)
+        payload["mark_degraded"] = True
+    # the function carries the generated task's own error policy (known only once it is
+    # generated) and answers its record; only Lambda's own errors are retried here. The
+    # iteration's result is the output; a record answered `failed` (under
+    # continue_with_degraded_service) makes the run degraded (`execution.py` reads it in
+    # the history)
+    state = {
+        "Type": "Task",
+        "Resource": LAMBDA_INVOKE,
+        "Parameters": {"FunctionName.$": "$.function", "Payload": payload},
+        "ResultSelector": {"status.$": "$.Payload.status", "output.$": "$.Payload.output"},
+        "ResultPath": "$",
+        "OutputPath": "$.output",
+        "Retry": [dict(_retry(node, scope)[0])],
+        "End": True,
+    }
     selector = {
-        "inputs.$": scope.inputs_path,
+        **inputs_parameter(scope),
         "run.$": f"$.items.{node.name}.run",
         "tasks": records_parameter(scope),
         "spec.$": "$$.Map.Item.Value.spec",
-        "type.$": "$$.Map.Item.Value.type",
+        "function.$": "$$.Map.Item.Value.function",
     }
     main: dict[str, Any] = {
         "Type": "Map",
         "ItemsPath": f"$.items.{node.name}.value",
         "MaxConcurrency": (task.max_concurrency or 0) if task.parallel else 1,
         "ItemSelector": selector,
-        "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": route, "States": item_states},
+        "ItemProcessor": {
+            "ProcessorConfig": {"Mode": "INLINE"},
+            "StartAt": generated,
+            "States": {generated: state},
+        },
         "ResultSelector": {"status": "succeeded", "output.$": "$"},
         "ResultPath": target(node.name),
     }
@@ -1305,9 +1414,16 @@ def _child_failures(
     dispatch call that turns it into the group's error, then to a Fail state that raises it.
     Returns the states to add; changes `states` in place."""
     added: dict[str, Any] = {}
+    prefix = child_scope.prefix.removesuffix("/")
+    full_prefix = child_scope.long_names.get(prefix, prefix) + "/"
     for name, state in list(states.items()):
-        full = child_scope.long_names.get(name, name)
-        task = full.rsplit("/", 1)[-1].split(".", 1)[0] or None  # `.result`: the child's own
+        # the child's top-level task the state belongs to (a container's own states, which run
+        # in the body when it has no error handling, are `task.role` or `task/...`)
+        if name.startswith(child_scope.prefix):
+            within = name.removeprefix(child_scope.prefix)
+        else:  # a shortened name: its full name has the full prefix
+            within = child_scope.long_names.get(name, name).removeprefix(full_prefix)
+        task = within.split("/", 1)[0].split(".", 1)[0] or None  # `.result`: the child's own
         if state["Type"] == "Fail":
             caught = str(state["ErrorPath"]).removesuffix(".Error")
         elif state["Type"] in {"Task", "Map", "Parallel"} and "Catch" not in state:
@@ -1339,6 +1455,84 @@ def _child_failures(
         else:
             state["Catch"] = [{"ErrorEquals": ["States.ALL"], "ResultPath": CHILD_ERROR, "Next": formatter}]
     return added
+
+
+def _child_inputs_parameters(child: ChildPipeline, plan: Plan, scope: Scope) -> dict[str, Any] | None:
+    """A child pipeline's inputs as Parameters (`{name.$: path}`, `{name: value}`), when the
+    state machine builds them exactly as `runtime.pipelines.child_run` does, with nothing to
+    check, seal or move to S3: every input given is a constant of its declared type or exactly
+    `{{ name }}` of a parent input (of the pipeline's own inputs, at `$.inputs`) of the same
+    type that always has a value; the others take their defaults; neither pipeline has a
+    sensitive input (nothing to seal, nothing to redact); the child sanitizes nothing, has no
+    `options`, and no condition of it reads a constant one (which a Choice could not test: the
+    dispatch function would have to). Each such input is a copy of a parent input, which the
+    state holds already and whose size its budget leaves room for. Otherwise None: the
+    dispatch function's `child_inputs` action builds them."""
+    parent = scope.pipeline
+    pipeline = plan.pipeline
+    declared = pipeline.input_variables
+    tested = _condition_names(plan.body)
+    plain = scope.inputs is None and scope.inputs_path == "$.inputs"
+    if not plain or parent.sensitive_inputs() or pipeline.sensitive_inputs():
+        return None
+    if pipeline.input_validation.sanitization or not set(child.inputs) <= set(declared):
+        return None
+    built: dict[str, Any] = {}
+    for name, spec in declared.items():
+        if spec.options:
+            return None
+        if name in child.inputs:
+            value = child.inputs[name]
+            expression = jinja.single_expression(value) if isinstance(value, str) else None
+            if expression is not None:
+                source = parent.input_variables.get(expression)
+                path = scope.path_of(expression) if expression.isidentifier() else None
+                if (
+                    source is None
+                    or expression.lower() in {"true", "false", "none"}
+                    or path != f"$.inputs.{expression}"
+                    or source.type != spec.type
+                    or (not source.required and source.default is None)
+                ):
+                    return None
+                built[f"{name}.$"] = path
+                continue
+            try:
+                value = json_input(name, coerce(name, value, spec, from_text=False))
+            except InputError:
+                return None
+        elif spec.default is not None:
+            try:
+                value = json_input(name, spec.default)
+            except InputError:
+                return None
+        elif spec.required:
+            return None
+        else:
+            value = None
+        if tested is None or name in tested or not _plain_parameter(value):
+            return None
+        built[name] = value
+    return built
+
+
+def _condition_names(body: Body) -> frozenset[str] | None:
+    """The names the conditions of a body's tasks read, nested bodies included (None when one
+    cannot be parsed)."""
+    found: set[str] = set()
+    for node in body.nodes.values():
+        condition = node.task.condition
+        if isinstance(condition, str):
+            try:
+                found |= jinja.referenced_names(jinja.condition_expression(condition), expression=True)
+            except OrchestratorError:
+                return None
+        if node.body is not None:
+            inner = _condition_names(node.body)
+            if inner is None:
+                return None
+            found |= inner
+    return frozenset(found)
 
 
 CHILD_ERROR = "$.child_error"
@@ -1386,12 +1580,14 @@ def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, 
         identifiers.append(child_plan.pipeline_id)
         child_inputs_path = "$.child_inputs." + state_key(child_plan.pipeline_id)
         inputs_path = child_inputs_path + ".value"
+        built = _child_inputs_parameters(child, child_plan, scope)
         child_scope = Scope(
             child_plan.pipeline,
             child_plan.pipeline_id,
             child_plan.path,
             prefix=scope.state_name(node.name, child_plan.pipeline_id) + "/",
             inputs_path=inputs_path,
+            inputs=built,
             long_names=scope.long_names,
             children=scope.children,
             step_keys=scope.step_keys,
@@ -1411,6 +1607,10 @@ def _pipeline_group(node: Node, task: PipelineGroup, scope: Scope) -> dict[str, 
             raise
         _collect_in_leaf(states, child_plan.body, child_scope)
         states.update(_child_failures(states, node, scope, child_scope, index))
+        if built is not None:  # no state for its inputs: its Lambdas are given them
+            branches.append({"StartAt": start, "States": states})
+            chain.append((start, states, child_plan.pipeline_id))
+            continue
         inputs_name = child_scope.state_name("", "inputs")  # `.inputs`: never a task's state
         inputs_state = _invoke(
             "dispatch", _payload(node, scope, scope.pipeline_id, action="child_inputs", child=index)

@@ -168,7 +168,10 @@ def _expand(prepared: PreparedTask, event: DispatchEvent) -> list[dict[str, Any]
     for index, name in enumerate(body.nodes):
         dumped = body.nodes[name].task.model_dump(mode="json", exclude_none=True)
         dumped.setdefault("name", name)
-        expanded.append({"index": index, "spec": dumped, "type": dumped["type"], "name": name})
+        entry = {"index": index, "spec": dumped, "type": dumped["type"], "name": name}
+        if event.functions is not None:
+            entry["function"] = _generated_function(event.functions, index, dumped["type"])
+        expanded.append(entry)
     expanded = list(prepared.run.redactor.value(expanded))
     if event.state_budget is None:
         return expanded
@@ -176,6 +179,18 @@ def _expand(prepared: PreparedTask, event: DispatchEvent) -> list[dict[str, Any]
     for entry in expanded:
         entry["spec"] = _offloaded(entry["spec"], prepared, f"{location.name}.{entry['name']}.spec", limit)
     return {"specs": expanded, "run": _iterations_run(event, limit)}
+
+
+def _generated_function(functions: dict[str, str], index: int, kind: str) -> str:
+    """The function a state machine runs generated task number `index` on: its type's (the
+    definition gives one for each type it can run), else the task is `InvalidTaskSpec`."""
+    if kind not in functions:
+        raise TaskError(
+            "InvalidTaskSpec",
+            f"generated task {index}: on AWS a dynamic_task_group may generate python, llm and web "
+            f"search tasks only, not a {kind}",
+        )
+    return functions[kind]
 
 
 def _child_inputs(prepared: PreparedTask, event: DispatchEvent, sealer: Sealer | None) -> dict[str, Any]:
@@ -189,7 +204,7 @@ def _child_inputs(prepared: PreparedTask, event: DispatchEvent, sealer: Sealer |
         raise DispatchError(f"'child_inputs' needs 'child', an index below {len(task.pipelines)}")
     child_plan, inputs = child_run(task, event.child, prepared.scope, location.plan.path, plan_of_file)
     redactor = prepared.run.redactor
-    secret = {name for name, value in inputs.items() if redactor.value(value) != value}
+    secret = {name for name, value in inputs.items() if redactor.holds(value)}
     names = child_plan.pipeline.sensitive_inputs() | secret
     sealed = seal_inputs(child_plan.pipeline_id, inputs, names, sealer or default_sealer())
     # the child's tasks resolve them (`task_scope.prepare_task`)
@@ -312,8 +327,10 @@ def dispatch(event: DispatchEvent, stores: Stores | None = None, *, sealer: Seal
       passed through, so the result is the task's record.
     - `while`: `{"index", "state", "continue"}` (below).
     - `expand`: `[{"index", "spec", "type", "name"}]`, the dynamic_task_group's specs
-      validated and planned (`InvalidTaskSpec`), each spec with its `name` filled in. With
-      `state_budget`: `{"specs", "run"}`, as `items` gives its items and run.
+      validated and planned (`InvalidTaskSpec`), each spec with its `name` filled in; given
+      `functions` (type -> function), each also has the `function` that runs it, and a spec of
+      a type without one is `InvalidTaskSpec`. With `state_budget`: `{"specs", "run"}`, as
+      `items` gives its items and run.
     - `child_inputs`: the inputs of pipeline_group child number `child`, resolved against
       the child's `input_variables`, sealed where sensitive, the largest in S3 when together
       they are above the call's inline limit.

@@ -111,10 +111,15 @@ class TaskEvent(EventBase):
     condition was decided before (by a Choice rule or the dispatch function's `condition`).
     `spec` is a generated task (a `dynamic_task_group`'s), given inline; `task` then names the
     group and `name` (or the spec's own name) the generated task.
+
+    `collect`: the outputs of the other tasks of the body this task ends (a loop iteration, a
+    child pipeline), handed back as they are with its record (`collected`), so that its state
+    writes the body's `{task: output}` itself (`asl._collect_in_leaf`).
     """
 
     task: str
     advance: AdvanceModel | None = None
+    collect: dict[str, Any] | None = None
 
 
 class DispatchEvent(EventBase):
@@ -141,3 +146,5 @@ class DispatchEvent(EventBase):
     # items: the most iterations that run inline, more as a Distributed Map (-1: never inline)
     inline_up_to: int | None = None
     manifest: dict[str, Any] | None = None  # collect: where the Distributed Map wrote its results
+    # expand: the function that runs each generated task type, which each spec is given (by type)
+    functions: dict[str, str] | None = None

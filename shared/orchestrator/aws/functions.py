@@ -149,7 +149,7 @@ def function_placeholder(node_or_task: Node | TaskBase, pipeline: Pipeline) -> s
 # -- over the deployed pipelines ---------------------------------------------------------------
 
 
-def _pipelines(plans: Sequence[Plan]) -> Iterator[Pipeline]:
+def deployed_pipelines(plans: Sequence[Plan]) -> Iterator[Pipeline]:
     """Every deployed pipeline, and every child pipeline compiled into one of them."""
     for plan in plans:
         yield plan.pipeline
@@ -175,7 +175,7 @@ def _every_task(tasks: Sequence[Any]) -> Iterator[TaskBase]:
 def function_variants(plans: Sequence[Plan]) -> dict[str, FunctionVariant]:
     """The variants the pipelines' tasks run on, by logical id, sorted."""
     variants: dict[str, FunctionVariant] = {}
-    for pipeline in _pipelines(plans):
+    for pipeline in deployed_pipelines(plans):
         for task in _every_task(pipeline.tasks):
             base = BASE_FUNCTIONS.get(str(getattr(task, "type", "")))
             size = task_size(task, pipeline)
@@ -193,7 +193,7 @@ def generated_task_sizes(plans: Sequence[Plan]) -> dict[str, FunctionSize]:
     `resource_limits` (limits in a generated spec itself still hold in the sandbox, on an
     unsized function)."""
     sizes: dict[str, FunctionSize] = {}
-    for pipeline in _pipelines(plans):
+    for pipeline in deployed_pipelines(plans):
         if not any(isinstance(task, DynamicTaskGroup) for task in _every_task(pipeline.tasks)):
             continue
         shared = pipeline.resource_limits

@@ -20,10 +20,10 @@ The counts follow the states the compiler emits (see asl.py): a Lambda call reco
 (state entered, scheduled, started, succeeded, state exited), a Pass or Choice state 2, a Map
 or Parallel state 4 (a body's parallel steps too, with a Pass gathering each branch of more
 than one task), and each Map iteration 2 more (its start and end), plus the Pass state that
-collects its outputs unless its body is one leaf task. A Distributed Map records 6 in its
-execution (entered, started, its Map run's start and end, succeeded, exited) and a call that
-collects its results. Retries and failures add events; the estimate is for a run where every
-task succeeds at its first attempt.
+collects its outputs unless its body ends with one leaf task (which collects them in its
+call). A Distributed Map records 6 in its execution (entered, started, its Map run's start
+and end, succeeded, exited) and a call that collects its results. Retries and failures add
+events; the estimate is for a run where every task succeeds at its first attempt.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from orchestrator.aws.asl import LEAF_KINDS, ends_with_leaf, first_iteration_runs
+from orchestrator.aws.asl import ends_with_leaf, final_leaf, first_iteration_runs
 from orchestrator.aws.series_parallel import Parallel, Shape, decompose
 from orchestrator.errors import Diagnostic, OrchestratorError
 from orchestrator.plan import Body, Node, Plan
@@ -132,10 +132,9 @@ def per_iteration(node: Node) -> Estimate:
         # the check, and the advance call unless the body's last task takes the step itself
         folded = body is not None and ends_with_leaf(body)
         return inner + Estimate(PASS_OR_CHOICE + (0 if folded else LAMBDA_CALL))
-    one_leaf = (
-        body is not None and len(body.nodes) == 1 and next(iter(body.nodes.values())).kind in LEAF_KINDS
-    )
-    return inner + Estimate(ITERATION + (0 if one_leaf else PASS_OR_CHOICE))
+    # the Pass collecting the iteration's outputs, unless its last leaf task does (`final_leaf`)
+    ends_in_leaf = body is not None and final_leaf(body) is not None
+    return inner + Estimate(ITERATION + (0 if ends_in_leaf else PASS_OR_CHOICE))
 
 
 def child_events(node: Node) -> Estimate:
@@ -171,8 +170,8 @@ def node_events(node: Node) -> Estimate:
         inner = body_events(node.body) if node.body is not None else Estimate(0)
         return guard + Estimate(CONTAINER) + inner
     if isinstance(task, DynamicTaskGroup):
-        # the expansion, then per generated task (unknown in number): route, call
-        each = Estimate(ITERATION + PASS_OR_CHOICE + LAMBDA_CALL)
+        # the expansion, then per generated task (unknown in number): its call
+        each = Estimate(ITERATION + LAMBDA_CALL)
         return guard + Estimate(LAMBDA_CALL + CONTAINER) + Estimate(each.events, known=False)
     if isinstance(task, PipelineGroup):
         # children are compiled in; their own bodies are not in this plan: one call each, at least

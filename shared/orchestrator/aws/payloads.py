@@ -11,14 +11,23 @@ lifecycle rule) and replaced by `{"$payload": "s3://bucket/key"}`; a value no bi
 reference always stays. Whoever reads a value (a function building its scope, the document
 builder, the API's run view) resolves references first (`resolve`), so templates, scripts
 and run documents never see them.
+
+**Write-once.** A payload's key names its content (the hash in `<name>-<hash>.json`); it is
+created with `If-None-Match: *` and the functions' IAM allows no other `PutObject` (and no
+delete), so an object, once written, is never replaced, even by a user script holding the
+function's credentials. Reading checks the content against the hash in its key, so an object
+planted under a key before its value was written is refused, never used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
+
+from orchestrator.errors import OrchestratorError
 
 LIMIT = 200_000
 """The most any one value may take in the state (and what old payloads, without a budget, get)."""
@@ -69,13 +78,28 @@ def store(value: Any, run_id: str, name: str, bucket: str, *, client: Any = None
 def _put(text: str, run_id: str, name: str, bucket: str, client: Any) -> str:
     digest = hashlib.sha256(text.encode()).hexdigest()[:DIGEST_LENGTH]
     key = _key(run_id, name, digest)
-    (client or _s3()).put_object(Bucket=bucket, Key=key, Body=text.encode(), ContentType="application/json")
+    try:
+        (client or _s3()).put_object(
+            Bucket=bucket, Key=key, Body=text.encode(), ContentType="application/json", IfNoneMatch="*"
+        )
+    except Exception as error:  # already there: the same content (`load` checks it)
+        code = getattr(error, "response", {}).get("Error", {}).get("Code")
+        if code not in {"PreconditionFailed", "ConditionalRequestConflict"}:
+            raise
     return key
 
 
+_DIGEST_NAME = re.compile(rf"^payloads/.+-([0-9a-f]{{{DIGEST_LENGTH}}})\.json$")
+
+
 def load(bucket: str, key: str, *, client: Any = None) -> Any:
-    """The JSON value of the object at `key` in `bucket`."""
-    return json.loads((client or _s3()).get_object(Bucket=bucket, Key=key)["Body"].read())
+    """The JSON value of the object at `key` in `bucket`; one whose key names a digest must hold
+    the content of that digest."""
+    body = (client or _s3()).get_object(Bucket=bucket, Key=key)["Body"].read()
+    named = _DIGEST_NAME.match(key)
+    if named and hashlib.sha256(body).hexdigest()[:DIGEST_LENGTH] != named.group(1):
+        raise OrchestratorError(f"s3://{bucket}/{key} does not hold the value written there: it was altered")
+    return json.loads(body)
 
 
 def offload_members(

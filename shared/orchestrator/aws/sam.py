@@ -5,8 +5,9 @@ tables, the bucket, the HTTP API, the triggers, the log groups). `build_template
 the pipelines decide: a state machine per pipeline (named `<stack>-<pipeline id>`), an
 EventBridge Scheduler schedule per `triggers.schedule` entry, the trigger functions'
 `ORCHESTRATOR_STATE_MACHINES` map, and a variant of a task function for each size the tasks'
-`resource_limits` and timeouts ask for (`aws.functions`: which function runs which task).
-Everything here is pure: the caller (`aws.build`) reads and writes the files.
+`resource_limits` and timeouts ask for (`aws.functions`: which function runs which task),
+and the python task function's permission to read exactly the secrets the pipelines name
+(`secrets_policy`). Everything here is pure: the caller (`aws.build`) reads and writes the files.
 
 CloudFormation's short-form tags (`!Ref`, `!GetAtt`, `!Sub`, `!If`, ...) are kept as small
 classes, so the written `template.yaml` reads like a hand-written one and a test can inspect
@@ -36,6 +37,7 @@ from orchestrator.aws.asl import PAYLOAD_BUCKET
 from orchestrator.aws.functions import (
     FunctionSize,
     FunctionVariant,
+    deployed_pipelines,
     function_variants,
     generated_task_sizes,
     named_functions,
@@ -61,6 +63,10 @@ STATE_MACHINE_LOG_GROUP = "StateMachineLogGroup"
 STATE_MACHINE_LOGGING_POLICY = "StateMachineLoggingPolicy"
 LOG_LEVEL_PARAMETER = "StateMachineLogLevel"
 PAYLOAD_BUCKET_ID = "PayloadBucket"
+SCRIPT_FUNCTION = "PythonTaskFunction"  # where user scripts run, the only reader of secrets
+SECRET_PREFIX = "orchestrator/"  # stores/secretsmanager.py: `get_secret("x")` reads `orchestrator/x`
+# `context.get_secret("name")` with a literal name; Secrets Manager names are [A-Za-z0-9/_+=.@-].
+_SECRET_CALL = re.compile(r"""get_secret\(\s*(['"])([A-Za-z0-9/_+=.@-]+)\1\s*\)""")
 
 _TOP_LEVEL_ORDER = (
     "AWSTemplateFormatVersion",
@@ -354,6 +360,50 @@ def distributed_map_policy(pipeline_id: str, *, payloads: bool) -> dict[str, Any
     return {"Statement": statements}
 
 
+def secret_names(plans: Sequence[Plan]) -> list[str]:
+    """The secrets the pipelines (and their child pipelines) read: every literal name in a
+    `get_secret("...")` call anywhere in their tasks (scripts, generated task specs), sorted."""
+    names: set[str] = set()
+    for pipeline in deployed_pipelines(plans):
+        for text in _strings(pipeline.model_dump(mode="json")):
+            names.update(match.group(2) for match in _SECRET_CALL.finditer(text))
+    return sorted(names)
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    return []
+
+
+def secrets_policy(names: Sequence[str]) -> dict[str, Any]:
+    """`secretsmanager:GetSecretValue` on exactly the named secrets (`orchestrator/<name>`; the
+    `-??????` is the random suffix Secrets Manager gives every secret's ARN)."""
+    arn = "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:"
+    return {
+        "Statement": [
+            {
+                "Sid": "ReadNamedSecrets",
+                "Effect": "Allow",
+                "Action": "secretsmanager:GetSecretValue",
+                "Resource": [Sub(f"{arn}{SECRET_PREFIX}{name}-??????") for name in names],
+            }
+        ]
+    }
+
+
+def _add_secrets_policy(resources: dict[str, Any], names: Sequence[str]) -> None:
+    """Let the script function (and its variants, which share its role) read `names`."""
+    if names:
+        _function_properties(resources, SCRIPT_FUNCTION).setdefault("Policies", []).append(
+            secrets_policy(names)
+        )
+
+
 def schedule(pipeline_id: str, entry: Schedule) -> dict[str, Any]:
     """An EventBridge Scheduler schedule that starts a run of a pipeline with the entry's inputs."""
     # Scheduler fills in its context attributes: a delivery it retries starts no second run.
@@ -496,6 +546,7 @@ def build_template(
     resources: dict[str, Any] = template.setdefault("Resources", {})
     outputs: dict[str, Any] = template.setdefault("Outputs", {})
     _size_functions(resources, generated_task_sizes(plans))
+    _add_secrets_policy(resources, secret_names(plans))
     variants = function_variants(plans)
     for logical_id, variant in reversed(variants.items()):  # each variant after its base, in order
         _add_after(resources, variant.base, logical_id, function_variant(resources, variant))

@@ -18,7 +18,7 @@ from orchestrator.aws.emulator import run_execution
 from orchestrator.aws.execution import HistoryProgress, document_from_execution
 from orchestrator.engine.local import RunOptions, new_run_id
 from orchestrator.plan import Plan
-from orchestrator.runtime.documents import RunStatus
+from orchestrator.runtime.documents import RunStatus, redacted_document
 from orchestrator.runtime.redact import Redactor
 
 EMULATED_ACCOUNT = "emulated-aws"
@@ -75,7 +75,7 @@ def run_plan_on_stepfunctions(plan: Plan, inputs: dict[str, Any], options: RunOp
     redactor = Redactor()
     for name in plan.pipeline.sensitive_inputs() & set(inputs):
         redactor.add(inputs[name])
-    document = dict(redactor.value(document))
+    document = redacted_document(document, redactor)
     if progress is not None:
         progress.finish(document)
     options.stores.runs.save(document)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import random
 import threading
 import time
@@ -22,6 +23,7 @@ from orchestrator.aws.events import DispatchError, DispatchEvent, TaskEvent, tas
 from orchestrator.aws.payloads import is_reference, offload, resolve
 from orchestrator.aws.task_scope import PreparedTask, prepare_task
 from orchestrator.errors import TaskError
+from orchestrator.runtime.attempt import Attempt
 from orchestrator.runtime.documents import ErrorInfo, TaskOutcome, TaskStatus
 from orchestrator.runtime.leaf import LEAF_TYPES, Services, run_leaf
 from orchestrator.runtime.policy import effective_policy, task_timeout
@@ -57,10 +59,11 @@ def _with_timeout(work: Callable[[], Any], timeout: float | None, name: str, gra
         return work()
     result: list[Any] = []
     failure: list[BaseException] = []
+    attempt = Attempt()
 
     def target() -> None:
         try:
-            result.append(work())
+            result.append(attempt.run(work))
         except BaseException as error:
             failure.append(error)
 
@@ -68,6 +71,7 @@ def _with_timeout(work: Callable[[], Any], timeout: float | None, name: str, gra
     thread.start()
     thread.join(timeout + grace)
     if thread.is_alive():
+        attempt.stop()  # a warm container must not go on running it (`runtime.attempt`)
         raise timeout_error(name, timeout)
     if failure:
         raise failure[0]
@@ -96,7 +100,9 @@ def _attempt(task: TaskBase, prepared: PreparedTask, services: Services) -> Any:
     else:
         leaf = functools.partial(run_leaf, task, name, scope, run, services, inputs)
     grace = SANDBOX_GRACE if limits is not None else 0.0
-    with task_streams():
+    # descriptors 1 and 2 are captured where one invocation has the process (Lambda); the
+    # emulator runs containers as threads of the command, whose own pipe already holds them
+    with task_streams(run.redactor, descriptors=bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))):
         return _with_timeout(lambda: attempt_leaf(leaf, name), task_timeout(task), name, grace)
 
 
@@ -195,7 +201,10 @@ def _advanced(
     event: TaskEvent, record: dict[str, Any], stores: Stores, sealer: Sealer | None
 ) -> dict[str, Any]:
     """The task's record, with the step of the while_loop it ends (`event.advance`) taken by the
-    dispatch function's own `while` action, its output as the iteration's last."""
+    dispatch function's own `while` action, its output as the iteration's last; with the other
+    outputs of the body it ends handed back (`event.collect`), as they are."""
+    if event.collect is not None:
+        record = {**record, "collected": event.collect}
     if event.advance is None:
         return record
     from orchestrator.aws.dispatch import dispatch  # (the dispatch function's; imported when used)

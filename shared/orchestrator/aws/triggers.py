@@ -18,10 +18,19 @@ state folder's Fernet key seals instead.
 
 **Run ids.** A run id is the execution's name, `<pipeline id>-<time>-<random>`. With an
 idempotency key (the API's `Idempotency-Key` header, an upload's bucket+key+etag, a
-schedule's key) it is `<pipeline id>-<source><hash>`: deterministic, so a repeated key meets
-`ExecutionAlreadyExists` and gets the run that already exists. (Standard workflows only:
-Express workflows do not keep names unique.) The id starts with the pipeline id so that
-`describe_run` finds the state machine with one call.
+schedule's key) it is `<pipeline id>-<source><hash>`, the hash of source, pipeline, owner
+and key: deterministic, so a repeated key meets `ExecutionAlreadyExists` and gets the run
+that already exists. (Standard workflows only: Express workflows do not keep names unique.)
+The id starts with the pipeline id so that `describe_run` finds the state machine with one
+call.
+
+**Runs belong to their caller** (`aws.run_owners`). A run the API starts records its caller
+in the execution input (`run.owner`) and in the runs table; `describe_run` answers a run
+only to its owner (anyone else gets the 404 of a run that does not exist, so ids cannot be
+probed) and `list_runs` lists the caller's own. Keys are per caller: another caller's
+`Idempotency-Key` names another run, and the same caller sending its key with another
+request (pipeline, inputs or `no_cache`) gets a 409. Runs started by uploads and schedules
+belong to the stack: no API caller reads them.
 
 Every error a caller can cause is a `RequestError` with an HTTP status; anything else is
 a fault of the deployment and stays loud. boto3 clients are injected or built lazily.
@@ -30,6 +39,7 @@ a fault of the deployment and stays loud. boto3 clients are injected or built la
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 import uuid
@@ -44,6 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from orchestrator.aws.clients import aws_client
 from orchestrator.aws.deployed import UnknownPipelineError, load_plan
 from orchestrator.aws.payloads import resolve
+from orchestrator.aws.run_owners import OwnedRun, RunOwners, request_digest
 from orchestrator.aws.state_records import task_records
 from orchestrator.aws.task_scope import visible_outputs
 from orchestrator.errors import InputError, OrchestratorError
@@ -58,6 +69,8 @@ if TYPE_CHECKING:
     from orchestrator.sealing.base import Sealer
 
 MAX_EXECUTION_NAME = 80
+MAX_EXECUTION_INPUT = 262_144  # Step Functions' limit on an execution's input, in bytes
+_TOO_LARGE = "the inputs are too large for an execution (256 KB at most)"
 MAX_IDEMPOTENCY_KEY = 256
 _RUN_PREFIX_LENGTH = 40
 _RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
@@ -91,9 +104,21 @@ class PipelineNotFoundError(RequestError):
 
 
 class RunNotFoundError(RequestError):
-    """No run with this id."""
+    """No run with this id, or none the caller owns."""
 
     status_code = 404
+
+
+class NoCallerError(RequestError):
+    """The request carries no caller identity (the API's IAM authorizer is not in front of it)."""
+
+    status_code = 403
+
+
+class IdempotencyConflictError(RequestError):
+    """The caller's idempotency key already started a run of another request."""
+
+    status_code = 409
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -163,10 +188,14 @@ def parse_run_request(body: str | None) -> RunRequest:
     """The request body of a new run; an empty body is a run with the default inputs."""
     if body is None or not body.strip():
         return RunRequest()
+    from orchestrator.runtime.inputs import json_document
+
     try:
-        data = json.loads(body)
+        data = json_document(body)
     except json.JSONDecodeError as error:
         raise InvalidRequestError(f"the body is not valid JSON: {error}") from None
+    except InputError as error:
+        raise InvalidRequestError(f"the body: {error}") from None
     if not isinstance(data, dict):
         raise InvalidRequestError('the body must be a JSON object like {"inputs": {"name": "value"}}')
     try:
@@ -186,16 +215,28 @@ def parse_scheduled_run(event: Mapping[str, Any]) -> ScheduledRun:
 
 
 def caller_id(authorizer: RequestContextV2Authorizer | None) -> str | None:
-    """Who called the HTTP API: the JWT `sub`, the IAM user, or a Lambda authorizer's `user_id`."""
+    """Who called the HTTP API: the JWT `sub`, the IAM principal's ARN (`userArn`; for an
+    assumed role, `arn:aws:sts::<account>:assumed-role/<role>/<session>`), else its
+    `callerId`, or a Lambda authorizer's `user_id`."""
     if authorizer is None:
         return None
     subject = authorizer.jwt_claim.get("sub")
     if subject:
         return str(subject)
-    if authorizer.iam.user_arn:
-        return authorizer.iam.user_arn
+    if authorizer.iam.user_arn or authorizer.iam.caller_id:
+        return authorizer.iam.user_arn or authorizer.iam.caller_id
     found = authorizer.get_lambda.get("user_id")
     return str(found) if found else None
+
+
+def require_caller(authorizer: RequestContextV2Authorizer | None) -> str:
+    """`caller_id`, or a 403 when the request names nobody."""
+    found = caller_id(authorizer)
+    if not found:
+        raise NoCallerError(
+            "the request carries no caller identity: call the API with SigV4-signed (IAM) requests"
+        )
+    return found
 
 
 # -- run ids -----------------------------------------------------------------------------------
@@ -211,9 +252,11 @@ def new_run_id(pipeline_id: str) -> str:
     return f"{_run_prefix(pipeline_id)}-{stamp}-{uuid.uuid4().hex[:8]}"
 
 
-def keyed_run_id(pipeline_id: str, source: str, idempotency_key: str) -> str:
-    """The run id for an idempotency key: the same pipeline, source and key give the same id."""
-    digest = hashlib.sha256(f"{source}\n{pipeline_id}\n{idempotency_key}".encode()).hexdigest()
+def keyed_run_id(pipeline_id: str, source: str, idempotency_key: str, owner: str | None = None) -> str:
+    """The run id for an idempotency key: the same pipeline, source, owner and key give the
+    same id (the owner of a stack's run is None)."""
+    text = f"{source}\n{pipeline_id}\n{idempotency_key}" + ("" if owner is None else f"\n{owner}")
+    digest = hashlib.sha256(text.encode()).hexdigest()
     return f"{_run_prefix(pipeline_id)}-{source[:8]}{digest[:32]}"
 
 
@@ -250,16 +293,20 @@ def start_run(
     *,
     idempotency_key: str | None = None,
     source: str = "api",
-    user_id: str | None = None,
+    owner: str | None = None,
     no_cache: bool = False,
     sfn_client: Any = None,
     state_machine_arn_for: Callable[[str], str] = state_machine_arn,
     sealer: Sealer | None = None,
+    owners: RunOwners | None = None,
 ) -> StartedRun:
     """Validate the inputs and start the pipeline's state machine; see the module docstring.
 
-    Raises `PipelineNotFoundError` (404) for a pipeline that is not deployed and
-    `InvalidRequestError` (400) for inputs that do not match its `input_variables`.
+    `owner` is the caller the run belongs to (its `user_id` too); None for the stack's runs
+    (uploads, schedules), whose `user_id` is the source. Raises `PipelineNotFoundError` (404)
+    for a pipeline that is not deployed, `InvalidRequestError` (400) for inputs that do not
+    match its `input_variables` and `IdempotencyConflictError` (409) for an owner's key sent
+    again with another request.
     """
     arn = state_machine_arn_for(pipeline_id)
     try:
@@ -273,30 +320,56 @@ def start_run(
     if idempotency_key is not None:
         if not idempotency_key.strip() or len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
             raise InvalidRequestError(f"an idempotency key has 1 to {MAX_IDEMPOTENCY_KEY} characters")
-        run_id = keyed_run_id(pipeline_id, source, idempotency_key)
+        run_id = keyed_run_id(pipeline_id, source, idempotency_key, owner)
     else:
         run_id = new_run_id(pipeline_id)
+    now = datetime.now(UTC)
     run: dict[str, Any] = {
         "id": run_id,
         "pipeline": pipeline_id,
-        "started_at": datetime.now(UTC).isoformat(),
-        "user_id": user_id or source,
+        "started_at": now.isoformat(),
+        "user_id": owner or source,
     }
+    if owner is not None:
+        run["owner"] = owner
     if no_cache:
         run["no_cache"] = True
     sealed = seal_inputs(pipeline_id, resolved, plan.pipeline.sensitive_inputs(), sealer or default_sealer())
-    document = {"inputs": sealed, "run": run, "tasks": {}}
+    text = json.dumps({"inputs": sealed, "run": run, "tasks": {}})
+    if len(text.encode()) > MAX_EXECUTION_INPUT:
+        raise InvalidRequestError(_TOO_LARGE)
+    if owner is not None:  # recorded before the execution exists: no run is ever without its owner
+        request = {"pipeline": pipeline_id, "inputs": resolved, "no_cache": no_cache}
+        digest = None if idempotency_key is None else request_digest(owner, idempotency_key, request)
+        _claim(owners or RunOwners(), OwnedRun(run_id, pipeline_id, owner, now.timestamp(), digest))
     client = sfn_client if sfn_client is not None else aws_client("stepfunctions")
     try:
-        response = client.start_execution(stateMachineArn=arn, name=run_id, input=json.dumps(document))
+        response = client.start_execution(stateMachineArn=arn, name=run_id, input=text)
     except Exception as error:
         code = _error_code(error)
         if code == "ExecutionAlreadyExists":
             return _existing_run(client, arn, run_id, pipeline_id)
         if code == "InvalidExecutionInput":
-            raise InvalidRequestError("the inputs are too large for an execution (256 KB at most)") from None
+            raise InvalidRequestError(_TOO_LARGE) from None
         raise
     return StartedRun(run_id, pipeline_id, run["started_at"], str(response["executionArn"]), created=True)
+
+
+def _claim(owners: RunOwners, run: OwnedRun) -> None:
+    """Record the run's owner; a key already used by this owner for another request is a 409."""
+    held = owners.claim(run)
+    if held is None:
+        return
+    if (
+        held.owner != run.owner
+        or held.digest is None
+        or not hmac.compare_digest(held.digest, run.digest or "")
+    ):
+        raise IdempotencyConflictError(
+            f"this Idempotency-Key already started run {held.run_id} with another request "
+            "(pipeline, inputs or no_cache): send the same request to get that run, "
+            "or use a new key for a new run"
+        )
 
 
 def resolve_run_inputs(pipeline: Any, inputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -308,7 +381,7 @@ def resolve_run_inputs(pipeline: Any, inputs: Mapping[str, Any]) -> dict[str, An
 
 def _existing_run(client: Any, state_machine: str, run_id: str, pipeline_id: str) -> StartedRun:
     arn = execution_arn(state_machine, run_id)
-    described = client.describe_execution(executionArn=arn)
+    described = client.describe_execution(executionArn=arn)  # its owner is in the id's hash
     started_at = _started_at(described)
     return StartedRun(run_id, pipeline_id, started_at, arn, created=False)
 
@@ -398,9 +471,17 @@ def start_scheduled_run(
 
 
 def describe_run(
-    run_id: str, *, sfn_client: Any = None, state_machines: Mapping[str, str] | None = None
+    run_id: str,
+    *,
+    caller: str | None = None,
+    sfn_client: Any = None,
+    state_machines: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """A run's status, task statuses and outputs, read from its execution.
+
+    With a `caller` (the API always passes one), only a run that caller owns (`run.owner` in
+    the execution input) is found: any other is `RunNotFoundError`, as a missing one is, so a
+    caller cannot tell another's run from no run. Without one: the stack's view, every run.
 
     `status` is the execution's, lower case (`running`, `succeeded`, `failed`, `timed_out`,
     `aborted`), and `degraded` when it succeeded with a failed task. From the execution
@@ -419,8 +500,47 @@ def describe_run(
             if _error_code(error) in {"ExecutionDoesNotExist", "InvalidArn", "StateMachineDoesNotExist"}:
                 continue
             raise
+        if caller is not None and run_owner(described) != caller:
+            continue
         return _run_view(run_id, pipeline_id, described)
     raise RunNotFoundError(f"no run '{run_id}'")
+
+
+def run_owner(described: Mapping[str, Any]) -> str | None:
+    """The owner an execution's input names (`run.owner`); None for the stack's runs."""
+    try:
+        run = json.loads(described.get("input") or "{}").get("run") or {}
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    owner = run.get("owner") if isinstance(run, dict) else None
+    return owner if isinstance(owner, str) and owner else None
+
+
+MAX_LISTED = 100
+
+
+def list_runs(
+    caller: str,
+    *,
+    limit: int = 20,
+    owners: RunOwners | None = None,
+    sfn_client: Any = None,
+    state_machines: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The caller's runs, newest first (at most `limit`, 1 to `MAX_LISTED`): each run's id,
+    pipeline, status and times, as `describe_run` gives them."""
+    if not 1 <= limit <= MAX_LISTED:
+        raise InvalidRequestError(f"limit must be a whole number from 1 to {MAX_LISTED}")
+    machines = aws_settings().state_machines if state_machines is None else state_machines
+    client = sfn_client if sfn_client is not None else aws_client("stepfunctions")
+    runs: list[dict[str, Any]] = []
+    for owned in (owners or RunOwners()).runs_of(caller, limit):
+        try:
+            view = describe_run(owned.run_id, caller=caller, sfn_client=client, state_machines=machines)
+        except RunNotFoundError:  # its execution never started, or its pipeline is gone
+            continue
+        runs.append({key: view[key] for key in ("run_id", "pipeline", "status", "started_at", "stopped_at")})
+    return {"runs": runs}
 
 
 def _candidates(run_id: str, machines: Mapping[str, str]) -> list[str]:

@@ -22,14 +22,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from orchestrator.engine.threads import DaemonThreadPool, shared_pool
-from orchestrator.errors import OrchestratorError, PipelineValidationError, TaskError
+from orchestrator.errors import OrchestratorError, PipelineValidationError, StateFolderError, TaskError
 from orchestrator.plan import Body, Node, Plan, build_plan, plan_tasks
+from orchestrator.runtime.attempt import Attempt
 from orchestrator.runtime.context import RunInfo
 from orchestrator.runtime.documents import (
     ErrorInfo,
     RunStatus,
     TaskOutcome,
     TaskStatus,
+    redacted_document,
+    redacted_record,
     run_document,
 )
 from orchestrator.runtime.generated import expand
@@ -52,6 +55,7 @@ from orchestrator.runtime.pipelines import (
     run_scope,
 )
 from orchestrator.runtime.policy import ErrorPolicy, effective_policy, task_timeout
+from orchestrator.runtime.python_task import UserInterrupt
 from orchestrator.runtime.redact import MASK, Redactor
 from orchestrator.runtime.sandbox import SANDBOX_GRACE, Limits, limits_for, run_sandboxed
 from orchestrator.runtime.scope import Scope
@@ -159,7 +163,13 @@ def _let_ctrl_c_interrupt() -> None:
         return
     handler = signal.getsignal(signal.SIGINT)
     if isinstance(getattr(getattr(handler, "func", None), "__self__", None), asyncio.Runner):
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _raise_user_interrupt)
+
+
+def _raise_user_interrupt(signum: int, frame: Any) -> None:
+    """Ctrl-C: `UserInterrupt`, which a script cannot turn into a task failure by raising a
+    `KeyboardInterrupt` of its own (see `runtime.python_task`)."""
+    raise UserInterrupt
 
 
 def _dependents(body: Body) -> dict[str, list[str]]:
@@ -206,7 +216,7 @@ class _Reporter:
         if outcome.status in FINISHED and (
             outcome.status is not TaskStatus.FAILED or name in self.run.shared.degraded
         ):
-            record = self.run.shared.redactor.value({**outcome.record(), "output": outcome.output})
+            record = redacted_record({**outcome.record(), "output": outcome.output}, self.run.shared.redactor)
             self.run.shared.options.stores.runs.checkpoint(self.run.info.run_id, name, record)
 
 
@@ -454,6 +464,16 @@ class _Run:
             if container:
                 self.shared.activity.deadlines -= 1
 
+    async def on_thread(self, leaf: Callable[[], Any]) -> Any:
+        """A leaf attempt on a worker thread, stopped (`runtime.attempt`) when the wait for it
+        ends early: its timeout passed, or the run is being cancelled."""
+        attempt = Attempt()
+        try:
+            return await self.shared.pool.run_in_loop(attempt.run, leaf)
+        except asyncio.CancelledError:
+            attempt.stop()
+            raise
+
     async def execute(
         self,
         task: TaskBase,
@@ -477,7 +497,7 @@ class _Run:
                         return attempt_leaf(leaf, name)
                     except KeyboardInterrupt:
                         return await _interrupted()
-            return await self.shared.pool.run_in_loop(attempt_leaf, leaf, name)
+            return await self.on_thread(functools.partial(attempt_leaf, leaf, name))
         body = node.body if node is not None else None
         inner = depth + 1
         try:
@@ -650,7 +670,7 @@ class _Run:
             result=result,
             error=error,
         )
-        return dict(self.shared.redactor.value(document))
+        return redacted_document(document, self.shared.redactor)
 
     def restore(self, completed: dict[str, dict[str, Any]]) -> dict[str, TaskOutcome]:
         """Outcomes of the top-level tasks a resumed run does not run again."""
@@ -728,46 +748,78 @@ def run_plan(
     try:
         options.stores.runs.save(running, resume=resume)
         try:
-            with task_streams():
+            with task_streams(redactor):
                 document = asyncio.run(run.run(completed))
-            options.stores.runs.save(document)
+            try:
+                options.stores.runs.save(document)
+            except StateFolderError as unwritable:
+                document = _record_unsaved(run, document, unwritable)
         except BaseException as stopped:
-            _record_stopped(run, stopped)
+            document = _record_stopped(run, stopped)
             if isinstance(stopped, KeyboardInterrupt):
                 raise RunInterrupted(run.info.run_id) from None
-            raise
+            if not isinstance(stopped, StateFolderError):
+                raise
     finally:
         if own_services:
             services.close()
     return document
 
 
-def _record_stopped(run: _Run, stopped: BaseException) -> None:
-    """Save a run that stopped before it finished as `crashed`, with the top-level tasks it
-    finished (what `resume` keeps), the ones it was running `cancelled`. Best effort: the
-    error that stopped the run is the one to report. Ctrl-C is ignored meanwhile."""
+def _record_unsaved(run: _Run, document: dict[str, Any], unwritable: StateFolderError) -> dict[str, Any]:
+    """A run whose end could not be saved (a full disk, a folder made read-only meanwhile) has
+    failed for that reason. It is saved again without its outputs, which a full disk may still
+    take (the checkpoints `resume` keeps are stored apart); if that fails too, its lock is let go
+    all the same, so it reads as `crashed`, never `running`. The document returned keeps its
+    outputs, for the command to print."""
+    failed = {**document, "status": RunStatus.FAILED, "error": _folder_failure(run, unwritable)}
+    with contextlib.suppress(StateFolderError):
+        run.shared.options.stores.runs.save(
+            {**failed, "outputs": dict.fromkeys(document["outputs"]), "result": None}
+        )
+    return failed
+
+
+def _folder_failure(run: _Run, unusable: StateFolderError) -> dict[str, Any]:
+    """The error of a run the state folder failed (full, damaged or made read-only meanwhile)."""
+    fix = f"once that is fixed, finish the run with 'orchestrator resume {run.info.run_id}'"
+    return {"task": None, "type": "StateFolderError", "message": f"{unusable}; {fix}"}
+
+
+def _record_stopped(run: _Run, stopped: BaseException) -> dict[str, Any]:
+    """Save a run that stopped before it finished, with the top-level tasks it finished (what
+    `resume` keeps), the ones it was running `cancelled`, and return its document: `failed`
+    when the state folder stopped it (the reason is the run's error), else `crashed`. Best
+    effort: the error that stopped the run is the one to report. Ctrl-C is ignored meanwhile."""
+    status = RunStatus.CRASHED
     if isinstance(stopped, KeyboardInterrupt):
         error = {
             "task": None,
             "type": "Interrupted",
             "message": "stopped by Ctrl-C before it finished; it can be resumed",
         }
+    elif isinstance(stopped, StateFolderError):
+        status, error = RunStatus.FAILED, _folder_failure(run, stopped)
     else:
         error = {"task": None, "type": type(stopped).__name__, "message": str(stopped)}
     runs = run.shared.options.stores.runs
-    with _ctrl_c_ignored(), contextlib.suppress(Exception):
-        point = runs.resume_point(run.info.run_id)
+    with _ctrl_c_ignored():
         outcomes = {name: TaskOutcome(TaskStatus.CANCELLED) for name in run.reporter.unfinished}
-        outcomes.update(run.restore(point[1] if point else {}))
+        with contextlib.suppress(Exception):  # the checkpoints may be what cannot be read
+            point = runs.resume_point(run.info.run_id)
+            outcomes.update(run.restore(point[1] if point else {}))
         document = run_document(
             run_id=run.info.run_id,
             pipeline=run.info.pipeline_id,
-            status=RunStatus.CRASHED,
+            status=status,
             outcomes=run.flatten(outcomes),
             result=None,
             error=error,
         )
-        runs.save(dict(run.shared.redactor.value(document)))
+        document = redacted_document(document, run.shared.redactor)
+        with contextlib.suppress(Exception):
+            runs.save(document)
+    return document
 
 
 @contextlib.contextmanager

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import random
+import contextlib
+import copy
+import hashlib
+import hmac
 import time
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
@@ -10,16 +13,34 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.errors import TaskError
+from orchestrator.runtime.attempt import current_attempt
 from orchestrator.runtime.redact import Redactor
 from orchestrator.runtime.scope import Scope
-from orchestrator.stores.base import Stores
+from orchestrator.stores.base import StateWrite, Stores
 
 SHARED_NAMESPACE = "shared"
-CONFLICT_ATTEMPTS = 20
+MINIMUM_TTL = 0.001
+"""Seconds: the time to live of a write whose own ttl ran out before its attempt committed."""
 
 
 class StateConflictError(Exception):
     """Another writer changed a key between this attempt's read and its write."""
+
+
+def stored_key(key: str, redactor: Redactor) -> str:
+    """The key a state, storage or cache entry is stored under: `key` itself, or, when it
+    holds a secret or a sensitive input, its masked form and a digest of the whole key
+    (HMAC-SHA256 under a fixed label), e.g. `token-***#3f9a...`. The same key gives the same
+    stored key in every run, on every store and engine, and the store never holds the value;
+    someone who can read the store and guesses the whole key can still confirm the guess."""
+    if not redactor.holds(key):
+        return key
+    masked = redactor.value(key)
+    digest = hmac.new(KEY_DIGEST_LABEL, key.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return f"{masked}#{digest}"
+
+
+KEY_DIGEST_LABEL = b"orchestrator stored key v1"
 
 
 @dataclass
@@ -44,13 +65,23 @@ class RunInfo:
 
 
 class Context:
-    """What a python script calls as `context`; one per task attempt."""
+    """What a python script calls as `context`; one per task attempt.
+
+    State writes are the attempt's transaction: kept in the attempt (its own reads see
+    them) and committed together when the script ends, whether it returns or raises
+    (`commit`), each key the attempt read before writing as a compare-and-set against the
+    version it read first. So an attempt that lost a race runs again from scratch without
+    any of its writes applied, and two read-modify-writes of two keys count once each.
+    Cache writes and audit entries are written at once; none after the attempt was stopped.
+    Keys holding a secret or a sensitive input are stored digested (`stored_key`)."""
 
     def __init__(self, run: RunInfo, scope: Scope, task_name: str) -> None:
         self._run = run
         self._scope = scope
         self._task = task_name
-        self._versions: dict[tuple[str, str], int] = {}
+        self._versions: dict[tuple[str, str], int] = {}  # version first read, by (namespace, key)
+        self._pending: dict[tuple[str, str], tuple[Any, float | None]] = {}  # value, expiry
+        self._attempt = current_attempt()
 
     # task outputs and loops -------------------------------------------------------------
     def get_task_output(self, name: str, default: Any = None) -> Any:
@@ -73,22 +104,24 @@ class Context:
         return self._run.child_outputs.get(key)
 
     # state ------------------------------------------------------------------------------
+    def _stored(self, key: str) -> str:
+        return stored_key(key, self._run.redactor)
+
     def _get(self, namespace: str, key: str, default: Any) -> Any:
-        versioned = self._run.stores.state.read(namespace, key)
-        self._versions[(namespace, key)] = versioned.version
-        return default if versioned.value is None else versioned.value
+        slot = (namespace, self._stored(key))
+        if slot in self._pending:  # this attempt's own write, not committed yet
+            value, expires = self._pending[slot]
+            value = None if expires is not None and expires <= time.monotonic() else copy.deepcopy(value)
+        else:
+            versioned = self._run.stores.state.read(*slot)
+            self._versions.setdefault(slot, versioned.version)
+            value = versioned.value
+        return default if value is None else value
 
     def _set(self, namespace: str, key: str, value: Any, ttl: float | None) -> None:
         value = self._run.redactor.value(_json_value(value, f"state '{key}'"))
-        expected = self._versions.get((namespace, key))
-        state = self._run.stores.state
-        if expected is None:
-            self._versions[(namespace, key)] = state.write(namespace, key, value, ttl=ttl)
-            return
-        version = state.compare_and_set(namespace, key, value, expected, ttl=ttl)
-        if version is None:
-            raise StateConflictError(key)
-        self._versions[(namespace, key)] = version
+        expires = None if ttl is None else time.monotonic() + ttl
+        self._pending[(namespace, self._stored(key))] = (value, expires)
 
     def _update(
         self,
@@ -98,17 +131,35 @@ class Context:
         default: Any,
         ttl: float | None,
     ) -> Any:
-        state = self._run.stores.state
-        for attempt in range(CONFLICT_ATTEMPTS):
-            versioned = state.read(namespace, key)
-            current = default if versioned.value is None else versioned.value
-            new_value = self._run.redactor.value(_json_value(update(current), f"state '{key}'"))
-            version = state.compare_and_set(namespace, key, new_value, versioned.version, ttl=ttl)
-            if version is not None:
-                self._versions[(namespace, key)] = version
-                return new_value
-            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-        raise TaskError("StateConflict", f"could not update '{key}': too many concurrent writers")
+        new_value = update(self._get(namespace, key, default))
+        self._set(namespace, key, new_value, ttl)
+        return self._get(namespace, key, None)
+
+    def commit(self) -> None:
+        """Write this attempt's state, all of it or none: each key it read before writing is
+        a compare-and-set against the version read; `StateConflictError` (the attempt runs
+        again) when one of them changed meanwhile. A stopped attempt writes nothing."""
+        if not self._pending:
+            return
+        now = time.monotonic()
+        writes = [
+            StateWrite(
+                namespace,
+                key,
+                value,
+                self._versions.get((namespace, key)),
+                None if expires is None else max(expires - now, MINIMUM_TTL),
+            )
+            for (namespace, key), (value, expires) in self._pending.items()
+        ]
+        with self._writing():
+            committed = self._run.stores.state.commit(writes)
+        if not committed:
+            raise StateConflictError(", ".join(write.key for write in writes))
+        self._pending.clear()
+
+    def _writing(self) -> contextlib.AbstractContextManager[None]:
+        return self._attempt.writing() if self._attempt is not None else contextlib.nullcontext()
 
     def get_persistent_state(self, key: str, default: Any = None) -> Any:
         return self._get(self._run.persistent_namespace, key, default)
@@ -133,7 +184,7 @@ class Context:
 
     # caches -----------------------------------------------------------------------------
     def _task_cache_key(self, key: str) -> str:
-        return f"task:{self._run.pipeline_id}:{self._task}:{key}"
+        return f"task:{self._run.pipeline_id}:{self._task}:{self._stored(key)}"
 
     def get_task_cache(self, key: str, default: Any = None) -> Any:
         found, value = self._run.stores.cache.get(self._task_cache_key(key))
@@ -141,15 +192,17 @@ class Context:
 
     def set_task_cache(self, key: str, value: Any, ttl: float | None = None) -> None:
         value = self._run.redactor.value(_json_value(value, f"cache '{key}'"))
-        self._run.stores.cache.put(self._task_cache_key(key), value, ttl)
+        with self._writing():
+            self._run.stores.cache.put(self._task_cache_key(key), value, ttl)
 
     def get_cache(self, key: str, default: Any = None) -> Any:
-        found, value = self._run.stores.cache.get(f"global:{key}")
+        found, value = self._run.stores.cache.get(f"global:{self._stored(key)}")
         return value if found else default
 
     def set_cache(self, key: str, value: Any, ttl: float | None = None) -> None:
         value = self._run.redactor.value(_json_value(value, f"cache '{key}'"))
-        self._run.stores.cache.put(f"global:{key}", value, ttl)
+        with self._writing():
+            self._run.stores.cache.put(f"global:{self._stored(key)}", value, ttl)
 
     # secrets, ids, audit ------------------------------------------------------------------
     def get_secret(self, name: str) -> str:
@@ -180,9 +233,11 @@ class Context:
             "task": self._task,
             "user_id": self._run.user_id,
             "logged_at": datetime.now(UTC).isoformat(),
-            **_json_value(dict(event), "audit event"),
+            # only what the script wrote is user content: ids and times are never masked
+            **self._run.redactor.value(_json_value(dict(event), "audit event")),
         }
-        self._run.stores.audit.append(self._run.redactor.value(entry))
+        with self._writing():
+            self._run.stores.audit.append(entry)
 
     # storage ----------------------------------------------------------------------------
     def storage(self) -> Storage:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.runtime.redact import Redactor
 
 
 class TaskStatus(StrEnum):
@@ -74,3 +77,37 @@ def run_document(
         "result": result,
         "error": error,
     }
+
+
+def redacted_error(error: dict[str, Any] | None, redactor: Redactor) -> dict[str, Any] | None:
+    """An error as the run document shows it: its message is user content, its task and type are not."""
+    if not error or not isinstance(error.get("message"), str):
+        return error
+    return {**error, "message": redactor.text(error["message"])}
+
+
+def redacted_record(record: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+    """A task's record (`TaskOutcome.record`, with its output) with only its user content redacted."""
+    redacted = {**record, "error": redacted_error(record.get("error"), redactor)}
+    if "output" in record:
+        redacted["output"] = redactor.value(record["output"])
+    return redacted
+
+
+def redacted_document(document: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+    """A run document with its user content redacted (task outputs, the result, error messages)
+    and its structure untouched: keys, run id, pipeline and task names, statuses, attempts and any
+    other field stay as they are, whatever the sensitive values (`runtime.redact`)."""
+    redacted = dict(document)
+    if isinstance(document.get("outputs"), dict):
+        redacted["outputs"] = {name: redactor.value(output) for name, output in document["outputs"].items()}
+    if "result" in document:
+        redacted["result"] = redactor.value(document["result"])
+    if isinstance(document.get("error"), dict):
+        redacted["error"] = redacted_error(document["error"], redactor)
+    if isinstance(document.get("tasks"), dict):
+        redacted["tasks"] = {
+            name: redacted_record(record, redactor) if isinstance(record, dict) else record
+            for name, record in document["tasks"].items()
+        }
+    return redacted

@@ -1,9 +1,19 @@
-"""A dynamic_task_group's generated specs -> a planned body, the same way on both engines."""
+"""A dynamic_task_group's generated specs -> a planned body, the same way on both engines.
+
+Specs a template gives (`tasks: "{{ plan }}"`) are data, rendered once already: their text is
+used as it is, never rendered again, so a value that reached a spec (an input of
+`{{ run.id }}`, a web page an LLM quoted) stays that text. `literal_specs` writes every `{{`,
+`{%` and `{#` in them as a placeholder giving that text back, so the generated tasks render,
+on either engine, to exactly what was generated. A spec's `condition` is the exception: it
+is an expression, evaluated as written. Specs written in the file (`tasks:` as a list) are
+the pipeline's own and are rendered like any task.
+"""
 
 from __future__ import annotations
 
 import functools
 import itertools
+import re
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -57,7 +67,29 @@ def plan_generated(specs: Any, group: DynamicTaskGroup, source: SourceMap) -> Bo
     return body
 
 
+_TEMPLATE_MARK = re.compile(r"\{[{%#]")
+
+
+def _literal_text(text: str) -> str:
+    """`text` as a template that renders to `text` (in a script too: the placeholders give
+    their text back inside a string literal)."""
+    return _TEMPLATE_MARK.sub(lambda mark: "{{ '" + mark.group() + "' }}", text)
+
+
+def literal_specs(value: Any) -> Any:
+    """Generated specs with their text kept from a second rendering (see the module
+    docstring); `condition`s are left as written."""
+    if isinstance(value, str):
+        return _literal_text(value)
+    if isinstance(value, list):
+        return [literal_specs(item) for item in value]
+    if isinstance(value, dict):
+        return {key: item if key == "condition" else literal_specs(item) for key, item in value.items()}
+    return value
+
+
 def expand(group: DynamicTaskGroup, scope: Scope, source: SourceMap) -> Body:
-    """A dynamic_task_group's tasks, rendered (a template) or as written, validated and planned."""
-    specs = render(group.tasks, scope) if isinstance(group.tasks, str) else group.tasks
+    """A dynamic_task_group's tasks, rendered once (a template) or as written, validated and
+    planned."""
+    specs = literal_specs(render(group.tasks, scope)) if isinstance(group.tasks, str) else group.tasks
     return plan_generated(specs, group, source)

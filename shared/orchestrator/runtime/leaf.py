@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import TaskError, TemplateError
-from orchestrator.runtime.context import Context, RunInfo
+from orchestrator.runtime.context import Context, RunInfo, stored_key
 from orchestrator.runtime.python_task import run_script
+from orchestrator.runtime.redact import Redactor
 from orchestrator.runtime.scope import Scope
-from orchestrator.runtime.task_streams import real_stderr, writing_as
+from orchestrator.runtime.task_streams import TaskLog, writing_as
 from orchestrator.settings import Settings
 from orchestrator.spec.models import LLMTask, Pipeline, PythonTask, TaskBase, WebSearchTask
 from orchestrator.template import jinja
@@ -65,31 +66,6 @@ def render(value: Any, scope: Scope) -> Any:
         return jinja.render_value(value, scope)
     except TemplateError as error:
         raise TaskError("TemplateError", str(error)) from None
-
-
-class TaskLog:
-    """A script's output as log lines on the real stderr: prefixed with the task, secrets masked."""
-
-    def __init__(self, name: str, run: RunInfo) -> None:
-        self._name = name
-        self._run = run
-        self._partial = ""
-
-    def write(self, text: str) -> None:
-        complete, _, self._partial = (self._partial + text).rpartition("\n")
-        if complete or text.endswith("\n"):
-            self._emit(complete)
-
-    def close(self) -> None:
-        if self._partial:
-            self._emit(self._partial)
-            self._partial = ""
-
-    def _emit(self, text: str) -> None:
-        lines = self._run.redactor.text(text).splitlines() or [""]
-        stream = real_stderr()
-        stream.write("".join(f"[{self._name}] {line}\n" for line in lines))
-        stream.flush()
 
 
 _ALWAYS_JSON = frozenset({str, float, bool, type(None)})
@@ -199,7 +175,12 @@ def run_leaf(
         log = TaskLog(name, run)
         try:
             with writing_as(log.write):
-                output = run_script(script, name, context, inputs, context.storage())
+                try:
+                    output = run_script(script, name, context, inputs, context.storage())
+                except TaskError:  # its state writes are kept (SPEC 8), all together
+                    context.commit()
+                    raise
+                context.commit()
         finally:
             log.close()
         return run.redactor.value(_check_json(output, name))
@@ -233,13 +214,15 @@ def cache_key(
     pipeline_id: str,
     reads: frozenset[str],
     default_model: str,
+    redactor: Redactor,
 ) -> tuple[str, float | None] | None:
-    """The cache entry a task reads and writes, and its TTL; None when the task is not cached."""
+    """The cache entry a task reads and writes, and its TTL; None when the task is not cached.
+    A rendered `cache_key` holding a sensitive value is stored digested (`stored_key`)."""
     config = pipeline.cache_config
     ttl = task.cache_ttl if task.cache_ttl is not None else config.ttl
     prefix = f"task:{pipeline_id}:{name}:"
     if task.cache_key is not None:
-        return prefix + "key:" + str(render(task.cache_key, scope)), ttl
+        return prefix + "key:" + stored_key(str(render(task.cache_key, scope)), redactor), ttl
     strategy = task.cache_strategy or (config.strategy if config.enabled else None)
     if strategy is None or strategy == "custom" or not isinstance(task, LEAF_TYPES):
         return None

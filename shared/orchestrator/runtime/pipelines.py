@@ -3,6 +3,7 @@ a pipeline_group, each child pipeline's plan and inputs and the error a failed c
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,12 +59,23 @@ def child_failed(group: PipelineGroup, index: int, error: dict[str, Any]) -> Tas
 
 
 def render_outputs(outputs: Any, scope: Scope) -> Any:
-    """A pipeline's `outputs` section rendered; one that cannot be is a task error whose
-    message starts with `outputs: ` (the run's error names no task)."""
+    """A pipeline's `outputs` section rendered; one that cannot be, or that gives a value JSON
+    cannot hold (`{{ range(3) }}`), is a task error whose message starts with `outputs: ` (the
+    run's error names no task)."""
     try:
-        return render(outputs, scope)
+        rendered = render(outputs, scope)
     except TaskError as error:
         raise TaskError(error.error_type, f"outputs: {error.message}") from None
+    for key, value in rendered.items() if isinstance(rendered, dict) else [("", rendered)]:
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as error:
+            raise TaskError(
+                "OutputNotSerializable",
+                f"outputs: '{key}' is not a JSON value ({type(error).__name__}: {error}); make it "
+                "text, a number, a boolean, null, a list or a mapping (| list turns a range into one)",
+            ) from None
+    return rendered
 
 
 def run_scope(inputs: dict[str, Any], run_id: str, pipeline_id: str, started_at: str) -> Scope:

@@ -18,8 +18,19 @@ class ErrorPolicy:
     fallback_value: Any
 
     def delay_before(self, retry: int) -> float:
-        """Seconds to wait before retry number `retry` (1-based)."""
-        return self.retry_delay * self.backoff_rate ** (retry - 1)
+        """Seconds to wait before retry number `retry` (1-based), at most `MAX_RETRY_DELAY`
+        (past it, as after hundreds of exponential retries, the power overflows a float)."""
+        if self.retry_delay == 0:
+            return 0.0
+        try:
+            delay = self.retry_delay * self.backoff_rate ** (retry - 1)
+        except OverflowError:
+            return MAX_RETRY_DELAY
+        return min(delay, MAX_RETRY_DELAY)
+
+
+MAX_RETRY_DELAY = 31_622_400.0
+"""The longest wait before a retry: a year and a day, Step Functions' largest `MaxDelaySeconds`."""
 
 
 def backoff_rate(backoff: str | float) -> float:

@@ -5,11 +5,13 @@ affinity where the platform has it, and a timeout kills the child. Both engines 
 task here, so a breach is the same error everywhere: the embedded engine for its attempts, and
 on AWS the task function (`aws.task_function`) inside a Lambda function sized for the task
 (`aws.functions`), whose own memory is only the backstop. The parent sends one JSON request on
-the child's stdin (the task, a JSON copy of its scope, run ids and limits) and reads one JSON
-reply from its stdout. The child opens the same stores as the parent (`open_stores` with the
+the child's stdin (the task, a JSON copy of its scope, run ids and limits) and reads its
+messages from its stdout. The child opens the same stores as the parent (`open_stores` with the
 same settings), on first use, so state, caches and the audit log are shared and a script that
-touches none of them does not pay for them under its limit. Secrets the task reads come back in
-the reply so the parent can redact them.
+touches none of them does not pay for them under its limit. The child's stdout is a line of
+JSON per message: each secret the task reads, as soon as it reads it (so the parent can redact
+the child's stderr, and its crash message, even when the child dies without replying), then
+the reply.
 
 The child is started with `subprocess.Popen` (never fork: the parent has threads). Its own
 side is `main()`, run as `python -m orchestrator.runtime.sandbox`; it sets its limits before
@@ -114,13 +116,12 @@ def run_sandboxed(
                     _kill(process)
         stderr_file.seek(0)
         stderr = stderr_file.read().decode("utf-8", errors="replace")
-    reply = _parse_reply(stdout)
+    reply = _read_messages(stdout, run.redactor)
+    stderr = run.redactor.text(stderr)
     if reply is None:
         raise _crash_error(name, process.returncode, stderr, limits)
-    for secret in reply.get("secrets") or []:
-        run.redactor.add(secret)
     if stderr.strip():
-        sys.stderr.write(run.redactor.text(stderr))
+        sys.stderr.write(stderr)
     if reply.get("ok"):
         return reply.get("output")
     if reply.get("conflict"):
@@ -170,7 +171,7 @@ def _request(
         "backend": backend,
         "inputs": inputs,
         # what the parent already redacts, so the child's audit entries are redacted the same way
-        "known_secrets": _known_secrets(run.redactor),
+        "known_secrets": run.redactor.known(),
     }
     return json.dumps(request, default=str).encode("utf-8")
 
@@ -213,11 +214,6 @@ def _scope_values(scope: Scope, outputs: dict[str, Any]) -> dict[str, Any]:
         if _is_json(value):
             values[key] = value
     return values
-
-
-def _known_secrets(redactor: Redactor) -> list[str]:
-    with redactor._lock:
-        return sorted(redactor._secrets)
 
 
 _ENVIRONMENT_HOOKS: list[Callable[[dict[str, str]], None]] = []
@@ -265,12 +261,19 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
-def _parse_reply(stdout: bytes) -> dict[str, Any] | None:
-    try:
-        reply = json.loads(stdout)
-    except ValueError:
-        return None
-    return reply if isinstance(reply, dict) and "ok" in reply else None
+def _read_messages(stdout: bytes, redactor: Redactor) -> dict[str, Any] | None:
+    """Learn the secrets the child reported; its reply, or None if it ended without one."""
+    reply = None
+    for line in stdout.splitlines():
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(message, dict) and isinstance(message.get("secret"), str):
+            redactor.add(message["secret"])
+        elif isinstance(message, dict) and "ok" in message:
+            reply = message
+    return reply
 
 
 def _memory_error(name: str, memory_bytes: int) -> TaskError:
@@ -309,12 +312,35 @@ def _tail(text: str) -> str:
 # -- the child's side -----------------------------------------------------------------------------
 
 
-class _CollectingRedactor(Redactor):
-    """A redactor that can say which secrets it learned."""
+class _ReportingRedactor(Redactor):
+    """A redactor that reports each secret it learns to the parent at once (`_Messages`)."""
 
-    def known(self) -> set[str]:
+    def __init__(self, messages: _Messages, known: list[str]) -> None:
+        super().__init__()
+        self._messages: _Messages | None = None
+        for secret in known:  # the parent's: not reported back
+            self.add(secret)
+        self._messages = messages
+
+    def _add_text(self, value: str, *, number: bool) -> None:
+        new = value not in self.known()
+        super()._add_text(value, number=number)
+        if new and self._messages is not None:
+            self._messages.send({"secret": value})
+
+
+class _Messages:
+    """The child's side of its stdout: one JSON message a line, from any thread."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        text = json.dumps(message) + "\n"
         with self._lock:
-            return set(self._secrets)
+            self._stream.write(text)
+            self._stream.flush()
 
 
 def _apply_limits(limits: dict[str, Any]) -> None:
@@ -393,7 +419,7 @@ def _stores_on_use(settings: Settings, backend: str) -> Stores:
     return Stores(**on_use)
 
 
-def _serve(request: dict[str, Any], redactor: _CollectingRedactor) -> dict[str, Any]:
+def _serve(request: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
     """Rebuild the task's world, run it, and describe the outcome."""
     from orchestrator.runtime.context import RunInfo, StateConflictError
     from orchestrator.runtime.leaf import Services, run_leaf
@@ -425,7 +451,9 @@ def _serve(request: dict[str, Any], redactor: _CollectingRedactor) -> dict[str, 
         scope = Scope(request["values"], outer, loop=LoopFrame(**frame) if frame is not None else None)
         services = Services(settings)
         try:
-            with task_streams():  # what the script prints becomes `[task] ...` lines, as in process
+            # what the script prints becomes `[task] ...` lines, as in process; the parent
+            # redacts the rest of this process's stderr with the secrets it was sent
+            with task_streams(redactor, descriptors=False):
                 output = run_leaf(task, request["name"], scope, run, services, request["inputs"])
         finally:
             services.close()
@@ -452,27 +480,19 @@ def main() -> None:
     """The child: read the request, apply the limits, run the task, write the reply, exit."""
     request = json.loads(sys.stdin.buffer.read())
     _apply_limits(request["limits"])
-    reply_to = _reply_stream()
+    messages = _Messages(_reply_stream())
     _exit_with_parent(int(request["parent"]))
-    redactor = _CollectingRedactor()
-    for secret in request.get("known_secrets") or []:
-        redactor.add(secret)
-    seeded = redactor.known()
-    reply = _serve(request, redactor)
-    reply["secrets"] = sorted(redactor.known() - seeded)
+    reply = _serve(request, _ReportingRedactor(messages, request.get("known_secrets") or []))
     try:
-        text = json.dumps(reply)
+        messages.send(reply)
     except (TypeError, ValueError) as error:
-        text = json.dumps(
+        messages.send(
             {
                 "ok": False,
                 "type": "OutputNotSerializable",
                 "message": f"the task's result is not JSON-serialisable: {error}",
-                "secrets": reply["secrets"],
             }
         )
-    reply_to.write(text)
-    reply_to.flush()
     from orchestrator.stores.factory import close_databases
 
     close_databases()

@@ -64,9 +64,10 @@ def timeout_error(name: str, timeout: float) -> TaskError:
 
 
 def attempt_leaf(execute: Callable[[], Any], name: str) -> Any:
-    """One attempt of a leaf task (`execute` runs it). An attempt whose state write lost a
-    compare-and-set to a concurrent writer runs again, after a short random pause, without
-    counting as a retry; the task's timeout covers the attempt with its re-runs."""
+    """One attempt of a leaf task (`execute` runs it). An attempt whose state commit lost a
+    compare-and-set to a concurrent writer (nothing of it was written: `Context.commit`) runs
+    again, after a short random pause, without counting as a retry; the task's timeout covers
+    the attempt with its re-runs."""
     for rerun in range(CONFLICT_RERUNS):
         try:
             return execute()
@@ -144,7 +145,14 @@ class TaskRun:
         if checked and not condition_holds(task.condition, self.scope):
             return self._ended(TaskOutcome(TaskStatus.SKIPPED))
         self._entry = cache_key(
-            task, self.name, self.scope, self.pipeline, self.pipeline_id, self.reads, self.default_model
+            task,
+            self.name,
+            self.scope,
+            self.pipeline,
+            self.pipeline_id,
+            self.reads,
+            self.default_model,
+            self.redactor,
         )
         if self._entry is not None and not self.no_cache:
             hit, value = self.cache.get(self._entry[0])

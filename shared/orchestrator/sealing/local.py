@@ -13,21 +13,31 @@ import os
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, StateFolderError
 
 
 def _key(home: Path) -> bytes:
+    """The state folder's key, made when missing; a `StateFolderError` when it cannot be used."""
     from cryptography.fernet import Fernet
 
     path = home / "key"
-    if not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(Fernet.generate_key())
-    if path.stat().st_mode & 0o077:
-        raise ConfigError(f"{path}: the encryption key is readable by others; run: chmod 600 {path}")
-    return path.read_bytes().strip()
+    try:
+        if not path.exists():
+            home.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(Fernet.generate_key())
+        key = path.read_bytes().strip()
+        Fernet(key)
+        if path.stat().st_mode & 0o077:
+            raise ConfigError(f"{path}: the encryption key is readable by others; run: chmod 600 {path}")
+    except (OSError, ValueError) as error:
+        reason = error.strerror if isinstance(error, OSError) else str(error)
+        raise StateFolderError(
+            f"{path}: the key that seals sensitive inputs cannot be used ({reason}): restore it, or move it "
+            "aside and a new one is made (runs sealed with the old one can then not be resumed)"
+        ) from None
+    return key
 
 
 def seal(values: dict[str, Any], home: Path) -> str:

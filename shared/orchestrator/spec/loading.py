@@ -13,6 +13,7 @@ from typing import Any, TypeAlias
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import Diagnostic, PipelineValidationError
+from orchestrator.spec.files import UnreadableFile, read_text, shown
 from orchestrator.spec.models import TASK_TYPES, Pipeline, PipelineGroup, TaskBase
 from orchestrator.spec.yaml_source import Location, SourceMap, load_yaml
 
@@ -168,14 +169,13 @@ def missing_file(path: Path) -> PipelineValidationError:
     return PipelineValidationError([Diagnostic(str(path), 1, 1, "", "no such file; check the path")])
 
 
-def _read_file(path: Path) -> PipelineSource:
+def _read_file(path: Path) -> PipelineSource | None:
+    """The parsed file, or None when there is no such file."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise missing_file(path) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise PipelineValidationError([Diagnostic(str(path), 1, 1, "", f"cannot read: {error}")]) from None
-    return parse_pipeline(text, path)
+        text = read_text(path)
+    except UnreadableFile as error:
+        raise PipelineValidationError([Diagnostic(shown(path), 1, 1, "", f"cannot read: {error}")]) from None
+    return None if text is None else parse_pipeline(text, path)
 
 
 def included_paths(pipeline: Pipeline, path: Path) -> Iterator[Path]:
@@ -198,19 +198,21 @@ def read_pipeline(path: Path) -> PipelineSource:
     missing file is a diagnostic too. A child that is missing or invalid is recorded, not
     raised: validating the parent reports it where the parent names it."""
     root = _read_file(path)
+    if root is None:
+        raise missing_file(path)
     children = root.children
     pending = list(included_paths(root.pipeline, path))
     while pending:
         child = pending.pop()
         if child in children or child == path.resolve():
             continue
-        if not child.is_file():
-            children[child] = None
-            continue
         try:
             found = _read_file(child)
         except PipelineValidationError as error:
             children[child] = error
+            continue
+        if found is None:
+            children[child] = None
             continue
         children[child] = PipelineSource(found.pipeline, found.source, found.path, children)
         pending.extend(included_paths(found.pipeline, child))

@@ -15,9 +15,10 @@ Seconds = Annotated[float, Field(ge=0)]
 
 
 class StrictModel(BaseModel):
-    """Every model rejects unknown keys, so a misspelt key is an error, not a silent default."""
+    """Every model rejects unknown keys, so a misspelt key is an error, not a silent default;
+    and a number key `.inf` or `.nan`, which no limit, delay or count can mean."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True, allow_inf_nan=False)
 
 
 class InputVariable(StrictModel):

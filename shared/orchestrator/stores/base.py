@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -14,8 +15,24 @@ class Versioned:
     version: int  # 0 means "no such key"
 
 
+@dataclass(frozen=True)
+class StateWrite:
+    """One write of a `StateStore.commit`: with an `expected_version` it is a compare-and-set
+    against it (0: the key must not exist), without one it is unconditional."""
+
+    namespace: str
+    key: str
+    value: Any
+    expected_version: int | None
+    ttl: float | None
+
+
 class StateStore(Protocol):
-    """Key/value state with versioned reads and compare-and-set writes."""
+    """Key/value state with versioned reads and compare-and-set writes.
+
+    A version is never given twice to a key, even after the key expired or was removed, so a
+    compare-and-set against a version read long ago cannot succeed against a newer value.
+    """
 
     def read(self, namespace: str, key: str) -> Versioned: ...
 
@@ -33,6 +50,11 @@ class StateStore(Protocol):
         ttl: float | None = None,
     ) -> int | None:
         """Write only if the stored version is still `expected_version`; new version or None."""
+        ...
+
+    def commit(self, writes: Sequence[StateWrite]) -> bool:
+        """All of `writes` or none, atomically (one task attempt's writes, one key at most
+        once): False, and nothing written, when a compare-and-set among them fails."""
         ...
 
 

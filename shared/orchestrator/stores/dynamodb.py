@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.stores.base import Versioned
+from orchestrator.errors import TaskError
+from orchestrator.stores.base import StateWrite, Versioned
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -62,13 +64,7 @@ class DynamoStateStore:
     ) -> bool:
         from botocore.exceptions import ClientError
 
-        item = {
-            "namespace": {"S": namespace},
-            "key": {"S": key},
-            "value": {"S": json.dumps(value)},
-            "version": {"N": str(version)},
-            **_expiry(ttl),
-        }
+        item = _state_item(namespace, key, value, version, ttl)
         try:
             self._client.put_item(TableName=self._table, Item=item, **condition)
         except ClientError as error:
@@ -87,18 +83,84 @@ class DynamoStateStore:
     def compare_and_set(
         self, namespace: str, key: str, value: Any, expected_version: int, *, ttl: float | None = None
     ) -> int | None:
-        if expected_version == 0:
-            condition: dict[str, Any] = {
-                "ConditionExpression": "attribute_not_exists(#k)",
-                "ExpressionAttributeNames": {"#k": "key"},
-            }
-        else:
-            condition = {
-                "ConditionExpression": "version = :expected",
-                "ExpressionAttributeValues": {":expected": {"N": str(expected_version)}},
-            }
         new_version = expected_version + 1
+        condition = _version_condition(expected_version)
         return new_version if self._put(namespace, key, value, new_version, ttl, condition) else None
+
+    def commit(self, writes: Sequence[StateWrite]) -> bool:
+        """One `TransactWriteItems` of conditional puts (at most `TRANSACTION_LIMIT` keys); an
+        unconditional write is conditioned on the version just read, and tried again if only
+        such writes (or a concurrent transaction) made it fail."""
+        from botocore.exceptions import ClientError
+
+        if len(writes) == 1:  # one conditional put: atomic by itself, half a transaction's cost
+            (write,) = writes
+            if write.expected_version is None:
+                self.write(write.namespace, write.key, write.value, ttl=write.ttl)
+                return True
+            version = self.compare_and_set(
+                write.namespace, write.key, write.value, write.expected_version, ttl=write.ttl
+            )
+            return version is not None
+        if len(writes) > TRANSACTION_LIMIT:
+            raise TaskError(
+                "StateConflict",
+                f"one attempt wrote {len(writes)} state keys; DynamoDB commits at most "
+                f"{TRANSACTION_LIMIT} together: write fewer keys (a mapping under one key)",
+            )
+        while True:
+            expected = [
+                self.read(w.namespace, w.key).version if w.expected_version is None else w.expected_version
+                for w in writes
+            ]
+            items: list[Any] = [
+                {
+                    "Put": {
+                        "TableName": self._table,
+                        "Item": _state_item(w.namespace, w.key, w.value, version + 1, w.ttl),
+                        **_version_condition(version),
+                    }
+                }
+                for w, version in zip(writes, expected, strict=True)
+            ]
+            try:
+                self._client.transact_write_items(TransactItems=items)
+            except ClientError as error:
+                if error.response["Error"]["Code"] != "TransactionCanceledException":
+                    raise
+                for write in writes:
+                    known = write.expected_version
+                    if known is not None and self.read(write.namespace, write.key).version != known:
+                        return False
+                continue
+            return True
+
+
+TRANSACTION_LIMIT = 100
+"""The most items one DynamoDB transaction may write."""
+
+
+def _state_item(namespace: str, key: str, value: Any, version: int, ttl: float | None) -> dict[str, Any]:
+    return {
+        "namespace": {"S": namespace},
+        "key": {"S": key},
+        "value": {"S": json.dumps(value)},
+        "version": {"N": str(version)},
+        **_expiry(ttl),
+    }
+
+
+def _version_condition(expected_version: int) -> dict[str, Any]:
+    """The condition of a put that expects `expected_version` (0: no item)."""
+    if expected_version == 0:
+        return {
+            "ConditionExpression": "attribute_not_exists(#k)",
+            "ExpressionAttributeNames": {"#k": "key"},
+        }
+    return {
+        "ConditionExpression": "version = :expected",
+        "ExpressionAttributeValues": {":expected": {"N": str(expected_version)}},
+    }
 
 
 class DynamoCacheStore:
@@ -120,14 +182,19 @@ class DynamoCacheStore:
 
 
 class DynamoAuditLog:
-    """Audit items `{execution_id, entry_id, pipeline_id, entry}`, queryable per run or pipeline."""
+    """Audit items `{execution_id, entry_id, pipeline_id, entry}`, queryable per run or pipeline.
+
+    Append-only: the writers' IAM allows only `PutItem` of these four attributes, returning no
+    old values (`infra/template.base.yaml`), and an entry's id is its time and a random UUID4
+    (122 bits) that only its writer ever holds, so no writer can name an existing entry to
+    overwrite it; the condition below keeps an honest writer from doing so by chance."""
 
     def __init__(self, table: str, client: DynamoDBClient | None = None) -> None:
         self._table = table
         self._client = _client(client)
 
     def append(self, entry: dict[str, Any]) -> None:
-        entry_id = f"{time.time():017.6f}#{uuid.uuid4().hex[:8]}"
+        entry_id = f"{time.time():017.6f}#{uuid.uuid4().hex}"
         self._client.put_item(
             TableName=self._table,
             Item={
@@ -136,6 +203,7 @@ class DynamoAuditLog:
                 "pipeline_id": {"S": str(entry.get("pipeline_id", "-"))},
                 "entry": {"S": json.dumps(entry)},
             },
+            ConditionExpression="attribute_not_exists(entry_id)",
         )
 
     def query(self, *, pipeline: str | None = None, run: str | None = None) -> list[dict[str, Any]]:

@@ -10,11 +10,9 @@ every run whatever its pipeline chose.
 from __future__ import annotations
 
 import atexit
-import sqlite3
 import threading
 from pathlib import Path
 
-from orchestrator.errors import ConfigError
 from orchestrator.settings import Settings
 from orchestrator.stores.base import CacheStore, StateStore, Stores
 from orchestrator.stores.memory import MemoryCacheStore, MemoryStateStore
@@ -37,24 +35,8 @@ def database(settings: Settings) -> Database:
     with _LOCK:
         found = _DATABASES.get(path)
         if found is None:
-            found = _DATABASES[path] = _open_database(settings.home, path)
+            found = _DATABASES[path] = Database(path)  # or StateFolderError, saying why
         return found
-
-
-def _open_database(home: Path, path: Path) -> Database:
-    """The database in the state folder, or a `ConfigError` that names the folder and the fix."""
-    fix = "set ORCHESTRATOR_HOME to a folder you can write (it is created when missing)"
-    if home.exists() and not home.is_dir():
-        raise ConfigError(f"the state folder {home} is a file, not a folder: {fix}")
-    try:
-        return Database(path)
-    except sqlite3.DatabaseError as error:
-        raise ConfigError(
-            f"the state database {path} cannot be read ({error}): move it aside to start afresh, "
-            "or set ORCHESTRATOR_HOME to another folder"
-        ) from None
-    except (OSError, sqlite3.Error) as error:
-        raise ConfigError(f"cannot open the state database {path}: {error}; {fix}") from None
 
 
 @atexit.register

@@ -5,9 +5,10 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from orchestrator.stores.base import Versioned
+from orchestrator.stores.base import StateWrite, Versioned
 
 
 class MemoryStateStore:
@@ -51,6 +52,16 @@ class MemoryStateStore:
             if version != expected_version:
                 return None
             return self._store(namespace, key, value, version + 1, ttl)
+
+    def commit(self, writes: Sequence[StateWrite]) -> bool:
+        with self._lock:
+            current = [self._current(write.namespace, write.key)[1] for write in writes]
+            for write, version in zip(writes, current, strict=True):
+                if write.expected_version is not None and version != write.expected_version:
+                    return False
+            for write, version in zip(writes, current, strict=True):
+                self._store(write.namespace, write.key, write.value, version + 1, write.ttl)
+            return True
 
     def _store(self, namespace: str, key: str, value: Any, version: int, ttl: float | None) -> int:
         expires = None if ttl is None else self._clock() + ttl

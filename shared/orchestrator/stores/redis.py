@@ -3,20 +3,39 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.errors import ConfigError
-from orchestrator.stores.base import Versioned
+from orchestrator.stores.base import StateWrite, Versioned
 
-_SET_IF_VERSION = """
-local current = tonumber(redis.call('HGET', KEYS[1], 'version')) or 0
-local expected = tonumber(ARGV[1])
-if expected >= 0 and current ~= expected then return -1 end
-redis.call('HSET', KEYS[1], 'value', ARGV[2], 'version', current + 1)
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) else redis.call('PERSIST', KEYS[1]) end
-return current + 1
+_COMMIT = """
+local versions = {}
+for i = 1, #KEYS - 1 do
+  local expected = tonumber(ARGV[3 * i - 2])
+  if expected >= 0 then
+    local current = tonumber(redis.call('HGET', KEYS[i], 'version')) or 0
+    if current ~= expected then return -1 end
+  end
+end
+for i = 1, #KEYS - 1 do
+  local version = redis.call('INCR', KEYS[#KEYS])
+  local current = tonumber(redis.call('HGET', KEYS[i], 'version')) or 0
+  if version <= current then
+    version = current + 1
+    redis.call('SET', KEYS[#KEYS], version)
+  end
+  redis.call('HSET', KEYS[i], 'value', ARGV[3 * i - 1], 'version', version)
+  local ttl = tonumber(ARGV[3 * i])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
+  versions[i] = version
+end
+return versions
 """
+"""Check every expected version (-1: none), then write every key. A new version comes from
+one counter for all state (the last key), so a key that expired and was written again never
+gets a version it had before; it is also above the key's current version (state written
+before this counter existed)."""
 
 
 def connect(url: str) -> Any:
@@ -44,7 +63,7 @@ class RedisStateStore:
     def __init__(self, client: Any, prefix: str = "orchestrator") -> None:
         self._client = client
         self._prefix = prefix
-        self._set_if_version = client.register_script(_SET_IF_VERSION)
+        self._commit = client.register_script(_COMMIT)
 
     def _key(self, namespace: str, key: str) -> str:
         return f"{self._prefix}:state:{namespace}:{key}"
@@ -55,15 +74,27 @@ class RedisStateStore:
             return Versioned(None, 0)
         return Versioned(None if value is None else json.loads(value), int(version))
 
-    def _set(self, namespace: str, key: str, value: Any, expected: int, ttl: float | None) -> int | None:
-        milliseconds = 0 if ttl is None else max(1, int(ttl * 1000))
-        result = self._set_if_version(
-            keys=[self._key(namespace, key)], args=[expected, json.dumps(value), milliseconds]
-        )
-        return None if int(result) < 0 else int(result)
+    def _apply(self, writes: Sequence[StateWrite]) -> list[int] | None:
+        keys = [self._key(write.namespace, write.key) for write in writes]
+        arguments: list[Any] = []
+        for write in writes:
+            expected = -1 if write.expected_version is None else write.expected_version
+            milliseconds = 0 if write.ttl is None else max(1, int(write.ttl * 1000))
+            arguments += [expected, json.dumps(write.value), milliseconds]
+        result = self._commit(keys=[*keys, f"{self._prefix}:state-versions"], args=arguments)
+        return None if isinstance(result, int) else [int(version) for version in result]
+
+    def _set(
+        self, namespace: str, key: str, value: Any, expected: int | None, ttl: float | None
+    ) -> int | None:
+        versions = self._apply([StateWrite(namespace, key, value, expected, ttl)])
+        return None if versions is None else versions[0]
+
+    def commit(self, writes: Sequence[StateWrite]) -> bool:
+        return self._apply(writes) is not None
 
     def write(self, namespace: str, key: str, value: Any, *, ttl: float | None = None) -> int:
-        version = self._set(namespace, key, value, -1, ttl)
+        version = self._set(namespace, key, value, None, ttl)
         assert version is not None  # an unconditional write always lands
         return version
 

@@ -10,12 +10,19 @@ Which `running` runs are alive is not a column: the process running a run holds 
 `flock` on `locks/<run id>.lock` in the state folder until it saves the run's final document,
 and the kernel drops that lock when the process dies, however it dies. A `running` row whose
 lock nobody holds is read as `crashed`.
+
+A state folder that cannot be used as it is (a damaged database, a file or folder of the wrong
+kind, modes that keep this user out, a full disk) gives a `StateFolderError` that names the
+entry, what is wrong and the fix, whichever store meets it (`Database`, `folder_error`).
+Nothing in the folder is moved, repaired or deleted to recover; only what others may do with
+the folder and the database is taken away, as when they are made.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -25,13 +32,13 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
-from orchestrator.errors import OrchestratorError
-from orchestrator.stores.base import Versioned
+from orchestrator.errors import OrchestratorError, StateFolderError
+from orchestrator.stores.base import StateWrite, Versioned
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (
@@ -53,25 +60,42 @@ CREATE TABLE IF NOT EXISTS run_tasks (
 
 
 class Database:
-    """The state folder's SQLite file, with one connection per thread."""
+    """The state folder's SQLite file, with one connection per thread.
+
+    Every error that says the folder or one of its files cannot be used as it is (see
+    `folder_error`) is a `StateFolderError`, whichever store meets it and however it uses its
+    connection: connections and their cursors are `_Connection` and `_Cursor`.
+    """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.parent.chmod(0o700)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _keep_private(path.parent)
+        except OSError as error:
+            raise folder_error(error, path) from error
         self.path = path
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         _when_unlocked(lambda: self.connection().executescript(SCHEMA))
-        path.chmod(0o600)
+        try:
+            _keep_private(path)
+        except OSError as error:
+            raise folder_error(error, path) from error
 
     def connection(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
-            connection = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            connection.execute("PRAGMA busy_timeout = 60000")
-            _when_unlocked(lambda: connection.execute("PRAGMA journal_mode = WAL"))
-            connection.execute("PRAGMA synchronous = NORMAL")
+            try:
+                connection = sqlite3.connect(
+                    self.path, timeout=60, isolation_level=None, check_same_thread=False, factory=_Connection
+                )
+            except sqlite3.Error as error:
+                raise folder_error(error, self.path) from error
+            opened = connection
+            opened.execute("PRAGMA busy_timeout = 60000")
+            _when_unlocked(lambda: opened.execute("PRAGMA journal_mode = WAL"))
+            opened.execute("PRAGMA synchronous = NORMAL")
             self._local.connection = connection
             with self._lock:
                 self._all.append(connection)
@@ -80,12 +104,240 @@ class Database:
     def execute(self, sql: str, parameters: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         return self.connection().execute(sql, parameters)
 
+    def loads(self, text: str, *, required: tuple[str, ...] | None = None) -> Any:
+        """A value stored as JSON; a `StateFolderError` saying the database is damaged when it
+        is not JSON, or (with `required`) not a mapping holding those keys."""
+        try:
+            value = json.loads(text)
+        except (TypeError, ValueError) as error:
+            raise _damaged(self.path, f"a stored value is not JSON: {error}") from None
+        if required is not None and not (isinstance(value, dict) and all(key in value for key in required)):
+            raise _damaged(
+                self.path, f"a stored record is not a mapping with {', '.join(required) or 'keys'}"
+            )
+        return value
+
     def close(self) -> None:
         with self._lock:
             for connection in self._all:
                 connection.close()
             self._all.clear()
         self._local = threading.local()
+
+
+# SQLite's primary result codes that mean the folder or a file in it cannot be used as it is.
+# The others (busy, locked, constraint, misuse) are the stores' own business and stay as they are.
+_FOLDER_CODES = frozenset(
+    {
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_NOLFS,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# Messages of SQLite's generic error (and of the sqlite3 module's, which has no code) that mean
+# the file is not the database the stores made: a damaged header, schema or text, or a file of
+# another program.
+_DAMAGE_SIGNS = (
+    "unsupported file format",
+    "malformed",
+    "no such table",
+    "no such column",
+    "Could not decode to UTF-8",
+)
+# What a stored record must hold for the stores to read it (else the database is damaged).
+_RUN_KEYS = ("run_id", "pipeline", "status")
+_ANOTHER_FOLDER = "or set ORCHESTRATOR_HOME to another folder"
+
+
+def _reported(error: sqlite3.Error | UnicodeDecodeError, path: Path) -> Exception:
+    """The error to raise for an error met on the database at `path`: text that is not UTF-8
+    is damage SQLite cannot see (it keeps no checksums)."""
+    if isinstance(error, UnicodeDecodeError):
+        return _damaged(path, f"a stored text is not UTF-8: {error.reason}")
+    if (getattr(error, "sqlite_errorcode", 0) & 0xFF) in _FOLDER_CODES:
+        return folder_error(error, path)
+    if any(sign in str(error) for sign in _DAMAGE_SIGNS):
+        return _damaged(path, str(error))
+    return error
+
+
+class _Cursor(sqlite3.Cursor):
+    """A cursor whose folder errors (see `_reported`) are `StateFolderError`s: a damaged page
+    can be met while rows are read, not only when a statement starts."""
+
+    def _path(self) -> Path:
+        return Path(cast(_Connection, self.connection).database_path)
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:
+        try:
+            super().execute(sql, parameters)
+        except (sqlite3.Error, UnicodeDecodeError) as error:
+            raise _reported(error, self._path()) from error
+        return self
+
+    def executemany(self, sql: str, parameters: Any, /) -> _Cursor:
+        try:
+            super().executemany(sql, parameters)
+        except (sqlite3.Error, UnicodeDecodeError) as error:
+            raise _reported(error, self._path()) from error
+        return self
+
+    def executescript(self, script: str, /) -> _Cursor:
+        try:
+            super().executescript(script)
+        except (sqlite3.Error, UnicodeDecodeError) as error:
+            raise _reported(error, self._path()) from error
+        return self
+
+    def fetchone(self) -> Any:
+        try:
+            return super().fetchone()
+        except (sqlite3.Error, UnicodeDecodeError) as error:
+            raise _reported(error, self._path()) from error
+
+    def fetchmany(self, size: int | None = 1) -> list[Any]:
+        try:
+            return super().fetchmany(size)
+        except (sqlite3.Error, UnicodeDecodeError) as error:
+            raise _reported(error, self._path()) from error
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return super().fetchall()
+        except (sqlite3.Error, UnicodeDecodeError) as error:
+            raise _reported(error, self._path()) from error
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except (sqlite3.Error, UnicodeDecodeError) as error:
+            raise _reported(error, self._path()) from error
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose statements run on `_Cursor`s."""
+
+    database_path: str
+
+    def __init__(self, database: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(database, *args, **kwargs)
+        self.database_path = str(database)
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:
+        return self.cursor(_Cursor).execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> _Cursor:
+        return self.cursor(_Cursor).executemany(sql, parameters)
+
+    def executescript(self, script: str, /) -> _Cursor:
+        return self.cursor(_Cursor).executescript(script)
+
+
+def folder_error(error: sqlite3.Error | OSError, database: Path) -> StateFolderError:
+    """A `StateFolderError` for a SQLite or OS error met on the state folder of `database`: a
+    full disk, a damaged database, or else the first entry of the folder found to be the wrong
+    kind or not writable, each with its fix. Nothing is changed to find out."""
+    folder = database.parent
+    detail = str(error)
+    if isinstance(error, OSError) and error.strerror:
+        detail = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    code = getattr(error, "sqlite_errorcode", 0) & 0xFF if isinstance(error, sqlite3.Error) else None
+    if code == sqlite3.SQLITE_FULL or (isinstance(error, OSError) and error.errno in _FULL_ERRNOS):
+        return StateFolderError(
+            f"the disk holding the state folder {folder} is full ({detail}): free some space, "
+            f"then run the command again, {_ANOTHER_FOLDER}"
+        )
+    if code in {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}:
+        return _damaged(database, detail)
+    found = _wrong_entry(folder, database)
+    if found is not None:
+        return StateFolderError(found)
+    if code == sqlite3.SQLITE_IOERR:
+        return StateFolderError(
+            f"the state database {database} could not be read or written ({detail}): the disk may be "
+            f"full or failing; free some space or check the disk, then run again, {_ANOTHER_FOLDER}"
+        )
+    return StateFolderError(
+        f"the state folder {folder} cannot be used ({detail}): make it and the files in it ones "
+        f"you can read and write, {_ANOTHER_FOLDER}"
+    )
+
+
+def _damaged(database: Path, detail: str) -> StateFolderError:
+    return StateFolderError(
+        f"the state database {database} cannot be read: it is damaged ({detail}); move it aside "
+        f"(with {database.name}-wal and {database.name}-shm beside it, if there) and run again "
+        f"to start afresh with an empty one, {_ANOTHER_FOLDER}"
+    )
+
+
+def _wrong_entry(folder: Path, database: Path) -> str | None:
+    """What is wrong with the first entry of the state folder that is of the wrong kind or that
+    this user cannot read and write, and its fix; None when each looks right."""
+    try:
+        if folder.exists() and not folder.is_dir():
+            return (
+                f"the state folder {folder} is a file, not a folder: set ORCHESTRATOR_HOME to a folder "
+                "you can write (it is created when missing)"
+            )
+        if folder.is_dir() and not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
+            return (
+                f"you cannot read and write the state folder {folder} (mode {_mode(folder)}): "
+                f"run 'chmod u+rwx {folder}', {_ANOTHER_FOLDER}"
+            )
+        files = [
+            database,
+            database.with_name(database.name + "-wal"),
+            database.with_name(database.name + "-shm"),
+        ]
+        for entry in files:
+            if entry.exists() and not entry.is_file():
+                return f"{entry} is not a file: move it aside and run again, {_ANOTHER_FOLDER}"
+        locked = [entry for entry in files if entry.exists() and not os.access(entry, os.R_OK | os.W_OK)]
+        if locked:
+            names = " ".join(str(entry) for entry in locked)
+            modes = ", ".join(f"{entry.name}: mode {_mode(entry)}" for entry in locked)
+            return f"you cannot read and write {names} ({modes}): run 'chmod u+rw {names}', {_ANOTHER_FOLDER}"
+        locks = folder / "locks"
+        if locks.exists() and not locks.is_dir():
+            return f"{locks} is not a folder: move it aside and run again, {_ANOTHER_FOLDER}"
+        if locks.is_dir() and not os.access(locks, os.R_OK | os.W_OK | os.X_OK):
+            return (
+                f"you cannot read and write {locks} (mode {_mode(locks)}): run 'chmod u+rwx {locks}', "
+                f"{_ANOTHER_FOLDER}"
+            )
+    except OSError as error:  # the folder cannot even be looked into
+        problem = f"the state folder {folder} cannot be looked into ({error.strerror})"
+        return f"{problem}: make its path one you can open, {_ANOTHER_FOLDER}"
+    return None
+
+
+def _mode(path: Path) -> str:
+    return f"{path.stat().st_mode & 0o777:o}"
+
+
+def _roll_back(connection: sqlite3.Connection) -> None:
+    """End a transaction a statement or its COMMIT failed in. SQLite has already rolled it back
+    after some errors (a full disk may) and keeps it open after others (a COMMIT that could not
+    write), so a ROLLBACK is sent only to an open one, and its own failure (the disk is gone)
+    does not hide the error that is being raised."""
+    if connection.in_transaction:
+        with contextlib.suppress(sqlite3.Error, StateFolderError):
+            connection.execute("ROLLBACK")
+
+
+def _keep_private(path: Path) -> None:
+    """Take away what others may do with `path`; what its owner may do is left as it is (a file
+    the user made read-only stays so, and is reported as such when written)."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        path.chmod(mode & 0o700)
 
 
 def _when_unlocked(action: Callable[[], Any]) -> Any:
@@ -121,7 +373,7 @@ class SqliteStateStore:
         value, version, expires_at = row
         if value is None or (expires_at is not None and expires_at <= time.time()):
             return Versioned(None, version)
-        return Versioned(json.loads(value), version)
+        return Versioned(self._db.loads(value), version)
 
     def write(self, namespace: str, key: str, value: Any, *, ttl: float | None = None) -> int:
         row = self._db.execute(
@@ -149,6 +401,45 @@ class SqliteStateStore:
             ).fetchone()
         return None if row is None else int(row[0])
 
+    def commit(self, writes: Sequence[StateWrite]) -> bool:
+        """One `BEGIN IMMEDIATE` transaction: every expected version checked, then every row
+        written (the version of a row only grows: expired rows are kept, never deleted). A
+        single write is one statement, atomic by itself."""
+        if len(writes) == 1:
+            (write,) = writes
+            if write.expected_version is None:
+                self.write(write.namespace, write.key, write.value, ttl=write.ttl)
+                return True
+            return (
+                self.compare_and_set(
+                    write.namespace, write.key, write.value, write.expected_version, ttl=write.ttl
+                )
+                is not None
+            )
+        connection = self._db.connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for write in writes:
+                if write.expected_version is None:
+                    continue
+                row = connection.execute(
+                    "SELECT version FROM state WHERE namespace = ? AND key = ?", (write.namespace, write.key)
+                ).fetchone()
+                if (0 if row is None else int(row[0])) != write.expected_version:
+                    connection.execute("ROLLBACK")
+                    return False
+            connection.executemany(
+                "INSERT INTO state (namespace, key, value, version, expires_at) VALUES (?, ?, ?, 1, ?) "
+                "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
+                "version = state.version + 1, expires_at = excluded.expires_at",
+                [(w.namespace, w.key, _dump(w.value), _expiry(w.ttl)) for w in writes],
+            )
+            connection.execute("COMMIT")
+        except BaseException:
+            _roll_back(connection)
+            raise
+        return True
+
 
 class SqliteCacheStore:
     """Cache rows with an absolute expiry; an expired row is never returned."""
@@ -164,7 +455,7 @@ class SqliteCacheStore:
         if expires_at is not None and expires_at <= time.time():
             self._db.execute("DELETE FROM cache WHERE key = ? AND expires_at <= ?", (key, time.time()))
             return False, None
-        return True, json.loads(value)
+        return True, self._db.loads(value)
 
     def put(self, key: str, value: Any, ttl: float | None) -> None:
         self._db.execute(
@@ -192,7 +483,7 @@ class SqliteAuditLog:
             "AND (? IS NULL OR execution_id = ?) ORDER BY id",
             (pipeline, pipeline, run, run),
         ).fetchall()
-        return [json.loads(row[0]) for row in rows]
+        return [self._db.loads(row[0]) for row in rows]
 
 
 _CHECKPOINT = (
@@ -218,8 +509,9 @@ class _CheckpointWriter:
         threading.Thread(target=self._write, daemon=True, name="orchestrator-checkpoints").start()
 
     def put(self, row: tuple[str, str, str]) -> None:
+        """Queue a row; a write that failed is raised by `flush`, never here: a task finishing
+        is not where a full disk can be reported (the run document is)."""
         with self._idle:
-            self._raise_error()
             self._pending += 1
         self._queue.put(row)
 
@@ -246,11 +538,11 @@ class _CheckpointWriter:
                 connection.execute("BEGIN IMMEDIATE")
                 try:
                     connection.executemany(_CHECKPOINT, batch)
+                    connection.execute("COMMIT")
                 except BaseException:
-                    connection.execute("ROLLBACK")
+                    _roll_back(connection)
                     raise
-                connection.execute("COMMIT")
-            except BaseException as error:  # handed to the next put or flush
+            except BaseException as error:  # handed to the next flush
                 self._error = error
             with self._idle:
                 self._pending -= len(batch)
@@ -296,15 +588,22 @@ class _RunLocks:
     messages only.
     """
 
-    def __init__(self, folder: Path) -> None:
-        self._folder = folder
+    def __init__(self, database: Path) -> None:
+        self._database = database
+        self._folder = database.parent / "locks"
 
     def path(self, run_id: str) -> Path:
         return self._folder / f"{quote(run_id, safe='')}.lock"
 
     def acquire(self, run_id: str) -> None:
         """Hold the run's lock (kept if this process holds it already); RunInProgressError if a
-        live process does."""
+        live process does, StateFolderError if the lock file cannot be made."""
+        try:
+            self._acquire(run_id)
+        except OSError as error:
+            raise folder_error(error, self._database) from error
+
+    def _acquire(self, run_id: str) -> None:
         path = self.path(run_id)
         with _HELD_LOCK:
             if str(path) in _HELD:
@@ -336,7 +635,7 @@ class _RunLocks:
             descriptor = _HELD.pop(str(path), None)
             if descriptor is None:
                 return
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # a file left behind that nobody holds is no lock
                 path.unlink()
             os.close(descriptor)
 
@@ -350,6 +649,8 @@ class _RunLocks:
             descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return False
+        except OSError as error:
+            raise folder_error(error, self._database) from error
         try:
             fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -419,7 +720,7 @@ class SqliteRunStore:
         self._db = database
         self._writer: _CheckpointWriter | None = None
         self._writer_lock = threading.Lock()
-        self._locks = _RunLocks(database.path.parent / "locks")
+        self._locks = _RunLocks(database.path)
 
     def save(self, document: dict[str, Any], resume: dict[str, Any] | None = None) -> None:
         running = document["status"] == "running"
@@ -454,7 +755,7 @@ class SqliteRunStore:
 
     def load(self, run_id: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT document FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return None if row is None else self._as_seen(dict(json.loads(row[0])))
+        return None if row is None else self._as_seen(self._db.loads(row[0], required=_RUN_KEYS))
 
     def list(self, *, pipeline: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         rows = self._db.execute(
@@ -462,7 +763,14 @@ class SqliteRunStore:
             "ORDER BY started_at DESC, run_id DESC LIMIT ?",
             (pipeline, pipeline, limit),
         ).fetchall()
-        return [dict(self._as_seen(json.loads(row[0])), started_at=row[1], updated_at=row[2]) for row in rows]
+        return [
+            dict(
+                self._as_seen(self._db.loads(row[0], required=_RUN_KEYS)),
+                started_at=row[1],
+                updated_at=row[2],
+            )
+            for row in rows
+        ]
 
     def _as_seen(self, document: dict[str, Any]) -> dict[str, Any]:
         """The document as it is shown: a `running` one with the top-level tasks it has
@@ -476,14 +784,15 @@ class SqliteRunStore:
             # the owner may have saved its final document, then let go, since the row was read
             row = self._db.execute("SELECT document FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is not None:
-                document = json.loads(row[0])
+                document = self._db.loads(row[0], required=_RUN_KEYS)
                 if document.get("status") != "running":
                     return document
         self._flush()
         finished = self._db.execute(
             "SELECT task, outcome FROM run_tasks WHERE run_id = ? ORDER BY rowid", (run_id,)
         ).fetchall()
-        document = _with_finished(document, {task: json.loads(outcome) for task, outcome in finished})
+        outcomes = {task: self._db.loads(outcome, required=()) for task, outcome in finished}
+        document = _with_finished(document, outcomes)
         return document if alive else _crashed(document)
 
     def checkpoint(self, run_id: str, task: str, outcome: dict[str, Any]) -> None:
@@ -506,7 +815,8 @@ class SqliteRunStore:
         if row is None or row[0] is None:
             return None
         finished = self._db.execute("SELECT task, outcome FROM run_tasks WHERE run_id = ?", (run_id,))
-        return json.loads(row[0]), {task: json.loads(outcome) for task, outcome in finished}
+        record = self._db.loads(row[0], required=())
+        return record, {task: self._db.loads(outcome, required=()) for task, outcome in finished}
 
 
 def _expiry(ttl: float | None) -> float | None:

@@ -5,6 +5,15 @@ value of `expr` itself (a list stays a list); any other string renders to text. 
 `StrictUndefined`, so a name that does not exist is an error unless guarded by `default(...)`
 or `is defined`. Conditions use a lenient undefined instead: a missing key is falsy, so
 `not loop_state.quality_met` is true before the first iteration (SPEC section 8).
+
+Templates cannot allocate without bound: nothing a template makes may hold more than
+`MAX_TEMPLATE_SIZE` (10 million) characters of text, or items of a list or mapping, more
+than the largest value it was made from (a task output may be bigger: `upper` of it is
+fine, repeating it is not). Repetition (`'x' * n`, `[0] * n`), powers, `%` and `format`
+widths, `ljust`/`center` and the other padding methods, `replace`, `join`, `sum`, `lipsum`,
+`batch`, `slice`, `~` and the rendered text itself are checked before they are made;
+`range` is Jinja's (at most 100,000 items). A template past the limit fails with a
+`TemplateError` saying so (template/bounded.py).
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import TemplateError
+from orchestrator.template.bounded import TemplateTooLarge, bounded_join, check_expansion
 
 if TYPE_CHECKING:
     from jinja2 import Undefined
@@ -33,12 +43,9 @@ def _tojson(value: Any) -> str:
 
 
 def _make_environment(undefined: type[Undefined]) -> ImmutableSandboxedEnvironment:
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from orchestrator.template.bounded import bounded_environment
 
-    environment = ImmutableSandboxedEnvironment(
-        undefined=undefined, autoescape=False, keep_trailing_newline=True
-    )
-    environment.filters["tojson"] = _tojson
+    environment = bounded_environment(undefined, _tojson)
     environment.policies["json.dumps_kwargs"] = {"sort_keys": False}
     return environment
 
@@ -100,6 +107,8 @@ def _error(source: str, error: Exception) -> TemplateError:
                 "with '| default(...)'"
             )
         return TemplateError(f"{message} in {text!r}; guard it with '| default(...)'")
+    if isinstance(error, TemplateTooLarge):
+        return TemplateError(f"too large: {error} (in {text!r})")
     if isinstance(error, SecurityError):
         return TemplateError(f"not allowed in templates: {error} in {text!r}")
     return TemplateError(f"{type(error).__name__}: {error} in {text!r}")
@@ -167,9 +176,10 @@ def evaluate_expression(expression: str, scope: Mapping[str, Any], *, lenient: b
             if lenient:
                 return None
             str(value)  # raises UndefinedError with Jinja's own message
-        elif not lenient and type(value) not in _SCALARS and not _DOTTED_EXPRESSION.fullmatch(expression):
+        elif type(value) not in _SCALARS and not _DOTTED_EXPRESSION.fullmatch(expression):
             # (a name or a dotted path reads a value of the scope as it is: JSON, never undefined)
-            inside = _undefined_inside(value, Undefined)
+            check_expansion(value)  # `[big] * 1000`: small here, huge once written as JSON
+            inside = None if lenient else _undefined_inside(value, Undefined)
             if inside is not None:
                 str(inside)  # `rows | map(attribute='missing') | list`: the same error
         return value
@@ -189,7 +199,7 @@ def render_string(source: str, scope: Mapping[str, Any]) -> Any:
     try:
         template = _compiled_template(source)
         context = template.new_context(scope, shared=True)
-        return "".join(template.root_render_func(context))
+        return bounded_join(template.root_render_func(context))
     except Exception as error:
         raise _error(source, error) from None
 
