@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -69,6 +70,20 @@ class CliResult:
     def document(self) -> dict[str, Any]:
         loaded: dict[str, Any] = json.loads(self.stdout)
         return loaded
+
+
+def run_in_a_process(home: Path, path: Path, *arguments: str) -> tuple[int, dict[str, Any], str]:
+    """`orchestrator run PATH --json ARGS` in a child process with its own state folder: its exit
+    code, its run document (there must be one) and its stderr."""
+    finished = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", str(path), "--json", *arguments],
+        env={**os.environ, "ORCHESTRATOR_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert finished.stdout.strip(), f"no document (exit {finished.returncode}): {finished.stderr}"
+    return finished.returncode, json.loads(finished.stdout), finished.stderr
 
 
 @pytest.fixture

@@ -15,9 +15,10 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from conftest import run_in_a_process
 
 EXITS = {
     "sys.exit(0)": ("import sys\nsys.exit(0)", "SystemExit"),
@@ -39,19 +40,6 @@ CASES = [
         for technique in ("sys.exit(0)", "KeyboardInterrupt", "BaseException subclass", "os._exit(7)")
     ),
 ]
-
-
-def run_cli(home: Path, path: Path, *arguments: str) -> tuple[int, dict[str, Any], str]:
-    """`orchestrator run PATH --json ARGS` in a child process; its exit code, document, stderr."""
-    finished = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "run", str(path), "--json", *arguments],
-        env={**os.environ, "ORCHESTRATOR_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert finished.stdout.strip(), f"no document (exit {finished.returncode}): {finished.stderr}"
-    return finished.returncode, json.loads(finished.stdout), finished.stderr
 
 
 def stored_status(home: Path, run_id: str) -> str:
@@ -102,7 +90,7 @@ def test_a_script_that_tries_to_end_the_process_only_fails_its_task(
     path = pipeline(tmp_path, script, PLACES[place])
     home = tmp_path / "home"
     # WHEN the pipeline runs
-    code, document, stderr = run_cli(home, path, "--engine", engine)
+    code, document, stderr = run_in_a_process(home, path, "--engine", engine)
     # THEN the task failed twice (its policy applied), the run went on and ended degraded
     assert code == 0, stderr
     assert document["status"] == "degraded", document
@@ -126,7 +114,7 @@ def test_an_exit_under_abort_pipeline_fails_the_run(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     # WHEN it runs
-    code, document, _ = run_cli(tmp_path / "home", path)
+    code, document, _ = run_in_a_process(tmp_path / "home", path)
     # THEN the run failed with a document, and the command says so (exit 1, not 0)
     assert code == 1
     assert document["status"] == "failed"
@@ -144,7 +132,7 @@ def test_os_exit_in_a_thread_a_script_started_does_not_end_the_run(tmp_path: Pat
         encoding="utf-8",
     )
     # WHEN it runs
-    code, document, stderr = run_cli(tmp_path / "home", path)
+    code, document, stderr = run_in_a_process(tmp_path / "home", path)
     # THEN only that thread ended: the task returned and the run succeeded
     assert code == 0, stderr
     assert document["outputs"] == {"t": "survived"}

@@ -8,16 +8,12 @@ cache still changes.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from conftest import run_in_a_process
 from orchestrator.runtime.attempt import Attempt, AttemptStopped
 
 STUBBORN = """\
@@ -53,25 +49,13 @@ tasks:
 """
 
 
-def run_cli(home: Path, path: Path, *arguments: str) -> tuple[int, dict[str, Any], str]:
-    finished = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "run", str(path), "--json", *arguments],
-        env={**os.environ, "ORCHESTRATOR_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert finished.stdout.strip(), f"no document (exit {finished.returncode}): {finished.stderr}"
-    return finished.returncode, json.loads(finished.stdout), finished.stderr
-
-
 @pytest.mark.parametrize("engine", ["local", "stepfunctions"])
 def test_a_timed_out_task_stops_spinning_and_writing(tmp_path: Path, engine: str) -> None:
     # GIVEN the stubborn spinning task with a 0.5 s timeout and one retry
     path = tmp_path / "stubborn.yaml"
     path.write_text(STUBBORN, encoding="utf-8")
     # WHEN it runs
-    code, document, stderr = run_cli(tmp_path / "home", path, "--engine", engine)
+    code, document, stderr = run_in_a_process(tmp_path / "home", path, "--engine", engine)
     # THEN both attempts timed out and the run went on
     assert code == 0, stderr
     spin = document["tasks"]["spin"]
