@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import random
 import threading
 import time
@@ -102,7 +101,7 @@ def _attempt(task: TaskBase, prepared: PreparedTask, services: Services) -> Any:
     grace = SANDBOX_GRACE if limits is not None else 0.0
     # descriptors 1 and 2 are captured where one invocation has the process (Lambda); the
     # emulator runs containers as threads of the command, whose own pipe already holds them
-    with task_streams(run.redactor, descriptors=bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))):
+    with task_streams(run.redactor, descriptors=aws_settings().on_lambda):
         return _with_timeout(lambda: attempt_leaf(leaf, name), task_timeout(task), name, grace)
 
 
