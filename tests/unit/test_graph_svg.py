@@ -370,3 +370,12 @@ def test_cli_png_goes_to_a_pipe_but_not_to_a_terminal() -> None:
         os.close(follower)
     assert shown.returncode == 2 and written == b""
     assert b"-o FILE.png" in shown.stderr
+
+
+def test_the_readme_picture_is_the_demo_as_drawn_now() -> None:
+    drawn = render_svg(build_plan(read_pipeline(PIPELINES / "demo.yaml")))
+    picture = REPO / "docs" / "images" / "demo-graph.svg"
+    assert picture.read_text(encoding="utf-8") == drawn, (
+        "run: orchestrator graph pipelines/demo.yaml --format svg -o docs/images/demo-graph.svg"
+    )
+    assert "](docs/images/demo-graph.svg)" in (REPO / "README.md").read_text(encoding="utf-8")
