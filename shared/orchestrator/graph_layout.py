@@ -15,6 +15,7 @@ nothing but the plan, and the same plan gives the same picture every time.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import unicodedata
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from orchestrator.plan import Body, Node, Plan
-from orchestrator.spec.models import DynamicTaskGroup, PipelineGroup
+from orchestrator.spec.models import DynamicTaskGroup, PipelineGroup, WhileLoop
 
 Point = tuple[float, float]
 Role = Literal["task", "container", "pipeline", "note"]
@@ -195,16 +196,12 @@ def _place(shapes: list[Shape], links: list[tuple[int, int]]) -> tuple[list[Shap
 def _shape(node: Node, path: str) -> Shape:
     """NODE's shape with its top left corner at (0, 0), its body laid out inside it."""
     task = node.task
-    tooltip = "\n".join(
-        line
-        for line in (
-            f"{node.name} ({node.kind})",
-            task.description or "",
-            f"if {task.condition}" if task.condition is not None and node.body is None else "",
-        )
-        if line
-    )
-    conditional = task.condition is not None and node.kind != "while_loop"
+    # a while_loop's condition says when it goes on; any other task's, whether it runs
+    conditional = task.condition is not None and not isinstance(task, WhileLoop)
+    lines = [f"{node.name} ({node.kind})", task.description or ""]
+    if task.condition is not None:
+        lines.append(f"{'if' if conditional else 'while'} {task.condition}")
+    tooltip = "\n".join(line for line in lines if line)
     if node.body is None and not isinstance(task, PipelineGroup | DynamicTaskGroup):
         subtitle = _SHORT_KINDS.get(node.kind, node.kind) + (", conditional" if conditional else "")
         width = max(text_width(node.name, TITLE_SIZE), text_width(subtitle, SUBTITLE_SIZE))
@@ -357,20 +354,20 @@ class _Graph:
         self.layers[index].sort(key=key)
 
     def _crossings(self) -> int:
+        """How many pairs of edge segments cross between neighbouring layers: with the segments
+        sorted by their upper end, the pairs whose lower ends are in the other order."""
         total = 0
         for upper, lower in itertools.pairwise(self.layers):
             place = {vertex: position for position, vertex in enumerate(lower)}
-            segments = [
+            ends = sorted(
                 (position, place[target])
                 for position, vertex in enumerate(upper)
                 for target in self.below[vertex]
-            ]
-            total += sum(
-                1
-                for first, (a, b) in enumerate(segments)
-                for c, d in segments[first + 1 :]
-                if (a - c) * (b - d) < 0
             )
+            seen: list[int] = []
+            for _, end in ends:
+                total += len(seen) - bisect.bisect_right(seen, end)
+                bisect.insort(seen, end)
         return total
 
     def position(self) -> None:

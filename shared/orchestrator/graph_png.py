@@ -1,7 +1,9 @@
 """Draw a plan as a PNG image with Pillow: the SVG's layout and colours, rasterized.
 
-The picture is `graph_layout.layout(plan)` at SCALE pixels per layout pixel; text is Pillow's
-default font, cut with an ellipsis where the font is wider than the layout's estimate.
+The picture is `graph_layout.layout(plan)` at two pixels per layout pixel, less for a picture
+so big that the image would pass _MOST_PIXELS or _MOST_SIDE (a huge pipeline gives a smaller
+scale, not an image too big to open); text is Pillow's default font, cut with an ellipsis where
+the font is wider than the layout's estimate.
 """
 
 from __future__ import annotations
@@ -16,23 +18,31 @@ from orchestrator.graph_layout import SUBTITLE_SIZE, TITLE_SIZE, Edge, Point, Sh
 from orchestrator.graph_svg import CONTAINER_COLOURS, CONTAINER_OPACITY, EDGE_COLOUR, KIND_COLOURS
 from orchestrator.plan import Plan
 
-SCALE = 2
+_SCALE = 2.0
+_MOST_PIXELS = 32_000_000
+_MOST_SIDE = 16_000
 _CURVE_STEPS = 16
 _CONDITION_MARK = "#d99a00"
 
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
+def png_scale(width: float, height: float) -> float:
+    """Image pixels per layout pixel for a layout WIDTH x HEIGHT."""
+    return min(_SCALE, math.sqrt(_MOST_PIXELS / (width * height)), _MOST_SIDE / width, _MOST_SIDE / height)
+
+
 def png_size(width: float, height: float) -> tuple[int, int]:
     """The image size of a layout WIDTH x HEIGHT."""
-    return math.ceil(width * SCALE), math.ceil(height * SCALE)
+    scale = png_scale(width, height)
+    return math.floor(width * scale), math.floor(height * scale)
 
 
 def render_png(plan: Plan) -> bytes:
     """The plan as PNG bytes."""
     picture = layout(plan)
     image = Image.new("RGB", png_size(picture.width, picture.height), "#ffffff")
-    painter = _Painter(ImageDraw.Draw(image, "RGBA"))
+    painter = _Painter(ImageDraw.Draw(image, "RGBA"), png_scale(picture.width, picture.height))
     painter.body(picture.shapes, picture.edges)
     output = io.BytesIO()
     image.save(output, format="PNG", optimize=True)
@@ -40,10 +50,12 @@ def render_png(plan: Plan) -> bytes:
 
 
 class _Painter:
-    def __init__(self, draw: ImageDraw.ImageDraw) -> None:
+    def __init__(self, draw: ImageDraw.ImageDraw, scale: float) -> None:
         self.draw = draw
-        self.title_font: Font = ImageFont.load_default(size=TITLE_SIZE * SCALE)
-        self.subtitle_font: Font = ImageFont.load_default(size=SUBTITLE_SIZE * SCALE)
+        self.scale = scale
+        self.line = max(1, round(scale * 1.5))  # the width of borders and edges
+        self.title_font: Font = ImageFont.load_default(size=max(TITLE_SIZE * scale, 1.0))
+        self.subtitle_font: Font = ImageFont.load_default(size=max(SUBTITLE_SIZE * scale, 1.0))
 
     def body(self, shapes: tuple[Shape, ...], edges: tuple[Edge, ...]) -> None:
         for shape in shapes:
@@ -53,19 +65,19 @@ class _Painter:
 
     def shape(self, shape: Shape) -> None:
         box = shape.box
-        corners = (box.x * SCALE, box.y * SCALE, box.right * SCALE, box.bottom * SCALE)
+        corners = (box.x * self.scale, box.y * self.scale, box.right * self.scale, box.bottom * self.scale)
         if shape.role == "container":
             fill, stroke, ink = CONTAINER_COLOURS
             tint = (*_rgb(fill), round(255 * CONTAINER_OPACITY))
-            self.draw.rounded_rectangle(corners, radius=4 * SCALE, fill=tint)
+            self.draw.rounded_rectangle(corners, radius=4 * self.scale, fill=tint)
         else:
             fill, stroke, ink = KIND_COLOURS.get(shape.kind, KIND_COLOURS["note"])
-            self.draw.rounded_rectangle(corners, radius=6 * SCALE, fill=fill)
+            self.draw.rounded_rectangle(corners, radius=6 * self.scale, fill=fill)
         if shape.conditional or shape.role == "note":
             self._dashed_outline(corners, stroke)
         else:
-            radius = (4 if shape.role == "container" else 6) * SCALE
-            self.draw.rounded_rectangle(corners, radius=radius, outline=stroke, width=SCALE + 1)
+            radius = (4 if shape.role == "container" else 6) * self.scale
+            self.draw.rounded_rectangle(corners, radius=radius, outline=stroke, width=self.line)
         if shape.role == "container":
             self.text((box.x + 10, box.y + 13), shape.title, self.title_font, ink, box.width - 20, "lm")
             self.body(shape.children, shape.edges)
@@ -76,15 +88,15 @@ class _Painter:
             if shape.subtitle:
                 self.text((centre, box.y + 31), shape.subtitle, self.subtitle_font, ink, box.width - 16, "mm")
         if shape.conditional:
-            x, y = (box.right - 10) * SCALE, (box.y + 10) * SCALE
-            size = 5 * SCALE
+            x, y = (box.right - 10) * self.scale, (box.y + 10) * self.scale
+            size = 5 * self.scale
             self.draw.polygon(
                 [(x, y - size), (x + size, y), (x, y + size), (x - size, y)], fill=_CONDITION_MARK
             )
 
     def _dashed_outline(self, corners: tuple[float, float, float, float], colour: str) -> None:
         left, top, right, bottom = corners
-        dash, space = 5 * SCALE, 3 * SCALE
+        dash, space = 5 * self.scale, 3 * self.scale
         for start, end in (
             ((left, top), (right, top)),
             ((right, top), (right, bottom)),
@@ -98,18 +110,18 @@ class _Painter:
                 self.draw.line(
                     [_along(start, end, position / length), _along(start, end, stop / length)],
                     fill=colour,
-                    width=SCALE + 1,
+                    width=self.line,
                 )
                 position = stop + space
 
     def text(self, at: Point, text: str, font: Font, colour: str, width: float, anchor: str) -> None:
         """TEXT at AT (layout pixels), cut further if this font makes it wider than WIDTH."""
-        limit = width * SCALE
+        limit = width * self.scale
         if self.draw.textlength(text, font=font) > limit:
             while text and self.draw.textlength(text + "…", font=font) > limit:
                 text = text[:-1]
             text += "…"
-        self.draw.text((at[0] * SCALE, at[1] * SCALE), text, font=font, fill=colour, anchor=anchor)
+        self.draw.text((at[0] * self.scale, at[1] * self.scale), text, font=font, fill=colour, anchor=anchor)
 
     def edge(self, edge: Edge) -> None:
         points: list[Point] = [edge.points[0]]
@@ -122,12 +134,12 @@ class _Painter:
                     _bezier(start, first, second, end, step / _CURVE_STEPS)
                     for step in range(1, _CURVE_STEPS + 1)
                 ]
-        scaled = [(x * SCALE, y * SCALE) for x, y in points]
+        scaled = [(x * self.scale, y * self.scale) for x, y in points]
         tip = scaled[-1]
-        arrow = 7 * SCALE
+        arrow = 7 * self.scale
         base = tip[1] - arrow * 0.8
         shaft = [point for point in scaled[:-1] if point[1] <= base] + [(tip[0], base)]
-        self.draw.line(shaft, fill=EDGE_COLOUR, width=SCALE + 1, joint="curve")
+        self.draw.line(shaft, fill=EDGE_COLOUR, width=self.line, joint="curve")
         self.draw.polygon(
             [(tip[0] - arrow / 2, tip[1] - arrow), (tip[0] + arrow / 2, tip[1] - arrow), tip],
             fill=EDGE_COLOUR,

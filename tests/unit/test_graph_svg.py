@@ -324,7 +324,7 @@ def pipelines(draw: st.DrawFn) -> str:
     return "name: random\ntasks:\n" + "\n".join("  " + line for line in lines) + "\n"
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pipelines())
 def test_random_pipelines_lay_out_apart_and_downward(text: str) -> None:
     plan = build_plan(parse_pipeline(text, Path("random.yaml")))
@@ -347,6 +347,7 @@ def test_cli_writes_svg_and_png(cli: Callable[..., CliResult], tmp_path: Path) -
     assert cli("graph", demo).stdout.startswith("flowchart TD\n")
 
 
+@pytest.mark.slow  # two child processes
 def test_cli_png_goes_to_a_pipe_but_not_to_a_terminal() -> None:
     demo = str(PIPELINES / "demo.yaml")
     command = [sys.executable, "-m", "orchestrator", "graph", demo, "--format", "png"]
@@ -379,3 +380,37 @@ def test_the_readme_picture_is_the_demo_as_drawn_now() -> None:
         "run: orchestrator graph pipelines/demo.yaml --format svg -o docs/images/demo-graph.svg"
     )
     assert "](docs/images/demo-graph.svg)" in (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def test_layers_are_ordered_so_edges_do_not_cross(write_pipeline: Callable[..., Path]) -> None:
+    # GIVEN a and b, then c reading b and d reading a: in file order the two edges cross
+    path = write_pipeline(
+        """
+        name: crossed
+        tasks:
+          - {name: a, type: python_task, script: return 1}
+          - {name: b, type: python_task, script: return 2}
+          - {name: c, type: python_task, depends_on: [b], script: return 3}
+          - {name: d, type: python_task, depends_on: [a], script: return 4}
+        """
+    )
+    picture = layout(build_plan(read_pipeline(path)))
+    # THEN the lower layer is reordered: the edges leave and arrive in the same order
+    (first, second) = sorted(picture.edges, key=lambda edge: edge.points[0][0])
+    assert (first.source, second.source) == ("a", "b")
+    assert first.points[-1][0] < second.points[-1][0]
+
+
+def test_a_huge_pipeline_makes_a_png_of_bounded_size(write_pipeline: Callable[..., Path]) -> None:
+    tasks = "\n".join(
+        f"  - {{name: task_{index}, type: python_task, script: return 1}}" for index in range(200)
+    )
+    plan = build_plan(read_pipeline(write_pipeline(f"name: wide\ntasks:\n{tasks}\n")))
+    picture = layout(plan)
+    assert picture.width > 16_000 / 2  # wider than the largest side at the usual two pixels per pixel
+    image = Image.open(io.BytesIO(render_png(plan)))
+    assert image.size == png_size(picture.width, picture.height)
+    assert image.size[0] <= 16_000 and image.size[0] * image.size[1] <= 32_000_000
+    for width, height in ((1e6, 300.0), (300.0, 1e6), (9e4, 9e4)):
+        columns, rows = png_size(width, height)
+        assert 0 < columns <= 16_000 and 0 < rows <= 16_000 and columns * rows <= 32_000_000
