@@ -34,6 +34,7 @@ _LEAF_HEIGHT = 44.0
 _LEAF_WIDTH = (100.0, 200.0)  # a leaf box's narrowest and widest
 _TEXT_PADDING = 12.0  # between a box's border and its text, on each side
 _HEADER = 26.0  # a container's title band
+_HEADING_WIDTH = 300.0  # the widest title a container grows for
 _INSET = 12.0  # between a container's border and its body
 _GAP_X = 24.0  # between boxes of one layer
 _GAP_Y = 40.0  # between layers
@@ -151,7 +152,7 @@ def text_width(text: str, size: float) -> float:
 def fit(text: str, width: float, size: float) -> str:
     """TEXT on one line, cut with an ellipsis to fit WIDTH."""
     text = " ".join(text.split())
-    if text_width(text, size) <= width:
+    if text_width(text, size) <= width + 1e-6:  # a box made to fit the text holds it
         return text
     while text and text_width(text + "…", size) > width:
         text = text[:-1]
@@ -227,7 +228,7 @@ def _shape(node: Node, path: str) -> Shape:
         heading += f", {task.mode}"
     heading += ")"
     width = max(
-        body_width + 2 * _INSET, min(text_width(heading, TITLE_SIZE), _LEAF_WIDTH[1]) + 2 * _TEXT_PADDING
+        body_width + 2 * _INSET, min(text_width(heading, TITLE_SIZE), _HEADING_WIDTH) + 2 * _TEXT_PADDING
     )
     height = _HEADER + body_height + (_INSET if children else 0)
     dx = (width - body_width) / 2

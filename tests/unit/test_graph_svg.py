@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import PIPELINES, REPO, CliResult
-from orchestrator.graph_layout import Box, Layout, Shape, layout
+from orchestrator.graph_layout import TITLE_SIZE, Box, Layout, Shape, layout, text_width
 from orchestrator.graph_png import png_size, render_png
 from orchestrator.graph_svg import KIND_COLOURS, STATUS_COLOURS, render_svg
 from orchestrator.plan import Body, Plan, build_plan
@@ -133,6 +133,11 @@ def inside(inner: Box, outer: Box) -> bool:
 
 def check_geometry(picture: Layout) -> None:
     by_path = {shape.path: shape for shape in picture.walk()}
+    for shape in by_path.values():  # text is cut only where the box is as wide as it grows
+        if shape.role == "task" and shape.title != shape.name:
+            assert shape.box.width == 200 and shape.title.endswith("…"), shape.title
+        if shape.role == "container" and shape.kind != "pipeline_group" and shape.title.endswith("…"):
+            assert text_width(f"{shape.name} ({shape.kind})", TITLE_SIZE) > shape.box.width - 24
     for container, shapes in boxes(picture):
         for index, shape in enumerate(shapes):
             assert inside(shape.box, container.box), (shape.path, container.path)
