@@ -135,7 +135,7 @@ def check_geometry(picture: Layout) -> None:
     by_path = {shape.path: shape for shape in picture.walk()}
     for shape in by_path.values():  # text is cut only where the box is as wide as it grows
         if shape.role == "task" and shape.title != shape.name:
-            assert shape.box.width == 200 and shape.title.endswith("…"), shape.title
+            assert shape.box.width == 240 and shape.title.endswith("…"), shape.title
         if shape.role == "container" and shape.kind != "pipeline_group" and shape.title.endswith("…"):
             assert text_width(f"{shape.name} ({shape.kind})", TITLE_SIZE) > shape.box.width - 24
     for container, shapes in boxes(picture):
