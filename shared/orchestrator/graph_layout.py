@@ -125,11 +125,6 @@ class Layout:
 
         return visit(self.shapes)
 
-    def all_edges(self) -> Iterator[Edge]:
-        yield from self.edges
-        for shape in self.walk():
-            yield from shape.edges
-
 
 def controls(start: Point, end: Point) -> tuple[Point, Point]:
     """The two control points of the cubic curve from `start` down to `end`: it leaves and
