@@ -139,6 +139,10 @@ class LLMTask(TaskBase):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     max_tokens: Annotated[int, Field(gt=0)] | None = None
     output_type: Literal["text", "number", "integer", "boolean", "json"] = "text"
+    # a JSON Schema, or the path of a JSON/YAML file holding one (relative to the pipeline
+    # file; `spec.output_schema` reads it in when the pipeline is loaded)
+    output_schema: dict[str, Any] | str | None = None
+    schema_retries: Annotated[int, Field(ge=0, le=10)] = 2
 
 
 class WebSearchTask(TaskBase):
