@@ -144,6 +144,16 @@ class LLMTask(TaskBase):
     output_schema: dict[str, Any] | str | None = None
     schema_retries: Annotated[int, Field(ge=0, le=10)] = 2
 
+    @field_validator("output_schema", mode="before")
+    @classmethod
+    def _schema_or_file(cls, value: Any) -> Any:
+        if value is None or isinstance(value, dict | str):
+            return value
+        raise ValueError(
+            "output_schema is a JSON Schema (a mapping, like {type: object, properties: ...}) "
+            f"or the path of a JSON or YAML file holding one, not a {type(value).__name__}"
+        )
+
 
 class WebSearchTask(TaskBase):
     type: Literal["web_search_task"]

@@ -108,17 +108,19 @@ def _kind(value: Any) -> str:
 def _llm_tasks(tasks: list[Any], location: Location) -> Iterator[tuple[LLMTask, Location]]:
     """Every llm_task written in the file, with where, in containers and fallbacks too."""
     for index, task in enumerate(tasks):
-        if not isinstance(task, TaskBase):
-            continue  # a dynamic_task_group's generated specs: checked when generated
-        here = (*location, index)
-        if isinstance(task, LLMTask):
-            yield task, here
-        inner = getattr(task, "tasks", None)
-        if isinstance(inner, list):
-            yield from _llm_tasks(inner, (*here, "tasks"))
-        fallback = task.error_handling.fallback if task.error_handling else None
-        if fallback is not None:
-            yield from _llm_tasks([fallback], (*here, "error_handling", "fallback"))
+        if isinstance(task, TaskBase):  # not a dynamic_task_group's specs: checked when generated
+            yield from _llm_tasks_of(task, (*location, index))
+
+
+def _llm_tasks_of(task: TaskBase, here: Location) -> Iterator[tuple[LLMTask, Location]]:
+    if isinstance(task, LLMTask):
+        yield task, here
+    inner = getattr(task, "tasks", None)
+    if isinstance(inner, list):
+        yield from _llm_tasks(inner, (*here, "tasks"))
+    fallback = task.error_handling.fallback if task.error_handling else None
+    if fallback is not None:
+        yield from _llm_tasks_of(fallback, (*here, "error_handling", "fallback"))
 
 
 def _read_schema_file(name: str, path: Path, source: SourceMap, at: Location) -> Any:
