@@ -339,3 +339,56 @@ def test_a_sensitive_input_the_model_echoes_in_a_rejected_reply_is_masked_in_the
     assert document["error"]["type"] == "OutputValidationError"
     assert "at $.name: '***' is not of type 'integer'" in document["error"]["message"]
     assert "s3cr3t-t0ken" not in result.stdout + result.stderr
+
+
+def test_structured_output_in_the_config_must_be_true_or_false(
+    cli: Cli, write_pipeline: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("llm:\n  models:\n    gpt-4o: {structured_output: 'yes'}\n", encoding="utf-8")
+    monkeypatch.setenv("ORCHESTRATOR_CONFIG", str(config))
+    result = cli("run", typed_pipeline(write_pipeline), "--json")
+    assert result.code != 0
+    assert "'llm.models.gpt-4o.structured_output' must be true or false, got 'yes'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_generated_task_gives_its_schema_inline(
+    cli: Cli, write_pipeline: Write, llm_env: FakeOpenAIServer
+) -> None:
+    # GIVEN generated llm_tasks: one naming a schema file, one with an invalid schema
+    llm_env.reply = lambda body: '{"name": "Ada", "age": 36}'
+    path = write_pipeline(
+        """
+        name: generated
+        tasks:
+          - name: group
+            type: dynamic_task_group
+            tasks: |
+              {{ [{"name": "by_file", "type": "llm_task", "prompt": "hi", "output_schema": "person.json"}] }}
+            error_handling: {on_failure: skip}
+          - name: other
+            type: dynamic_task_group
+            tasks: |
+              {{ [{"name": "bad", "type": "llm_task", "prompt": "hi", "output_schema": {"type": "objet"} }] }}
+            error_handling: {on_failure: skip}
+          - name: fine
+            type: dynamic_task_group
+            tasks: |
+              {{ [{"name": "typed", "type": "llm_task", "prompt": "hi", "output_schema": {"type": "object"} }] }}
+            error_handling: {on_failure: skip}
+        """
+    )
+    # WHEN it runs
+    code, document = run_json(cli, path)
+    # THEN each invalid one is an InvalidTaskSpec saying why, and the inline one runs
+    tasks = document["tasks"]
+    assert tasks["group"]["error"]["type"] == "InvalidTaskSpec"
+    assert "must be the schema itself, not a file name" in tasks["group"]["error"]["message"]
+    assert tasks["other"]["error"]["type"] == "InvalidTaskSpec"
+    assert "output_schema['type']" in tasks["other"]["error"]["message"]
+    assert "did you mean 'object'?" in tasks["other"]["error"]["message"]
+    assert tasks["fine"]["status"] == "succeeded"
+    assert document["outputs"]["fine"] == [{"name": "Ada", "age": 36}]
+    assert code == 0
+    assert llm_env.request_count == 1
