@@ -50,23 +50,36 @@ def llm(fake_openai: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch, tmp_path
     return fake_openai
 
 
+@pytest.mark.parametrize("structured", [False, True], ids=["schema in the prompt", "structured output"])
 def test_the_docs_example_repairs_to_the_same_output_on_both_engines(
-    run_on_both_engines: RunBoth, llm: FakeOpenAIServer, tmp_path: Path
+    run_on_both_engines: RunBoth, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, structured: bool
 ) -> None:
-    # GIVEN the documented pipeline and a model that needs two repairs
-    llm.reply = repairing_model
-    path = tmp_path / "contacts.yaml"
-    path.write_text(docs_example(), encoding="utf-8")
-    # WHEN it runs on each engine
-    results = run_on_both_engines(path)
-    # THEN both give the matching reply as the output, after three calls in one attempt
-    for engine, result in results.items():
-        document = result.document()
-        assert document["status"] == "succeeded", engine
-        assert document["outputs"]["contact"] == ADA, engine
-        assert document["tasks"]["contact"]["attempts"] == 1, engine
-        assert document["outputs"]["greeting"] == "Dear Ada Lovelace, we will write to ada@example.com."
-    assert llm.request_count == 6
+    # GIVEN the documented pipeline, and a model that needs two repairs; with structured
+    # output, one that refuses any request without the schema as its response_format
+    example = docs_example()
+    schema = yaml.safe_load(example)["tasks"][0]["output_schema"]
+    expected = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": False}}
+    with FakeOpenAIServer(repairing_model, response_format=expected if structured else None) as llm:
+        monkeypatch.setenv("OPENAI_BASE_URL", llm.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+        monkeypatch.delenv("ORCHESTRATOR_DEFAULT_MODEL", raising=False)
+        config = tmp_path / "config.yaml"
+        routes = {"gpt-4o-mini": {"structured_output": True}} if structured else {}
+        config.write_text(yaml.safe_dump({"llm": {"models": routes}}), encoding="utf-8")
+        monkeypatch.setenv("ORCHESTRATOR_CONFIG", str(config))
+        path = tmp_path / "contacts.yaml"
+        path.write_text(example, encoding="utf-8")
+        # WHEN it runs on each engine
+        results = run_on_both_engines(path)
+        # THEN both give the matching reply as the output, after three calls in one attempt
+        for engine, result in results.items():
+            document = result.document()
+            assert document["status"] == "succeeded", engine
+            assert document["outputs"]["contact"] == ADA, engine
+            assert document["tasks"]["contact"]["attempts"] == 1, engine
+            assert document["outputs"]["greeting"] == "Dear Ada Lovelace, we will write to ada@example.com."
+        assert llm.request_count == 6
+        assert all(("response_format" in body) == structured for body in llm.bodies)
 
 
 def test_exhausted_repairs_fail_through_the_task_policy_on_both_engines(
