@@ -289,6 +289,25 @@ def test_validate_refuses_an_output_type_that_contradicts_the_schema(cli: Cli, w
     assert "remove output_type" in error
 
 
+def test_validate_refuses_schema_retries_without_a_schema(cli: Cli, write_pipeline: Write) -> None:
+    path = write_pipeline(
+        """
+        name: typed
+        tasks:
+          - name: person
+            type: llm_task
+            prompt: Describe Ada.
+            output_type: json
+            schema_retries: 3
+        """
+    )
+    (error,) = validate_errors(cli, path)
+    assert (
+        error.startswith(f"{path}:8:")
+        and "schema_retries applies only to a task with an output_schema" in error
+    )
+
+
 def test_validate_checks_schemas_inside_containers_and_fallbacks(cli: Cli, write_pipeline: Write) -> None:
     path = write_pipeline(
         """
@@ -375,7 +394,7 @@ def test_a_generated_task_gives_its_schema_inline(
           - name: fine
             type: dynamic_task_group
             tasks: |
-              {{ [{"name": "typed", "type": "llm_task", "prompt": "hi", "output_schema": {"type": "object"} }] }}
+              {{ [{"name": "t", "type": "llm_task", "prompt": "hi", "output_schema": {"type": "object"} }] }}
             error_handling: {on_failure: skip}
         """
     )

@@ -166,11 +166,20 @@ def inline_output_schemas(pipeline: Pipeline, source: SourceMap, path: Path) -> 
 
     Raises `PipelineValidationError` with every problem: a file that is missing or not
     JSON/YAML, a schema that is not valid JSON Schema, an `output_type` other than `json`
-    beside it. Each names the file and line, and how to fix it.
+    beside it, `schema_retries` without it. Each names the file and line, and how to fix it.
     """
     problems: list[Diagnostic] = []
     for task, at in _llm_tasks(pipeline.tasks, ("tasks",)):
         if task.output_schema is None:
+            if "schema_retries" in task.model_fields_set:
+                problems.append(
+                    source.diagnostic(
+                        (*at, "schema_retries"),
+                        "schema_retries applies only to a task with an output_schema: add one, "
+                        "or remove schema_retries (error_handling.retry_count retries the task)",
+                        key=True,
+                    )
+                )
             continue
         if "output_type" in task.model_fields_set and task.output_type not in _OUTPUT_TYPES_ALLOWED:
             problems.append(
