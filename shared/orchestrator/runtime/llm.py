@@ -418,13 +418,13 @@ def _parse_json(text: str) -> object:
 # -- typed output: the repair loop ------------------------------------------------------------
 
 
-def schema_instruction(schema: Mapping[str, Any]) -> str:
+def _schema_instruction(schema: Mapping[str, Any]) -> str:
     """What is added to the prompt of a model without structured output: the schema to follow."""
     text = json.dumps(schema, indent=2, ensure_ascii=False)
     return f"\n\nReply with only a JSON value that matches this JSON Schema:\n```json\n{text}\n```"
 
 
-def repair_prompt(problem: str) -> str:
+def _repair_prompt(problem: str) -> str:
     """What is sent back after a reply that does not parse or does not match the schema."""
     return (
         f"Your reply does not match the required JSON Schema: {problem}\n"
@@ -432,7 +432,7 @@ def repair_prompt(problem: str) -> str:
     )
 
 
-def reply_problem(text: str, schema: Mapping[str, Any]) -> tuple[object, str | None]:
+def _reply_problem(text: str, schema: Mapping[str, Any]) -> tuple[object, str | None]:
     """The JSON value of a reply and why it does not match `schema` (None when it does)."""
     from orchestrator.spec.output_schema import validation_problem
 
@@ -456,20 +456,20 @@ def complete_with_schema(
     ``TaskError("OutputValidationError")``. All these calls belong to one attempt of the task.
 
     With `structured` the schema goes as the request's `response_format`; without it, the
-    prompt says which schema to follow (`schema_instruction`).
+    prompt says which schema to follow (`_schema_instruction`).
     """
     if structured:
         request = replace(request, response_schema=schema)
     else:
-        request = replace(request, prompt=request.prompt + schema_instruction(schema))
+        request = replace(request, prompt=request.prompt + _schema_instruction(schema))
     problem: str | None = None
     for _ in range(retries + 1):
         text = client.complete(request)
-        value, problem = reply_problem(text, schema)
+        value, problem = _reply_problem(text, schema)
         if problem is None:
             return value
         request = replace(
-            request, turns=(*request.turns, ("assistant", text), ("user", repair_prompt(problem)))
+            request, turns=(*request.turns, ("assistant", text), ("user", _repair_prompt(problem)))
         )
     raise TaskError(
         "OutputValidationError",
