@@ -98,6 +98,11 @@ ERROR_TYPES: Mapping[str, ErrorType] = _registry(
     ErrorType("LLMResponseError", True, "the LLM reply has no choices or no text"),
     ErrorType("OutputParseError", True, "the LLM reply does not read as the task's `output_type`"),
     ErrorType(
+        "OutputValidationError",
+        True,
+        "no LLM reply matched the task's `output_schema` in 1 + `schema_retries` tries",
+    ),
+    ErrorType(
         "SearchTransientError",
         True,
         "the search endpoint timed out, was unreachable or answered 408, 429 or 5xx on every try",

@@ -51,11 +51,14 @@ from orchestrator.errors import ConfigError
 
 @dataclass(frozen=True)
 class ModelRoute:
-    """Where one model's requests go: its own endpoint, key and upstream model name."""
+    """Where one model's requests go: its own endpoint, key and upstream model name; and
+    whether it takes a JSON Schema as `response_format` (config `structured_output: true`),
+    which an `llm_task` with an `output_schema` then sends."""
 
     base_url: str | None = None
     api_key: str | None = None
     model: str | None = None
+    structured_output: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class Settings:
             base_url=route.base_url or self.openai_base_url,
             api_key=route.api_key or self.openai_api_key,
             model=route.model or model,
+            structured_output=route.structured_output,
         )
 
 
@@ -112,7 +116,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 
 
 # The keys a config file may hold: a misspelt key is an error, not a setting silently ignored.
-_ROUTE_KEYS = {"base_url": str, "api_key": str, "api_key_env": str, "model": str}
+_ROUTE_KEYS = {"base_url": str, "api_key": str, "api_key_env": str, "model": str, "structured_output": bool}
 _CONFIG_KEYS: dict[str, dict[str, Any]] = {
     "llm": {"default_model": str, "base_url": str, "api_key": str, "models": dict},
     "search": {"url": str, "api_key": str, "api_key_env": str},
@@ -136,7 +140,7 @@ def _check_section(section: dict[str, Any], keys: dict[str, Any], prefix: str, p
             hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(keys)}"
             raise ConfigError(f"{path}: unknown key '{prefix}{key}'; {hint}")
         if value is not None and not isinstance(value, keys[key]):
-            kind = "a mapping" if keys[key] is dict else "a string"
+            kind = {dict: "a mapping", bool: "true or false"}.get(keys[key], "a string")
             raise ConfigError(f"{path}: '{prefix}{key}' must be {kind}, got {value!r}")
 
 
@@ -151,7 +155,12 @@ def _model_routes(config: dict[str, Any], env: dict[str, str], path: Path) -> di
         key = entry.get("api_key")
         if key is None and entry.get("api_key_env"):
             key = env.get(str(entry["api_key_env"]))
-        routes[str(name)] = ModelRoute(base_url=entry.get("base_url"), api_key=key, model=entry.get("model"))
+        routes[str(name)] = ModelRoute(
+            base_url=entry.get("base_url"),
+            api_key=key,
+            model=entry.get("model"),
+            structured_output=bool(entry.get("structured_output")),
+        )
     return routes
 
 

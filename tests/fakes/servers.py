@@ -260,6 +260,10 @@ class FakeOpenAIServer(_FakeServer):
         Default answer when the queue is empty: a function of the request's JSON body
         returning the assistant's text or a `FakeResponse`. The default echoes the last user
         message.
+    response_format:
+        When given, the server is a model with structured output that insists on it: a
+        request whose ``response_format`` is not equal to this gets a 400 saying so, before
+        any queued answer is used.
 
     Examples
     --------
@@ -268,9 +272,15 @@ class FakeOpenAIServer(_FakeServer):
     ...     base_url = server.base_url  # http://127.0.0.1:PORT/v1
     """
 
-    def __init__(self, reply: Callable[[Any], str | FakeResponse] | None = None) -> None:
+    def __init__(
+        self,
+        reply: Callable[[Any], str | FakeResponse] | None = None,
+        *,
+        response_format: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.reply = reply or _echo_last_user_message
+        self.response_format = response_format
         self._completions = 0
 
     @property
@@ -287,6 +297,15 @@ class FakeOpenAIServer(_FakeServer):
     def _answer(self, request: RecordedRequest, scripted: Any) -> FakeResponse:
         if request.method != "POST" or not request.path.endswith("/chat/completions"):
             return FakeResponse(status=404, message=f"no route for {request.method} {request.path}")
+        if self.response_format is not None:
+            sent = request.json.get("response_format") if isinstance(request.json, dict) else None
+            if sent != self.response_format:
+                if scripted is not _DEFAULT:
+                    with self._lock:
+                        self._queue.appendleft(scripted)  # it waits for a proper request
+                return FakeResponse(
+                    status=400, message=f"expected response_format {self.response_format}, got {sent}"
+                )
         if scripted is _DEFAULT:
             scripted = self.reply(request.json)
         if isinstance(scripted, FakeResponse):

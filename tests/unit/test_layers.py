@@ -49,9 +49,11 @@ FILE_CALLS = frozenset(
 READS_FILES = {
     PACKAGE / "spec" / "loading.py": {"_read_file", "read_pipeline"},
     PACKAGE / "spec" / "files.py": {"read_text"},
+    PACKAGE / "spec" / "output_schema.py": {"_read_schema_file"},
 }
-"""The functions of these layers that may touch files: the one reader of pipeline files, and
-the one reader of a user's files (with its limits), which it calls."""
+"""The functions of these layers that may touch files: the one reader of pipeline files, the
+reader of the output_schema files they name (called by it, while the pipeline is loaded), and
+the one reader of a user's files (with its limits), which both call."""
 
 ENVIRONMENT_READERS = {
     PACKAGE / "settings.py": "configuration: every variable, in one place",

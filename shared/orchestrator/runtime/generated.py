@@ -22,7 +22,8 @@ from orchestrator.errors import PipelineValidationError, TaskError
 from orchestrator.plan import Body, find_cycle, plan_tasks
 from orchestrator.runtime.leaf import render
 from orchestrator.runtime.scope import Scope
-from orchestrator.spec.models import DynamicTaskGroup, Task, TaskBase
+from orchestrator.spec.models import DynamicTaskGroup, LLMTask, Task, TaskBase
+from orchestrator.spec.output_schema import schema_problem
 from orchestrator.spec.yaml_source import SourceMap
 
 
@@ -38,6 +39,17 @@ def validate_spec(spec: Any, index: int) -> TaskBase:
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
         raise TaskError("InvalidTaskSpec", f"generated task {index}: {problems}") from None
+    if isinstance(task, LLMTask) and task.output_schema is not None:
+        if isinstance(task.output_schema, str):
+            raise TaskError(
+                "InvalidTaskSpec",
+                f"generated task {index}: output_schema must be the schema itself, not a file name "
+                "(a generated task has no file to name it relative to)",
+            )
+        problem = schema_problem(task.output_schema)
+        if problem is not None:
+            inside = "".join(f"[{part!r}]" for part in problem[0])
+            raise TaskError("InvalidTaskSpec", f"generated task {index}: output_schema{inside}: {problem[1]}")
     return task
 
 

@@ -147,8 +147,9 @@ FALLBACK_VALUE_PROBLEM = "fallback_value not rendered, the output is null: "
 
 
 def llm_request_fields(task: LLMTask, scope: Scope, default_model: str) -> dict[str, Any]:
-    """The rendered request of an LLM task (also what `prompt_hash` caching hashes)."""
-    return {
+    """The rendered request of an LLM task (also what `prompt_hash` caching hashes; its
+    `output_schema` only when it has one, so the keys of other tasks stay as they were)."""
+    fields: dict[str, Any] = {
         "model": str(render(task.model, scope)) if task.model else default_model,
         "prompt": str(render(task.prompt, scope)),
         "system": str(render(task.system, scope)) if task.system is not None else None,
@@ -156,6 +157,27 @@ def llm_request_fields(task: LLMTask, scope: Scope, default_model: str) -> dict[
         "max_tokens": task.max_tokens,
         "output_type": task.output_type,
     }
+    if task.output_schema is not None:
+        fields["output_schema"] = task.output_schema
+    return fields
+
+
+def _llm_output(task: LLMTask, scope: Scope, services: Services) -> object:
+    """One attempt of an LLM task: its reply as its output_type, or the repair loop's value
+    matching its output_schema (up to 1 + schema_retries calls)."""
+    from orchestrator.runtime.llm import LLMRequest, complete_with_schema, parse_llm_output
+
+    fields = llm_request_fields(task, scope, services.settings.default_model)
+    output_type = fields.pop("output_type")
+    schema = fields.pop("output_schema", None)
+    request = LLMRequest(**fields)
+    client = services.llm_client()
+    if schema is None:
+        return parse_llm_output(client.complete(request), output_type)
+    if not isinstance(schema, dict):  # a file path is read in when the pipeline is loaded
+        raise TaskError("InvalidTaskSpec", f"output_schema must be a JSON Schema here, got {schema!r}")
+    structured = services.settings.route_for(request.model).structured_output
+    return complete_with_schema(client, request, schema, retries=task.schema_retries, structured=structured)
 
 
 def run_leaf(
@@ -185,12 +207,7 @@ def run_leaf(
             log.close()
         return run.redactor.value(_check_json(output, name))
     if isinstance(task, LLMTask):
-        from orchestrator.runtime.llm import LLMRequest, parse_llm_output
-
-        fields = llm_request_fields(task, scope, services.settings.default_model)
-        output_type = fields.pop("output_type")
-        text = services.llm_client().complete(LLMRequest(**fields))
-        return run.redactor.value(parse_llm_output(text, output_type))
+        return run.redactor.value(_llm_output(task, scope, services))
     if isinstance(task, WebSearchTask):
         from orchestrator.runtime.search import search_output
 

@@ -5,7 +5,8 @@
 any other OpenAI-compatible provider), retries transient failures itself with exponential
 backoff and jitter, and turns every failure into a `TaskError` whose `error_type` a pipeline's
 `error_handling` can match. `parse_llm_output` turns the reply text into the task's
-`output_type`.
+`output_type`; `complete_with_schema` asks until a reply matches the task's `output_schema`,
+sending each reply that does not back with what is wrong with it (the repair loop).
 
 `openai` is imported only when the first request is sent: importing it takes about a second,
 which every CLI command would otherwise pay.
@@ -20,9 +21,9 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from orchestrator.errors import TaskError
 from orchestrator.settings import ModelRoute, Settings
@@ -36,6 +37,7 @@ __all__ = [
     "LLMRequest",
     "OpenAIChatClient",
     "backoff_delay",
+    "complete_with_schema",
     "is_transient_status",
     "parse_llm_output",
     "parse_retry_after",
@@ -49,13 +51,20 @@ _KEY_FOR_LOCAL_SERVERS = "not-needed"
 
 @dataclass(frozen=True)
 class LLMRequest:
-    """One rendered `llm_task` request; `model` is the name used in the pipeline file."""
+    """One rendered `llm_task` request; `model` is the name used in the pipeline file.
+
+    `turns` follow the prompt: the replies of a repair loop and what it said back to each
+    (`complete_with_schema`). `response_schema` is sent as the `response_format` of the
+    provider's structured-output mode.
+    """
 
     model: str
     prompt: str
     system: str | None = None
     temperature: float | None = None
     max_tokens: int | None = None
+    turns: tuple[tuple[Literal["assistant", "user"], str], ...] = ()
+    response_schema: Mapping[str, Any] | None = None
 
 
 class LLMClient(Protocol):
@@ -224,6 +233,7 @@ class OpenAIChatClient:
         if request.system is not None:
             messages.append({"role": "system", "content": request.system})
         messages.append({"role": "user", "content": request.prompt})
+        messages.extend(_turn_messages(request))
         where = _describe(request.model, upstream_model, client)
         try:
             completion = client.chat.completions.create(
@@ -231,6 +241,7 @@ class OpenAIChatClient:
                 messages=messages,
                 temperature=openai.omit if request.temperature is None else request.temperature,
                 max_tokens=openai.omit if request.max_tokens is None else request.max_tokens,
+                response_format=_response_format(request.response_schema),
             )
         except openai.APIStatusError as error:
             status = error.status_code
@@ -254,6 +265,25 @@ class OpenAIChatClient:
                 f"{where}: the reply has no text (finish_reason={choice.finish_reason!r})",
             )
         return choice.message.content
+
+
+def _turn_messages(request: LLMRequest) -> list[ChatCompletionMessageParam]:
+    return [
+        {"role": "assistant", "content": content}
+        if role == "assistant"
+        else {"role": "user", "content": content}
+        for role, content in request.turns
+    ]
+
+
+def _response_format(schema: Mapping[str, Any] | None) -> Any:
+    """The `response_format` of structured output: the schema, not strict (OpenAI's strict mode
+    accepts only a subset of JSON Schema); the reply is validated here either way."""
+    import openai
+
+    if schema is None:
+        return openai.omit
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": dict(schema), "strict": False}}
 
 
 def _describe(model: str, upstream_model: str, client: openai.OpenAI) -> str:
@@ -383,3 +413,66 @@ def _parse_json(text: str) -> object:
         except ValueError as error:
             problems.append(str(error))
     raise _parse_error("json", text, problems[-1])
+
+
+# -- typed output: the repair loop ------------------------------------------------------------
+
+
+def _schema_instruction(schema: Mapping[str, Any]) -> str:
+    """What is added to the prompt of a model without structured output: the schema to follow."""
+    text = json.dumps(schema, indent=2, ensure_ascii=False)
+    return f"\n\nReply with only a JSON value that matches this JSON Schema:\n```json\n{text}\n```"
+
+
+def _repair_prompt(problem: str) -> str:
+    """What is sent back after a reply that does not parse or does not match the schema."""
+    return (
+        f"Your reply does not match the required JSON Schema: {problem}\n"
+        "Reply again with only the corrected JSON value."
+    )
+
+
+def _reply_problem(text: str, schema: Mapping[str, Any]) -> tuple[object, str | None]:
+    """The JSON value of a reply and why it does not match `schema` (None when it does)."""
+    from orchestrator.spec.output_schema import validation_problem
+
+    try:
+        value = parse_llm_output(text, "json")
+    except TaskError as error:
+        return None, f"it is not JSON: {error.message}"
+    return value, validation_problem(value, dict(schema))
+
+
+def complete_with_schema(
+    client: LLMClient,
+    request: LLMRequest,
+    schema: Mapping[str, Any],
+    *,
+    retries: int,
+    structured: bool,
+) -> object:
+    """The JSON value of the first reply that matches `schema`, asking at most `retries` more
+    times, each time with the replies so far and what is wrong with them; then
+    ``TaskError("OutputValidationError")``. All these calls belong to one attempt of the task.
+
+    With `structured` the schema goes as the request's `response_format`; without it, the
+    prompt says which schema to follow (`_schema_instruction`).
+    """
+    if structured:
+        request = replace(request, response_schema=schema)
+    else:
+        request = replace(request, prompt=request.prompt + _schema_instruction(schema))
+    problem: str | None = None
+    for _ in range(retries + 1):
+        text = client.complete(request)
+        value, problem = _reply_problem(text, schema)
+        if problem is None:
+            return value
+        request = replace(
+            request, turns=(*request.turns, ("assistant", text), ("user", _repair_prompt(problem)))
+        )
+    raise TaskError(
+        "OutputValidationError",
+        f"no reply matched the output_schema in {retries + 1} tries (schema_retries: {retries}); "
+        f"the last: {problem}",
+    )

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from orchestrator.errors import Diagnostic, PipelineValidationError
 from orchestrator.spec.files import UnreadableFile, read_text, shown
 from orchestrator.spec.models import TASK_TYPES, Pipeline, PipelineGroup, TaskBase
+from orchestrator.spec.output_schema import inline_output_schemas
 from orchestrator.spec.yaml_source import Location, SourceMap, load_yaml
 
 ChildSource: TypeAlias = "PipelineSource | PipelineValidationError | None"
@@ -151,7 +152,8 @@ def diagnostics_from_validation(error: ValidationError, data: Any, source: Sourc
 
 
 def parse_pipeline(text: str, path: Path) -> PipelineSource:
-    """Parse and schema-check pipeline text; raises `PipelineValidationError`."""
+    """Parse and schema-check pipeline text, reading in the output_schema files it names
+    (`spec.output_schema`); raises `PipelineValidationError`."""
     data, source = load_yaml(text, str(path))
     if not isinstance(data, dict):
         raise PipelineValidationError(
@@ -161,6 +163,7 @@ def parse_pipeline(text: str, path: Path) -> PipelineSource:
         pipeline = Pipeline.model_validate(data)
     except ValidationError as error:
         raise PipelineValidationError(diagnostics_from_validation(error, data, source)) from None
+    inline_output_schemas(pipeline, source, path)
     return PipelineSource(pipeline, source, path)
 
 

@@ -139,6 +139,20 @@ class LLMTask(TaskBase):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     max_tokens: Annotated[int, Field(gt=0)] | None = None
     output_type: Literal["text", "number", "integer", "boolean", "json"] = "text"
+    # a JSON Schema, or the path of a JSON/YAML file holding one (relative to the pipeline
+    # file; `spec.output_schema` reads it in when the pipeline is loaded)
+    output_schema: dict[str, Any] | str | None = None
+    schema_retries: Annotated[int, Field(ge=0, le=10)] = 2
+
+    @field_validator("output_schema", mode="before")
+    @classmethod
+    def _schema_or_file(cls, value: Any) -> Any:
+        if value is None or isinstance(value, dict | str):
+            return value
+        raise ValueError(
+            "output_schema is a JSON Schema (a mapping, like {type: object, properties: ...}) "
+            f"or the path of a JSON or YAML file holding one, not a {type(value).__name__}"
+        )
 
 
 class WebSearchTask(TaskBase):
