@@ -192,7 +192,7 @@ def read_exchanges(path: Path) -> list[dict[str, Any]]:
     """The exchanges of a record file, in file order; `ExchangeFileError` names the line at fault."""
     fix = f"record it again with `orchestrator run --record {path} ...`"
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 is in replies
     except FileNotFoundError:
         message = f"{path}: no such record file; record one with `orchestrator run --record {path} ...`"
         raise ExchangeFileError(message) from None
