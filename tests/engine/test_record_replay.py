@@ -383,3 +383,36 @@ def test_concurrent_recorders_write_whole_lines_in_a_stable_order(tmp_path: Path
         assert len(read_exchanges(path)) == 40
         files.append(path.read_text(encoding="utf-8"))
     assert files[0] == files[1]
+
+
+# -- the documented example ------------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "record-replay.md"
+
+
+def _block_after(text: str, marker: str, language: str) -> str:
+    start = text.index(f"```{language}\n", text.index(marker)) + len(language) + 4
+    return text[start : text.index("```", start)]
+
+
+@pytest.mark.slow
+def test_the_documented_example_replays_from_its_committed_file(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_endpoints: None
+) -> None:
+    """docs/record-replay.md: its pipeline replays, with no endpoint, from the file it shows,
+    which is the committed fixture line for line."""
+    text = DOC.read_text(encoding="utf-8")
+    marker = "<!-- record-file: "
+    shown = text[text.index(marker) + len(marker) :].split(" -->")[0]
+    record = DOC.parents[1] / shown
+    assert _block_after(text, marker, "text") == record.read_text(encoding="utf-8")
+    path = tmp_path / "triage.yaml"
+    path.write_text(_block_after(text, "## A complete example", "yaml"), encoding="utf-8")
+    for engine in ("local", "stepfunctions"):
+        result = run(cli, monkeypatch, tmp_path / engine, path, "--replay", record, "--engine", engine)
+        assert result.code == 0, result.stderr
+        assert result.document()["outputs"]["report"] == {
+            "labels": ["bug", "question", "request"],
+            "bugs": 1,
+            "see_also": ["https://status.example.com/incidents/812", "https://help.example.com/photos"],
+        }
