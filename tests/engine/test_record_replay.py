@@ -256,6 +256,19 @@ def test_a_damaged_replay_file_is_refused_before_the_run_naming_file_line_and_fi
         assert "record it again with `orchestrator run --record" in result.stderr
 
 
+@pytest.mark.parametrize("where", ["missing-folder/exchanges.jsonl", "."])
+def test_a_record_file_that_cannot_be_written_is_refused_before_the_run(
+    cli: Cli, write_pipeline: Write, tmp_path: Path, where: str
+) -> None:
+    path = write_pipeline("name: p\ntasks:\n  - {name: t, type: python_task, script: return 1}\n")
+    result = cli("run", path, "--record", tmp_path / where)
+    assert result.code == 2 and result.stdout == ""
+    assert (
+        result.stderr.startswith("configuration error: ") and "cannot write the record file" in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
 def test_record_and_replay_together_are_refused(cli: Cli, write_pipeline: Write, tmp_path: Path) -> None:
     path = write_pipeline("name: p\ntasks:\n  - {name: t, type: python_task, script: return 1}\n")
     result = cli("run", path, "--record", tmp_path / "a", "--replay", tmp_path / "b")
