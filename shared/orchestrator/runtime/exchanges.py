@@ -48,13 +48,16 @@ if TYPE_CHECKING:
     from orchestrator.settings import Settings
 
 __all__ = [
+    "HEADER",
     "ExchangeBook",
     "ExchangeFileError",
     "RecordingLLMClient",
     "RecordingSearchClient",
     "acting_for",
     "book_for",
+    "exchange_key",
     "opened",
+    "read_exchanges",
 ]
 
 HEADER = {"format": "orchestrator-exchanges", "version": 1}
@@ -156,19 +159,22 @@ class ExchangeBook:
         return entry["reply"]
 
     def _append(self, entries: list[dict[str, Any]], *, truncate: bool = False) -> None:
+        with self._lock:
+            self._write(entries, truncate=truncate)
+
+    def _write(self, entries: list[dict[str, Any]], *, truncate: bool) -> None:
         data = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries)
         flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
-        with self._lock:
+        try:
+            descriptor = os.open(self.path, flags, 0o600)
             try:
-                descriptor = os.open(self.path, flags, 0o600)
-                try:
-                    os.fchmod(descriptor, 0o600)
-                    os.write(descriptor, data.encode())  # one write: whole lines, even across processes
-                finally:
-                    os.close(descriptor)
-            except OSError as error:
-                message = f"{self.path}: cannot write the record file: {error.strerror}"
-                raise ExchangeFileError(message) from None
+                os.fchmod(descriptor, 0o600)
+                os.write(descriptor, data.encode())  # one write: whole lines, even across processes
+            finally:
+                os.close(descriptor)
+        except OSError as error:
+            message = f"{self.path}: cannot write the record file: {error.strerror}"
+            raise ExchangeFileError(message) from None
 
     def finish(self) -> None:
         """A recording's lines in a stable order (header first), so that two recordings of the
@@ -178,7 +184,7 @@ class ExchangeBook:
         with self._lock:
             entries = read_exchanges(self.path)
             entries.sort(key=lambda entry: (entry["kind"], entry["task"] or "", entry["key"], entry["seq"]))
-        self._append([HEADER, *entries], truncate=True)
+            self._write([HEADER, *entries], truncate=True)
 
 
 def _holds_anything(path: Path) -> bool:
