@@ -203,6 +203,33 @@ def test_a_changed_prompt_is_a_replay_miss_handled_by_the_tasks_policy(
     assert document["outputs"]["after"] == "none recorded"
 
 
+def test_the_commands_option_wins_over_the_shells_variable_in_a_sandboxed_task_too(
+    cli: Cli, write_pipeline: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, servers: Any
+) -> None:
+    """`--replay` with ORCHESTRATOR_RECORD set in the shell replays, in the engine and in a task's
+    sandboxed child process alike, and writes nothing to the shell's file."""
+    path = write_pipeline(
+        """
+        name: limited
+        tasks:
+          - name: ask
+            type: llm_task
+            prompt: "Name a colour"
+            resource_limits: {memory_limit: 1GB}
+        """
+    )
+    record = tmp_path / "exchanges.jsonl"
+    assert run(cli, monkeypatch, tmp_path / "h1", path, "--record", record).code == 0
+    assert [entry["task"] for entry in read_exchanges(record)] == ["ask"]  # written by the child
+    shells = tmp_path / "shells.jsonl"
+    monkeypatch.setenv("ORCHESTRATOR_RECORD", str(shells))
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9")  # nothing listens: no answer but the file's
+    result = run(cli, monkeypatch, tmp_path / "h2", path, "--replay", record)
+    assert result.code == 0, result.stderr
+    assert result.document()["outputs"]["ask"] == "Name a colour"  # the fake server's echo, replayed
+    assert not shells.exists()
+
+
 HEADER_LINE = json.dumps(HEADER)
 GOOD = {
     "kind": "llm",

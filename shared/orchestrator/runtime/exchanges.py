@@ -301,12 +301,14 @@ def opened(settings: Settings) -> Iterator[None]:
         yield
         return
     from orchestrator.runtime.sandbox import child_environment_hook
-    from orchestrator.settings import exchange_environment
+    from orchestrator.settings import RECORD_VARIABLE, REPLAY_VARIABLE, exchange_environment
 
     book = ExchangeBook(mode[1], mode[0], fresh=True)
     variables = exchange_environment(settings)
 
     def give_the_file(environment: dict[str, str]) -> None:
+        for variable in (RECORD_VARIABLE, REPLAY_VARIABLE):
+            environment.pop(variable, None)  # the command's option wins over the shell's
         environment.update(variables)
 
     with _BOOKS_LOCK:
