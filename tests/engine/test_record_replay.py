@@ -203,6 +203,7 @@ def test_a_changed_prompt_is_a_replay_miss_handled_by_the_tasks_policy(
     assert document["outputs"]["after"] == "none recorded"
 
 
+@pytest.mark.slow
 def test_the_commands_option_wins_over_the_shells_variable_in_a_sandboxed_task_too(
     cli: Cli, write_pipeline: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, servers: Any
 ) -> None:
