@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -89,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print exactly the run document on stdout")
     run.add_argument("--no-cache", action="store_true", help="do not read cached task outputs")
     run.add_argument("--user", help="the user id recorded for this run (default: the OS user)")
+    _exchange_options(run)
 
     resume = commands.add_parser("resume", help="finish a killed or failed run; finished tasks are kept")
     resume.add_argument("run_id")
@@ -102,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     resume.add_argument("--inputs-file", type=Path)
     resume.add_argument("--json", action="store_true", help="print exactly the run document on stdout")
+    _exchange_options(resume)
 
     runs = commands.add_parser("runs", help="list recorded runs, or show one")
     runs_commands = runs.add_subparsers(dest="runs_command", required=True)
@@ -135,6 +138,31 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("schema", help="print the JSON Schema of pipeline files")
     return parser
+
+
+def _exchange_options(command: argparse.ArgumentParser) -> None:
+    exchanges = command.add_mutually_exclusive_group()
+    exchanges.add_argument(
+        "--record",
+        type=Path,
+        metavar="FILE",
+        help="write every LLM and web-search exchange of the run to FILE (JSON lines, secrets redacted)",
+    )
+    exchanges.add_argument(
+        "--replay",
+        type=Path,
+        metavar="FILE",
+        help="answer every LLM call and web search from FILE (made by --record), with no network",
+    )
+
+
+def _with_exchanges(settings: Any, arguments: argparse.Namespace) -> Any:
+    """`settings` with the command's --record or --replay file, which win over the environment's."""
+    if arguments.record is None and arguments.replay is None:
+        return settings
+    record = arguments.record.absolute() if arguments.record is not None else None
+    replay = arguments.replay.absolute() if arguments.replay is not None else None
+    return dataclasses.replace(settings, record_file=record, replay_file=replay)
 
 
 def _load_plan(file: Path) -> Any:
@@ -192,6 +220,7 @@ def _read_inputs(arguments: argparse.Namespace) -> tuple[dict[str, Any], frozens
 def command_run(arguments: argparse.Namespace) -> int:
     from orchestrator.engine.local import RunOptions, run_plan
     from orchestrator.runtime.dependencies import check_dependencies
+    from orchestrator.runtime.exchanges import opened as exchanges_opened
     from orchestrator.runtime.inputs import resolve_inputs, unused_input_warnings
     from orchestrator.settings import load_settings
     from orchestrator.stores.factory import open_stores
@@ -212,7 +241,7 @@ def command_run(arguments: argparse.Namespace) -> int:
         from orchestrator.aws.extras import require_emulator_packages
 
         require_emulator_packages()
-    settings = load_settings()
+    settings = _with_exchanges(load_settings(), arguments)
     stores = open_stores(settings, plan.pipeline.state_management.storage_backend)
     progress = Progress(sys.stderr, sys.stderr.isatty() and not arguments.json)
     options = RunOptions(
@@ -224,16 +253,17 @@ def command_run(arguments: argparse.Namespace) -> int:
     )
     _settle_long_lived_objects(arguments)
     out = _stdout_for_the_document(arguments)
-    if arguments.engine == "stepfunctions":
-        from orchestrator.aws.stepfunctions_engine import run_plan_on_stepfunctions
+    with exchanges_opened(settings):
+        if arguments.engine == "stepfunctions":
+            from orchestrator.aws.stepfunctions_engine import run_plan_on_stepfunctions
 
-        try:
-            document = run_plan_on_stepfunctions(plan, inputs, options)
-        except CompileError as error:
-            _print_compile_error(arguments.file, error)
-            return EXIT_INVALID
-    else:
-        document = run_plan(plan, inputs, options)
+            try:
+                document = run_plan_on_stepfunctions(plan, inputs, options)
+            except CompileError as error:
+                _print_compile_error(arguments.file, error)
+                return EXIT_INVALID
+        else:
+            document = run_plan(plan, inputs, options)
     if arguments.json:
         _print_json(document, out)
     else:
@@ -243,10 +273,11 @@ def command_run(arguments: argparse.Namespace) -> int:
 
 def command_resume(arguments: argparse.Namespace) -> int:
     from orchestrator.engine.local import RunOptions, resume_run
+    from orchestrator.runtime.exchanges import opened as exchanges_opened
     from orchestrator.settings import load_settings
     from orchestrator.stores.factory import open_stores
 
-    settings = load_settings()
+    settings = _with_exchanges(load_settings(), arguments)
     stores = open_stores(settings)
     record = stores.runs.load(arguments.run_id)
     backend = "database"
@@ -261,7 +292,8 @@ def command_resume(arguments: argparse.Namespace) -> int:
         options = RunOptions(settings=settings, stores=stores, observer=progress)
         _settle_long_lived_objects(arguments)
         out = _stdout_for_the_document(arguments)
-        document = resume_run(arguments.run_id, options, given, text_keys)
+        with exchanges_opened(settings):
+            document = resume_run(arguments.run_id, options, given, text_keys)
     except (InputError, PipelineValidationError) as error:
         print(f"cannot resume {arguments.run_id}: {error}", file=sys.stderr)
         return EXIT_INVALID

@@ -61,6 +61,12 @@ ERROR_TYPES: Mapping[str, ErrorType] = _registry(
         "the LLM server refused the request (an HTTP error other than 408, 429 or 5xx)",
     ),
     ErrorType(
+        "ReplayMiss",
+        False,
+        "`run --replay FILE`: the task's LLM call or web search is not in the record file "
+        "(record it again with `run --record FILE`)",
+    ),
+    ErrorType(
         "SearchConfigurationError",
         False,
         "no search endpoint is configured, or it is not an http(s) URL",

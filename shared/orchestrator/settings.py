@@ -10,6 +10,7 @@
 | `ORCHESTRATOR_MAX_THREADS` | worker threads of the embedded engine (default 256) |
 | `ORCHESTRATOR_STATE_TABLE` (`_CACHE_`, `_AUDIT_`, `_RUNS_`) | DynamoDB tables (on AWS) |
 | `ORCHESTRATOR_REDIS_URL` | Redis server for `storage_backend: redis` (default `redis://127.0.0.1:6379/0`) |
+| `ORCHESTRATOR_RECORD`, `ORCHESTRATOR_REPLAY` | record LLM and search exchanges to, or replay from, a file |
 
 On AWS (`AwsSettings`, read by the Lambda functions and the triggers):
 
@@ -82,6 +83,8 @@ class Settings:
 
     llm_timeout: float = 60.0
     llm_max_retries: int = 4
+    record_file: Path | None = None  # every LLM and search exchange is written here (`runtime.exchanges`)
+    replay_file: Path | None = None  # ... or answered from here, with no network
 
     def route_for(self, model: str) -> ModelRoute:
         """The endpoint, key and upstream name for `model`, falling back to the defaults."""
@@ -269,6 +272,12 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     search_key = env.get("ORCHESTRATOR_SEARCH_API_KEY") or search.get("api_key")
     if search_key is None and search.get("api_key_env"):
         search_key = env.get(str(search["api_key_env"]))
+    record, replay = env.get(RECORD_VARIABLE), env.get(REPLAY_VARIABLE)
+    if record and replay:
+        raise ConfigError(
+            f"{RECORD_VARIABLE} and {REPLAY_VARIABLE} are both set: a run either records its "
+            "exchanges or replays them; unset one"
+        )
     return Settings(
         home=home,
         default_model=env.get("ORCHESTRATOR_DEFAULT_MODEL") or llm.get("default_model") or "gpt-4o-mini",
@@ -284,7 +293,23 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             for kind in ("state", "cache", "audit", "runs")
             if env.get(f"ORCHESTRATOR_{kind.upper()}_TABLE")
         },
+        record_file=Path(record).absolute() if record else None,
+        replay_file=Path(replay).absolute() if replay else None,
     )
+
+
+RECORD_VARIABLE = "ORCHESTRATOR_RECORD"
+REPLAY_VARIABLE = "ORCHESTRATOR_REPLAY"
+
+
+def exchange_environment(settings: Settings) -> dict[str, str]:
+    """The variables that give another process (an emulated Lambda function, a sandboxed
+    task's child) this process's record or replay file."""
+    if settings.record_file is not None:
+        return {RECORD_VARIABLE: str(settings.record_file)}
+    if settings.replay_file is not None:
+        return {REPLAY_VARIABLE: str(settings.replay_file)}
+    return {}
 
 
 @dataclass(frozen=True)

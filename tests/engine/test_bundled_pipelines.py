@@ -53,6 +53,8 @@ GUIDE_PIPELINES = {
     "input_validation": "Input Validation Pipeline",
 }
 CHILD_PIPELINES = ("data_analysis_pipeline", "model_training_pipeline", "validation_pipeline")
+REPLAYS = Path(__file__).parents[1] / "fixtures" / "replay"
+"""Recorded LLM and search exchanges (`orchestrator run --record`) the tests replay."""
 ALL_FILES = sorted([*GUIDE_PIPELINES, *CHILD_PIPELINES, "demo"])
 
 
@@ -241,28 +243,20 @@ def test_batch_processing_fails_on_an_item_without_id(cli: Cli, fakes: Fakes) ->
     assert statuses(document) == {"process_batch": "failed"}
 
 
-def test_iterative_improvement_stops_when_the_score_passes_the_threshold(cli: Cli, fakes: Fakes) -> None:
-    scores = iter(["0.5", "0.7", "0.9", "0.95", "0.99"])
-    improvements = iter(f"Improved draft {n}" for n in range(1, 6))
-
-    def reply(body: Any) -> str:
-        return next(scores) if "Rate the quality" in user_prompt(body) else next(improvements)
-
-    fakes.llm.reply = reply
-    document = run(cli, pipeline("iterative_improvement"), initial_content="First draft")
+def test_iterative_improvement_stops_when_the_score_passes_the_threshold(cli: Cli, workdir: Path) -> None:
+    # the model's answers are replayed (no server): scores 0.5, 0.7, 0.9 for "First draft",
+    # "Improved draft 1" and "Improved draft 2"; an improvement prompt carries the last score.
+    # A prompt other than those recorded would fail the run with ReplayMiss.
+    replies = REPLAYS / "iterative_improvement_three_rounds.jsonl"
+    document = run(
+        cli, pipeline("iterative_improvement"), "--replay", str(replies), initial_content="First draft"
+    )
     assert document["status"] == "succeeded"
     # two rounds below 0.8 improve the text, the third scores 0.9 and stops the loop
     assert document["outputs"]["improve_content"] == {
         "iterations": 3,
         "state": {"current_content": "Improved draft 2", "quality_met": True, "iteration": 3},
     }
-    prompts = fakes.prompts()
-    assert len(prompts) == 5  # 3 ratings + 2 improvements
-    rated = [prompt for prompt in prompts if "Rate the quality" in prompt]
-    assert "First draft" in rated[0]
-    assert "Improved draft 1" in rated[1]
-    assert "Improved draft 2" in rated[2]
-    assert "quality score of 0.5" in prompts[1]
 
 
 def test_iterative_improvement_stops_after_max_iterations(cli: Cli, fakes: Fakes) -> None:
@@ -287,10 +281,18 @@ def test_iterative_improvement_good_first_draft_needs_one_round(cli: Cli, fakes:
     assert fakes.llm.request_count == 1  # improve_if_needed was skipped
 
 
-def test_dynamic_research_workflow_runs_the_generated_tasks_in_order(cli: Cli, fakes: Fakes) -> None:
-    fakes.llm.reply = lambda body: "A short summary."
+def test_dynamic_research_workflow_runs_the_generated_tasks_in_order(cli: Cli, workdir: Path) -> None:
+    # replayed: the one search is for "vector databases" (max 5 results), the one LLM call asks
+    # the default model (generated LLM tasks name none) for "Summarize research findings about:
+    # vector databases"; any other request would fail the run with ReplayMiss
+    replies = REPLAYS / "dynamic_research_workflow.jsonl"
     document = run(
-        cli, pipeline("dynamic_task_generation"), workflow_type="research", research_topic="vector databases"
+        cli,
+        pipeline("dynamic_task_generation"),
+        "--replay",
+        str(replies),
+        workflow_type="research",
+        research_topic="vector databases",
     )
     assert document["status"] == "succeeded"
     task_list = document["outputs"]["generate_workflow"]["task_list"]
@@ -304,9 +306,6 @@ def test_dynamic_research_workflow_runs_the_generated_tasks_in_order(cli: Cli, f
         "sources": ["https://example.com/1", "https://example.com/2"],
         "summary": "A short summary.",
     }
-    assert fakes.search.queries == ["vector databases"]
-    assert fakes.prompts() == ["Summarize research findings about: vector databases"]
-    assert fakes.models() == ["gpt-4o-mini"]  # generated LLM tasks name no model: the default
 
 
 @pytest.mark.parametrize(("workflow_type", "count"), [("creative", 3), ("analysis", 2)])

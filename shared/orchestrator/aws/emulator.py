@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +51,7 @@ from orchestrator.aws.moto_fixes import aws_json_paths, result_writer_files
 from orchestrator.errors import OrchestratorError
 from orchestrator.plan import Plan
 from orchestrator.runtime.sandbox import child_environment_hook
+from orchestrator.settings import RECORD_VARIABLE, REPLAY_VARIABLE
 
 REGION = "us-east-1"
 ACCOUNT_ROLE = "arn:aws:iam::123456789012:role/orchestrator-emulated"
@@ -720,18 +721,23 @@ def run_execution(
     poll: float = 0.01,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     account: Path | None = None,
+    environment: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run a plan's state machine on the emulator; its status, output and history.
 
     `build_input` is called inside the emulated account (sealing sensitive inputs needs its KMS);
     `on_event` hears each history event as the execution records it (on the emulator's thread);
-    `account` is the folder the emulated account's tables are kept in between runs.
+    `account` is the folder the emulated account's tables are kept in between runs;
+    `environment` is added to the functions' (the command's record or replay file).
     """
     import boto3
 
     with emulated_aws(account=account) as arns, _history_listener(on_event):
         # the functions find task definitions by pipeline id, beside the file being run
         os.environ["ORCHESTRATOR_PIPELINES_DIR"] = str(plan.path.resolve().parent)
+        for variable in (RECORD_VARIABLE, REPLAY_VARIABLE):
+            os.environ.pop(variable, None)
+        os.environ.update(environment or {})
         client = boto3.client("stepfunctions", region_name=REGION)
         machine = client.create_state_machine(
             name=plan.pipeline_id,

@@ -20,6 +20,7 @@ from orchestrator.engine.local import RunOptions, new_run_id
 from orchestrator.plan import Plan
 from orchestrator.runtime.documents import RunStatus, redacted_document
 from orchestrator.runtime.redact import Redactor
+from orchestrator.settings import exchange_environment
 
 EMULATED_ACCOUNT = "emulated-aws"
 """The state folder's subfolder that keeps the emulated account's tables between runs."""
@@ -61,6 +62,7 @@ def run_plan_on_stepfunctions(plan: Plan, inputs: dict[str, Any], options: RunOp
         run_id,
         on_event=progress.event if progress is not None else None,
         account=options.settings.home / EMULATED_ACCOUNT,
+        environment=exchange_environment(options.settings),
     )
     document = document_from_execution(
         plan,

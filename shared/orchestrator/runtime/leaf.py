@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import TaskError, TemplateError
 from orchestrator.runtime.context import Context, RunInfo, stored_key
+from orchestrator.runtime.exchanges import acting_for
 from orchestrator.runtime.python_task import run_script
 from orchestrator.runtime.redact import Redactor
 from orchestrator.runtime.scope import Scope
@@ -38,9 +39,14 @@ class Services:
     def llm_client(self) -> LLMClient:
         with self._lock:
             if self.llm is None:
+                from orchestrator.runtime.exchanges import RecordingLLMClient, book_for
                 from orchestrator.runtime.llm import OpenAIChatClient
 
-                self.llm = OpenAIChatClient(self.settings)
+                book = book_for(self.settings)
+                if book is None:
+                    self.llm = OpenAIChatClient(self.settings)
+                else:
+                    self.llm = RecordingLLMClient(book, lambda: OpenAIChatClient(self.settings))
             return self.llm
 
     def close(self) -> None:
@@ -54,9 +60,14 @@ class Services:
     def search_client(self) -> SearchClient:
         with self._lock:
             if self.search is None:
+                from orchestrator.runtime.exchanges import RecordingSearchClient, book_for
                 from orchestrator.runtime.search import HttpJsonSearchClient
 
-                self.search = HttpJsonSearchClient(self.settings)
+                book = book_for(self.settings)
+                if book is None:
+                    self.search = HttpJsonSearchClient(self.settings)
+                else:
+                    self.search = RecordingSearchClient(book, lambda: HttpJsonSearchClient(self.settings))
             return self.search
 
 
@@ -207,12 +218,14 @@ def run_leaf(
             log.close()
         return run.redactor.value(_check_json(output, name))
     if isinstance(task, LLMTask):
-        return run.redactor.value(_llm_output(task, scope, services))
+        with acting_for(name, run.redactor):
+            return run.redactor.value(_llm_output(task, scope, services))
     if isinstance(task, WebSearchTask):
         from orchestrator.runtime.search import search_output
 
         query = str(render(task.query, scope))
-        results = services.search_client().search(query, task.max_results)
+        with acting_for(name, run.redactor):
+            results = services.search_client().search(query, task.max_results)
         return run.redactor.value(search_output(query, results))
     raise TypeError(f"not a leaf task: {type(task).__name__}")
 
