@@ -457,3 +457,26 @@ def test_the_documented_example_replays_from_its_committed_file(
             "bugs": 1,
             "see_also": ["https://status.example.com/incidents/812", "https://help.example.com/photos"],
         }
+
+
+def test_a_repair_loops_calls_replay_each_to_its_own_recorded_answer(tmp_path: Path) -> None:
+    """An output_schema repair loop sends the same prompt with the replies so far: each of its
+    calls is its own exchange, so a replayed loop repairs exactly as the recorded one did."""
+    path = tmp_path / "exchanges.jsonl"
+    replies = iter(["not json", '{"n": 1}'])
+    recorder = RecordingLLMClient(
+        ExchangeBook(path, "record", fresh=True), lambda: _Model(lambda _: next(replies))
+    )
+    schema = {"type": "object", "required": ["n"]}
+    first = LLMRequest(model="m", prompt="count", response_schema=schema)
+    repair = LLMRequest(
+        model="m",
+        prompt="count",
+        response_schema=schema,
+        turns=(("assistant", "not json"), ("user", "that was not JSON")),
+    )
+    assert [recorder.complete(first), recorder.complete(repair)] == ["not json", '{"n": 1}']
+    replayer = RecordingLLMClient(ExchangeBook(path, "replay"), _never)
+    with acting_for("ask", Redactor()):
+        assert replayer.complete(repair) == '{"n": 1}'
+        assert replayer.complete(first) == "not json"
