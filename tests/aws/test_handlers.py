@@ -220,7 +220,6 @@ def test_llm_task_calls_the_model(
     # GIVEN an OpenAI-compatible endpoint  WHEN the llm function runs input_validation's llm task
     monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
-    monkeypatch.setattr("orchestrator.runtime.llm.backoff_delay", lambda *args, **kwargs: 0.0)
     fake_openai.enqueue("Processed safely.")
     result = handler("llm_task", event("sfn_llm_task"))
     # THEN its output is the reply, and the rendered prompt carried the previous task's output
