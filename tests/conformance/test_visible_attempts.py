@@ -129,3 +129,24 @@ def test_a_rate_limited_search_is_shown_as_such_when_retries_run_out(
     assert "HTTP 429: quota (Retry-After: 1s)" in record["error"]["message"]
     assert search.request_count == 2
     assert all(gap >= 1 for gap in search.gaps), search.gaps
+
+
+def test_a_sandboxed_attempt_hands_its_retry_after_to_the_policy(
+    cli: Cli, write_pipeline: Write, servers: tuple[FakeOpenAIServer, FakeSearchServer]
+) -> None:
+    # GIVEN an llm_task run in the sandbox's child process (it has a memory limit), and a
+    # model that answers 429 with a Retry-After once
+    llm, _ = servers
+    llm.enqueue(FakeResponse(status=429, headers={"Retry-After": "1"}), "hello")
+    path = write_pipeline(
+        _llm_pipeline(1).replace(
+            "    prompt: Say hello\n", "    prompt: Say hello\n    resource_limits: {memory_limit: 1GB}\n"
+        )
+    )
+    # WHEN it runs on the embedded engine
+    code, document = _run(cli, path, [])
+    # THEN the child's Retry-After reached the policy: the retry came at least 1 s later
+    assert code == 0, document
+    assert document["tasks"]["ask"]["attempts"] == 2
+    assert llm.request_count == 2
+    assert all(gap >= 1 for gap in llm.gaps), llm.gaps
