@@ -22,4 +22,5 @@ metrics = Metrics(namespace="Orchestrator")
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Run the attempt; a failure raises an exception named by its error type (for Retry/Catch)."""
     metrics.add_metric(name="WebSearchTaskAttempts", unit=MetricUnit.Count, value=1)
-    return run_task_event(TaskEvent.model_validate(event))
+    remaining = context.get_remaining_time_in_millis
+    return run_task_event(TaskEvent.model_validate(event), time_left=lambda: remaining() / 1000)

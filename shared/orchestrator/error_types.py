@@ -97,9 +97,16 @@ ERROR_TYPES: Mapping[str, ErrorType] = _registry(
     ErrorType("SandboxError", True, "the child process running the attempt ended without a result"),
     ErrorType("StateConflict", True, "state kept conflicting with concurrent writers"),
     ErrorType(
+        "LLMRateLimited",
+        True,
+        "the LLM endpoint answered 429 (too many requests); the next attempt waits at least its "
+        "`Retry-After`",
+    ),
+    ErrorType(
         "LLMTransientError",
         True,
-        "the LLM endpoint timed out, was unreachable or answered 408, 429 or 5xx on every try",
+        "the LLM endpoint timed out, was unreachable or answered 408 or 5xx (the next attempt "
+        "waits at least its `Retry-After`)",
     ),
     ErrorType("LLMResponseError", True, "the LLM reply has no choices or no text"),
     ErrorType("OutputParseError", True, "the LLM reply does not read as the task's `output_type`"),
@@ -109,9 +116,16 @@ ERROR_TYPES: Mapping[str, ErrorType] = _registry(
         "no LLM reply matched the task's `output_schema` in 1 + `schema_retries` tries",
     ),
     ErrorType(
+        "SearchRateLimited",
+        True,
+        "the search endpoint answered 429 (too many requests); the next attempt waits at least its "
+        "`Retry-After`",
+    ),
+    ErrorType(
         "SearchTransientError",
         True,
-        "the search endpoint timed out, was unreachable or answered 408, 429 or 5xx on every try",
+        "the search endpoint timed out, was unreachable or answered 408 or 5xx (the next attempt "
+        "waits at least its `Retry-After`)",
     ),
     ErrorType(
         "SearchResponseError",

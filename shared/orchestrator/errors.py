@@ -58,12 +58,14 @@ class TaskError(OrchestratorError):
 
     Whether a retry may help is the error type's, never the raise site's: see
     `orchestrator.error_types` (a type that is not registered, such as a script's
-    `ValueError`, is retryable).
+    `ValueError`, is retryable). `retry_after`: the seconds a provider asked to be left alone
+    (its ``Retry-After``), which the task's policy waits at least before another attempt.
     """
 
-    def __init__(self, error_type: str, message: str) -> None:
+    def __init__(self, error_type: str, message: str, *, retry_after: float | None = None) -> None:
         self.error_type = error_type
         self.message = message
+        self.retry_after = retry_after
         super().__init__(f"{error_type}: {message}")
 
     @property

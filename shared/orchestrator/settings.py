@@ -82,7 +82,6 @@ class Settings:
         return {"state", "cache", "audit", "runs"} <= set(self.tables)
 
     llm_timeout: float = 60.0
-    llm_max_retries: int = 4
     record_file: Path | None = None  # every LLM and search exchange is written here (`runtime.exchanges`)
     replay_file: Path | None = None  # ... or answered from here, with no network
 

@@ -110,7 +110,13 @@ def test_leaf_tasks_carry_a_reference_and_only_what_they_read() -> None:
         "run.$": "$.run",
         "outputs": {"plain.$": "$.tasks.plain.output"},
         "state_budget": STATE_BUDGET,  # it keeps its output under its share of the state (issue 12)
+        # a retried llm_task is told its attempt, to wait out a Retry-After (issue 15)
+        "retries.$": "$$.State.RetryCount",
     }
+    states = every_state(definition)
+    assert "retries.$" not in states["no_retry"]["Parameters"]["Payload"]  # a search never retried
+    assert "retries.$" not in states["plain"]["Parameters"]["Payload"]  # a script has no Retry-After
+    assert "retries.$" not in states["with_fallback.fallback"]["Parameters"]["Payload"]
     assert state["ResultPath"] == "$.tasks.with_fallback"
     # a script naming what it reads at run time is given every finished task's record
     reader = every_state(definition)["computed_reads"]["Parameters"]["Payload"]

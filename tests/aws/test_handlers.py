@@ -13,13 +13,14 @@ import textwrap
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from fakes.fixtures import fake_openai, fake_search  # noqa: F401
-from fakes.servers import FakeOpenAIServer, FakeSearchServer
-from orchestrator.aws import triggers
+from fakes.servers import FakeOpenAIServer, FakeResponse, FakeSearchServer
+from orchestrator.aws import task_function, triggers
 from orchestrator.aws.deployed import find_task
 from orchestrator.aws.dispatch import dispatch
 from orchestrator.aws.events import DispatchEvent, TaskEvent, TaskFailure
@@ -220,12 +221,54 @@ def test_llm_task_calls_the_model(
     # GIVEN an OpenAI-compatible endpoint  WHEN the llm function runs input_validation's llm task
     monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
-    monkeypatch.setattr("orchestrator.runtime.llm.backoff_delay", lambda *args, **kwargs: 0.0)
     fake_openai.enqueue("Processed safely.")
     result = handler("llm_task", event("sfn_llm_task"))
     # THEN its output is the reply, and the rendered prompt carried the previous task's output
     assert result == {"status": "succeeded", "output": "Processed safely."}
     assert "Quarterly report for team alpha-2" in json.dumps(fake_openai.bodies[-1])
+
+
+@pytest.mark.parametrize(
+    ("retries", "retry_after", "slept"),
+    [
+        (0, "12", [7.0]),  # the state machine waits 5 s before retry 1: the function waits 7 more
+        (1, "12", [2.0]),  # ... and 10 s before retry 2
+        (2, "12", []),  # ... and 20 s before retry 3: nothing left to wait
+        (5, "12", []),  # the last of 1 + 5 attempts: no retry follows, it fails at once
+        (0, "600", [25.0]),  # at most the invocation's 30 s left, less 5 s to fail in
+    ],
+)
+def test_the_llm_function_waits_out_what_retry_after_asks_beyond_the_state_machine(
+    handler: Handler,
+    event: Event,
+    fake_openai: FakeOpenAIServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    retries: int,
+    retry_after: str,
+    slept: list[float],
+) -> None:
+    # GIVEN hierarchical_error_handling's critical task (5 retries, 5 s doubling) as attempt
+    # `retries + 1`, and a model that answers 429 with a Retry-After
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+    fake_openai.enqueue(FakeResponse(status=429, headers={"Retry-After": retry_after}))
+    sleeps: list[float] = []
+    monkeypatch.setattr(task_function, "time", SimpleNamespace(sleep=sleeps.append))
+    payload = event("sfn_llm_task") | {
+        "pipeline": "hierarchical_error_handling",
+        "task": "tasks.0",
+        "inputs": {"critical_prompt": "status?", "simplified_prompt": "status"},
+        "outputs": {},
+        "retries": retries,
+    }
+    payload["run"] |= {"pipeline": "hierarchical_error_handling"}
+    # WHEN the llm function runs the attempt
+    with pytest.raises(TaskFailure) as raised:
+        handler("llm_task", payload)
+    # THEN it failed with LLMRateLimited after one request, having slept only what is needed
+    assert type(raised.value).__name__ == "LLMRateLimited"
+    assert fake_openai.request_count == 1
+    assert sleeps == slept
 
 
 def test_web_search_task_given_inline_by_a_dynamic_group(

@@ -43,11 +43,10 @@ def llm_env(
     monkeypatch: pytest.MonkeyPatch,
     config_file: Callable[[dict[str, Any]], Path],
 ) -> FakeOpenAIServer:
-    """The real openai client pointed at the fake server, with the client's backoff made instant."""
+    """The real openai client pointed at the fake server."""
     monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
     monkeypatch.delenv("ORCHESTRATOR_DEFAULT_MODEL", raising=False)
-    monkeypatch.setattr("orchestrator.runtime.llm.backoff_delay", lambda *args, **kwargs: 0.0)
     return fake_openai
 
 
@@ -217,13 +216,13 @@ def test_unparseable_reply_then_parseable_one_succeeds_on_retry(
     assert llm_env.request_count == 3
 
 
-def test_rate_limit_is_retried_transparently(
+def test_a_rate_limit_is_one_attempt_the_run_document_shows(
     cli: Cli, write_pipeline: Write, llm_env: FakeOpenAIServer
 ) -> None:
-    """SPEC 7 and 11: a transient API error (429, 5xx) is retried by the client itself, so the
-    task succeeds on its first attempt."""
-    # GIVEN a 429, a 503, then an answer
-    llm_env.enqueue(FakeResponse(status=429), FakeResponse(status=503), "42")
+    """Issue 15: a 429 fails the attempt that got it; the client does not retry it out of sight,
+    so without `retry_count` the task fails after one request, with `LLMRateLimited`."""
+    # GIVEN a 429, then an answer that would have come on a retry
+    llm_env.enqueue(FakeResponse(status=429, headers={"Retry-After": "30"}, message="slow down"), "42")
     path = write_pipeline(
         """
         name: limited
@@ -237,11 +236,13 @@ def test_rate_limit_is_retried_transparently(
     )
     # WHEN it runs
     code, document = run_json(cli, path)
-    # THEN it succeeded at the first task attempt after three requests
-    assert code == 0, document
-    assert document["outputs"]["ask"] == 42
-    assert document["tasks"]["ask"] == {"status": "succeeded", "attempts": 1, "error": None}
-    assert llm_env.request_count == 3
+    # THEN one request, one attempt, and the error names the Retry-After it was asked for
+    assert code == 1, document
+    record = document["tasks"]["ask"]
+    assert record["attempts"] == 1
+    assert record["error"]["type"] == "LLMRateLimited"
+    assert "HTTP 429: slow down (Retry-After: 30s)" in record["error"]["message"]
+    assert llm_env.request_count == 1
 
 
 def test_client_error_fails_the_task_without_retrying(

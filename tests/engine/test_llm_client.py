@@ -16,7 +16,6 @@ from orchestrator.errors import TaskError
 from orchestrator.runtime.llm import (
     LLMRequest,
     OpenAIChatClient,
-    backoff_delay,
     parse_llm_output,
     parse_retry_after,
 )
@@ -38,13 +37,6 @@ def make_settings(tmp_path: Path, config: dict[str, Any] | None = None, **env: s
 def served_by(server: FakeOpenAIServer, tmp_path: Path, **changes: Any) -> Settings:
     settings = make_settings(tmp_path, OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY="sk-test")
     return dataclasses.replace(settings, **changes)
-
-
-class Sleeps(list[float]):
-    """An injected sleep that records the delays instead of waiting."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
 
 
 # -- requests ---------------------------------------------------------------------------
@@ -161,39 +153,41 @@ def test_one_openai_client_per_endpoint_shared_by_threads(
     assert fake_openai.request_count == 8
 
 
-# -- failures and retries ---------------------------------------------------------------
+# -- failures: one request each, typed for the task's policy ----------------------------
 
 
-def test_rate_limit_then_server_error_then_success_is_retried(
-    fake_openai: FakeOpenAIServer, tmp_path: Path
+@pytest.mark.parametrize(
+    ("answer", "error_type", "retry_after"),
+    [
+        (FakeResponse(status=429, headers={"Retry-After": "7"}), "LLMRateLimited", 7.0),
+        (FakeResponse(status=429, headers={"retry-after-ms": "1500", "Retry-After": "2"}),
+         "LLMRateLimited", 1.5),
+        (FakeResponse(status=429), "LLMRateLimited", None),
+        (FakeResponse(status=500, message="overloaded"), "LLMTransientError", None),
+        (FakeResponse(status=503, headers={"Retry-After": "3"}), "LLMTransientError", 3.0),
+        (FakeResponse(status=408), "LLMTransientError", None),
+    ],
+)  # fmt: skip
+def test_a_transient_answer_fails_after_one_request_with_its_retry_after(
+    fake_openai: FakeOpenAIServer,
+    tmp_path: Path,
+    answer: FakeResponse,
+    error_type: str,
+    retry_after: float | None,
 ) -> None:
-    # GIVEN a 429, then a 500, then a reply
-    fake_openai.enqueue(FakeResponse(status=429), FakeResponse(status=500), "finally")
-    sleeps = Sleeps()
-    # WHEN the client asks once
-    with OpenAIChatClient(served_by(fake_openai, tmp_path), sleep=sleeps, rng=lambda: 1.0) as c:
-        reply = c.complete(LLMRequest(model="m", prompt="p"))
-    # THEN it tried three times, backing off in between
-    assert reply == "finally"
-    assert fake_openai.request_count == 3
-    assert sleeps == [0.5, 1.0]
-
-
-def test_persistent_unavailability_gives_up_after_the_configured_retries(
-    fake_openai: FakeOpenAIServer, tmp_path: Path
-) -> None:
-    fake_openai.reply = lambda body: FakeResponse(status=503, message="overloaded")
-    sleeps = Sleeps()
-    settings = served_by(fake_openai, tmp_path, llm_max_retries=3)
-    with OpenAIChatClient(settings, sleep=sleeps) as client, pytest.raises(TaskError) as caught:
+    # GIVEN a server that answers once with a transient error, then would reply
+    fake_openai.enqueue(answer, "never reached")
+    # WHEN the client asks
+    with OpenAIChatClient(served_by(fake_openai, tmp_path)) as client, pytest.raises(TaskError) as caught:
         client.complete(LLMRequest(model="m", prompt="p"))
-    assert caught.value.error_type == "LLMTransientError"
+    # THEN it made exactly one request: retrying is the task policy's job, told the Retry-After
+    assert fake_openai.request_count == 1
+    assert caught.value.error_type == error_type
     assert caught.value.retryable is True
-    assert "503" in caught.value.message
-    assert "overloaded" in caught.value.message
-    assert "4 attempt" in caught.value.message
-    assert fake_openai.request_count == 4
-    assert len(sleeps) == 3
+    assert caught.value.retry_after == retry_after
+    assert f"HTTP {answer.status}" in caught.value.message
+    if retry_after is not None:
+        assert f"Retry-After: {retry_after:g}s" in caught.value.message
 
 
 @pytest.mark.parametrize(("status", "message"), [(401, "bad key"), (400, "bad request")])
@@ -201,62 +195,40 @@ def test_client_errors_are_not_retried(
     fake_openai: FakeOpenAIServer, tmp_path: Path, status: int, message: str
 ) -> None:
     fake_openai.enqueue(FakeResponse(status=status, message=message), "never reached")
-    sleeps = Sleeps()
-    with (
-        OpenAIChatClient(served_by(fake_openai, tmp_path), sleep=sleeps) as client,
-        pytest.raises(TaskError) as caught,
-    ):
+    with OpenAIChatClient(served_by(fake_openai, tmp_path)) as client, pytest.raises(TaskError) as caught:
         client.complete(LLMRequest(model="m", prompt="p"))
     assert caught.value.error_type == "LLMRequestError"
     assert caught.value.retryable is False
     assert f"HTTP {status}" in caught.value.message
     assert message in caught.value.message
     assert fake_openai.request_count == 1
-    assert sleeps == []
 
 
-def test_retry_after_header_is_honoured(fake_openai: FakeOpenAIServer, tmp_path: Path) -> None:
-    fake_openai.enqueue(FakeResponse(status=429, headers={"Retry-After": "7"}), "ok")
-    sleeps = Sleeps()
-    with OpenAIChatClient(served_by(fake_openai, tmp_path), sleep=sleeps) as client:
-        assert client.complete(LLMRequest(model="m", prompt="p")) == "ok"
-    assert sleeps == [7.0]
-
-
-def test_timeouts_are_retried(fake_openai: FakeOpenAIServer, tmp_path: Path) -> None:
+def test_a_timeout_is_one_transient_request(fake_openai: FakeOpenAIServer, tmp_path: Path) -> None:
     # GIVEN a first answer slower than the timeout, then a prompt one
     fake_openai.enqueue(FakeResponse(delay=5.0, text="too late"), "in time")
     settings = served_by(fake_openai, tmp_path, llm_timeout=0.05)
-    sleeps = Sleeps()
-    # WHEN the client asks
-    with OpenAIChatClient(settings, sleep=sleeps) as client:
-        reply = client.complete(LLMRequest(model="m", prompt="p"))
-    # THEN the slow attempt was abandoned and retried
-    assert reply == "in time"
-    assert fake_openai.request_count == 2
-    assert len(sleeps) == 1
-
-
-def test_timeouts_exhausted_are_transient_errors(fake_openai: FakeOpenAIServer, tmp_path: Path) -> None:
-    fake_openai.reply = lambda body: FakeResponse(delay=5.0, text="too late")
-    settings = served_by(fake_openai, tmp_path, llm_timeout=0.05, llm_max_retries=1)
-    with OpenAIChatClient(settings, sleep=Sleeps()) as client, pytest.raises(TaskError) as caught:
-        client.complete(LLMRequest(model="m", prompt="p"))
-    assert caught.value.error_type == "LLMTransientError"
-    assert "timeout" in caught.value.message
+    with OpenAIChatClient(settings) as client:
+        # WHEN the client asks  THEN the slow request fails the call, and is not sent again
+        with pytest.raises(TaskError) as caught:
+            client.complete(LLMRequest(model="m", prompt="p"))
+        assert caught.value.error_type == "LLMTransientError"
+        assert "timeout" in caught.value.message
+        assert fake_openai.request_count == 1
+        # AND the next call (the task's next attempt) is answered
+        assert client.complete(LLMRequest(model="m", prompt="p")) == "in time"
     assert fake_openai.request_count == 2
 
 
 def test_connection_refused_is_transient(tmp_path: Path) -> None:
     with FakeOpenAIServer() as server:
         base_url = server.base_url  # a port nobody listens on once the server stops
-    settings = dataclasses.replace(make_settings(tmp_path, OPENAI_BASE_URL=base_url), llm_max_retries=2)
-    sleeps = Sleeps()
-    with OpenAIChatClient(settings, sleep=sleeps) as client, pytest.raises(TaskError) as caught:
+    settings = make_settings(tmp_path, OPENAI_BASE_URL=base_url)
+    with OpenAIChatClient(settings) as client, pytest.raises(TaskError) as caught:
         client.complete(LLMRequest(model="m", prompt="p"))
     assert caught.value.error_type == "LLMTransientError"
+    assert caught.value.retry_after is None
     assert "connection" in caught.value.message.lower()
-    assert len(sleeps) == 2
 
 
 def test_reply_without_text_is_a_response_error(fake_openai: FakeOpenAIServer, tmp_path: Path) -> None:
@@ -286,24 +258,18 @@ def test_reply_without_text_is_a_response_error(fake_openai: FakeOpenAIServer, t
     assert "length" in caught.value.message
 
 
-# -- the retry policy -------------------------------------------------------------------
-
-
-def test_backoff_doubles_with_jitter_and_a_cap() -> None:
-    assert [backoff_delay(n, rng=lambda: 1.0) for n in range(4)] == [0.5, 1.0, 2.0, 4.0]
-    assert [backoff_delay(n, rng=lambda: 0.0) for n in range(4)] == [0.25, 0.5, 1.0, 2.0]
-    assert backoff_delay(20, rng=lambda: 1.0) == 30.0
-    assert backoff_delay(0, retry_after=4.0, rng=lambda: 0.0) == 4.0
-    assert backoff_delay(0, retry_after=999.0, rng=lambda: 0.0) == 30.0
+# -- Retry-After ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("header", "seconds"),
-    [("3", 3.0), (" 1.5 ", 1.5), (None, None), ("", None), ("-1", None), ("nan", None),
-     ("Wed, 21 Oct 2015 07:28:00 GMT", None)],
+    [("3", 3.0), (" 1.5 ", 1.5), (None, None), ("", None), ("-1", None), ("nan", None), ("inf", None),
+     ("soon", None), ("Wed, 21 Oct 2015 07:28:00 GMT", 60.0), ("Wed, 21 Oct 2015 07:26:00 GMT", 0.0),
+     ("Wed, 21 Oct 2015 07:28:00", None)],
 )  # fmt: skip
 def test_retry_after_parsing(header: str | None, seconds: float | None) -> None:
-    assert parse_retry_after(header) == seconds
+    now = 1445412420.0  # Wed, 21 Oct 2015 07:27:00 GMT
+    assert parse_retry_after(header, now=now) == seconds
 
 
 # -- parsing replies --------------------------------------------------------------------

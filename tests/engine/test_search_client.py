@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,15 +25,11 @@ def make_settings(tmp_path: Path, **env: str) -> Settings:
     )
 
 
-def client_for(
-    server: FakeSearchServer, tmp_path: Path, *, key: str | None = None, **changes: Any
-) -> tuple[HttpJsonSearchClient, list[float]]:
+def client_for(server: FakeSearchServer, tmp_path: Path, *, key: str | None = None) -> HttpJsonSearchClient:
     env = {"ORCHESTRATOR_SEARCH_URL": server.url}
     if key is not None:
         env["ORCHESTRATOR_SEARCH_API_KEY"] = key
-    settings = dataclasses.replace(make_settings(tmp_path, **env), **changes)
-    sleeps: list[float] = []
-    return HttpJsonSearchClient(settings, sleep=sleeps.append, timeout=5.0), sleeps
+    return HttpJsonSearchClient(make_settings(tmp_path, **env), timeout=5.0)
 
 
 def test_results_are_mapped_and_the_query_sent(fake_search: FakeSearchServer, tmp_path: Path) -> None:
@@ -46,7 +40,7 @@ def test_results_are_mapped_and_the_query_sent(fake_search: FakeSearchServer, tm
             {"title": "PyPI", "url": "https://pypi.org", "snippet": "The index.", "rank": 2},
         ]
     )
-    client, _ = client_for(fake_search, tmp_path)
+    client = client_for(fake_search, tmp_path)
     # WHEN the client searches
     results = client.search("python & packaging", 5)
     # THEN the results are mapped and the query went out encoded
@@ -71,7 +65,7 @@ def test_fallback_field_names(fake_search: FakeSearchServer, tmp_path: Path) -> 
             {"url": "https://e.example"},
         ]
     )
-    client, _ = client_for(fake_search, tmp_path)
+    client = client_for(fake_search, tmp_path)
     assert client.search("q", 10) == [
         SearchResult("A", "https://a.example", "about a"),
         SearchResult("B", "https://b.example", "about b"),
@@ -86,13 +80,13 @@ def test_bare_list_response_is_truncated_to_max_results(
 ) -> None:
     items = [{"title": f"T{n}", "url": f"https://e.example/{n}", "snippet": "s"} for n in range(5)]
     fake_search.enqueue(FakeResponse(json_body=items))
-    client, _ = client_for(fake_search, tmp_path)
+    client = client_for(fake_search, tmp_path)
     results = client.search("q", 2)
     assert [result.title for result in results] == ["T0", "T1"]
 
 
 def test_api_key_is_sent_as_bearer_token(fake_search: FakeSearchServer, tmp_path: Path) -> None:
-    client, _ = client_for(fake_search, tmp_path, key="search-secret")
+    client = client_for(fake_search, tmp_path, key="search-secret")
     client.search("q", 1)
     assert fake_search.last_request.headers["authorization"] == "Bearer search-secret"
 
@@ -111,63 +105,70 @@ def test_search_output_shape() -> None:
     }
 
 
-# -- failures and retries ---------------------------------------------------------------
+# -- failures: one request each, typed for the task's policy ----------------------------
 
 
-def test_server_error_is_retried(fake_search: FakeSearchServer, tmp_path: Path) -> None:
-    fake_search.enqueue(FakeResponse(status=500), FakeResponse(status=429))
-    client, sleeps = client_for(fake_search, tmp_path)
-    results = client.search("q", 2)
-    assert len(results) == 2
-    assert fake_search.request_count == 3
-    assert len(sleeps) == 2
-
-
-def test_persistent_server_error_gives_up(fake_search: FakeSearchServer, tmp_path: Path) -> None:
-    fake_search.results = lambda request: FakeResponse(status=502, message="bad gateway")
-    client, sleeps = client_for(fake_search, tmp_path, key="secret", llm_max_retries=2)
+@pytest.mark.parametrize(
+    ("answer", "error_type", "retry_after"),
+    [
+        (FakeResponse(status=429, headers={"Retry-After": "2"}), "SearchRateLimited", 2.0),
+        (FakeResponse(status=429), "SearchRateLimited", None),
+        (FakeResponse(status=502, message="bad gateway"), "SearchTransientError", None),
+        (FakeResponse(status=503, headers={"Retry-After": "4"}), "SearchTransientError", 4.0),
+    ],
+)
+def test_a_transient_answer_fails_after_one_request_with_its_retry_after(
+    fake_search: FakeSearchServer,
+    tmp_path: Path,
+    answer: FakeResponse,
+    error_type: str,
+    retry_after: float | None,
+) -> None:
+    # GIVEN an endpoint that answers once with a transient error, then would answer
+    fake_search.enqueue(answer)
+    # WHEN the client searches
     with pytest.raises(TaskError) as caught:
-        client.search("private query", 2)
-    assert caught.value.error_type == "SearchTransientError"
+        client_for(fake_search, tmp_path, key="secret").search("private query", 2)
+    # THEN it made one request: retrying is the task policy's job, told the Retry-After
+    assert fake_search.request_count == 1
+    assert caught.value.error_type == error_type
     assert caught.value.retryable is True
-    assert "HTTP 502: bad gateway" in caught.value.message
+    assert caught.value.retry_after == retry_after
+    assert f"HTTP {answer.status}: {answer.message}" in caught.value.message
     assert "private query" not in caught.value.message  # the URL is quoted without its query
-    assert fake_search.request_count == 3
-    assert len(sleeps) == 2
+    assert "secret" not in caught.value.message
 
 
 def test_client_error_is_not_retried(fake_search: FakeSearchServer, tmp_path: Path) -> None:
     fake_search.enqueue(FakeResponse(status=403, message="quota exhausted"))
-    client, sleeps = client_for(fake_search, tmp_path)
     with pytest.raises(TaskError) as caught:
-        client.search("q", 2)
+        client_for(fake_search, tmp_path).search("q", 2)
     assert caught.value.error_type == "SearchRequestError"
     assert caught.value.retryable is False
     assert "HTTP 403: quota exhausted" in caught.value.message
     assert fake_search.request_count == 1
-    assert sleeps == []
 
 
-def test_timeout_is_retried(fake_search: FakeSearchServer, tmp_path: Path) -> None:
+def test_a_timeout_is_one_transient_request(fake_search: FakeSearchServer, tmp_path: Path) -> None:
     fake_search.enqueue(FakeResponse(delay=5.0, json_body={"results": []}))
     settings = make_settings(tmp_path, ORCHESTRATOR_SEARCH_URL=fake_search.url)
-    sleeps: list[float] = []
-    client = HttpJsonSearchClient(settings, timeout=0.05, sleep=sleeps.append)
-    assert len(client.search("q", 2)) == 2
-    assert fake_search.request_count == 2
-    assert len(sleeps) == 1
+    client = HttpJsonSearchClient(settings, timeout=0.05)
+    with pytest.raises(TaskError) as caught:
+        client.search("q", 2)
+    assert caught.value.error_type == "SearchTransientError"
+    assert "timeout" in caught.value.message
+    assert fake_search.request_count == 1
+    assert len(client.search("q", 2)) == 2  # the task's next attempt
 
 
 def test_connection_refused_is_transient(tmp_path: Path) -> None:
     with FakeSearchServer() as server:
         url = server.url  # nobody listens there once the server stops
-    settings = dataclasses.replace(make_settings(tmp_path, ORCHESTRATOR_SEARCH_URL=url), llm_max_retries=1)
-    sleeps: list[float] = []
+    settings = make_settings(tmp_path, ORCHESTRATOR_SEARCH_URL=url)
     with pytest.raises(TaskError) as caught:
-        HttpJsonSearchClient(settings, sleep=sleeps.append).search("q", 1)
+        HttpJsonSearchClient(settings).search("q", 1)
     assert caught.value.error_type == "SearchTransientError"
     assert "connection failed" in caught.value.message
-    assert len(sleeps) == 1
 
 
 @pytest.mark.parametrize(
@@ -184,12 +185,11 @@ def test_malformed_responses_are_response_errors(
     fake_search: FakeSearchServer, tmp_path: Path, answer: FakeResponse, fragment: str
 ) -> None:
     fake_search.enqueue(answer)
-    client, sleeps = client_for(fake_search, tmp_path)
     with pytest.raises(TaskError) as caught:
-        client.search("q", 3)
+        client_for(fake_search, tmp_path).search("q", 3)
     assert caught.value.error_type == "SearchResponseError"
     assert fragment in caught.value.message
-    assert sleeps == []
+    assert fake_search.request_count == 1
 
 
 def test_missing_url_is_a_configuration_error(tmp_path: Path) -> None:
@@ -208,7 +208,7 @@ def test_non_http_url_is_a_configuration_error(tmp_path: Path) -> None:
 
 
 def test_max_results_below_one_is_refused(fake_search: FakeSearchServer, tmp_path: Path) -> None:
-    client, _ = client_for(fake_search, tmp_path)
+    client = client_for(fake_search, tmp_path)
     with pytest.raises(TaskError) as caught:
         client.search("q", 0)
     assert caught.value.error_type == "SearchRequestError"

@@ -23,6 +23,7 @@ joins every handler thread, so no socket outlives the server.
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -63,7 +64,8 @@ class FakeResponse:
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One request as the server saw it. Header names are lower-case."""
+    """One request as the server saw it. Header names are lower-case; ``at`` is when it
+    arrived (``time.monotonic()`` of the server's process, for gaps between requests)."""
 
     method: str
     path: str
@@ -71,6 +73,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: bytes
     json: Any
+    at: float = 0.0
 
 
 class _Server(ThreadingHTTPServer):
@@ -176,6 +179,13 @@ class _FakeServer:
             return len(self.requests)
 
     @property
+    def gaps(self) -> list[float]:
+        """Seconds between the arrivals of consecutive requests."""
+        with self._lock:
+            times = [request.at for request in self.requests]
+        return [later - earlier for earlier, later in itertools.pairwise(times)]
+
+    @property
     def last_request(self) -> RecordedRequest:
         with self._lock:
             if not self.requests:
@@ -185,6 +195,7 @@ class _FakeServer:
     # -- request handling ----------------------------------------------------------------
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        arrived = time.monotonic()
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
         try:
@@ -199,6 +210,7 @@ class _FakeServer:
             headers={name.lower(): value for name, value in handler.headers.items()},
             body=body,
             json=parsed,
+            at=arrived,
         )
         with self._lock:
             self.requests.append(request)

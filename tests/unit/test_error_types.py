@@ -116,6 +116,8 @@ def test_task_error_takes_its_retryability_from_the_registry() -> None:
         # answers that can differ next time are retried
         ("SearchTransientError", True),
         ("LLMTransientError", True),
+        ("SearchRateLimited", True),
+        ("LLMRateLimited", True),
         ("SearchResponseError", True),
         ("LLMResponseError", True),
         ("OutputParseError", True),

@@ -471,8 +471,16 @@ def _invoke(function: str, payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+RETRY_AFTER_TYPES = frozenset({"llm_task", "web_search_task"})
+"""The task types whose failures may carry a provider's Retry-After: retried, their function is
+told which attempt it runs (`retries`), to wait what the Retry rule does not (`task_function`)."""
+
+
 def _leaf(node: Node, scope: Scope, pipeline_id: str) -> dict[str, Any]:
-    state = _invoke(node.kind, _payload(node, scope, pipeline_id))
+    payload = _payload(node, scope, pipeline_id)
+    if node.kind in RETRY_AFTER_TYPES and effective_policy(node.task, scope.pipeline).retry_count > 0:
+        payload["retries.$"] = "$$.State.RetryCount"
+    state = _invoke(node.kind, payload)
     state["Parameters"]["FunctionName"] = function_placeholder(node, scope.pipeline)  # sized for it
     state["ResultSelector"] = dict(LEAF_SELECTOR)
     state["ResultPath"] = target(node.name)
@@ -488,13 +496,14 @@ def _retry(node: Node, scope: Scope) -> list[dict[str, Any]]:
         {"ErrorEquals": LAMBDA_SERVICE_ERRORS, "IntervalSeconds": 1, "MaxAttempts": 3, "BackoffRate": 2.0}
     ]
     if policy.retry_count > 0:
+        interval, rate = policy.state_machine_retry()
         rules.append({"ErrorEquals": NON_RETRYABLE, "MaxAttempts": 0})
         rules.append(
             {
                 "ErrorEquals": ["States.ALL"],
-                "IntervalSeconds": max(1, math.ceil(policy.retry_delay)),
+                "IntervalSeconds": interval,
                 "MaxAttempts": policy.retry_count,
-                "BackoffRate": max(1.0, policy.backoff_rate),
+                "BackoffRate": rate,
             }
         )
     return rules

@@ -120,6 +120,9 @@ class TaskEvent(EventBase):
     task: str
     advance: AdvanceModel | None = None
     collect: dict[str, Any] | None = None
+    # the state's `$$.State.RetryCount`, given to a task that may wait out a provider's
+    # Retry-After (`asl.RETRY_AFTER_TYPES`): this is attempt number `retries + 1`
+    retries: int = 0
 
 
 class DispatchEvent(EventBase):

@@ -4,7 +4,9 @@ The handler decodes the event (`TaskEvent`), this module rebuilds the scope (`ta
 hands the task to the runtime (`orchestrator.runtime.task`): its cache entry, one attempt,
 the cache write (its condition is decided before, by the state machine or the dispatch
 function). Retries, the fallback task and `on_failure` belong to the state
-machine: one invocation is one attempt.
+machine: one invocation is one attempt. An attempt that failed with a provider's
+``Retry-After`` longer than the state machine's next wait sleeps the difference before it
+fails (`TaskRun.unscheduled_wait`), so the next attempt waits as long as on the engine.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from orchestrator.settings import Settings, aws_settings, lambda_settings
 from orchestrator.spec.models import TaskBase
 from orchestrator.stores.base import Stores, Versioned
 from orchestrator.stores.factory import open_stores
+
+_ANSWER_MARGIN = 5.0
+"""Seconds of an invocation kept free after waiting out a Retry-After, to fail in time."""
 
 _SERVICES: list[tuple[Settings, Services]] = []
 _SERVICES_LOCK = threading.Lock()
@@ -128,9 +133,12 @@ def run_task_event(
     stores: Stores | None = None,
     *,
     sealer: Sealer | None = None,
+    time_left: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
     """Run one attempt of a leaf task: `{"status": "succeeded"|"cached", "output": ...}`; a
     generated task (`spec`) is carried to its outcome instead (`_carry_generated`), any status.
+    `time_left`: seconds the invocation has left (from the Lambda context), which bound a wait
+    for a provider's Retry-After (`_wait_out_retry_after`).
 
     Its cache entry is read first, as `runtime.task.TaskRun.start` does for the engine (its
     condition was decided before the state machine called this); a fallback task has no cache
@@ -190,10 +198,24 @@ def run_task_event(
                 )
         output = _attempt(location.task, prepared, services)
     except TaskError as error:
+        if not location.fallback:
+            _wait_out_retry_after(run, error, event.retries + 1, time_left)
         raise task_failure(error, redactor) from None
     if not location.fallback:
         run.succeeded(output, 1)
     return _advanced(event, {"status": "succeeded", "output": kept(output)}, stores, sealer)
+
+
+def _wait_out_retry_after(
+    run: TaskRun, error: TaskError, attempts: int, time_left: Callable[[], float] | None
+) -> None:
+    """Before attempt number `attempts` fails with `error`: sleep what its Retry-After asks for
+    beyond the state machine's next wait, leaving the invocation `_ANSWER_MARGIN` to fail in."""
+    wait = run.unscheduled_wait(error, attempts)
+    if time_left is not None:
+        wait = min(wait, time_left() - _ANSWER_MARGIN)
+    if wait > 0:
+        time.sleep(wait)
 
 
 def _advanced(

@@ -2,11 +2,13 @@
 
 `OpenAIChatClient` sends a request through the real `openai` package to the endpoint that
 `Settings.route_for` names for the model (so one pipeline can mix OpenAI, a local server and
-any other OpenAI-compatible provider), retries transient failures itself with exponential
-backoff and jitter, and turns every failure into a `TaskError` whose `error_type` a pipeline's
-`error_handling` can match. `parse_llm_output` turns the reply text into the task's
-`output_type`; `complete_with_schema` asks until a reply matches the task's `output_schema`,
-sending each reply that does not back with what is wrong with it (the repair loop).
+any other OpenAI-compatible provider), once: one `complete` is one call to the provider, and
+every failure is a `TaskError` whose `error_type` says whether the task's `error_handling` may
+try again (a 429 is `LLMRateLimited`, a timeout, connection failure, 408 or 5xx
+`LLMTransientError`, carrying the server's ``Retry-After`` for the policy to honour).
+`parse_llm_output` turns the reply text into the task's `output_type`; `complete_with_schema`
+asks until a reply matches the task's `output_schema`, sending each reply that does not back
+with what is wrong with it (the repair loop).
 
 `openai` is imported only when the first request is sent: importing it takes about a second,
 which every CLI command would otherwise pay.
@@ -14,13 +16,13 @@ which every CLI command would otherwise pay.
 
 from __future__ import annotations
 
+import email.utils
 import json
 import math
-import random
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -36,11 +38,11 @@ __all__ = [
     "LLMClient",
     "LLMRequest",
     "OpenAIChatClient",
-    "backoff_delay",
     "complete_with_schema",
     "is_transient_status",
     "parse_llm_output",
     "parse_retry_after",
+    "transient_error",
 ]
 
 OUTPUT_TYPES = ("text", "number", "integer", "boolean", "json")
@@ -75,53 +77,37 @@ class LLMClient(Protocol):
         ...
 
 
-# -- the retry policy, shared with the search client ------------------------------------------
+# -- transient answers, shared with the search client ----------------------------------------
 
 
 def is_transient_status(status: int) -> bool:
-    """Whether an HTTP status is worth retrying: 408, 429 and every 5xx."""
+    """Whether an HTTP status may be different next time: 408, 429 and every 5xx."""
     return status in (408, 429) or status >= 500
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header given in seconds; ``None`` for anything else."""
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (seconds, or an HTTP date from `now`, default the
+    current time); ``None`` when absent or unreadable."""
     if not value:
         return None
     try:
         seconds = float(value.strip())
     except ValueError:
-        return None  # an HTTP date: rare enough to fall back on our own backoff
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = max(0.0, when.timestamp() - (time.time() if now is None else now))
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
-def backoff_delay(
-    attempt: int,
-    *,
-    base: float = 0.5,
-    cap: float = 30.0,
-    retry_after: float | None = None,
-    rng: Callable[[], float] = random.random,
-) -> float:
-    """Seconds to wait after failed attempt number `attempt` (0-based).
-
-    Exponential (`base` doubled per attempt, at most `cap`) with "equal jitter": between half
-    and all of that, so clients that failed together do not retry together. A server's
-    ``Retry-After`` is honoured when it asks for longer, up to `cap`.
-    """
-    ceiling = min(cap, base * 2.0**attempt)
-    delay = ceiling / 2 + rng() * ceiling / 2
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, cap))
-    return delay
-
-
-class _TransientFailure(Exception):
-    """An attempt failed in a way that another attempt may not."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
+def transient_error(error_type: str, where: str, detail: str, retry_after: float | None) -> TaskError:
+    """A transient HTTP answer as a task error carrying the server's ``Retry-After`` (also named
+    in the message) for the task's policy to honour."""
+    asked = "" if retry_after is None else f" (Retry-After: {retry_after:g}s)"
+    return TaskError(error_type, f"{where}: {detail}{asked}", retry_after=retry_after)
 
 
 # -- the OpenAI client ------------------------------------------------------------------------
@@ -133,51 +119,26 @@ class OpenAIChatClient:
     Parameters
     ----------
     settings:
-        Endpoints, keys and per-model routes (`Settings.route_for`), the per-attempt
-        timeout (`llm_timeout`) and how many times a transient failure is retried
-        (`llm_max_retries`).
-    sleep, rng:
-        Injected for tests: the wait between attempts and the jitter source.
+        Endpoints, keys and per-model routes (`Settings.route_for`) and the timeout of a
+        request (`llm_timeout`).
 
     One `openai.OpenAI` client is built per (base URL, key) on first use and shared by all
-    threads; its own retries are off, so the policy here is the only one. Call `close()`
-    (or use the object as a context manager) to release the clients' connections.
+    threads; its own retries are off: a retry is another attempt of the task, under its
+    `error_handling` (`runtime.task`). Call `close()` (or use the object as a context
+    manager) to release the clients' connections.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        sleep: Callable[[float], None] = time.sleep,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._sleep = sleep
-        self._rng = rng
         self._clients: dict[tuple[str, str], openai.OpenAI] = {}
         self._lock = threading.Lock()
 
     def complete(self, request: LLMRequest) -> str:
-        """Send `request` to the model's endpoint and return the reply text."""
+        """Send `request` to the model's endpoint, once, and return the reply text."""
         route = self._settings.route_for(request.model)
         client = self._client_for(request.model, route)
         upstream_model = route.model or request.model
-        attempts = max(0, self._settings.llm_max_retries) + 1
-        last: _TransientFailure | None = None
-        for attempt in range(attempts):
-            if attempt:
-                retry_after = last.retry_after if last is not None else None
-                self._sleep(backoff_delay(attempt - 1, retry_after=retry_after, rng=self._rng))
-            try:
-                return self._send_once(client, upstream_model, request)
-            except _TransientFailure as failure:
-                last = failure
-        where = _describe(request.model, upstream_model, client)
-        reason = last.message if last is not None else "no attempt was made"
-        raise TaskError(
-            "LLMTransientError",
-            f"{where}: gave up after {attempts} attempt(s): {reason}",
-        )
+        return self._send_once(client, upstream_model, request)
 
     def close(self) -> None:
         """Close every cached `openai` client; the next request builds new ones."""
@@ -247,13 +208,14 @@ class OpenAIChatClient:
             status = error.status_code
             detail = f"HTTP {status}: {_server_message(error)}"
             if is_transient_status(status):
-                retry_after = parse_retry_after(error.response.headers.get("retry-after"))
-                raise _TransientFailure(detail, retry_after) from None
+                error_type = "LLMRateLimited" if status == 429 else "LLMTransientError"
+                raise transient_error(error_type, where, detail, _retry_after(error)) from None
             raise TaskError("LLMRequestError", f"{where}: {detail}") from None
         except openai.APITimeoutError:
-            raise _TransientFailure(f"no answer within {self._settings.llm_timeout:g}s (timeout)") from None
+            message = f"{where}: no answer within {self._settings.llm_timeout:g}s (timeout)"
+            raise TaskError("LLMTransientError", message) from None
         except openai.APIConnectionError as error:
-            raise _TransientFailure(f"connection failed: {_cause(error)}") from None
+            raise TaskError("LLMTransientError", f"{where}: connection failed: {_cause(error)}") from None
         except openai.OpenAIError as error:
             raise TaskError("LLMRequestError", f"{where}: {error}") from None
         if not completion.choices:
@@ -289,6 +251,18 @@ def _response_format(schema: Mapping[str, Any] | None) -> Any:
 def _describe(model: str, upstream_model: str, client: openai.OpenAI) -> str:
     named = repr(model) if model == upstream_model else f"{model!r} (upstream {upstream_model!r})"
     return f"model {named} at {client.base_url}"
+
+
+def _retry_after(error: openai.APIStatusError) -> float | None:
+    """The wait a transient answer asks for: OpenAI's ``retry-after-ms``, else ``Retry-After``."""
+    headers = error.response.headers
+    try:
+        seconds = float(headers.get("retry-after-ms") or "nan") / 1000
+    except ValueError:
+        seconds = math.nan
+    if math.isfinite(seconds) and seconds >= 0:
+        return seconds
+    return parse_retry_after(headers.get("retry-after"))
 
 
 def _server_message(error: openai.APIStatusError) -> str:

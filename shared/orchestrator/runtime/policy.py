@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +29,26 @@ class ErrorPolicy:
             return MAX_RETRY_DELAY
         return min(delay, MAX_RETRY_DELAY)
 
+    def state_machine_retry(self) -> tuple[int, float]:
+        """`IntervalSeconds` and `BackoffRate` of the state machine's Retry rule for this policy:
+        Step Functions waits whole seconds, at least 1, and a rate of at least 1."""
+        return max(1, math.ceil(self.retry_delay)), max(1.0, self.backoff_rate)
+
+    def state_machine_delay(self, retry: int) -> float:
+        """Seconds the state machine waits before retry number `retry` (1-based)."""
+        interval, rate = self.state_machine_retry()
+        try:
+            return min(interval * rate ** (retry - 1), MAX_RETRY_DELAY)
+        except OverflowError:
+            return MAX_RETRY_DELAY
+
 
 MAX_RETRY_DELAY = 31_622_400.0
 """The longest wait before a retry: a year and a day, Step Functions' largest `MaxDelaySeconds`."""
+
+MAX_RETRY_AFTER = 600.0
+"""The longest a provider's ``Retry-After`` holds up the next attempt: ten minutes. A server
+that asks for more is tried again then, and the task's policy applies if it still refuses."""
 
 
 def backoff_rate(backoff: str | float) -> float:

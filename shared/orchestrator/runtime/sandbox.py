@@ -129,7 +129,9 @@ def run_sandboxed(
     error_type = str(reply.get("type") or "TaskFailed")
     if error_type == "MemoryError" and limits.memory_bytes is not None:
         raise _memory_error(name, limits.memory_bytes)
-    raise TaskError(error_type, str(reply.get("message", "")))  # retryable or not by its type
+    retry_after = reply.get("retry_after")
+    seconds = float(retry_after) if isinstance(retry_after, (int, float)) else None
+    raise TaskError(error_type, str(reply.get("message", "")), retry_after=seconds)  # retryable by type
 
 
 def _request(
@@ -466,7 +468,12 @@ def _serve(request: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
             "message": str(error),
         }
     except TaskError as error:
-        return {"ok": False, "type": error.error_type, "message": error.message}
+        return {
+            "ok": False,
+            "type": error.error_type,
+            "message": error.message,
+            "retry_after": error.retry_after,  # a provider's Retry-After, for the task's policy
+        }
     except MemoryError:
         return {"ok": False, "type": "MemoryError", "message": "out of memory"}
     except BaseException as error:  # SystemExit from a script, a bug: reported, not a silent crash

@@ -2,9 +2,11 @@
 
 `HttpJsonSearchClient` calls ``ORCHESTRATOR_SEARCH_URL`` with ``?q=<query>&max_results=<n>``
 (and ``Authorization: Bearer <key>`` when ``ORCHESTRATOR_SEARCH_API_KEY`` is set) using only
-the standard library, retries transient failures with the same policy as the LLM client, and
-reads the common shapes of search APIs: ``{"results": [...]}`` or a bare list, with
-``link``/``href`` for ``url`` and ``description``/``content``/``body`` for ``snippet``.
+the standard library, once (a retry is another attempt of the task, under its `error_handling`;
+a 429 is `SearchRateLimited`, a timeout, connection failure, 408 or 5xx `SearchTransientError`,
+carrying the server's ``Retry-After``, as for the LLM client), and reads the common shapes of
+search APIs: ``{"results": [...]}`` or a bare list, with ``link``/``href`` for ``url`` and
+``description``/``content``/``body`` for ``snippet``.
 `search_output` builds the task's output from the results.
 """
 
@@ -12,17 +14,15 @@ from __future__ import annotations
 
 import http.client
 import json
-import random
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from orchestrator.errors import TaskError
-from orchestrator.runtime.llm import backoff_delay, is_transient_status, parse_retry_after
+from orchestrator.runtime.llm import is_transient_status, parse_retry_after, transient_error
 from orchestrator.settings import Settings
 
 __all__ = ["HttpJsonSearchClient", "SearchClient", "SearchResult", "search_output"]
@@ -59,38 +59,20 @@ def search_output(query: str, results: list[SearchResult]) -> dict[str, object]:
     }
 
 
-class _TransientFailure(Exception):
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
-
-
 class HttpJsonSearchClient:
     """`SearchClient` for a JSON search endpoint, over `urllib.request`.
 
     Parameters
     ----------
     settings:
-        ``search_url`` and ``search_api_key``; the retry count is ``llm_max_retries``.
+        ``search_url`` and ``search_api_key``.
     timeout:
-        Seconds per attempt; defaults to ``settings.llm_timeout``.
-    sleep, rng:
-        Injected for tests: the wait between attempts and the jitter source.
+        Seconds for the request; defaults to ``settings.llm_timeout``.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        timeout: float | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
+    def __init__(self, settings: Settings, *, timeout: float | None = None) -> None:
         self._settings = settings
         self._timeout = settings.llm_timeout if timeout is None else timeout
-        self._sleep = sleep
-        self._rng = rng
 
     def search(self, query: str, max_results: int) -> list[SearchResult]:
         """Ask the endpoint for `query` and return at most `max_results` results."""
@@ -100,23 +82,7 @@ class HttpJsonSearchClient:
                 f"max_results must be at least 1, got {max_results}",
             )
         request = self._build_request(query, max_results)
-        attempts = max(0, self._settings.llm_max_retries) + 1
-        last: _TransientFailure | None = None
-        for attempt in range(attempts):
-            if attempt:
-                retry_after = last.retry_after if last is not None else None
-                self._sleep(backoff_delay(attempt - 1, retry_after=retry_after, rng=self._rng))
-            try:
-                payload = self._fetch_once(request)
-            except _TransientFailure as failure:
-                last = failure
-                continue
-            return _parse_results(payload, max_results)[:max_results]
-        reason = last.message if last is not None else "no attempt was made"
-        raise TaskError(
-            "SearchTransientError",
-            f"search at {_safe_url(request.full_url)}: gave up after {attempts} attempt(s): {reason}",
-        )
+        return _parse_results(self._fetch_once(request), max_results)[:max_results]
 
     def _build_request(self, query: str, max_results: int) -> urllib.request.Request:
         url = self._settings.search_url
@@ -152,14 +118,16 @@ class HttpJsonSearchClient:
                 detail = f"HTTP {error.code}: {_error_text(error)}"
                 if is_transient_status(error.code):
                     retry_after = parse_retry_after(error.headers.get("Retry-After"))
-                    raise _TransientFailure(detail, retry_after) from None
+                    error_type = "SearchRateLimited" if error.code == 429 else "SearchTransientError"
+                    raise transient_error(error_type, where, detail, retry_after) from None
                 raise TaskError("SearchRequestError", f"{where}: {detail}") from None
         except TimeoutError:
-            raise _TransientFailure(f"no answer within {self._timeout:g}s (timeout)") from None
+            message = f"{where}: no answer within {self._timeout:g}s (timeout)"
+            raise TaskError("SearchTransientError", message) from None
         except urllib.error.URLError as error:
-            raise _TransientFailure(f"connection failed: {error.reason}") from None
+            raise TaskError("SearchTransientError", f"{where}: connection failed: {error.reason}") from None
         except (ConnectionError, http.client.HTTPException) as error:
-            raise _TransientFailure(f"connection failed: {error!r}") from None
+            raise TaskError("SearchTransientError", f"{where}: connection failed: {error!r}") from None
 
 
 def _safe_url(url: str) -> str:

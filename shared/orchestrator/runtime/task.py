@@ -5,8 +5,9 @@ A task that is ready (its dependencies have finished) goes through these steps:
 1. its `condition`: false gives `skipped`; one that cannot be evaluated is a `TemplateError`
    failure before any attempt (attempts 0);
 2. its cache entry: a hit gives `cached`;
-3. attempts under its error policy: a retryable error is tried again after the policy's delay,
-   up to `retry_count` times; then the `fallback` task, once; a success is written to the cache;
+3. attempts under its error policy: a retryable error is tried again after the policy's delay
+   (or the provider's ``Retry-After``, when it asks for longer: `TaskRun.retry_delay`), up to
+   `retry_count` times; then the `fallback` task, once; a success is written to the cache;
 4. `on_failure` when all that is spent (`on_failure`): `abort_pipeline` raises `PipelineAborted`,
    `skip` gives `skipped`, `continue_with_degraded_service` gives `failed` (the run goes on,
    degraded), both with the `fallback_value` as output.
@@ -14,7 +15,9 @@ A task that is ready (its dependencies have finished) goes through these steps:
 `carry_task` runs all four for the embedded engine, which only says how to run one attempt.
 On AWS the state machine carries the policy (its `Retry` and `Catch` come from the same
 `ErrorPolicy`): a task Lambda runs steps 1-3 for one attempt (`TaskRun.start`, `attempt_leaf`,
-`TaskRun.succeeded`) and the dispatch Lambda computes step 4's record (`failure_outcome`).
+`TaskRun.succeeded`) and the dispatch Lambda computes step 4's record (`failure_outcome`); the
+state machine's waits are fixed in its definition, so a task Lambda waits the rest of a
+``Retry-After`` itself before failing (`TaskRun.unscheduled_wait`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from orchestrator.errors import OrchestratorError, TaskError
 from orchestrator.runtime.context import StateConflictError
 from orchestrator.runtime.documents import ErrorInfo, TaskOutcome, TaskStatus
 from orchestrator.runtime.leaf import cache_key, fallback_output
-from orchestrator.runtime.policy import ErrorPolicy
+from orchestrator.runtime.policy import MAX_RETRY_AFTER, ErrorPolicy
 from orchestrator.runtime.redact import Redactor
 from orchestrator.runtime.scope import Scope
 from orchestrator.spec.models import Pipeline, TaskBase, WhileLoop
@@ -168,10 +171,21 @@ class TaskRun:
 
     def retry_delay(self, error: TaskError, attempts: int) -> float | None:
         """Seconds before the next attempt after attempt number `attempts` failed with
-        `error`, or None when there is none (not retryable, or no retries left)."""
+        `error`, or None when there is none (not retryable, or no retries left): the policy's
+        delay, or the provider's ``Retry-After`` (at most `MAX_RETRY_AFTER`) when longer."""
         if error.retryable and attempts <= self.policy.retry_count:
-            return self.policy.delay_before(attempts)
+            asked = min(error.retry_after or 0.0, MAX_RETRY_AFTER)
+            return max(self.policy.delay_before(attempts), asked)
         return None
+
+    def unscheduled_wait(self, error: TaskError, attempts: int) -> float:
+        """On AWS: the part of `retry_delay` that the state machine's Retry rule does not wait
+        (its interval before the next attempt is fixed in the definition), which the task
+        function waits before failing attempt number `attempts`; 0 when there is none."""
+        delay = self.retry_delay(error, attempts)
+        if delay is None:
+            return 0.0
+        return max(0.0, delay - self.policy.state_machine_delay(attempts))
 
     def fell_back(self, output: Any, attempts: int) -> TaskOutcome:
         """The fallback task gave `output` after the task's attempts failed."""
