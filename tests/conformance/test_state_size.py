@@ -225,27 +225,29 @@ def test_a_for_loop_of_10_items_returning_50_kb_each(
 
 
 @pytest.mark.slow
-def test_100_tasks_returning_50_kb_each(write_pipeline: Write, run_on_both_engines: RunBoth) -> None:
+def test_many_tasks_returning_50_kb_each(write_pipeline: Write, run_on_both_engines: RunBoth) -> None:
+    """30 outputs of 50 KB (1.5 MB, six times the quota) stay out of the execution state; the
+    benchmark (`bench/state_size.py`) measures the 100 of issue 12, which take a minute here."""
     tasks = "".join(
         f"""
           - name: task_{i}
             type: python_task
             script: return "{i % 10}" * 50000
         """
-        for i in range(100)
+        for i in range(30)
     )
     path = write_pipeline(
         f"""
-        name: hundred_outputs
+        name: many_outputs
         tasks:{tasks}
           - name: total
             type: python_task
             script: |
-              return sum(len(context.get_task_output(f"task_{{i}}")) for i in range(100))
+              return sum(len(context.get_task_output(f"task_{{i}}")) for i in range(30))
         """
     )
     local = _same_documents(run_on_both_engines(path))
-    assert local["status"] == "succeeded" and local["outputs"]["total"] == 5_000_000
+    assert local["status"] == "succeeded" and local["outputs"]["total"] == 1_500_000
     assert _largest_state(path) < STATE_BUDGET
 
 
