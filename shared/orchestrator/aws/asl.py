@@ -886,6 +886,8 @@ class Held:
     # False for a while_loop: its body runs in the state the branch is given, and its tasks'
     # records must not outlive the branch (they are no tasks of the body around it)
     releasable: bool = True
+    # the state the branch is given, when it is not the state around it (Parameters)
+    parameters: dict[str, Any] | None = None
 
 
 def handled(task: TaskBase, pipeline: Pipeline) -> bool:
@@ -898,9 +900,10 @@ def handled(task: TaskBase, pipeline: Pipeline) -> bool:
 
 def _first_branch(held: Held) -> dict[str, Any]:
     """A one-branch Parallel whose branch ends with the task's record, kept at `result_path`."""
-    return {
-        "Type": "Parallel",
-        "Branches": [held.branch],
+    state: dict[str, Any] = {"Type": "Parallel", "Branches": [held.branch]}
+    if held.parameters is not None:
+        state["Parameters"] = held.parameters
+    return state | {
         "ResultSelector": {f"{key}.$": f"$[0].{key}" for key in held.fields},
         "ResultPath": held.result_path,
     }
@@ -1108,16 +1111,27 @@ def _child_iteration(node: Node, child: Scope, pipeline_id: str) -> dict[str, An
 
 
 def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> Held:
-    """Body + Choice back-edge; a dispatch call between iterations advances the loop and its state."""
+    """Body + Choice back-edge; a dispatch call between iterations advances the loop and its state.
+
+    The loop runs in the one-branch Parallel that keeps its body's records to itself; the
+    Parallel's Parameters give the branch its own state (`_while_state`), the loop's first
+    state in it when that is known when compiling: no state is entered to start the loop."""
     assert node.body is not None and node.body.nodes
     loop_path = f"$.loops.{node.name}"
-    inner = replace(
-        scope,
-        prefix=scope.state_name(node.name) + "/",
-        loop_path=loop_path,
+    runs = first_iteration_runs(task)
+    known = None if runs is None else {"index": 0, "state": {}, "continue": runs}
+    parameters = _while_state(scope, node.name, known)
+    # the loop's own state in its branch, where the loop around it is at WHILE_OUTER
+    branch = replace(
+        _flat_scope(scope),
+        inputs_path="$.inputs",
+        inputs=None,
+        loop_path=None,
         item_variable=None,
-        outer_loop=loop_reference(scope),
+        outer_loop=None,
     )
+    outer = WHILE_OUTER if loop_reference(scope) is not None else None
+    inner = replace(branch, prefix=scope.state_name(node.name) + "/", loop_path=loop_path, outer_loop=outer)
     body_states, body_start, after = _compile_body(node.body, inner, pipeline_id)
     last = list(node.body.nodes)[-1]
     advance_selector = {
@@ -1130,24 +1144,16 @@ def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> 
     check = inner.state_name("", "check")
     advance = inner.state_name("", "advance")
     done = inner.state_name("", "done")
-    runs = first_iteration_runs(task)
+    start_state: dict[str, Any] | None = None
     if runs is None:
-        start_payload = _payload(node, scope, pipeline_id, action="while")
-        start_payload.pop("loop.$", None)
+        start_payload = _payload(node, branch, pipeline_id, action="while")
         start_payload["loop"] = {"index": 0, "state": {}}
-        _give_loop(start_payload["loop"], "outer", loop_reference(scope))
+        _give_loop(start_payload["loop"], "outer", outer)
         start_state = _invoke("dispatch", start_payload)
         start_state |= {"ResultSelector": advance_selector, "ResultPath": loop_path, "Next": check}
-    else:  # known when compiling: no call, and straight on to the first iteration (or the end)
-        start_state = {
-            "Type": "Pass",
-            "Result": {"index": 0, "state": {}, "continue": runs},
-            "ResultPath": loop_path,
-            "Next": body_start if runs else done,
-        }
-    advance_payload = _payload(node, scope, pipeline_id, action="while")
-    advance_payload.pop("loop.$", None)
-    advance_payload.pop("loop", None)
+    # else known when compiling: in the branch's state already, and straight on to the first
+    # iteration (or the end)
+    advance_payload = _payload(node, branch, pipeline_id, action="while")
     _give_loop(advance_payload, "loop", loop_reference(inner))
     advance_payload["tasks"] = records_parameter(after)
     advance_payload["last.$"] = after.records[last] + ".output"
@@ -1158,7 +1164,6 @@ def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> 
             state["Next"] = advance
     _advance_in_last_task(body_states, node, inner, after, check, advance_selector)
     states: dict[str, Any] = {
-        first: start_state,
         check: {
             "Type": "Choice",
             "Choices": [{"Variable": f"{loop_path}.continue", "BooleanEquals": True, "Next": body_start}],
@@ -1180,7 +1185,34 @@ def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> 
     if not any(advance in _next_states(state) for state in states.values()):
         del states[advance]  # the body's last task takes every step itself
         inner.long_names.pop(advance, None)
-    return Held({"StartAt": first, "States": states}, target(node.name), releasable=False)
+    if start_state is not None:
+        states = {first: start_state, **states}
+    else:
+        inner.long_names.pop(first, None)
+        first = body_start if runs else done
+    branch_states = {"StartAt": first, "States": states}
+    return Held(branch_states, target(node.name), releasable=False, parameters=parameters)
+
+
+WHILE_OUTER = "$.outer"
+"""Where a while_loop's branch keeps the loop around it (`_while_state`), as its Lambdas see it."""
+
+
+def _while_state(scope: Scope, name: str, first: dict[str, Any] | None) -> dict[str, Any]:
+    """The state a while_loop's branch starts with: the inputs, the run and the finished tasks'
+    records one by one (as an iteration's: `_iteration_selector`), the loop around it at
+    `WHILE_OUTER`, and the loop's own first state when it is known (`first`)."""
+    state = {
+        **inputs_parameter(scope),
+        "run.$": "$.run",
+        "tasks": records_parameter(scope),
+        "errors": {},
+        "items": {},
+        "loops": {} if first is None else {name: first},
+        "conditions": {},
+    }
+    _give_loop(state, "outer", loop_reference(scope))
+    return state
 
 
 def _advance_in_last_task(
