@@ -218,6 +218,11 @@ def test_loops_compile_to_map_and_a_choice_back_edge() -> None:
     assert s3["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
     assert s3["ItemReader"]["Parameters"] == {"Bucket": "my-bucket", "Key": "items/list.json"}
     loop = states["improve"]["Branches"][0]["States"]
+    # its condition reads only loop_state: the first test is known when compiling, so the
+    # Parallel's Parameters give the branch its first loop state and no state starts the loop
+    assert states["improve"]["Parameters"]["loops"] == {"improve": {"index": 0, "state": {}, "continue": True}}
+    assert states["improve"]["Branches"][0]["StartAt"] == "improve/step"
+    assert "improve/.start" not in loop
     assert loop["improve/.check"]["Choices"][0]["Next"] == "improve/step"
     # the body's one task takes the loop's step in its own call (no dispatch call for it), and
     # the state machine goes straight back to the check
