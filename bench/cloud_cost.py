@@ -507,14 +507,17 @@ and a one-branch `Parallel` holding a container's own states where the task's `R
 `Catch` must cover all of them (a task with error handling of its own) and around every
 `while_loop`. No state routes a generated task to its function (the `expand` call names it, and
 the `Map` calls it by name); a container without error handling runs its own states in the body,
-with no `Parallel`; and a loop iteration (or a child pipeline) that ends with a leaf task needs
-no `Pass` to collect its outputs: that task's call hands them back with its own; a child
-pipeline whose inputs are constants or copies of the parent's gets them by Parameters, with no
-call. Before issue 12 (commit 292cb5c) the bundled pipelines took 126 transitions and 73 Lambda
-calls for the same 60 leaf calls (2.10× and 1.22×), with every top-level task run one after
-another; before these last changes (a generated task named by its spec, containers without error
-handling out of their `Parallel`, iterations collected by their last leaf, child inputs by
-Parameters), 108 transitions (1.80×) and 66 Lambda calls (1.10×).
+with no `Parallel` (a for_loop's `Choice` between an inline and a Distributed Map too); and a
+loop iteration (or a child pipeline) that ends with a leaf task needs no `Pass` to collect its
+outputs: that task's call hands them back with its own; a child pipeline whose inputs are
+constants or copies of the parent's gets them by Parameters, with no call. Before issue 12
+(commit 292cb5c) the bundled pipelines took 126 transitions and 73 Lambda calls for the same 60
+leaf calls (2.10× and 1.22×), with every top-level task run one after another; before these last
+changes (a generated task named by its spec, containers without error handling out of their
+`Parallel`, iterations collected by their last leaf, child inputs by Parameters), 108
+transitions (1.80×) and 66 Lambda calls (1.10×); before the last two (a `while_loop` started by
+its `Parallel`'s `Parameters`, a for_loop's `Choice` between its Maps out of a `Parallel`), 98
+transitions (1.63×).
 
 ## The fewest transitions any state machine needs
 

@@ -220,7 +220,8 @@ def test_loops_compile_to_map_and_a_choice_back_edge() -> None:
     loop = states["improve"]["Branches"][0]["States"]
     # its condition reads only loop_state: the first test is known when compiling, so the
     # Parallel's Parameters give the branch its first loop state and no state starts the loop
-    assert states["improve"]["Parameters"]["loops"] == {"improve": {"index": 0, "state": {}, "continue": True}}
+    first = {"index": 0, "state": {}, "continue": True}
+    assert states["improve"]["Parameters"]["loops"] == {"improve": first}
     assert states["improve"]["Branches"][0]["StartAt"] == "improve/step"
     assert "improve/.start" not in loop
     assert loop["improve/.check"]["Choices"][0]["Next"] == "improve/step"

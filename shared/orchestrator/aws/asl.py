@@ -911,16 +911,21 @@ def _first_branch(held: Held) -> dict[str, Any]:
 
 def _attempt_state(held: Held) -> str | None:
     """The state of a container's own states whose run is the task's attempt, as the run
-    document counts them (`execution.AttemptCounter`: a Lambda call, a Map or Parallel run):
-    the first one, after a Pass putting its items in place. None when there is no such state
-    (a Choice first, between two Maps; a while_loop, whose body must stay in its branch)."""
+    document counts them (`execution.AttemptCounter`: a Lambda call, a Map or Parallel run, a
+    Choice entered): the first one, after a Pass putting its items in place. A Choice only
+    when it chooses between Maps (a for_loop's inline or Distributed Map, whichever runs is
+    its attempt). None when there is no such state (a while_loop, whose body must stay in its
+    branch)."""
     if not held.releasable:
         return None
     states = held.branch["States"]
     name = held.branch["StartAt"]
     while states[name]["Type"] == "Pass" and "Next" in states[name]:
         name = states[name]["Next"]
-    return name if states[name]["Type"] in {"Task", "Map", "Parallel"} else None
+    state = states[name]
+    if state["Type"] == "Choice":
+        return name if all(states[chosen]["Type"] == "Map" for chosen in _next_states(state)) else None
+    return name if state["Type"] in {"Task", "Map", "Parallel"} else None
 
 
 def _released(held: Held, task_state: str, long_names: dict[str, str]) -> Segment:

@@ -93,7 +93,8 @@ CONTAINER_ENDS = frozenset(
 
 class AttemptCounter:
     """How many attempts each state made (retries included): Lambda calls, Map and Parallel
-    runs, from history events told one by one in the order they were recorded. Each attempt is
+    runs (and a for_loop's Choice between two Maps entered: `asl._attempt_state`), from history
+    events told one by one in the order they were recorded. Each attempt is
     the state's that its chain of events (`previousEventId`, one chain per Parallel branch and
     Map iteration) leads back to, so states that run side by side are counted apart."""
 
@@ -108,7 +109,9 @@ class AttemptCounter:
         if kind.endswith("StateEntered"):
             name = event["stateEnteredEventDetails"]["name"]
             self._current[event["id"]] = name
-            self.counts.setdefault(name, 0)
+            # a Choice named as its task chooses the Map that runs a for_loop without error
+            # handling of its own (never retried): entering it is the loop's attempt
+            self.counts[name] += 1 if kind == "ChoiceStateEntered" else 0
         elif kind in LAMBDA_ATTEMPTS or kind in CONTAINER_ATTEMPTS:
             if kind in LAMBDA_ATTEMPTS:
                 entered = _entered_state(event, self._by_id, self._current)
