@@ -500,23 +500,25 @@ Where the transitions above the minimum go: every one is a decision or a join th
 `Choice` per condition the state machine decides (and a `Pass` writing the record of a task it
 skips), a `while_loop`'s start (unless its first test is known when compiling: the `Parameters`
 of its `Parallel` then put its first state in place), its check after each iteration and its
-end, a `Parallel` state per step of tasks that run side by side (and a `Pass` gathering a branch
-of more than one task), a `Map` per loop, a `Choice` per for_loop whose count is known only at
-run time (an inline `Map` for few items, a Distributed Map for more than its history allows),
-and a one-branch `Parallel` holding a container's own states where the task's `Retry` and
-`Catch` must cover all of them (a task with error handling of its own) and around every
-`while_loop`. No state routes a generated task to its function (the `expand` call names it, and
-the `Map` calls it by name); a container without error handling runs its own states in the body,
-with no `Parallel` (a for_loop's `Choice` between an inline and a Distributed Map too); and a
-loop iteration (or a child pipeline) that ends with a leaf task needs no `Pass` to collect its
-outputs: that task's call hands them back with its own; a child pipeline whose inputs are
-constants or copies of the parent's gets them by Parameters, with no call. Before issue 12
-(commit 292cb5c) the bundled pipelines took 126 transitions and 73 Lambda calls for the same 60
-leaf calls (2.10× and 1.22×), with every top-level task run one after another; before these last
-changes (a generated task named by its spec, containers without error handling out of their
-`Parallel`, iterations collected by their last leaf, child inputs by Parameters), 108
-transitions (1.80×) and 66 Lambda calls (1.10×); before the last two (a `while_loop` started by
-its `Parallel`'s `Parameters`, a for_loop's `Choice` between its Maps out of a `Parallel`), 98
+end, a `Parallel` state per step of tasks that run side by side, a `Map` per loop, a `Choice`
+per for_loop whose count is known only at run time (an inline `Map` for few items, a Distributed
+Map for more than its history allows), and a one-branch `Parallel` holding a container's own
+states where the task's `Retry` and `Catch` must cover all of them (a task with error handling
+of its own) and around every `while_loop`. No state routes a generated task to its function (the
+`expand` call names it, and the `Map` calls it by name); a container without error handling runs
+its own states in the body, with no `Parallel` (a for_loop's `Choice` between an inline and a
+Distributed Map too); no `Pass` gathers the records of a branch of more than one task (the
+`Parallel`'s `Parameters` give its branches the records before it apart, so a branch's `$.tasks`
+holds its own only, and its last state outputs it); and a loop iteration (or a child pipeline)
+that ends with a leaf task needs no `Pass` to collect its outputs: that task's call hands them
+back with its own; a child pipeline whose inputs are constants or copies of the parent's gets
+them by Parameters, with no call. Before issue 12 (commit 292cb5c) the bundled pipelines took
+126 transitions and 73 Lambda calls for the same 60 leaf calls (2.10× and 1.22×), with every
+top-level task run one after another; before these last changes (a generated task named by its
+spec, containers without error handling out of their `Parallel`, iterations collected by their
+last leaf, child inputs by Parameters), 108 transitions (1.80×) and 66 Lambda calls (1.10×);
+before the last three (a `while_loop` started by its `Parallel`'s `Parameters`, a for_loop's
+`Choice` between its Maps out of a `Parallel`, no `Pass` gathering a branch's records), 98
 transitions (1.63×).
 
 ## The fewest transitions any state machine needs
@@ -546,10 +548,10 @@ compiler avoided it: dispatch calls (the `items`, `expand` and `outputs` values 
 the leaf call that produces what they read, or from `Parameters`), the `Choice` between an
 inline and a Distributed Map (the loop could run as a Distributed Map every time), the `Pass`
 writing a skipped task's record (the `Choice` could go to a copy of the states after it that
-knows the task was skipped), the `Pass` gathering a branch's records, one-branch `Parallel`
-states. Left out of the bound's reach: a machine leaving a loop by a Lambda error that a
-`Catch` turns into the way out (every loop would end with a failed Lambda call, and the task's
-output would travel in the error's text), and Express workflows, billed by duration instead.
+knows the task was skipped), one-branch `Parallel` states. Left out of the bound's reach: a
+machine leaving a loop by a Lambda error that a `Catch` turns into the way out (every loop would
+end with a failed Lambda call, and the task's output would travel in the error's text), and
+Express workflows, billed by duration instead.
 
 The states above one Task state per leaf task, per pipeline (none for the others, whose tasks
 run one after another with no condition left to run time):

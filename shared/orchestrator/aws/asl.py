@@ -283,36 +283,68 @@ def _parallel_step(shape: Parallel, body: Body, scope: Scope, pipeline_id: str) 
     """Parts that do not depend on each other, as the branches of one Parallel state.
 
     A branch ends with its tasks' records only: a one-task branch outputs its record
-    (`OutputPath`), a longer one gathers them in a last Pass. The Parallel keeps them all under
-    one key of `$.tasks` (see `state_records`), so no record is copied once per branch and no
-    state is needed to merge them."""
+    (`OutputPath`). A longer one outputs its `$.tasks`, which then holds its own tasks' records
+    only: the Parallel's Parameters give its branches the records of the tasks before it apart,
+    at `PRIOR` (`_branch_state`). The Parallel keeps them all under one key of `$.tasks` (see
+    `state_records`), so no record is copied once per branch and no state is needed to gather
+    or merge them."""
     key = _step_key(scope, body)
     branches: list[dict[str, Any]] = []
     selector: dict[str, Any] = {PARALLEL_MARK: True}
+    apart = any(not isinstance(part, str) for part in shape.parts)
+    start = replace(_flat_scope(scope, PRIOR), inputs_path="$.inputs", inputs=None) if apart else scope
     for index, part in enumerate(shape.parts):
-        branch_scope = replace(scope, locations=dict(scope.locations), records=dict(scope.records))
+        branch_scope = replace(start, locations=dict(start.locations), records=dict(start.records))
         segment, branch_scope = _compile_shape(part, body, branch_scope, pipeline_id)
         states = dict(segment.states)
+        output = target(part) if isinstance(part, str) else "$.tasks"
+        for exit_name in segment.exits:
+            states[exit_name] = {**states[exit_name], "OutputPath": output, "End": True}
         if isinstance(part, str):
-            for exit_name in segment.exits:
-                states[exit_name] = {**states[exit_name], "OutputPath": target(part), "End": True}
             selector[f"{part}.$"] = f"$[{index}]"
         else:
-            gather = branch_scope.state_name("", f"{key}_{index}")
-            members = names(part)
-            states[gather] = {
-                "Type": "Pass",
-                "Parameters": {f"{name}.$": branch_scope.records[name] for name in members},
-                "End": True,
-            }
-            _link(Segment(segment.entry, states, segment.exits), gather)
-            selector.update({f"{name}.$": f"$[{index}].{name}" for name in members})
+            selector.update(
+                {
+                    f"{name}.$": f"$[{index}]" + branch_scope.records[name].removeprefix("$.tasks")
+                    for name in names(part)
+                }
+            )
         branches.append({"StartAt": segment.entry, "States": states})
     name = scope.state_name("", key)
-    state = {"Type": "Parallel", "Branches": branches, "ResultSelector": selector, "ResultPath": target(key)}
+    state: dict[str, Any] = {"Type": "Parallel", "Branches": branches}
+    if apart:
+        state["Parameters"] = _branch_state(scope)
+    state |= {"ResultSelector": selector, "ResultPath": target(key)}
     for member in names(shape):
         _place(scope, body.nodes[member], f"{target(key)}.{member}")
     return Segment(name, {name: state}, [name]), scope
+
+
+PRIOR = "$.prior"
+"""Where a parallel step's branches find the records of the tasks before it (`_branch_state`)."""
+
+
+def _branch_state(scope: Scope) -> dict[str, Any]:
+    """The state a parallel step's branches start with when one has more than one task: the
+    inputs, the run, the loop they run in, the finished tasks' records one by one at `PRIOR`,
+    and an empty `$.tasks` for their own (`_flat_scope(scope, PRIOR)` reads them)."""
+    state: dict[str, Any] = {
+        **inputs_parameter(scope),
+        "run.$": "$.run",
+        "prior": records_parameter(scope),
+        "tasks": {},
+        "errors": {},
+        "items": {},
+        "conditions": {},
+    }
+    if scope.loop_path is not None and scope.loop_path.startswith("$.loops."):
+        state["loops.$"] = "$.loops"  # a while_loop's state (and any around it)
+    else:
+        state["loops"] = {}
+        _give_loop(state, "loop", scope.loop_path)  # a for_loop iteration's `$.loop`
+    if scope.outer_loop is not None:
+        _give_loop(state, "outer", scope.outer_loop)
+    return state
 
 
 def _step_key(scope: Scope, body: Body) -> str:
@@ -349,15 +381,16 @@ def inputs_parameter(scope: Scope) -> dict[str, Any]:
     return {"inputs.$": scope.inputs_path}
 
 
-def _flat_scope(scope: Scope) -> Scope:
-    """`scope` as seen from a state whose `$.tasks` is `records_parameter(scope)` (a loop
-    iteration, a generated task): every finished task's record at `$.tasks.<name>`."""
-    records = {name: target(name) for name in scope.records}
+def _flat_scope(scope: Scope, root: str = "$.tasks") -> Scope:
+    """`scope` as seen from a state whose `$.tasks` (or `root`) is `records_parameter(scope)`
+    (a loop iteration, a generated task, a parallel step's branch): every finished task's
+    record at `<root>.<name>`."""
+    records = {name: f"{root}.{name}" for name in scope.records}
     locations = dict(records)
     for name, path in scope.locations.items():
         if name not in records:  # a group's child: in its group's record
             group = next(g for g, record in scope.records.items() if path.startswith(record + ".children."))
-            locations[name] = f"{target(group)}.children.{name}"
+            locations[name] = f"{root}.{group}.children.{name}"
     return replace(scope, locations=locations, records=records)
 
 
@@ -559,7 +592,7 @@ def _always_present_path(value: Any, scope: Scope) -> str | None:
     if expression is None or not expression.isidentifier() or expression.lower() in {"true", "false", "none"}:
         return None  # (Jinja reads those three as constants, whatever the inputs are named)
     location = scope.locations.get(expression)
-    if location is not None and location != f"$.tasks.{expression}":
+    if location is not None and location not in {f"$.tasks.{expression}", f"{PRIOR}.{expression}"}:
         return None  # a parallel group's child: absent when its group was skipped
     return scope.path_of(expression)
 
@@ -1353,7 +1386,9 @@ def _limited_group(
     }
     for branch in branches:
         states.update(branch["States"])
-    carried = ("run", "tasks", "errors", "items", "loops", "conditions")
+    carried = ["run", "tasks", "errors", "items", "loops", "conditions"]
+    if any(path.startswith(PRIOR + ".") for path in scope.records.values()):
+        carried.append("prior")  # in a parallel step's branch: the records before it (`_branch_state`)
     item_selector: dict[str, Any] = {f"{key}.$": f"$.{key}" for key in carried}
     # the whole state, so that its paths hold in the iteration (a child's Parameters-built
     # inputs read the parent's, at `$.inputs`)
