@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import tempfile
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -61,6 +62,42 @@ ENVIRONMENT = {
 LEAF_TYPES = frozenset({"python_task", "llm_task", "web_search_task"})
 SCHEDULED = frozenset({"TaskScheduled", "LambdaFunctionScheduled"})
 DISPATCH = "orchestrator-dispatch"
+
+# The fewest states ANY state machine must enter for the run measured here, beyond one Task
+# state per leaf task that ran (see `fewest_transitions` and docs/cost.md): what each pipeline
+# needs to keep the plan's concurrency and decide its conditions without a Lambda call
+FEWEST_ABOVE_LEAVES: dict[str, tuple[tuple[int, str], ...]] = {
+    "batch_processing": ((1, "a Map over the items"),),
+    "conditional_processing": (
+        (
+            1,
+            "one Choice deciding the three conditions at once (all read `analyze_input` only); "
+            "with one task to run, no Parallel",
+        ),
+    ),
+    "demo": (
+        (1, "a Parallel (`countdown` beside the rest)"),
+        (1, "a Parallel (`score_words` beside `long_list_note`, both after `prepare`)"),
+        (1, "a Map (`score_words`)"),
+        (1, "a Parallel (the two summaries)"),
+        (1, "a Choice (`long_list_note`'s condition)"),
+        (3, "three Choices, one after each tick (`countdown` goes on twice, then stops)"),
+        (1, "a state after the last Choice, which cannot end a Parallel branch"),
+    ),
+    "dynamic_task_generation": ((1, "a Map over the generated tasks"),),
+    "iterative_improvement": (
+        (2, "two Choices, one per round (`improve_if_needed`'s condition)"),
+        (2, "two Choices, one after each round (the loop goes on once, then stops)"),
+        (1, "a state after the last Choice, which cannot end an execution"),
+    ),
+    "pipeline_parallelism": ((1, "a Parallel (the three child pipelines)"),),
+    "secure_credentials": ((1, "a Parallel (`secure_operation` beside `audit_log`)"),),
+    "task_parallelism": ((1, "a Parallel (the four chunks)"),),
+}
+# what the bound gives back where the criterion is only the critical path (the longest chain of
+# leaf calls), not that every independent task starts at once: `demo`'s `long_list_note` may
+# wait for `score_words` and join the summaries' Parallel
+FEWER_BY_CRITICAL_PATH_ONLY = {"demo": 1}
 
 # us-east-1 list prices
 TRANSITION_PRICE = 0.025 / 1_000  # Step Functions Standard, per state transition
@@ -120,6 +157,7 @@ def count_history(history: list[dict[str, Any]], leaf_names: set[str]) -> dict[s
     """Transitions, Lambda calls (dispatch and leaf) and leaf tasks skipped without a call."""
     by_id = {event["id"]: event for event in history}
     transitions = lambda_calls = dispatch_calls = skipped = self_skipped = 0
+    leaf_states: set[int] = set()  # the states entered that called a leaf task (retries are in them)
     actions: Counter[str] = Counter()
     for event in history:
         kind = event["type"]
@@ -137,6 +175,11 @@ def count_history(history: list[dict[str, Any]], leaf_names: set[str]) -> dict[s
             if DISPATCH in function:
                 dispatch_calls += 1
                 actions[str(payload.get("action", "?")) if isinstance(payload, dict) else "?"] += 1
+            else:
+                entered = by_id.get(event.get("previousEventId"))
+                while entered is not None and not entered["type"].endswith("StateEntered"):
+                    entered = by_id.get(entered.get("previousEventId"))
+                leaf_states.add(entered["id"] if entered is not None else -event["id"])
         elif kind in {"TaskSucceeded", "LambdaFunctionSucceeded"}:
             # a leaf whose condition only its Lambda can decide may answer "skipped"
             scheduled = by_id.get(event.get("previousEventId"))
@@ -156,10 +199,40 @@ def count_history(history: list[dict[str, Any]], leaf_names: set[str]) -> dict[s
         "lambda_calls": lambda_calls,
         "dispatch_calls": dispatch_calls,
         "leaf_calls": lambda_calls - dispatch_calls,
+        "leaf_states": len(leaf_states),
         "leaf_skipped_without_call": skipped,
         "leaf_calls_answering_skipped": self_skipped,
         "dispatch_actions": dict(sorted(actions.items())),
     }
+
+
+def fewest_transitions(pipeline: str, leaf_states: int) -> int | None:
+    """The fewest state transitions any state machine needs for the run measured of `pipeline`
+    while keeping the plan's concurrency and deciding conditions without a Lambda call: one Task
+    state per leaf task that ran, and the states of `FEWEST_ABOVE_LEAVES`. None for a pipeline
+    it does not list (not a bundled one)."""
+    if pipeline not in FEWEST_ABOVE_LEAVES and pipeline not in NO_STATE_ABOVE_LEAVES:
+        return None
+    return leaf_states + sum(count for count, _why in FEWEST_ABOVE_LEAVES.get(pipeline, ()))
+
+
+NO_STATE_ABOVE_LEAVES = frozenset(
+    {
+        "caching_strategy",
+        "circuit_breaker",
+        "data_analysis_pipeline",
+        "database_integration",
+        "hierarchical_error_handling",
+        "input_validation",
+        "model_training_pipeline",
+        "resource_management",
+        "shared_state",
+        "stateful_processing",
+        "validation_pipeline",
+    }
+)
+"""The bundled pipelines whose run needs no state but its leaf tasks' (one after another, no
+condition decided at run time)."""
 
 
 @contextlib.contextmanager
@@ -218,10 +291,13 @@ def measure(path: Path | str) -> dict[str, Any]:
             seconds = time.monotonic() - started
     counts = count_history(execution["history"], _leaf_names(plan.pipeline.tasks, path.parent))
     leaf = counts["leaf_calls"]
+    fewest = fewest_transitions(path.stem, counts["leaf_states"])
     return {
         "pipeline": path.stem,
         "status": execution["status"],
         **counts,
+        "fewest_transitions": fewest,
+        "fewest_transitions_per_leaf_call": fewest / leaf if fewest is not None and leaf else None,
         "overhead_ratio": counts["lambda_calls"] / leaf if leaf else None,
         "transitions_per_leaf_call": counts["transitions"] / leaf if leaf else None,
         "cost_per_1000_runs": cost_per_1000_runs(counts["transitions"], counts["lambda_calls"]),
@@ -237,12 +313,15 @@ def totals(results: list[dict[str, Any]]) -> dict[str, Any]:
         "lambda_calls",
         "dispatch_calls",
         "leaf_calls",
+        "leaf_states",
         "leaf_skipped_without_call",
         "leaf_calls_answering_skipped",
         "cost_per_1000_runs",
         "minimum_cost_per_1000_runs",
     )
     total: dict[str, Any] = {key: sum(r[key] for r in results) for key in summed}
+    fewest = [r["fewest_transitions"] for r in results]
+    total["fewest_transitions"] = None if None in fewest else sum(fewest)
     actions: Counter[str] = Counter()
     for r in results:
         actions.update(r["dispatch_actions"])
@@ -250,6 +329,9 @@ def totals(results: list[dict[str, Any]]) -> dict[str, Any]:
     total["dispatch_actions"] = dict(sorted(actions.items()))
     total["overhead_ratio"] = total["lambda_calls"] / leaf if leaf else None
     total["transitions_per_leaf_call"] = total["transitions"] / leaf if leaf else None
+    total["fewest_transitions_per_leaf_call"] = (
+        total["fewest_transitions"] / leaf if total["fewest_transitions"] is not None and leaf else None
+    )
     return total
 
 
@@ -274,8 +356,27 @@ def _row(label: str, status: str, r: dict[str, Any]) -> list[str]:
         str(r["leaf_skipped_without_call"]),
         _ratio(r["overhead_ratio"]),
         _ratio(r["transitions_per_leaf_call"]).removesuffix("×"),
+        "-" if r["fewest_transitions"] is None else str(r["fewest_transitions"]),
+        _ratio(r["fewest_transitions_per_leaf_call"]).removesuffix("×"),
         f"${r['cost_per_1000_runs']:.4f}",
         f"${r['minimum_cost_per_1000_runs']:.4f}",
+    ]
+
+
+TARGET_TRANSITIONS_PER_LEAF_CALL = 1.3  # issue 12's target over the bundled pipelines
+
+
+def _bound_lines() -> list[str]:
+    """The states of `FEWEST_ABOVE_LEAVES`, a list item per pipeline, for docs/cost.md."""
+    return [
+        textwrap.fill(
+            f"- `{pipeline}` (+{sum(count for count, _why in states)}): "
+            + "; ".join(why for _c, why in states),
+            96,
+            subsequent_indent="  ",
+            break_on_hyphens=False,
+        )
+        for pipeline, states in FEWEST_ABOVE_LEAVES.items()
     ]
 
 
@@ -292,6 +393,8 @@ def render(results: list[dict[str, Any]]) -> str:
         "leaf tasks skipped, no call",
         "Lambda calls ÷ minimum",
         "transitions per leaf call",
+        "fewest transitions, any machine",
+        "fewest per leaf call",
         "cost per 1,000 runs",
         "at the minimum",
     ]
@@ -319,6 +422,34 @@ def render(results: list[dict[str, Any]]) -> str:
             + "."
         )
     skipped_pipelines = ", ".join(f"`{name}` ({why})" for name, why in SKIP.items())
+    all_runs = totals(results)
+    leaf_total = all_runs["leaf_calls"]
+    bound_total = all_runs["fewest_transitions"]
+    bound_ratio = _ratio(all_runs["fewest_transitions_per_leaf_call"])
+    measured = {r["pipeline"] for r in results}
+    fewer = sum(count for name, count in FEWER_BY_CRITICAL_PATH_ONLY.items() if name in measured)
+    if bound_total is None or not leaf_total:
+        conclusion = "Some runs measured here are not of bundled pipelines: the bound is not summed."
+    else:
+        target = TARGET_TRANSITIONS_PER_LEAF_CALL
+        took = _ratio(all_runs["transitions_per_leaf_call"])
+        compiled = f"the compiled machines take {all_runs['transitions']} ({took})"
+        if bound_total > target * leaf_total:
+            verdict = (
+                f"A target of {target}× transitions per leaf call is below it: no state machine that keeps "
+                f"the plan's concurrency and decides conditions in ASL can meet it; {compiled}."
+            )
+        else:
+            verdict = f"A target of {target}× transitions per leaf call is at or above it; {compiled}."
+        conclusion = textwrap.fill(
+            f"Over the bundled pipelines the bound is {bound_total} transitions for {leaf_total} leaf "
+            f"calls: **{bound_ratio}**. {verdict} Where the criterion is only that the longest chain of "
+            "leaf calls equals the critical path, `demo`'s `long_list_note` may wait for `score_words` and "
+            f"join the summaries' `Parallel` (no chain gets longer): {bound_total - fewer} transitions, "
+            f"{_ratio((bound_total - fewer) / leaf_total)}.",
+            96,
+            break_on_hyphens=False,
+        )
     text = f"""# What a run costs on AWS Step Functions
 
 One run of each pipeline in `pipelines/`, as its compiled state machine on the emulated AWS
@@ -365,24 +496,69 @@ Not measured: {skipped_pipelines}.
 
 {chr(10).join(table)}
 
-Where the transitions above the minimum go: every one is a decision or a join the run needs.
-A `Choice` per condition the state machine decides (and a `Pass` writing the record of a task it
-skips), a `while_loop`'s start, its check before each iteration and its end, a `Parallel` state
-per step of tasks that run side by side (and a `Pass` gathering a branch of more than one task),
-a `Map` per loop, a `Choice` per for_loop whose count is known only at run time (an inline `Map`
-for few items, a Distributed Map for more than its history allows), and a one-branch `Parallel`
-holding a container's own states where the task's `Retry` and `Catch` must cover all of them
-(a task with error handling of its own) and around every `while_loop`. No state routes a
-generated task to its function (the `expand` call names it, and the `Map` calls it by name);
-a container without error handling runs its own states in the body, with no `Parallel`; and a
-loop iteration (or a child pipeline) that ends with a leaf task needs no `Pass` to collect its
-outputs: that task's call hands them back with its own; a child pipeline whose inputs are
-constants or copies of the parent's gets them by Parameters, with no call. Before issue 12
-(commit 292cb5c) the bundled pipelines took 126 transitions and 73 Lambda calls for the same 60
-leaf calls (2.10× and 1.22×), with every top-level task run one after another; before these
-last changes (a generated task named by its spec, containers without error handling out of
-their `Parallel`, iterations collected by their last leaf, child inputs by Parameters), 108
-transitions (1.80×) and 66 Lambda calls (1.10×).
+Where the transitions above the minimum go: every one is a decision or a join the run needs. A
+`Choice` per condition the state machine decides (and a `Pass` writing the record of a task it
+skips), a `while_loop`'s start (unless its first test is known when compiling: the `Parameters`
+of its `Parallel` then put its first state in place), its check after each iteration and its
+end, a `Parallel` state per step of tasks that run side by side, a `Map` per loop, a `Choice`
+per for_loop whose count is known only at run time (an inline `Map` for few items, a Distributed
+Map for more than its history allows), and a one-branch `Parallel` holding a container's own
+states where the task's `Retry` and `Catch` must cover all of them (a task with error handling
+of its own) and around every `while_loop`. No state routes a generated task to its function (the
+`expand` call names it, and the `Map` calls it by name); a container without error handling runs
+its own states in the body, with no `Parallel` (a for_loop's `Choice` between an inline and a
+Distributed Map too); no `Pass` gathers the records of a branch of more than one task (the
+`Parallel`'s `Parameters` give its branches the records before it apart, so a branch's `$.tasks`
+holds its own only, and its last state outputs it); and a loop iteration (or a child pipeline)
+that ends with a leaf task needs no `Pass` to collect its outputs: that task's call hands them
+back with its own; a child pipeline whose inputs are constants or copies of the parent's gets
+them by Parameters, with no call. Before issue 12 (commit 292cb5c) the bundled pipelines took
+126 transitions and 73 Lambda calls for the same 60 leaf calls (2.10× and 1.22×), with every
+top-level task run one after another; before these last changes (a generated task named by its
+spec, containers without error handling out of their `Parallel`, iterations collected by their
+last leaf, child inputs by Parameters), 108 transitions (1.80×) and 66 Lambda calls (1.10×);
+before the last three (a `while_loop` started by its `Parallel`'s `Parameters`, a for_loop's
+`Choice` between its Maps out of a `Parallel`, no `Pass` gathering a branch's records), 98
+transitions (1.63×).
+
+## The fewest transitions any state machine needs
+
+The column **fewest transitions, any machine** is a lower bound, not this compiler's count: the
+states that any Step Functions state machine must enter for the same run if it keeps the plan's
+concurrency (tasks that do not depend on each other run side by side, so the longest chain of
+leaf calls is the plan's critical path) and decides conditions without a Lambda call. A Standard
+workflow bills every state entered, whatever its type, so each term is a state entered:
+
+- **one Task state per leaf task that ran**: only a Task state calls a Lambda (a retry runs
+  inside the state and adds no transition);
+- **one `Parallel` or `Map` per point where leaf calls run side by side**: only they run states
+  at the same time. A loop over items known only at run time needs its `Map` whatever their
+  number; a `Parallel` is needed only where at least two of its branches have work;
+- **one `Choice` per decision taken at run time**: a condition ASL can test, and a
+  `while_loop`'s test after each iteration (the first is known when compiling where the
+  condition reads only `loop_state` and `loop_index`). Conditions that read the same finished
+  tasks share one `Choice`, which can route to any combination of the tasks they guard: so a
+  `Parallel` whose branches are all skipped but one is not needed either;
+- **one state after a `Choice` that ends a branch or the execution**: a `Choice` can be neither
+  the last state of a `Parallel` branch nor of an execution, so a `while_loop` ending its branch
+  (or the run) enters one more state (a `Succeed` or a `Pass`) once its last test says stop.
+
+Everything else the compiled machines enter counts for nothing in the bound, as if a perfect
+compiler avoided it: dispatch calls (the `items`, `expand` and `outputs` values could come from
+the leaf call that produces what they read, or from `Parameters`), the `Choice` between an
+inline and a Distributed Map (the loop could run as a Distributed Map every time), the `Pass`
+writing a skipped task's record (the `Choice` could go to a copy of the states after it that
+knows the task was skipped), one-branch `Parallel` states. Left out of the bound's reach: a
+machine leaving a loop by a Lambda error that a `Catch` turns into the way out (every loop would
+end with a failed Lambda call, and the task's output would travel in the error's text), and
+Express workflows, billed by duration instead.
+
+The states above one Task state per leaf task, per pipeline (none for the others, whose tasks
+run one after another with no condition left to run time):
+
+{chr(10).join(_bound_lines())}
+
+{conclusion}
 """
     if notes:
         text += "\n" + "\n".join(notes) + "\n"

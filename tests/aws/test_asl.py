@@ -108,7 +108,9 @@ def test_leaf_tasks_carry_a_reference_and_only_what_they_read() -> None:
         "task": "tasks.2",
         "inputs.$": "$.inputs",
         "run.$": "$.run",
-        "outputs": {"plain.$": "$.tasks.plain.output"},
+        # (it runs in a branch of more than one task: the Parallel's Parameters give the
+        # branch the records before it at `$.prior`, its own ones alone in `$.tasks`)
+        "outputs": {"plain.$": "$.prior.plain.output"},
         "state_budget": STATE_BUDGET,  # it keeps its output under its share of the state (issue 12)
         # a retried llm_task is told its attempt, to wait out a Retry-After (issue 15)
         "retries.$": "$$.State.RetryCount",
@@ -120,7 +122,9 @@ def test_leaf_tasks_carry_a_reference_and_only_what_they_read() -> None:
     assert state["ResultPath"] == "$.tasks.with_fallback"
     # a script naming what it reads at run time is given every finished task's record
     reader = every_state(definition)["computed_reads"]["Parameters"]["Payload"]
-    assert reader["tasks"] and all(path.startswith("$.tasks.") for path in reader["tasks"].values())
+    assert reader["tasks"] and all(
+        path.startswith(("$.tasks.", "$.prior.")) for path in reader["tasks"].values()
+    )
 
 
 def test_retry_comes_from_error_handling() -> None:
@@ -224,6 +228,12 @@ def test_loops_compile_to_map_and_a_choice_back_edge() -> None:
     assert s3["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
     assert s3["ItemReader"]["Parameters"] == {"Bucket": "my-bucket", "Key": "items/list.json"}
     loop = states["improve"]["Branches"][0]["States"]
+    # its condition reads only loop_state: the first test is known when compiling, so the
+    # Parallel's Parameters give the branch its first loop state and no state starts the loop
+    first = {"index": 0, "state": {}, "continue": True}
+    assert states["improve"]["Parameters"]["loops"] == {"improve": first}
+    assert states["improve"]["Branches"][0]["StartAt"] == "improve/step"
+    assert "improve/.start" not in loop
     assert loop["improve/.check"]["Choices"][0]["Next"] == "improve/step"
     # the body's one task takes the loop's step in its own call (no dispatch call for it), and
     # the state machine goes straight back to the check
@@ -355,10 +365,12 @@ def test_groups_dynamic_groups_and_child_pipelines() -> None:
     # children it reads come in their groups' records: a child of a skipped group has none
     after = states["after_children"]["Parameters"]["Payload"]
     assert "outputs" not in after
-    # (`chained` ran beside `seed`, in a parallel step: its record lies under the step's key)
+    # (`after_children` runs after `independent` in a branch of a parallel step, whose
+    # Parameters give it the records before the step at `$.prior`: `chained`'s, which lies
+    # under the key of an earlier step)
     assert after["tasks"] == {
         "independent.$": "$.tasks.independent",
-        "chained.$": "$.tasks.parallel2.chained",
+        "chained.$": "$.prior.chained",
     }
     # (no error handling of its own: the group's own states run in the body, the expansion
     # first, as its attempt)
@@ -384,7 +396,7 @@ def test_groups_dynamic_groups_and_child_pipelines() -> None:
         "task": "tasks.7",
         "inputs.$": "$.inputs",
         "run.$": "$.run",
-        "tasks": {"seed.$": "$.tasks.parallel2.seed", "chained.$": "$.tasks.parallel2.chained"},
+        "tasks": {"seed.$": "$.prior.seed", "chained.$": "$.prior.chained"},  # (in a branch)
         "action": "child_inputs",
         "child": 0,
         "state_budget": STATE_BUDGET,
@@ -412,3 +424,23 @@ def test_a_loop_over_the_pipelines_array_input_reads_it_in_place_and_counts_it()
     assert loop["Type"] == "Map" and loop["ItemsPath"] == "$.inputs.items"
     assert loop["ItemSelector"]["loop"]["count.$"] == "States.ArrayLength($.inputs.items)"
     assert "process_batch.items" not in states
+
+
+def test_a_branch_of_more_than_one_task_outputs_its_own_records_with_no_gathering_state() -> None:
+    # GIVEN the demo: `prepare` then a parallel step, beside `countdown`
+    states = compile_definition(PIPELINES / "demo.yaml")["States"]
+    outer = states[".parallel1"]
+    branch = outer["Branches"][0]["States"]
+    # THEN the Parallel gives its branches the records before it at `$.prior` and an empty
+    # `$.tasks` for their own: the branch's last state outputs `$.tasks`, no Pass gathers them
+    assert outer["Parameters"]["prior"] == {} and outer["Parameters"]["tasks"] == {}
+    assert list(branch) == ["prepare", ".parallel2"]
+    inner = branch[".parallel2"]
+    assert inner["OutputPath"] == "$.tasks" and inner["End"] is True
+    assert inner["Parameters"]["prior"] == {"prepare.$": "$.tasks.prepare"}
+    # and each record is picked where it lies in that branch's output
+    assert outer["ResultSelector"]["prepare.$"] == "$[0].prepare"
+    assert outer["ResultSelector"]["summaries.$"] == "$[0].parallel2.summaries"
+    assert inner["ResultSelector"]["summaries.$"] == "$[0].summaries"
+    passes = {name for name, state in every_state({"States": states}).items() if state["Type"] == "Pass"}
+    assert not {name for name in passes if name.startswith(".parallel")}  # (its other Passes write records)

@@ -111,3 +111,70 @@ def test_cost_report_lists_every_bundled_pipeline() -> None:
     expected = {f"`{path.stem}`" for path in PIPELINES.glob("*.yaml") if path.stem not in NOT_REPORTED}
     assert expected <= rows, f"missing from docs/cost.md: {sorted(expected - rows)}"
     assert "$0.025 per 1,000" in text
+
+
+def _table(text: str) -> list[dict[str, str]]:
+    """docs/cost.md's table: a mapping per row, by column header."""
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    return [
+        dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")), strict=True))
+        for line in lines[1:]
+    ]
+
+
+def test_count_history_counts_a_retried_leaf_as_one_state_entered() -> None:
+    # GIVEN a leaf task whose Lambda call failed once and was retried inside its state
+    def event(event_id: int, kind: str, **details: object) -> dict[str, object]:
+        return {"id": event_id, "previousEventId": event_id - 1, "type": kind, **details}
+
+    call = {
+        "taskScheduledEventDetails": {
+            "resourceType": "lambda",
+            "resource": "invoke",
+            "parameters": json.dumps({"FunctionName": "orchestrator-python_task", "Payload": {}}),
+        }
+    }
+    history = [
+        event(1, "ExecutionStarted"),
+        event(2, "TaskStateEntered", stateEnteredEventDetails={"name": "flaky"}),
+        event(3, "TaskScheduled", **call),
+        event(4, "TaskFailed", taskFailedEventDetails={"error": "TaskFailed"}),
+        event(5, "TaskScheduled", **call),
+        event(6, "TaskSucceeded", taskSucceededEventDetails={"output": "{}"}),
+    ]
+    # WHEN it is counted
+    counts = _cloud_cost().count_history(history, {"flaky"})
+    # THEN two leaf calls, but one state entered for them: what the bound counts
+    assert counts["leaf_calls"] == 2
+    assert counts["leaf_states"] == 1
+    assert counts["transitions"] == 1
+
+
+def test_the_bound_covers_every_bundled_pipeline_once() -> None:
+    # GIVEN the states any machine needs above its leaf tasks, per bundled pipeline
+    cloud_cost = _cloud_cost()
+    listed = set(cloud_cost.FEWEST_ABOVE_LEAVES)
+    without = set(cloud_cost.NO_STATE_ABOVE_LEAVES)
+    # THEN every pipeline the report runs is in exactly one of the two, and only those are
+    bundled = {path.stem for path in PIPELINES.glob("*.yaml") if path.stem not in NOT_REPORTED}
+    assert not listed & without
+    assert listed | without == bundled
+    assert all(count > 0 for states in cloud_cost.FEWEST_ABOVE_LEAVES.values() for count, _ in states)
+    assert cloud_cost.fewest_transitions("not_bundled", 3) is None
+    assert cloud_cost.fewest_transitions("shared_state", 3) == 3
+
+
+def test_every_measured_run_lies_between_its_leaf_calls_and_the_bound() -> None:
+    # GIVEN the generated report
+    text = REPORT.read_text(encoding="utf-8")
+    rows = _table(text)
+    # THEN no compiled machine takes fewer transitions than the bound any machine needs (else
+    # the bound is wrong), and the bound is at least one state per leaf call
+    for row in rows:
+        fewest = int(row["fewest transitions, any machine"])
+        assert int(row["leaf calls (minimum)"]) <= fewest <= int(row["state transitions"]), row["pipeline"]
+    # and the verdict follows the numbers: over the target, the page says it cannot be met
+    total = next(row for row in rows if row["pipeline"] == "**all**")
+    over = int(total["fewest transitions, any machine"]) > 1.3 * int(total["leaf calls (minimum)"])
+    assert ("no state machine that keeps the plan's concurrency" in " ".join(text.split())) is over

@@ -166,6 +166,48 @@ def test_a_loop_counted_at_run_time_stays_inline_when_few_and_is_distributed_whe
     assert set(collected[0]["output"]) == {"$payload"}
 
 
+OVER_ARRAY_INPUT = """
+name: over_array_input
+input_variables:
+  rows: {type: array, default: [1, 2]}
+tasks:
+  - name: each
+    type: for_loop
+    iterate_over: "{{ rows }}"
+    tasks:
+      - name: double
+        type: python_task
+        script: return {{ item }} * 2
+"""
+
+
+def test_a_loop_choosing_its_map_at_run_time_has_no_parallel_and_one_attempt_either_way(
+    write_pipeline: Write,
+    run_on_both_engines: BothEngines,
+    executions: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a loop without error handling over the pipeline's array input, of unknown count
+    path = write_pipeline(OVER_ARRAY_INPUT)
+    node = build_plan(read_pipeline(path)).body.nodes["each"]
+    assert loop_mode(node) == "runtime"
+    # THEN its Choice between the inline and the Distributed Map runs in the body, named as the
+    # task (entering it is the loop's attempt), with no one-branch Parallel around the Maps
+    states = compile_definition(path)["States"]
+    assert states["each"]["Type"] == "Choice"
+    assert {states[name]["Type"] for name in ("each.run", "each.distributed")} == {"Map"}
+    assert not any(state["Type"] == "Parallel" for state in states.values())
+    # WHEN it runs inline, then as a Distributed Map (the bound lowered to 2 iterations)
+    inline = _same_document(run_on_both_engines(path))
+    assert _map_runs(executions[-1]) == 0
+    monkeypatch.setattr(history, "INLINE_EVENTS", 2 * history.per_iteration(node).events)
+    distributed = _same_document(run_on_both_engines(path, "-i", "rows=[1, 2, 3]"))
+    assert _map_runs(executions[-1]) == 1
+    # THEN both documents are the embedded engine's: one attempt, the outputs in item order
+    assert inline["tasks"]["each"]["attempts"] == distributed["tasks"]["each"]["attempts"] == 1
+    assert distributed["outputs"]["each"] == [{"double": 2}, {"double": 4}, {"double": 6}]
+
+
 DISTRIBUTED = """
 name: distributed
 input_variables:

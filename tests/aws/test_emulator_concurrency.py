@@ -23,6 +23,7 @@ from conftest import CliResult, every_state
 from orchestrator.aws import emulator
 from orchestrator.aws.emulator import _Invoker, _load_handler, _one_request_at_a_time, run_execution
 from orchestrator.aws.execution import HistoryProgress, document_from_execution, last_known_tasks
+from orchestrator.aws.state_records import PARALLEL_MARK
 from orchestrator.aws.stepfunctions_engine import execution_input
 from orchestrator.errors import OrchestratorError
 from orchestrator.plan import Plan, build_plan
@@ -497,9 +498,18 @@ def test_last_known_tasks_gathers_records_from_every_branch() -> None:
         _exited(3, "b", b),  # a one-task branch's last state outputs its record only
         _exited(4, "group", {"tasks": {"first": before, "group": {"children": group["children"]}}}),
         _exited(5, "group.result", group),
-        _exited(6, ".parallel1_2", {"d": a}),  # a branch's records, gathered
+        # a longer branch's last state outputs its `$.tasks`: its own records, a step's too
+        _exited(6, "d", {"d": a, "parallel2": {PARALLEL_MARK: True, "e": b, "f": a}}),
         _exited(7, "loop/inner", {"tasks": {"inner": a}}),  # inside a task: not a top-level record
     ]
-    assert last_known_tasks(history) == {"first": before, "a": a, "b": b, "group": group, "d": a}
+    assert last_known_tasks(history) == {
+        "first": before,
+        "a": a,
+        "b": b,
+        "group": group,
+        "d": a,
+        "e": b,
+        "f": a,
+    }
     # a container's raw result, before its last state shapes it, is no record
     assert "group" not in last_known_tasks(history[:4])

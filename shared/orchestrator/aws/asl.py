@@ -283,36 +283,68 @@ def _parallel_step(shape: Parallel, body: Body, scope: Scope, pipeline_id: str) 
     """Parts that do not depend on each other, as the branches of one Parallel state.
 
     A branch ends with its tasks' records only: a one-task branch outputs its record
-    (`OutputPath`), a longer one gathers them in a last Pass. The Parallel keeps them all under
-    one key of `$.tasks` (see `state_records`), so no record is copied once per branch and no
-    state is needed to merge them."""
+    (`OutputPath`). A longer one outputs its `$.tasks`, which then holds its own tasks' records
+    only: the Parallel's Parameters give its branches the records of the tasks before it apart,
+    at `PRIOR` (`_branch_state`). The Parallel keeps them all under one key of `$.tasks` (see
+    `state_records`), so no record is copied once per branch and no state is needed to gather
+    or merge them."""
     key = _step_key(scope, body)
     branches: list[dict[str, Any]] = []
     selector: dict[str, Any] = {PARALLEL_MARK: True}
+    apart = any(not isinstance(part, str) for part in shape.parts)
+    start = replace(_flat_scope(scope, PRIOR), inputs_path="$.inputs", inputs=None) if apart else scope
     for index, part in enumerate(shape.parts):
-        branch_scope = replace(scope, locations=dict(scope.locations), records=dict(scope.records))
+        branch_scope = replace(start, locations=dict(start.locations), records=dict(start.records))
         segment, branch_scope = _compile_shape(part, body, branch_scope, pipeline_id)
         states = dict(segment.states)
+        output = target(part) if isinstance(part, str) else "$.tasks"
+        for exit_name in segment.exits:
+            states[exit_name] = {**states[exit_name], "OutputPath": output, "End": True}
         if isinstance(part, str):
-            for exit_name in segment.exits:
-                states[exit_name] = {**states[exit_name], "OutputPath": target(part), "End": True}
             selector[f"{part}.$"] = f"$[{index}]"
         else:
-            gather = branch_scope.state_name("", f"{key}_{index}")
-            members = names(part)
-            states[gather] = {
-                "Type": "Pass",
-                "Parameters": {f"{name}.$": branch_scope.records[name] for name in members},
-                "End": True,
-            }
-            _link(Segment(segment.entry, states, segment.exits), gather)
-            selector.update({f"{name}.$": f"$[{index}].{name}" for name in members})
+            selector.update(
+                {
+                    f"{name}.$": f"$[{index}]" + branch_scope.records[name].removeprefix("$.tasks")
+                    for name in names(part)
+                }
+            )
         branches.append({"StartAt": segment.entry, "States": states})
     name = scope.state_name("", key)
-    state = {"Type": "Parallel", "Branches": branches, "ResultSelector": selector, "ResultPath": target(key)}
+    state: dict[str, Any] = {"Type": "Parallel", "Branches": branches}
+    if apart:
+        state["Parameters"] = _branch_state(scope)
+    state |= {"ResultSelector": selector, "ResultPath": target(key)}
     for member in names(shape):
         _place(scope, body.nodes[member], f"{target(key)}.{member}")
     return Segment(name, {name: state}, [name]), scope
+
+
+PRIOR = "$.prior"
+"""Where a parallel step's branches find the records of the tasks before it (`_branch_state`)."""
+
+
+def _branch_state(scope: Scope) -> dict[str, Any]:
+    """The state a parallel step's branches start with when one has more than one task: the
+    inputs, the run, the loop they run in, the finished tasks' records one by one at `PRIOR`,
+    and an empty `$.tasks` for their own (`_flat_scope(scope, PRIOR)` reads them)."""
+    state: dict[str, Any] = {
+        **inputs_parameter(scope),
+        "run.$": "$.run",
+        "prior": records_parameter(scope),
+        "tasks": {},
+        "errors": {},
+        "items": {},
+        "conditions": {},
+    }
+    if scope.loop_path is not None and scope.loop_path.startswith("$.loops."):
+        state["loops.$"] = "$.loops"  # a while_loop's state (and any around it)
+    else:
+        state["loops"] = {}
+        _give_loop(state, "loop", scope.loop_path)  # a for_loop iteration's `$.loop`
+    if scope.outer_loop is not None:
+        _give_loop(state, "outer", scope.outer_loop)
+    return state
 
 
 def _step_key(scope: Scope, body: Body) -> str:
@@ -349,15 +381,16 @@ def inputs_parameter(scope: Scope) -> dict[str, Any]:
     return {"inputs.$": scope.inputs_path}
 
 
-def _flat_scope(scope: Scope) -> Scope:
-    """`scope` as seen from a state whose `$.tasks` is `records_parameter(scope)` (a loop
-    iteration, a generated task): every finished task's record at `$.tasks.<name>`."""
-    records = {name: target(name) for name in scope.records}
+def _flat_scope(scope: Scope, root: str = "$.tasks") -> Scope:
+    """`scope` as seen from a state whose `$.tasks` (or `root`) is `records_parameter(scope)`
+    (a loop iteration, a generated task, a parallel step's branch): every finished task's
+    record at `<root>.<name>`."""
+    records = {name: f"{root}.{name}" for name in scope.records}
     locations = dict(records)
     for name, path in scope.locations.items():
         if name not in records:  # a group's child: in its group's record
             group = next(g for g, record in scope.records.items() if path.startswith(record + ".children."))
-            locations[name] = f"{target(group)}.children.{name}"
+            locations[name] = f"{root}.{group}.children.{name}"
     return replace(scope, locations=locations, records=records)
 
 
@@ -568,7 +601,7 @@ def _always_present_path(value: Any, scope: Scope) -> str | None:
     if expression is None or not expression.isidentifier() or expression.lower() in {"true", "false", "none"}:
         return None  # (Jinja reads those three as constants, whatever the inputs are named)
     location = scope.locations.get(expression)
-    if location is not None and location != f"$.tasks.{expression}":
+    if location is not None and location not in {f"$.tasks.{expression}", f"{PRIOR}.{expression}"}:
         return None  # a parallel group's child: absent when its group was skipped
     return scope.path_of(expression)
 
@@ -895,6 +928,8 @@ class Held:
     # False for a while_loop: its body runs in the state the branch is given, and its tasks'
     # records must not outlive the branch (they are no tasks of the body around it)
     releasable: bool = True
+    # the state the branch is given, when it is not the state around it (Parameters)
+    parameters: dict[str, Any] | None = None
 
 
 def handled(task: TaskBase, pipeline: Pipeline) -> bool:
@@ -907,9 +942,10 @@ def handled(task: TaskBase, pipeline: Pipeline) -> bool:
 
 def _first_branch(held: Held) -> dict[str, Any]:
     """A one-branch Parallel whose branch ends with the task's record, kept at `result_path`."""
-    return {
-        "Type": "Parallel",
-        "Branches": [held.branch],
+    state: dict[str, Any] = {"Type": "Parallel", "Branches": [held.branch]}
+    if held.parameters is not None:
+        state["Parameters"] = held.parameters
+    return state | {
         "ResultSelector": {f"{key}.$": f"$[0].{key}" for key in held.fields},
         "ResultPath": held.result_path,
     }
@@ -917,16 +953,21 @@ def _first_branch(held: Held) -> dict[str, Any]:
 
 def _attempt_state(held: Held) -> str | None:
     """The state of a container's own states whose run is the task's attempt, as the run
-    document counts them (`execution.AttemptCounter`: a Lambda call, a Map or Parallel run):
-    the first one, after a Pass putting its items in place. None when there is no such state
-    (a Choice first, between two Maps; a while_loop, whose body must stay in its branch)."""
+    document counts them (`execution.AttemptCounter`: a Lambda call, a Map or Parallel run, a
+    Choice entered): the first one, after a Pass putting its items in place. A Choice only
+    when it chooses between Maps (a for_loop's inline or Distributed Map, whichever runs is
+    its attempt). None when there is no such state (a while_loop, whose body must stay in its
+    branch)."""
     if not held.releasable:
         return None
     states = held.branch["States"]
     name = held.branch["StartAt"]
     while states[name]["Type"] == "Pass" and "Next" in states[name]:
         name = states[name]["Next"]
-    return name if states[name]["Type"] in {"Task", "Map", "Parallel"} else None
+    state = states[name]
+    if state["Type"] == "Choice":
+        return name if all(states[chosen]["Type"] == "Map" for chosen in _next_states(state)) else None
+    return name if state["Type"] in {"Task", "Map", "Parallel"} else None
 
 
 def _released(held: Held, task_state: str, long_names: dict[str, str]) -> Segment:
@@ -1117,16 +1158,27 @@ def _child_iteration(node: Node, child: Scope, pipeline_id: str) -> dict[str, An
 
 
 def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> Held:
-    """Body + Choice back-edge; a dispatch call between iterations advances the loop and its state."""
+    """Body + Choice back-edge; a dispatch call between iterations advances the loop and its state.
+
+    The loop runs in the one-branch Parallel that keeps its body's records to itself; the
+    Parallel's Parameters give the branch its own state (`_while_state`), the loop's first
+    state in it when that is known when compiling: no state is entered to start the loop."""
     assert node.body is not None and node.body.nodes
     loop_path = f"$.loops.{node.name}"
-    inner = replace(
-        scope,
-        prefix=scope.state_name(node.name) + "/",
-        loop_path=loop_path,
+    runs = first_iteration_runs(task)
+    known = None if runs is None else {"index": 0, "state": {}, "continue": runs}
+    parameters = _while_state(scope, node.name, known)
+    # the loop's own state in its branch, where the loop around it is at WHILE_OUTER
+    branch = replace(
+        _flat_scope(scope),
+        inputs_path="$.inputs",
+        inputs=None,
+        loop_path=None,
         item_variable=None,
-        outer_loop=loop_reference(scope),
+        outer_loop=None,
     )
+    outer = WHILE_OUTER if loop_reference(scope) is not None else None
+    inner = replace(branch, prefix=scope.state_name(node.name) + "/", loop_path=loop_path, outer_loop=outer)
     body_states, body_start, after = _compile_body(node.body, inner, pipeline_id)
     last = list(node.body.nodes)[-1]
     advance_selector = {
@@ -1139,24 +1191,16 @@ def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> 
     check = inner.state_name("", "check")
     advance = inner.state_name("", "advance")
     done = inner.state_name("", "done")
-    runs = first_iteration_runs(task)
+    start_state: dict[str, Any] | None = None
     if runs is None:
-        start_payload = _payload(node, scope, pipeline_id, action="while")
-        start_payload.pop("loop.$", None)
+        start_payload = _payload(node, branch, pipeline_id, action="while")
         start_payload["loop"] = {"index": 0, "state": {}}
-        _give_loop(start_payload["loop"], "outer", loop_reference(scope))
+        _give_loop(start_payload["loop"], "outer", outer)
         start_state = _invoke("dispatch", start_payload)
         start_state |= {"ResultSelector": advance_selector, "ResultPath": loop_path, "Next": check}
-    else:  # known when compiling: no call, and straight on to the first iteration (or the end)
-        start_state = {
-            "Type": "Pass",
-            "Result": {"index": 0, "state": {}, "continue": runs},
-            "ResultPath": loop_path,
-            "Next": body_start if runs else done,
-        }
-    advance_payload = _payload(node, scope, pipeline_id, action="while")
-    advance_payload.pop("loop.$", None)
-    advance_payload.pop("loop", None)
+    # else known when compiling: in the branch's state already, and straight on to the first
+    # iteration (or the end)
+    advance_payload = _payload(node, branch, pipeline_id, action="while")
     _give_loop(advance_payload, "loop", loop_reference(inner))
     advance_payload["tasks"] = records_parameter(after)
     advance_payload["last.$"] = after.records[last] + ".output"
@@ -1167,7 +1211,6 @@ def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> 
             state["Next"] = advance
     _advance_in_last_task(body_states, node, inner, after, check, advance_selector)
     states: dict[str, Any] = {
-        first: start_state,
         check: {
             "Type": "Choice",
             "Choices": [{"Variable": f"{loop_path}.continue", "BooleanEquals": True, "Next": body_start}],
@@ -1189,7 +1232,34 @@ def _while_loop(node: Node, task: WhileLoop, scope: Scope, pipeline_id: str) -> 
     if not any(advance in _next_states(state) for state in states.values()):
         del states[advance]  # the body's last task takes every step itself
         inner.long_names.pop(advance, None)
-    return Held({"StartAt": first, "States": states}, target(node.name), releasable=False)
+    if start_state is not None:
+        states = {first: start_state, **states}
+    else:
+        inner.long_names.pop(first, None)
+        first = body_start if runs else done
+    branch_states = {"StartAt": first, "States": states}
+    return Held(branch_states, target(node.name), releasable=False, parameters=parameters)
+
+
+WHILE_OUTER = "$.outer"
+"""Where a while_loop's branch keeps the loop around it (`_while_state`), as its Lambdas see it."""
+
+
+def _while_state(scope: Scope, name: str, first: dict[str, Any] | None) -> dict[str, Any]:
+    """The state a while_loop's branch starts with: the inputs, the run and the finished tasks'
+    records one by one (as an iteration's: `_iteration_selector`), the loop around it at
+    `WHILE_OUTER`, and the loop's own first state when it is known (`first`)."""
+    state = {
+        **inputs_parameter(scope),
+        "run.$": "$.run",
+        "tasks": records_parameter(scope),
+        "errors": {},
+        "items": {},
+        "loops": {} if first is None else {name: first},
+        "conditions": {},
+    }
+    _give_loop(state, "outer", loop_reference(scope))
+    return state
 
 
 def _advance_in_last_task(
@@ -1325,7 +1395,9 @@ def _limited_group(
     }
     for branch in branches:
         states.update(branch["States"])
-    carried = ("run", "tasks", "errors", "items", "loops", "conditions")
+    carried = ["run", "tasks", "errors", "items", "loops", "conditions"]
+    if any(path.startswith(PRIOR + ".") for path in scope.records.values()):
+        carried.append("prior")  # in a parallel step's branch: the records before it (`_branch_state`)
     item_selector: dict[str, Any] = {f"{key}.$": f"$.{key}" for key in carried}
     # the whole state, so that its paths hold in the iteration (a child's Parameters-built
     # inputs read the parent's, at `$.inputs`)

@@ -93,7 +93,8 @@ CONTAINER_ENDS = frozenset(
 
 class AttemptCounter:
     """How many attempts each state made (retries included): Lambda calls, Map and Parallel
-    runs, from history events told one by one in the order they were recorded. Each attempt is
+    runs (and a for_loop's Choice between two Maps entered: `asl._attempt_state`), from history
+    events told one by one in the order they were recorded. Each attempt is
     the state's that its chain of events (`previousEventId`, one chain per Parallel branch and
     Map iteration) leads back to, so states that run side by side are counted apart."""
 
@@ -108,7 +109,9 @@ class AttemptCounter:
         if kind.endswith("StateEntered"):
             name = event["stateEnteredEventDetails"]["name"]
             self._current[event["id"]] = name
-            self.counts.setdefault(name, 0)
+            # a Choice named as its task chooses the Map that runs a for_loop without error
+            # handling of its own (never retried): entering it is the loop's attempt
+            self.counts[name] += 1 if kind == "ChoiceStateEntered" else 0
         elif kind in LAMBDA_ATTEMPTS or kind in CONTAINER_ATTEMPTS:
             if kind in LAMBDA_ATTEMPTS:
                 entered = _entered_state(event, self._by_id, self._current)
@@ -411,7 +414,8 @@ def _records_in(output: Any, own: str | None = None) -> dict[str, dict[str, Any]
     """The records of finished tasks that a state's output holds, by name: in its `$.tasks`
     (through `task_records`, a parallel step's records too). For a state of the task `own`, the
     output itself when it is a record: the last state of a one-task branch outputs its record
-    only. A branch's gathering Pass outputs its tasks' records by name, and nothing else."""
+    only. The last state of a longer branch outputs its `$.tasks`: its tasks' records by name
+    (and its parallel steps'), and nothing else."""
     if not isinstance(output, dict):
         return {}
     if own is not None and "tasks" not in output and _is_record(output):
@@ -419,8 +423,9 @@ def _records_in(output: Any, own: str | None = None) -> dict[str, dict[str, Any]
     holder = output.get("tasks", output)
     if not isinstance(holder, dict):
         return {}
-    found = {name: record for name, record in task_records(holder).items() if _is_record(record)}
-    return found if "tasks" in output or len(found) == len(holder) else {}
+    every = task_records(holder)
+    found = {name: record for name, record in every.items() if _is_record(record)}
+    return found if "tasks" in output or len(found) == len(every) else {}
 
 
 def last_known_tasks(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -492,8 +497,8 @@ class HistoryProgress:
     Top-level tasks may run side by side, in the branches of the Parallel states the compiler
     makes for tasks that do not depend on each other. A task starts when the execution first
     enters one of its states (`top_level_task`) and has finished once a state that exits holds
-    its record (`_records_in`: its own last state's output, or the records a branch or a parallel
-    step gathers), whatever else is running. Its outcome is read as `document_from_execution`
+    its record (`_records_in`: its own last state's output, or the records a branch's last state
+    or a parallel step holds), whatever else is running. Its outcome is read as `document_from_execution`
     reads it: that record, the attempts from the events so far. A task that never gets a record
     (the one that failed the execution, or one cancelled with it) is told by `finish`, from the
     run document.

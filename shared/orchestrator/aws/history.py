@@ -18,12 +18,12 @@ for the pipeline's own array input, a Choice rule) finds at run time: at most
 
 The counts follow the states the compiler emits (see asl.py): a Lambda call records 5 events
 (state entered, scheduled, started, succeeded, state exited), a Pass or Choice state 2, a Map
-or Parallel state 4 (a body's parallel steps too, with a Pass gathering each branch of more
-than one task), and each Map iteration 2 more (its start and end), plus the Pass state that
-collects its outputs unless its body ends with one leaf task (which collects them in its
-call). A Distributed Map records 6 in its execution (entered, started, its Map run's start
-and end, succeeded, exited) and a call that collects its results. Retries and failures add
-events; the estimate is for a run where every task succeeds at its first attempt.
+or Parallel state 4 (a body's parallel steps too), and each Map iteration 2 more (its start
+and end), plus the Pass state that collects its outputs unless its body ends with one leaf
+task (which collects them in its call). A Distributed Map records 6 in its execution (entered,
+started, its Map run's start and end, succeeded, exited) and a call that collects its results.
+Retries and failures add events; the estimate is for a run where every task succeeds at its
+first attempt.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def _steps_events(shape: Shape) -> int:
         return 0
     own = 0
     if isinstance(shape, Parallel):
-        own = CONTAINER + sum(PASS_OR_CHOICE for part in shape.parts if not isinstance(part, str))
+        own = CONTAINER
     return own + sum(_steps_events(part) for part in shape.parts)
 
 
@@ -161,10 +161,10 @@ def node_events(node: Node) -> Estimate:
         most = max(inline_iterations(node) * each.events, distributed.events)
         return own + Estimate(PASS_OR_CHOICE + most, known=False)  # the route, then either way
     if isinstance(task, WhileLoop):
-        # a Parallel around the start (a Pass when it is known when compiling, else a call and
-        # the first check), then the iterations
+        # a Parallel around the start (in its Parameters when it is known when compiling, else
+        # a call and the first check), then the iterations
         known = first_iteration_runs(task) is not None
-        start = Estimate(CONTAINER + (PASS_OR_CHOICE if known else LAMBDA_CALL + PASS_OR_CHOICE))
+        start = Estimate(CONTAINER + (0 if known else LAMBDA_CALL + PASS_OR_CHOICE))
         return guard + start + _times(per_iteration(node), task.max_iterations)
     if isinstance(task, ParallelGroup):
         inner = body_events(node.body) if node.body is not None else Estimate(0)
