@@ -92,35 +92,48 @@ def check_times(record: dict[str, Any], *, finished: bool = True) -> tuple[float
     return started, ended
 
 
-def agreed_record(record: dict[str, Any]) -> dict[str, Any]:
+def agreed_record(record: dict[str, Any], *, content: bool = True) -> dict[str, Any]:
     """A task record as both engines must give it: its SPEC fields and its telemetry without
     times (whether it has a span; each attempt's status, error, printed lines and LLM calls;
-    its inputs; its children, recursively)."""
+    its inputs; its children, recursively). Without `content`, what a task computed (inputs,
+    printed lines, tokens) is left out: for pipelines that depend on chance or the clock."""
     found = {**spec_record(record), "spanned": record.get("started_at") is not None}
-    found["inputs"] = record.get("inputs")
+    kept = ("attempt", "fallback", "status", "error", *(("printed",) if content else ()))
+    found["inputs"] = record.get("inputs") if content else None
     found["attempt_log"] = [
         {
-            **{key: attempt[key] for key in ("attempt", "fallback", "status", "error", "printed")},
+            **{key: attempt[key] for key in kept},
             "llm_calls": [
-                {key: call[key] for key in ("model", "tokens_in", "tokens_out")}
+                {key: call[key] for key in ("model", *(("tokens_in", "tokens_out") if content else ()))}
                 for call in attempt["llm_calls"]
             ],
         }
         for attempt in record.get("attempt_log") or []
     ]
     if "children" in record:
+        children = record["children"]
+        if record["status"] not in {"succeeded", "fallback"}:
+            # which inner runs a failed container started after its first failure is a matter
+            # of scheduling, on either engine: up to that one
+            failed = [
+                i for i, c in enumerate(children) if any(r["status"] == "failed" for r in c["tasks"].values())
+            ]
+            children = children[: failed[0] + 1] if failed else children
         found["children"] = [
-            {"key": child["key"], "tasks": {n: agreed_record(r) for n, r in child["tasks"].items()}}
-            for child in record["children"]
+            {
+                "key": child["key"],
+                "tasks": {n: agreed_record(r, content=content) for n, r in child["tasks"].items()},
+            }
+            for child in children
         ]
     return found
 
 
-def agreed_tasks(document: dict[str, Any]) -> dict[str, Any]:
+def agreed_tasks(document: dict[str, Any], *, content: bool = True) -> dict[str, Any]:
     """A run document's task records as both engines must give them (`agreed_record`), once
     its times are checked (`check_times`)."""
     check_times(document, finished=document["status"] != "running")
-    return {name: agreed_record(record) for name, record in document["tasks"].items()}
+    return {name: agreed_record(record, content=content) for name, record in document["tasks"].items()}
 
 
 def input_args(inputs: dict[str, Any]) -> list[str]:

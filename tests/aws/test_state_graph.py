@@ -160,8 +160,9 @@ def test_nested_containers_and_odd_child_ids_mean_the_same_on_both_engines(
     # WHEN it runs on both engines
     results = run_on_both_engines(CORPUS / "nested_containers.yaml")
     local, remote = (results[engine].document() for engine in ("local", "stepfunctions"))
-    # THEN the documents agree
-    assert agreed_tasks(remote) == agreed_tasks(local)
+    # THEN the documents agree (2nd-child.v1 runs in two groups, whose telemetry records it
+    # shares, in the order they happened: what each attempt computed is not compared)
+    assert agreed_tasks(remote, content=False) == agreed_tasks(local, content=False)
     assert remote["outputs"] == local["outputs"]
     assert local["outputs"]["outer"]["children"]["2nd-child.v1"] == {
         "positive": 2,

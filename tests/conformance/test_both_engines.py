@@ -50,7 +50,8 @@ def _mask(value: Any) -> Any:
 def comparable(document: dict[str, Any], *, outputs: bool = True) -> dict[str, Any]:
     """What both engines must agree on; the telemetry's times are checked on each
     (`agreed_tasks`), never compared."""
-    kept = {"status": document["status"], "tasks": agreed_tasks(document), "error": document["error"]}
+    tasks = agreed_tasks(document, content=outputs)
+    kept = {"status": document["status"], "tasks": tasks, "error": document["error"]}
     if outputs:
         kept["outputs"] = document["outputs"]
         kept["result"] = document["result"]

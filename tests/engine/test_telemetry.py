@@ -24,7 +24,7 @@ import pytest
 from conftest import REPO, CliResult
 from fakes.fixtures import fake_openai  # noqa: F401
 from fakes.servers import FakeOpenAIServer
-from orchestrator.runtime.telemetry import PRINTED_BYTES, PRINTED_LINES
+from orchestrator.runtime.telemetry import LINE_CHARS, PRINTED_BYTES, PRINTED_LINES
 
 Cli = Callable[..., CliResult]
 Write = Callable[..., Path]
@@ -239,7 +239,7 @@ def test_printed_lines_are_capped_to_the_last_ones(cli: Cli, write_pipeline: Wri
             script: |
               for i in range({PRINTED_LINES * 3}):
                   print("line", i)
-              print("x" * {PRINTED_BYTES * 2})
+              print("é" * {PRINTED_BYTES * 2})
               print("last")
               return 1
         """
@@ -248,6 +248,8 @@ def test_printed_lines_are_capped_to_the_last_ones(cli: Cli, write_pipeline: Wri
     printed = document["tasks"]["chatty"]["attempt_log"][0]["printed"]
     assert len(printed) <= PRINTED_LINES and printed[-1] == "last"
     assert sum(len(line.encode()) + 1 for line in printed) <= PRINTED_BYTES
+    assert printed[-2] == "é" * LINE_CHARS + " [...]"  # a long line is cut, not lost
+    assert printed[0].startswith("line ")
 
 
 LEAKY = """

@@ -50,7 +50,9 @@ if TYPE_CHECKING:
 PRINTED_LINES = 200
 """The most printed lines an attempt keeps: its last ones."""
 PRINTED_BYTES = 64 * 1024
-"""The most bytes of printed lines an attempt keeps (its last ones; a longer line is cut)."""
+"""The most bytes of printed lines an attempt keeps (its last ones)."""
+LINE_CHARS = 16 * 1024
+"""The most characters of one printed line (a longer one is cut, ending with `CUT`)."""
 INPUT_CHARS = 16 * 1024
 """The most characters of one rendered input (a prompt, a script) an entry keeps."""
 LLM_CALLS = 100
@@ -161,20 +163,20 @@ class Recording:
             self.started_at = now()
         self._place.log.put(self._place.run_id, self.entry_id, self._entry("running", None, None))
 
-    def end(self, error: ErrorInfo | None, *, cancelled: bool = False) -> None:
-        """The attempt ended: its entry is replaced with how. One `cancelled` before its work
-        began (a task cancelled while it waited for a thread) leaves none: it never ran."""
-        if self._ended or (cancelled and not self._started):
+    def end(self, error: ErrorInfo | None) -> None:
+        """The attempt ended: its entry is replaced with how."""
+        if self._ended:
             return
         self._ended = True
         status = "failed" if error is not None else "succeeded"
         self._place.log.put(self._place.run_id, self.entry_id, self._entry(status, now(), error))
 
     def printed(self, text: str) -> None:
-        """Lines the attempt printed (already redacted), kept within the caps."""
+        """Lines the attempt printed (redacted as they were shown; again when written, with
+        what the attempt learnt since), kept within the caps."""
         with self._lock:
             for line in text.split("\n"):
-                line = self._redactor.text(_cut(line, PRINTED_BYTES))
+                line = _cut(line, LINE_CHARS)
                 self._lines.append(line)
                 self._bytes += len(line.encode("utf-8", errors="replace")) + 1
                 while self._lines and (len(self._lines) > PRINTED_LINES or self._bytes > PRINTED_BYTES):
@@ -214,8 +216,8 @@ def current_recording() -> Recording | None:
 def recorded_attempt(place: TaskPlace | None, redactor: Redactor, *, fallback: bool) -> Iterator[None]:
     """Record one leaf attempt around the block: its entry is written when its work starts
     (`carrying`: on the thread that runs it) and when it ends; a `TaskError` out of the block
-    is its error, any other exception (the run being cancelled or stopped) ends it as `failed`
-    with that exception's type, or leaves no entry if its work had not started."""
+    is its error. An attempt cancelled (any other exception) is not ended: it has no entry if
+    its work had not started, else an open one that the run's end closes."""
     if place is None:
         yield
         return
@@ -226,9 +228,10 @@ def recorded_attempt(place: TaskPlace | None, redactor: Redactor, *, fallback: b
     except TaskError as error:
         recording.end(ErrorInfo(error.error_type, error.message))
         raise
-    except BaseException as error:
-        stopped = ErrorInfo(type(error).__name__, "the attempt was stopped before it finished")
-        recording.end(stopped, cancelled=True)
+    except BaseException:
+        # cancelled (a failure elsewhere, a timeout around it, Ctrl-C): left as it is, as on
+        # AWS, where a function's attempt goes on unheard once its state is abandoned; once
+        # the run has ended, an attempt left open is shown ended with it (`with_telemetry`)
         raise
     else:
         recording.end(None)
@@ -491,6 +494,7 @@ def with_telemetry(
     known = set(records)
     own = [e for e in entries if e.get("id") == RUN_ENTRY]
     names = [n for e in own for n in e.get("tasks") or [] if isinstance(n, str)]
+    names += [name for name in top if name not in names]  # (a run whose own entry is not kept)
     if groups is None:
         groups = next((e["groups"] for e in own if isinstance(e.get("groups"), dict)), {})
     if names:  # every task the run has, in order; those the document does not know yet: not run
