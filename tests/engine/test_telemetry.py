@@ -285,7 +285,9 @@ tasks:
 """
 
 
+@pytest.mark.parametrize("engine", ["local", pytest.param("stepfunctions", marks=pytest.mark.slow)])
 def test_secrets_and_sensitive_inputs_never_reach_telemetry(
+    engine: str,
     write_pipeline: Write,
     tmp_path: Path,
     fake_openai: FakeOpenAIServer,  # noqa: F811
@@ -301,8 +303,9 @@ def test_secrets_and_sensitive_inputs_never_reach_telemetry(
         OPENAI_API_KEY="sk-test",
     )
     # WHEN it runs as a user would, and its document is shown
+    given = ["-i", f"api_key={SENSITIVE}"]
     run = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "run", str(path), "--json", "-i", f"api_key={SENSITIVE}"],
+        [sys.executable, "-m", "orchestrator", "run", str(path), "--json", "--engine", engine, *given],
         capture_output=True,
         text=True,
         env=env,
@@ -380,8 +383,12 @@ def test_a_run_going_on_shows_its_running_attempt_and_a_killed_one_none(
             time.sleep(0.05)
         listed = json.loads(cli("runs", "list", "--json").stdout)
         run_id = listed[0]["run_id"]
-        # THEN it shows as running: the finished task, the one under way, the one not started
         live = shown(cli, run_id)
+        while not live["tasks"].get("slow", {}).get("attempt_log"):  # (entries come in batches)
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+            live = shown(cli, run_id)
+        # THEN it shows as running: the finished task, the one under way, the one not started
         assert (live["status"], live["ended_at"], live["duration"]) == ("running", None, None)
         assert live["tasks"]["first"]["status"] == "succeeded"
         check_record(live["tasks"]["first"])

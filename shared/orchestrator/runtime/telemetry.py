@@ -125,7 +125,8 @@ class Recording:
     def __init__(self, place: TaskPlace, redactor: Redactor, *, fallback: bool) -> None:
         self._place = place
         self._redactor = redactor
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # what the attempt adds, from any thread
+        self._writing = threading.Lock()  # its two writes, in order, each once
         self._lines: deque[str] = deque()
         self._bytes = 0
         self._llm_calls: list[dict[str, Any]] = []
@@ -155,21 +156,23 @@ class Recording:
         }
 
     def start(self) -> None:
-        """The attempt's work begins (the first time only): its entry is written, `running`."""
-        with self._lock:
-            if self._started:
+        """The attempt's work begins (the first time only, and not once it has ended): its
+        entry is written, `running`."""
+        with self._writing:
+            if self._started or self._ended:
                 return
             self._started = True
             self.started_at = now()
-        self._place.log.put(self._place.run_id, self.entry_id, self._entry("running", None, None))
+            self._place.log.put(self._place.run_id, self.entry_id, self._entry("running", None, None))
 
     def end(self, error: ErrorInfo | None) -> None:
         """The attempt ended: its entry is replaced with how."""
-        if self._ended:
-            return
-        self._ended = True
-        status = "failed" if error is not None else "succeeded"
-        self._place.log.put(self._place.run_id, self.entry_id, self._entry(status, now(), error))
+        with self._writing:
+            if self._ended:
+                return
+            self._ended = True
+            status = "failed" if error is not None else "succeeded"
+            self._place.log.put(self._place.run_id, self.entry_id, self._entry(status, now(), error))
 
     def printed(self, text: str) -> None:
         """Lines the attempt printed (redacted as they were shown; again when written, with
