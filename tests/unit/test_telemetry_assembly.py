@@ -129,3 +129,20 @@ def test_an_attempt_is_written_when_it_starts_and_replaced_when_it_ends() -> Non
     assert ended["status"] == "failed" and ended["ended_at"] >= ended["started_at"]
     assert ended["error"] == {"type": "ValueError", "message": "bad ***"}
     assert ended["path"] == ["loop", "1", "task"]
+
+
+def test_children_are_in_natural_key_order_whatever_order_they_ran_in() -> None:
+    keys = ["job_10", "10", "job_2", "2", "0"]
+    found = [
+        {
+            "id": str(n),
+            "path": ["c", key, "t"],
+            "status": "succeeded",
+            "started_at": RUN_START + n,
+            "ended_at": None,
+        }
+        for n, key in enumerate(keys)
+    ]
+    document = {"run_id": "r", "status": "running", "tasks": {"c": {"status": "succeeded"}}}
+    children = with_telemetry(document, found)["tasks"]["c"]["children"]
+    assert [child["key"] for child in children] == ["0", "2", "10", "job_2", "job_10"]

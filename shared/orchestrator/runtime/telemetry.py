@@ -27,6 +27,7 @@ before they are stored, and everything again with the run's redactor when it is 
 from __future__ import annotations
 
 import functools
+import re
 import threading
 import time
 import uuid
@@ -392,8 +393,11 @@ def _closed(entry: dict[str, Any], run_ended: float | None) -> dict[str, Any]:
     }
 
 
-def _key_order(key: str) -> tuple[int, int, str]:
-    return (0, int(key), "") if key.isdigit() else (1, 0, key)
+def _key_order(key: str) -> list[tuple[int, int, str]]:
+    """Keys in natural order, the same on both engines: `2` before `10`, `job_2` before `job_10`."""
+    return [
+        (0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", key) if part
+    ]
 
 
 def _telemetry(
