@@ -1,13 +1,23 @@
-"""Issue 5 / SPEC 8 on AWS: DynamoDB state is compare-and-set on a version; TTL is honoured."""
+"""Issue 5 / SPEC 8 on AWS: DynamoDB state is compare-and-set on a version; TTL is honoured.
+Issue 14: the telemetry logs, DynamoDB's and the local ones, keep the same entries."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from orchestrator.stores.dynamodb import DynamoCacheStore, DynamoRunStore, DynamoStateStore
+from orchestrator.stores.base import TelemetryLog
+from orchestrator.stores.dynamodb import (
+    DynamoCacheStore,
+    DynamoRunStore,
+    DynamoStateStore,
+    DynamoTelemetryLog,
+)
+from orchestrator.stores.memory import MemoryTelemetryLog
+from orchestrator.stores.sqlite import Database, SqliteTelemetryLog
 
 
 def test_compare_and_set_rejects_a_stale_version(dynamodb_tables: dict[str, Any]) -> None:
@@ -52,3 +62,28 @@ def test_run_records_and_checkpoints(dynamodb_tables: dict[str, Any]) -> None:
         {"prepare": {"status": "succeeded", "output": 1}},
     )
     assert [r["run_id"] for r in runs.list(pipeline="demo")] == ["r1"]
+
+
+@pytest.mark.parametrize("backend", ["dynamodb", "sqlite", "memory"])
+def test_telemetry_entries_are_replaced_by_id_and_queried_per_run(
+    backend: str, dynamodb_tables: dict[str, Any], tmp_path: Path
+) -> None:
+    # GIVEN each telemetry log: the template's table, the state folder's database, memory
+    log: TelemetryLog
+    if backend == "dynamodb":
+        log = DynamoTelemetryLog(dynamodb_tables["TelemetryTable"], dynamodb_tables["client"])
+    elif backend == "sqlite":
+        log = SqliteTelemetryLog(Database(tmp_path / "state.db"))
+    else:
+        log = MemoryTelemetryLog()
+    # WHEN an attempt is put as it starts and again as it ends, among others' entries
+    log.put("run-1", "a", {"id": "a", "status": "running"})
+    log.put("run-2", "a", {"id": "a", "status": "running"})
+    for number in range(30):
+        log.put("run-1", f"e{number:02}", {"id": f"e{number:02}", "printed": ["x" * 1000]})
+    log.put("run-1", "a", {"id": "a", "status": "succeeded"})
+    # THEN a run's entries are its own, each once, as last put
+    entries = {entry["id"]: entry for entry in log.query("run-1")}
+    assert len(entries) == 31 and entries["a"]["status"] == "succeeded"
+    assert log.query("run-2") == [{"id": "a", "status": "running"}]
+    assert log.query("run-3") == []

@@ -468,8 +468,38 @@ def test_get_run_returns_its_status(handler: Handler, event: Event, state_machin
         "outputs": None,
         "result": None,
         "error": None,
+        "engine": "stepfunctions",
+        "duration": None,
+        "telemetry": {},
     }
     assert handler("api", api_get(event, "demo-20200101T000000-deadbeef"))["statusCode"] == 404
+
+
+def test_the_run_view_has_the_telemetry_the_task_functions_wrote(
+    handler: Handler,
+    event: Event,
+    state_machines: Machines,
+    template_table: Callable[[str, str], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a run started through the API, and the stack's tables
+    for kind in ("state", "cache", "audit", "telemetry"):
+        template_table(f"{kind.title()}Table", f"orchestrator-{kind}")
+        monkeypatch.setenv(f"ORCHESTRATOR_{kind.upper()}_TABLE", f"orchestrator-{kind}")
+    state_machines("demo")
+    run_id = body_of(handler("api", api_post(event, "demo", {})))["run_id"]
+    # WHEN the task function runs an attempt of the loop's body task, iteration 2, in that run
+    payload = event("sfn_python_task_loop")
+    payload["run"]["id"] = run_id
+    assert handler("python_task", payload)["status"] == "succeeded"
+    # THEN the run view shows it under the loop, while the run goes on
+    view = body_of(handler("api", api_get(event, run_id)))
+    assert view["status"] == "running" and view["duration"] is None
+    loop = view["telemetry"]["score_words"]
+    assert [child["key"] for child in loop["children"]] == ["2"]
+    (attempt,) = loop["children"][0]["tasks"]["score"]["attempt_log"]
+    assert (attempt["attempt"], attempt["status"], attempt["error"]) == (1, "succeeded", None)
+    assert loop["children"][0]["tasks"]["score"]["inputs"]["script"].startswith('word = "retry"')
 
 
 def test_describe_run_reads_statuses_and_outputs_from_the_execution_output() -> None:

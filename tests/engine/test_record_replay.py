@@ -24,7 +24,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from conftest import CliResult
+from conftest import CliResult, spec_tasks
 from fakes.servers import FakeOpenAIServer, FakeSearchServer
 from orchestrator.errors import ConfigError, TaskError
 from orchestrator.runtime.exchanges import (
@@ -77,8 +77,9 @@ _RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}")
 
 
 def comparable(document: dict[str, Any]) -> Any:
-    """What must be equal between two runs: everything but clock readings and run ids."""
-    kept = {key: document[key] for key in ("status", "tasks", "outputs", "result", "error")}
+    """What must be equal between two runs: everything but clock readings, run ids and telemetry."""
+    kept = {key: document[key] for key in ("status", "outputs", "result", "error")}
+    kept["tasks"] = spec_tasks(document)
     return json.loads(_RUN_ID.sub("<run>", _TIMESTAMP.sub("<time>", json.dumps(kept))))
 
 

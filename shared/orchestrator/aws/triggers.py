@@ -60,6 +60,7 @@ from orchestrator.aws.task_scope import visible_outputs
 from orchestrator.errors import InputError, OrchestratorError
 from orchestrator.sealing.inputs import default_sealer, seal_inputs
 from orchestrator.settings import aws_settings
+from orchestrator.stores.base import TelemetryLog
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.data_classes.api_gateway_proxy_event import (
@@ -476,8 +477,10 @@ def describe_run(
     caller: str | None = None,
     sfn_client: Any = None,
     state_machines: Mapping[str, str] | None = None,
+    telemetry: TelemetryLog | None = None,
 ) -> dict[str, Any]:
-    """A run's status, task statuses and outputs, read from its execution.
+    """A run's status, task statuses and outputs, read from its execution, and its telemetry
+    (`runtime.telemetry`), read from the telemetry table (or `telemetry`).
 
     With a `caller` (the API always passes one), only a run that caller owns (`run.owner` in
     the execution input) is found: any other is `RunNotFoundError`, as a missing one is, so a
@@ -502,8 +505,60 @@ def describe_run(
             raise
         if caller is not None and run_owner(described) != caller:
             continue
-        return _run_view(run_id, pipeline_id, described)
+        view = _run_view(run_id, pipeline_id, described)
+        return _with_telemetry(view, described, telemetry if telemetry is not None else _telemetry_log())
     raise RunNotFoundError(f"no run '{run_id}'")
+
+
+def _telemetry_log() -> TelemetryLog | None:
+    """The stack's telemetry table (None in a stack deployed before it had one)."""
+    from orchestrator.settings import lambda_settings
+    from orchestrator.stores.dynamodb import DynamoTelemetryLog
+
+    table = lambda_settings().tables.get("telemetry")
+    return DynamoTelemetryLog(table) if table else None
+
+
+def _with_telemetry(
+    view: dict[str, Any], described: Mapping[str, Any], log: TelemetryLog | None
+) -> dict[str, Any]:
+    """The run view with its telemetry: `duration`, and under `telemetry` each task's span,
+    inputs, attempts and children, as the run document has them (docs/telemetry.md)."""
+    from orchestrator.runtime.telemetry import parallel_children, pipeline_children, with_telemetry
+
+    entries = log.query(view["run_id"]) if log is not None else []
+    tasks = {name: {"status": status} for name, status in (view["tasks"] or {}).items()}
+    stopped = described.get("stopDate")
+    try:
+        plan = load_plan(view["pipeline"])
+        groups, children = parallel_children(plan.pipeline.tasks), pipeline_children(plan)
+    except OrchestratorError:  # a pipeline no longer deployed: its spans from its entries alone
+        groups, children = {}, {}
+    document = with_telemetry(
+        {
+            "run_id": view["run_id"],
+            "status": "running" if stopped is None else view["status"],
+            "tasks": tasks,
+        },
+        entries,
+        run_started=_timestamp(view["started_at"]),
+        run_ended=stopped.timestamp() if isinstance(stopped, datetime) else None,
+        pipeline_groups=children,
+        groups=groups,
+    )
+    fields = ("started_at", "ended_at", "duration", "inputs", "attempt_log", "children")
+    telemetry = {
+        name: {key: record[key] for key in fields if key in record}
+        for name, record in document["tasks"].items()
+    }
+    return {**view, "engine": "stepfunctions", "duration": document["duration"], "telemetry": telemetry}
+
+
+def _timestamp(value: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def run_owner(described: Mapping[str, Any]) -> str | None:

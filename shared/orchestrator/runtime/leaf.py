@@ -15,6 +15,7 @@ from orchestrator.runtime.python_task import run_script
 from orchestrator.runtime.redact import Redactor
 from orchestrator.runtime.scope import Scope
 from orchestrator.runtime.task_streams import TaskLog, writing_as
+from orchestrator.runtime.telemetry import Recording, current_recording
 from orchestrator.settings import Settings
 from orchestrator.spec.models import LLMTask, Pipeline, PythonTask, TaskBase, WebSearchTask
 from orchestrator.template import jinja
@@ -173,12 +174,15 @@ def llm_request_fields(task: LLMTask, scope: Scope, default_model: str) -> dict[
     return fields
 
 
-def _llm_output(task: LLMTask, scope: Scope, services: Services) -> object:
+def _llm_output(task: LLMTask, scope: Scope, services: Services, recording: Recording | None) -> object:
     """One attempt of an LLM task: its reply as its output_type, or the repair loop's value
-    matching its output_schema (up to 1 + schema_retries calls)."""
+    matching its output_schema (up to 1 + schema_retries calls); its rendered request is the
+    attempt's inputs in the run's telemetry."""
     from orchestrator.runtime.llm import LLMRequest, complete_with_schema, parse_llm_output
 
     fields = llm_request_fields(task, scope, services.settings.default_model)
+    if recording is not None:
+        recording.inputs(fields)
     output_type = fields.pop("output_type")
     schema = fields.pop("output_schema", None)
     request = LLMRequest(**fields)
@@ -202,8 +206,11 @@ def run_leaf(
     """Run one attempt of a leaf task and return its output, redacted: what later tasks read,
     on either engine, is what the run document shows (a secret the task read, or a sensitive
     input, as `***`), since on AWS an output travels in the execution's state."""
+    recording = current_recording()
     if isinstance(task, PythonTask):
         script = render_task_script(task.script, scope)
+        if recording is not None:
+            recording.inputs({"script": script})
         context = Context(run, scope, name)
         log = TaskLog(name, run)
         try:
@@ -219,11 +226,13 @@ def run_leaf(
         return run.redactor.value(_check_json(output, name))
     if isinstance(task, LLMTask):
         with acting_for(name, run.redactor):
-            return run.redactor.value(_llm_output(task, scope, services))
+            return run.redactor.value(_llm_output(task, scope, services, recording))
     if isinstance(task, WebSearchTask):
         from orchestrator.runtime.search import search_output
 
         query = str(render(task.query, scope))
+        if recording is not None:
+            recording.inputs({"query": query, "max_results": task.max_results})
         with acting_for(name, run.redactor):
             results = services.search_client().search(query, task.max_results)
         return run.redactor.value(search_output(query, results))

@@ -138,7 +138,13 @@ class OpenAIChatClient:
         route = self._settings.route_for(request.model)
         client = self._client_for(request.model, route)
         upstream_model = route.model or request.model
-        return self._send_once(client, upstream_model, request)
+        started = time.perf_counter()
+        usage: tuple[int | None, int | None] = (None, None)
+        try:
+            text, usage = self._send_once(client, upstream_model, request)
+            return text
+        finally:
+            _record_call(request.model, usage, time.perf_counter() - started)
 
     def close(self) -> None:
         """Close every cached `openai` client; the next request builds new ones."""
@@ -187,7 +193,10 @@ class OpenAIChatClient:
                 self._clients[key] = client
             return client
 
-    def _send_once(self, client: openai.OpenAI, upstream_model: str, request: LLMRequest) -> str:
+    def _send_once(
+        self, client: openai.OpenAI, upstream_model: str, request: LLMRequest
+    ) -> tuple[str, tuple[int | None, int | None]]:
+        """The reply's text and its tokens in and out (None when the reply does not say)."""
         import openai
 
         messages: list[ChatCompletionMessageParam] = []
@@ -226,7 +235,26 @@ class OpenAIChatClient:
                 "LLMResponseError",
                 f"{where}: the reply has no text (finish_reason={choice.finish_reason!r})",
             )
-        return choice.message.content
+        usage = completion.usage
+        tokens = (
+            (_count(usage.prompt_tokens), _count(usage.completion_tokens))
+            if usage is not None
+            else (None, None)
+        )
+        return choice.message.content, tokens
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _record_call(model: str, usage: tuple[int | None, int | None], latency: float) -> None:
+    """One provider call in the attempt's telemetry, when it is recorded (`runtime.telemetry`)."""
+    from orchestrator.runtime.telemetry import current_recording
+
+    recording = current_recording()
+    if recording is not None:
+        recording.llm_call(model, usage[0], usage[1], latency)
 
 
 def _turn_messages(request: LLMRequest) -> list[ChatCompletionMessageParam]:

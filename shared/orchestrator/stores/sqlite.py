@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline, started_at);
 CREATE TABLE IF NOT EXISTS run_tasks (
     run_id TEXT NOT NULL, task TEXT NOT NULL, outcome TEXT NOT NULL, PRIMARY KEY (run_id, task));
+CREATE TABLE IF NOT EXISTS telemetry (
+    run_id TEXT NOT NULL, entry_id TEXT NOT NULL, entry TEXT NOT NULL, PRIMARY KEY (run_id, entry_id));
 """
 
 
@@ -498,10 +500,17 @@ class _CheckpointWriter:
     Whatever is queued while a batch is being written goes into the next one, so a task
     finishing does not wait for the disk, and many tasks finishing together cost one commit.
     A checkpoint is on disk a moment (a commit) after it was queued; `flush` waits for all.
+
+    Telemetry entries are written the same way, with their own statement (`sql`), and a batch
+    waits `linger` seconds for more (unless a `flush` asks for it): many commits would take
+    room in the write-ahead log that a run's own record may need on a nearly full disk.
     """
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, sql: str = _CHECKPOINT, linger: float = 0.0) -> None:
         self._db = database
+        self._sql = sql
+        self._linger = linger
+        self._hurry = threading.Event()
         self._queue: queue.SimpleQueue[tuple[str, str, str]] = queue.SimpleQueue()
         self._pending = 0
         self._error: BaseException | None = None
@@ -516,6 +525,7 @@ class _CheckpointWriter:
         self._queue.put(row)
 
     def flush(self) -> None:
+        self._hurry.set()
         with self._idle:
             self._idle.wait_for(lambda: self._pending == 0)
             self._raise_error()
@@ -528,6 +538,9 @@ class _CheckpointWriter:
     def _write(self) -> None:
         while True:
             batch = [self._queue.get()]
+            if self._linger:
+                self._hurry.wait(self._linger)
+                self._hurry.clear()
             while True:
                 try:
                     batch.append(self._queue.get_nowait())
@@ -537,7 +550,7 @@ class _CheckpointWriter:
                 connection = self._db.connection()
                 connection.execute("BEGIN IMMEDIATE")
                 try:
-                    connection.executemany(_CHECKPOINT, batch)
+                    connection.executemany(self._sql, batch)
                     connection.execute("COMMIT")
                 except BaseException:
                     _roll_back(connection)
@@ -817,6 +830,40 @@ class SqliteRunStore:
         finished = self._db.execute("SELECT task, outcome FROM run_tasks WHERE run_id = ?", (run_id,))
         record = self._db.loads(row[0], required=())
         return record, {task: self._db.loads(outcome, required=()) for task, outcome in finished}
+
+
+TELEMETRY_LINGER = 0.25
+"""Seconds a batch of telemetry entries waits for more before its commit (a live view lags
+that much at most)."""
+
+_TELEMETRY = (
+    "INSERT INTO telemetry (run_id, entry_id, entry) VALUES (?, ?, ?) "
+    "ON CONFLICT (run_id, entry_id) DO UPDATE SET entry = excluded.entry"
+)
+
+
+class SqliteTelemetryLog:
+    """Telemetry entries (`runtime.telemetry`), one row each, by run and entry id, written
+    behind the run in batches (`_CheckpointWriter`): an attempt does not wait for the disk."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+        self._writer: _CheckpointWriter | None = None
+        self._writer_lock = threading.Lock()
+
+    def put(self, run_id: str, entry_id: str, entry: dict[str, Any]) -> None:
+        if self._writer is None:
+            with self._writer_lock:
+                if self._writer is None:
+                    self._writer = _CheckpointWriter(self._db, _TELEMETRY, TELEMETRY_LINGER)
+                    _WRITERS.add(self._writer)
+        self._writer.put((run_id, entry_id, _dump(entry)))
+
+    def query(self, run_id: str) -> list[dict[str, Any]]:
+        if self._writer is not None:
+            self._writer.flush()
+        rows = self._db.execute("SELECT entry FROM telemetry WHERE run_id = ?", (run_id,)).fetchall()
+        return [self._db.loads(row[0], required=()) for row in rows]
 
 
 def _expiry(ttl: float | None) -> float | None:
