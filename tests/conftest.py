@@ -96,7 +96,11 @@ def agreed_record(record: dict[str, Any], *, content: bool = True) -> dict[str, 
     """A task record as both engines must give it: its SPEC fields and its telemetry without
     times (whether it has a span; each attempt's status, error, printed lines and LLM calls;
     its inputs; its children, recursively). Without `content`, what a task computed (inputs,
-    printed lines, tokens) is left out: for pipelines that depend on chance or the clock."""
+    printed lines, tokens) is left out: for pipelines that depend on chance or the clock.
+    A task `cancelled` by the run's end is its SPEC fields alone: how far it had got is a
+    matter of scheduling, on either engine."""
+    if record.get("status") == "cancelled":
+        return spec_record(record)
     found = {**spec_record(record), "spanned": record.get("started_at") is not None}
     kept = ("attempt", "fallback", "status", "error", *(("printed",) if content else ()))
     found["inputs"] = record.get("inputs") if content else None

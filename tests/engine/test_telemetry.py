@@ -285,7 +285,8 @@ tasks:
 """
 
 
-@pytest.mark.parametrize("engine", ["local", pytest.param("stepfunctions", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["local", "stepfunctions"])
 def test_secrets_and_sensitive_inputs_never_reach_telemetry(
     engine: str,
     write_pipeline: Write,
