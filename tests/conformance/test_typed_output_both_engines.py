@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import REPO, CliResult
+from conftest import REPO, CliResult, agreed_tasks
 from fakes.fixtures import fake_openai  # noqa: F401
 from fakes.servers import FakeOpenAIServer
 
@@ -125,5 +125,5 @@ def test_exhausted_repairs_fail_through_the_task_policy_on_both_engines(
         error = document["tasks"]["score"]["error"]
         assert error["type"] == "OutputValidationError", engine
         assert "'score' is a required property" in error["message"], engine
-    assert documents["local"]["tasks"] == documents["stepfunctions"]["tasks"]
+    assert agreed_tasks(documents["local"]) == agreed_tasks(documents["stepfunctions"])
     assert llm.request_count == 4

@@ -10,13 +10,15 @@ the task function waits the rest).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import CliResult
+from conftest import CliResult, spec_record
 from fakes.fixtures import fake_openai, fake_search  # noqa: F401
 from fakes.servers import FakeOpenAIServer, FakeResponse, FakeSearchServer
 
@@ -96,7 +98,19 @@ def test_429s_are_attempts_that_wait_out_retry_after(
     code, document = _run(cli, path, engine)
     # THEN three requests, three attempts, each retry at least Retry-After after the 429
     assert code == 0, document
-    assert document["tasks"]["ask"] == {"status": "succeeded", "attempts": 3, "error": None}
+    record = document["tasks"]["ask"]
+    assert spec_record(record) == {"status": "succeeded", "attempts": 3, "error": None}
+    # and the run's telemetry shows the two throttled attempts and the waits between them
+    log = record["attempt_log"]
+    assert [entry["error"]["type"] if entry["error"] else None for entry in log] == [
+        "LLMRateLimited",
+        "LLMRateLimited",
+        None,
+    ]
+    assert [len(entry["llm_calls"]) for entry in log] == [1, 1, 1]
+    for before, after in itertools.pairwise(log):
+        gap = datetime.fromisoformat(after["started_at"]) - datetime.fromisoformat(before["ended_at"])
+        assert gap.total_seconds() >= RETRY_AFTER - 0.01, (before, after)
     assert document["outputs"]["ask"] == "hello"
     assert llm.request_count == 3
     assert all(gap >= RETRY_AFTER for gap in llm.gaps), llm.gaps
