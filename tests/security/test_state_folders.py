@@ -128,7 +128,11 @@ def _damage_pages(home: Path) -> None:
                 index,
                 json.dumps(document) + " " * 500,
             )
-            connection.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, NULL)", row)
+            connection.execute(
+                "INSERT INTO runs (run_id, pipeline, status, started_at, updated_at, document) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                row,
+            )
             connection.execute(
                 "INSERT INTO audit (pipeline_id, execution_id, logged_at, entry) VALUES (?, ?, ?, ?)",
                 ("filler", f"filler-{index:04}", index, json.dumps({"filler": "a" * 300})),
@@ -327,7 +331,8 @@ def test_every_command_the_cli_lists_is_attacked(world: dict[str, Any]) -> None:
     runs = _orchestrator(["runs", "--help"], world["healthy"], world["root"]).stdout
     commands = set(re.search(r"\{([a-z,]+)\}", listed)[1].split(","))  # type: ignore[index]
     runs_commands = set(re.search(r"\{([a-z,]+)\}", runs)[1].split(","))  # type: ignore[index]
-    expected = (commands - {"runs"}) | {f"runs {name}" for name in runs_commands}
+    # `ui` serves until it is stopped: tests/ui/test_server.py gives it a damaged folder
+    expected = (commands - {"runs", "ui"}) | {f"runs {name}" for name in runs_commands}
     assert expected <= {name.split(" --")[0] for name in COMMANDS}
 
 
