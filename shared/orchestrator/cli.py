@@ -129,9 +129,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--root", type=Path, default=Path("."), help="the project folder (default: .)")
     build.add_argument("--check", action="store_true", help="only report stale files; exit 1 if any")
 
-    graph = commands.add_parser("graph", help="draw the pipeline as Mermaid or DOT")
+    graph = commands.add_parser("graph", help="draw the pipeline as Mermaid, DOT, or an SVG or PNG picture")
     graph.add_argument("file", type=Path)
-    graph.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    graph.add_argument("--format", choices=["mermaid", "dot", "svg", "png"], default="mermaid")
+    graph.add_argument("-o", "--output", type=Path, help="write the drawing here instead of stdout")
 
     commands.add_parser("schema", help="print the JSON Schema of pipeline files")
 
@@ -397,20 +398,32 @@ def command_compile(arguments: argparse.Namespace) -> int:
 
     for warning in history_warnings(plan):
         print(warning.format(), file=sys.stderr)
-    text = json.dumps(definition, indent=2, sort_keys=True) + "\n"
-    if arguments.output is None:
-        print(text, end="")
+    return _write_output(arguments.output, json.dumps(definition, indent=2, sort_keys=True) + "\n")
+
+
+def _write_output(output: Path | None, content: str | bytes) -> int:
+    """Write CONTENT to the -o path, or to stdout without one."""
+    if output is None:
+        if isinstance(content, bytes):
+            sys.stdout.flush()
+            sys.stdout.buffer.write(content)
+            sys.stdout.buffer.flush()
+        else:
+            print(content, end="")
         return EXIT_OK
     try:
-        arguments.output.parent.mkdir(parents=True, exist_ok=True)
-        arguments.output.write_text(text, encoding="utf-8")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            output.write_bytes(content)
+        else:
+            output.write_text(content, encoding="utf-8")
     except OSError as error:
         reason = error.strerror or str(error)
         if isinstance(error, FileExistsError):
             reason = f"{error.filename} is a file, not a folder"
-        print(f"cannot write {arguments.output}: {reason}; choose another -o path", file=sys.stderr)
+        print(f"cannot write {output}: {reason}; choose another -o path", file=sys.stderr)
         return EXIT_FAILED
-    print(f"wrote {arguments.output}", file=sys.stderr)
+    print(f"wrote {output}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -438,11 +451,24 @@ def command_build(arguments: argparse.Namespace) -> int:
 def command_graph(arguments: argparse.Namespace) -> int:
     from orchestrator.graph import to_dot, to_mermaid
 
+    if arguments.format == "png" and arguments.output is None and sys.stdout.isatty():
+        print("a PNG image is not for the terminal: write it with -o FILE.png (or pipe it)", file=sys.stderr)
+        return EXIT_INVALID
     plan = _plan_or_none(arguments.file)
     if plan is None:
         return EXIT_FAILED
-    print(to_mermaid(plan) if arguments.format == "mermaid" else to_dot(plan), end="")
-    return EXIT_OK
+    content: str | bytes
+    if arguments.format == "svg":
+        from orchestrator.graph_svg import render_svg
+
+        content = render_svg(plan)
+    elif arguments.format == "png":
+        from orchestrator.graph_png import render_png
+
+        content = render_png(plan)
+    else:
+        content = to_mermaid(plan) if arguments.format == "mermaid" else to_dot(plan)
+    return _write_output(arguments.output, content)
 
 
 def command_schema(arguments: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ LANGUAGE = [*sorted((PACKAGE / "spec").glob("*.py")), PACKAGE / "plan.py"]
 COMPILERS = [PACKAGE / "aws" / "asl.py", PACKAGE / "aws" / "conditions.py", PACKAGE / "aws" / "sam.py"]
 COMPILERS += [PACKAGE / "aws" / "functions.py"]
 COMPILERS += [PACKAGE / "aws" / "history.py", PACKAGE / "graph.py"]
+COMPILERS += [PACKAGE / f"graph_{part}.py" for part in ("layout", "svg", "png")]
 
 # what each layer may import from the package (prefixes of module names)
 LANGUAGE_IMPORTS = ("orchestrator.errors", "orchestrator.spec", "orchestrator.template", "orchestrator.plan")
@@ -38,6 +39,7 @@ COMPILER_IMPORTS = (
     "orchestrator.runtime.loops",
     "orchestrator.runtime.scope",
     "orchestrator.aws.",
+    "orchestrator.graph_",  # the SVG and PNG pictures share one layout
 )
 
 FILE_CALLS = frozenset(
