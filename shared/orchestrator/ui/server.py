@@ -236,8 +236,9 @@ class UiApp:
 
 
 def pipeline_graph(path: Path) -> dict[str, Any]:
-    """The pipeline file's graph as SVG, or why there is none (the file is gone, or no longer
-    a valid pipeline)."""
+    """The pipeline file's graph as SVG (`graph_svg`, the markup the page colours), or why
+    there is none: the file is gone, or no longer a valid pipeline."""
+    from orchestrator.graph_svg import render_svg
     from orchestrator.plan import build_plan
     from orchestrator.spec.loading import read_pipeline
 
@@ -247,7 +248,7 @@ def pipeline_graph(path: Path) -> dict[str, Any]:
         plan = build_plan(read_pipeline(path))
     except OrchestratorError:
         return {"svg": None, "reason": f"the pipeline file {path} is no longer a valid pipeline"}
-    return {"svg": None, "reason": f"no graph is drawn for {plan.pipeline_id}"}
+    return {"svg": render_svg(plan), "reason": None}
 
 
 def _number(text: str | None, name: str, default: int, least: int, most: int | None) -> int:

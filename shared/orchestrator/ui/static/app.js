@@ -220,10 +220,10 @@ async function loadGraph(runId) {
   }
   sanitise(svg);
   const node = document.importNode(svg, true);
-  for (const task of node.querySelectorAll("g.task[data-task]")) {
+  for (const task of node.querySelectorAll("g.task[data-path]")) {
     task.addEventListener("click", (event) => {
       event.stopPropagation();
-      select([task.getAttribute("data-task")]);
+      select(graphRecord(task).path);
     });
   }
   $("graph").replaceChildren(node);
@@ -243,15 +243,39 @@ function sanitise(root) {
   }
 }
 
-function colourGraph() {
+// The record a graph box stands for: a task of the pipeline or of a parallel group (those are
+// in the document's tasks by name), else a task in a loop's or group's body (its latest record,
+// in the last iteration that has one). The path to select is that of the record, or of the
+// container when the body's task is drawn once for all its iterations.
+function graphRecord(node) {
   const tasks = (view.document && view.document.tasks) || {};
-  for (const node of $("graph").querySelectorAll("g.task[data-task]")) {
-    const record = tasks[node.getAttribute("data-task")];
+  const parts = node.getAttribute("data-path").split("::")[0].split("/");
+  const name = node.getAttribute("data-task");
+  if (parts.length === 1 || !tasks[parts[0]] || !(tasks[parts[0]].children || []).length) {
+    return { record: tasks[parts[parts.length - 1]] || tasks[name] || null, path: [parts[parts.length - 1]] };
+  }
+  let found = null;
+  const search = (records, rest) => {
+    const record = records[rest[0]];
+    if (!record) return;
+    if (rest.length === 1) {
+      found = record;
+      return;
+    }
+    for (const child of record.children || []) search(child.tasks || {}, rest.slice(1));
+  };
+  search(tasks, parts);
+  return { record: found, path: [parts[0]] };
+}
+
+function colourGraph() {
+  for (const node of $("graph").querySelectorAll("g.task[data-path]")) {
+    const { record } = graphRecord(node);
     const status = record ? record.status : "not_run";
     for (const name of [...node.classList]) if (name.startsWith("status-")) node.classList.remove(name);
     node.classList.add("status-" + status);
     node.setAttribute("data-status", status);
-    node.classList.toggle("selected", Boolean(view.selected && view.selected.join("/") === node.getAttribute("data-task")));
+    node.classList.toggle("selected", Boolean(view.selected && view.selected.join("/") === node.getAttribute("data-path")));
   }
 }
 
@@ -443,7 +467,7 @@ function showDetails(path) {
       ),
     ),
   );
-  panel.replaceChildren(
+  const parts = [
     el("button", { type: "button", class: "close", text: "×", onclick: () => { view.selected = null; panel.hidden = true; colourGraph(); showTimeline(); } }),
     el("h2", { text: path.join(" › ") }),
     el("p", {}, el("span", { class: "badge status-" + record.status, text: record.status }),
@@ -455,7 +479,8 @@ function showDetails(path) {
     (record.children || []).length
       ? el("p", { class: "note", text: record.children.length + " iteration(s) or children: open them in the timeline (▸)." })
       : null,
-  );
+  ];
+  panel.replaceChildren(...parts.filter((part) => part !== null));
 }
 
 // ---- start -----------------------------------------------------------------------------------

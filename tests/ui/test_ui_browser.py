@@ -1,0 +1,216 @@
+"""The web UI in a real headless browser (Chromium, driven by Playwright): a run followed live
+on its page, and hostile or secret values in a run that must reach the page only as text, or
+not at all.
+
+Chromium is the distribution's (`apt-get install chromium`): these tests skip without it,
+except in CI, where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+def chromium() -> str:
+    """The Chromium executable: /usr/bin/chromium, else `chromium` on PATH; skip without it
+    (fail in CI)."""
+    for candidate in ("/usr/bin/chromium", "chromium"):
+        found = shutil.which(candidate)
+        if found:
+            return found
+    message = "Chromium not found at /usr/bin/chromium nor on PATH: apt-get install chromium"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = chromium()
+    with playwright_api.sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=executable)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    opened.on("dialog", lambda dialog: errors.append(f"a dialog opened: {dialog.message}"))
+    yield opened
+    context.close()
+    assert errors == []
+
+
+@pytest.fixture
+def ui_url(tmp_path: Path) -> Iterator[str]:
+    """`orchestrator ui --port 0` on this test's state folder; the URL it printed."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "ui", "--port", "0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stderr is not None
+    line = server.stderr.readline()
+    found = re.search(r"http://127\.0\.0\.1:\d+/", line)
+    assert found, line
+    yield found[0]
+    server.send_signal(signal.SIGINT)  # Ctrl-C stops it cleanly
+    assert server.wait(30) == 0
+    server.stderr.close()
+
+
+def _start_run(path: Path, *arguments: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "run", str(path), "--json", *arguments],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+GATED = """
+name: gated
+input_variables:
+  gates: {type: string}
+tasks:
+  - name: first
+    type: python_task
+    script: |
+      import os, time
+      while not os.path.exists("{{ gates }}/one"):
+          time.sleep(0.02)
+      return "one"
+  - name: second
+    type: python_task
+    depends_on: [first]
+    script: |
+      import os, time
+      while not os.path.exists("{{ gates }}/two"):
+          time.sleep(0.02)
+      return "two"
+"""
+
+
+def test_a_run_page_follows_the_run_live(
+    page: Any, ui_url: str, write_pipeline: Callable[..., Path], tmp_path: Path
+) -> None:
+    expect = playwright_api.expect
+    # GIVEN a run whose two tasks each wait for a file the test writes
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    run = _start_run(write_pipeline(GATED, name="gated"), "-i", f"gates={gates}")
+    try:
+        # WHEN the run list shows it running and its row is opened
+        page.goto(ui_url)
+        row = page.locator("#runs tbody tr[data-status=running]")
+        expect(row).to_have_count(1)
+        row.locator("a").click()
+
+        # THEN its page shows it running, with the graph drawn and nothing finished
+        first = page.locator('#graph g.task[data-path="first"]')
+        first_row = page.locator('#timeline .row[data-path="first"]')
+        second_row = page.locator('#timeline .row[data-path="second"]')
+        second = page.locator('#graph g.task[data-path="second"]')
+        expect(page.locator("#run-status")).to_have_text("running")
+        expect(first).not_to_have_attribute("data-status", "succeeded")
+        expect(second).not_to_have_attribute("data-status", "succeeded")
+        expect(page.locator('#timeline .row[data-path="first"][data-status=succeeded]')).to_have_count(0)
+
+        # WHEN the first gate opens, THEN the first task turns succeeded in graph and timeline
+        (gates / "one").touch()
+        expect(first).to_have_attribute("data-status", "succeeded")
+        expect(first_row).to_have_attribute("data-status", "succeeded")
+        expect(second).not_to_have_attribute("data-status", "succeeded")
+        expect(page.locator("#run-status")).to_have_text("running")
+
+        # WHEN the second opens, THEN the run ends succeeded, every box too
+        (gates / "two").touch()
+        expect(page.locator("#run-status")).to_have_text("succeeded")
+        expect(second).to_have_attribute("data-status", "succeeded")
+        expect(second_row).to_have_attribute("data-status", "succeeded")
+
+        # AND a click on a task shows its output
+        first.click()
+        expect(page.locator("#details section pre")).to_have_text("one")
+    finally:
+        (gates / "one").touch()
+        (gates / "two").touch()
+        run.communicate(timeout=60)
+    assert run.returncode == 0
+
+
+HOSTILE = """
+name: hostile
+input_variables:
+  password: {type: string, sensitive: true}
+tasks:
+  - name: shout
+    type: python_task
+    script: |
+      marks = "<img src=x onerror=\\"window.pwned=1\\"><script>window.pwned=2</script>'\\""
+      print("printed", marks, "{{ password }}", context.get_secret("api_key"))
+      return {"html": marks, "password": "{{ password }}", "secret": context.get_secret("api_key")}
+  - name: breaks
+    type: python_task
+    depends_on: [shout]
+    script: |
+      raise RuntimeError("<b id=bold>bold</b> " + context.get_secret("api_key") + " {{ password }}")
+"""
+
+
+def test_hostile_values_are_text_and_secrets_never_reach_the_page(
+    page: Any,
+    ui_url: str,
+    write_pipeline: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    expect = playwright_api.expect
+    # GIVEN a failed run whose output, print and error hold markup, a secret and a sensitive input
+    secret, password = "s3cr3t-VALUE-4242", "pa55-WORD-9191"
+    monkeypatch.setenv("ORCHESTRATOR_SECRET_API_KEY", secret)
+    run = _start_run(write_pipeline(HOSTILE, name="hostile"), "-i", f"password={password}")
+    run.communicate(timeout=60)
+    assert run.returncode == 1
+
+    # WHEN its page is opened and each task's details are shown
+    page.goto(ui_url)
+    page.locator("#runs tbody tr a").first.click()
+    expect(page.locator("#run-status")).to_have_text("failed")
+    seen = [page.content()]
+    for task in ("shout", "breaks"):
+        page.locator(f'#graph g.task[data-path="{task}"]').click()
+        expect(page.locator("#details h2")).to_have_text(task)
+        seen.append(page.content())
+        seen.append(page.locator("body").inner_text())
+
+    # THEN the markup is shown as text, never run or parsed, and neither value is anywhere
+    page.locator('#graph g.task[data-path="shout"]').click()
+    expect(page.locator("#details")).to_contain_text("<script>window.pwned=2</script>")
+    assert page.evaluate("window.pwned") is None
+    assert page.locator("#details img, #details script, #bold").count() == 0
+    expect(page.locator("#run-error")).to_contain_text("<b id=bold>bold</b>")
+    for text in seen:
+        for value in (secret, password):
+            assert value not in text
+            assert value[:8] not in text and value[-8:] not in text
