@@ -214,3 +214,114 @@ def test_hostile_values_are_text_and_secrets_never_reach_the_page(
         for value in (secret, password):
             assert value not in text
             assert value[:8] not in text and value[-8:] not in text
+
+
+def _attempt(number: int, status: str, start: str, end: str, **more: Any) -> dict[str, Any]:
+    seconds = (int(end[17:19]) - int(start[17:19])) * 1.0
+    return {
+        "attempt": number,
+        "fallback": False,
+        "status": status,
+        "started_at": f"2026-11-26T03:00:{start[17:19]}.000Z",
+        "ended_at": f"2026-11-26T03:00:{end[17:19]}.000Z",
+        "duration": seconds,
+        "error": None,
+        "printed": [],
+        "llm_calls": [],
+        **more,
+    }
+
+
+def _record(status: str, attempts: list[dict[str, Any]], **more: Any) -> dict[str, Any]:
+    return {
+        "status": status,
+        "attempts": len(attempts),
+        "error": None,
+        "started_at": attempts[0]["started_at"] if attempts else None,
+        "ended_at": attempts[-1]["ended_at"] if attempts else None,
+        "duration": None,
+        "inputs": None,
+        "attempt_log": attempts,
+        **more,
+    }
+
+
+LLM_CALL = {"model": "gpt-x", "tokens_in": 12, "tokens_out": 34, "latency": 1.5}
+
+
+def _step(index: int) -> dict[str, Any]:
+    start, end = f"2026-11-26T03:00:{8 + index:02}.000Z", f"2026-11-26T03:00:{9 + index:02}.000Z"
+    return _attempt(1, "succeeded", start, end, printed=[f"iteration {index}"])
+
+
+def _spec_shaped_run() -> dict[str, Any]:
+    """A finished run document with the telemetry fields of docs/ui.md: a task retried after a
+    wait, an LLM task, and a loop of two iterations."""
+    t = "2026-11-26T03:00:{:02}.000Z".format
+    fetch = _record(
+        "succeeded",
+        [
+            _attempt(1, "failed", t(1), t(2), error={"type": "TimeoutError", "message": "slow <server>"}),
+            _attempt(2, "succeeded", t(5), t(6), printed=["fetched 3 rows", "<i>done</i>"]),
+        ],
+        inputs={"url": "https://example.org/<x>"},
+    )
+    ask = _record(
+        "succeeded",
+        [_attempt(1, "succeeded", t(6), t(8), llm_calls=[LLM_CALL])],
+        inputs={"model": "gpt-x", "prompt": "Summarise"},
+    )
+    iterations = [
+        {"key": str(index), "tasks": {"step": _record("succeeded", [_step(index)])}} for index in range(2)
+    ]
+    loop = _record("succeeded", [], children=iterations, started_at=t(8), ended_at=t(10), duration=2.0)
+    return {
+        "run_id": "spec-shaped",
+        "pipeline": "shaped",
+        "status": "succeeded",
+        "engine": "stepfunctions",
+        "user": "tester",
+        "started_at": t(0),
+        "ended_at": t(10),
+        "duration": 10.0,
+        "outputs": {"fetch": [1, 2, 3], "ask": "a summary", "loop": ["a", "b"]},
+        "tasks": {"fetch": fetch, "ask": ask, "loop": loop},
+        "result": None,
+        "error": None,
+    }
+
+
+def test_the_timeline_shows_attempts_waits_iterations_and_details(page: Any, ui_url: str) -> None:
+    from orchestrator.settings import load_settings
+    from orchestrator.stores.factory import open_stores
+
+    expect = playwright_api.expect
+    # GIVEN a recorded run shaped as the run document's telemetry fields say (no pipeline file)
+    open_stores(load_settings(), "memory").runs.save(_spec_shaped_run())
+
+    # WHEN its page is opened
+    page.goto(ui_url + "#/runs/spec-shaped")
+
+    # THEN there is no graph, and a timeline with both attempts of `fetch` and the wait between
+    expect(page.locator("#graph")).to_contain_text("No graph")
+    expect(page.locator('#timeline .bar[data-task="fetch"]')).to_have_count(2)
+    expect(page.locator('#timeline .bar[data-task="fetch"][data-status=failed]')).to_have_count(1)
+    expect(page.locator('#timeline .row[data-path="fetch"] .wait')).to_have_count(1)
+    expect(page.locator("#run-facts")).to_contain_text("stepfunctions")
+
+    # AND the loop's iterations open, each with its task
+    expect(page.locator('#timeline .row[data-path="loop/[0]/step"]')).to_have_count(0)
+    page.locator('#timeline button.toggle[data-path="loop"]').click()
+    expect(page.locator('#timeline .row[data-path="loop/[1]/step"] .bar')).to_have_count(1)
+
+    # AND a click shows a task's inputs, output, attempts with their errors and printed lines
+    page.locator('#timeline .row[data-path="fetch"] a.task-name').click()
+    details = page.locator("#details")
+    expect(details).to_contain_text("https://example.org/<x>")
+    expect(details).to_contain_text("TimeoutError: slow <server>")
+    expect(details).to_contain_text("<i>done</i>")
+    expect(details.locator(".attempt")).to_have_count(2)
+    page.locator('#timeline .row[data-path="loop/[1]/step"] a.task-name').click()
+    expect(details).to_contain_text("iteration 1")
+    page.locator('#timeline .row[data-path="ask"] a.task-name').click()
+    expect(details).to_contain_text("gpt-x: 12 tokens in, 34 out")

@@ -130,6 +130,7 @@ function openRun(runId) {
   $("graph").replaceChildren(el("p", { id: "graph-note", class: "note", text: "loading the graph…" }));
   $("timeline").replaceChildren();
   $("details").hidden = true;
+  $("run-view").classList.remove("with-details");
   $("resume-message").hidden = true;
   refreshRun(runId);
 }
@@ -333,25 +334,26 @@ function showTimeline() {
     const label = el("div", { class: "label", style: null });
     label.style.paddingLeft = row.depth * 1.1 + "em";
     const track = el("div", { class: "track" });
-    const key = row.path.join("/");
+    const path = row.path.join("/");
     if (row.kind === "child") {
-      label.append(el("span", { class: "child-key", text: "iteration / child " + row.key }));
-      return el("div", { class: "row child-row", "data-path": key }, label, track);
+      const key = String(row.key);
+      label.append(el("span", { class: "child-key", text: /^\d+$/.test(key) ? "iteration " + key : key }));
+      return el("div", { class: "row child-row", "data-path": path }, label, track);
     }
     const record = row.record;
     const children = record.children || [];
     if (children.length) {
-      const opened = view.open.has(key);
+      const opened = view.open.has(path);
       label.append(
         el("button", {
           type: "button",
           class: "toggle",
-          "data-path": key,
+          "data-path": path,
           "aria-expanded": opened ? "true" : "false",
           text: (opened ? "▾ " : "▸ ") + children.length,
           onclick: () => {
-            if (view.open.has(key)) view.open.delete(key);
-            else view.open.add(key);
+            if (view.open.has(path)) view.open.delete(path);
+            else view.open.add(path);
             showTimeline();
           },
         }),
@@ -381,7 +383,7 @@ function showTimeline() {
       }
       const bar = el("div", {
         class: "bar status-" + attempt.status + (attempt.fallback ? " fallback" : ""),
-        "data-task": key,
+        "data-task": path,
         "data-attempt": attempt.attempt,
         "data-status": attempt.status,
         title: (attempt.fallback ? "fallback" : "attempt " + attempt.attempt) + ": " + attempt.status + " " + seconds(attempt.duration),
@@ -392,12 +394,12 @@ function showTimeline() {
       previous = to;
     }
     if (!(record.attempt_log || []).length && record.started_at) {
-      const bar = el("div", { class: "bar status-" + record.status, "data-task": key, "data-status": record.status });
+      const bar = el("div", { class: "bar status-" + record.status, "data-task": path, "data-status": record.status });
       Object.assign(bar.style, place(parseTime(record.started_at), parseTime(record.ended_at) ?? now));
       track.append(bar);
     }
-    const selected = view.selected && view.selected.join("/") === key;
-    return el("div", { class: "row" + (selected ? " selected" : ""), "data-path": key, "data-status": record.status }, label, track);
+    const selected = view.selected && view.selected.join("/") === path;
+    return el("div", { class: "row" + (selected ? " selected" : ""), "data-path": path, "data-status": record.status }, label, track);
   });
   const axis = el(
     "div",
@@ -434,6 +436,14 @@ function select(path) {
   showTimeline();
 }
 
+function closeDetails() {
+  view.selected = null;
+  $("details").hidden = true;
+  $("run-view").classList.remove("with-details");
+  colourGraph();
+  showTimeline();
+}
+
 function section(title, value) {
   if (value === null || value === undefined) return null;
   return el("section", {}, el("h3", { text: title }), el("pre", { text: pretty(value) }));
@@ -443,6 +453,7 @@ function showDetails(path) {
   const record = recordAt(path);
   const panel = $("details");
   panel.hidden = false;
+  $("run-view").classList.add("with-details");
   if (!record) {
     panel.replaceChildren(el("h2", { text: path.join(" › ") }), el("p", { class: "note", text: "Not started yet." }));
     return;
@@ -468,7 +479,7 @@ function showDetails(path) {
     ),
   );
   const parts = [
-    el("button", { type: "button", class: "close", text: "×", onclick: () => { view.selected = null; panel.hidden = true; colourGraph(); showTimeline(); } }),
+    el("button", { type: "button", class: "close", text: "×", onclick: closeDetails }),
     el("h2", { text: path.join(" › ") }),
     el("p", {}, el("span", { class: "badge status-" + record.status, text: record.status }),
       " " + (record.attempts ?? (record.attempt_log || []).length) + " attempt(s) · " + seconds(record.duration)),
