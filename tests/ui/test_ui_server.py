@@ -302,3 +302,16 @@ class _listening:
 
     def __exit__(self, *exc: object) -> None:
         self._socket.close()
+
+
+@pytest.mark.slow
+def test_a_run_on_the_emulated_step_functions_is_listed_and_shown(
+    client: Client, cli: Callable[..., CliResult], write_pipeline: Callable[..., Path]
+) -> None:
+    result = cli("run", write_pipeline(OK, name="ok"), "--json", "--engine", "stepfunctions")
+    assert result.code == 0, result.stderr
+    document = result.document()
+    listed = _json(_get(client, "/api/runs?pipeline=ok"))["runs"]
+    assert [(run["run_id"], run["status"]) for run in listed] == [(document["run_id"], "succeeded")]
+    served = _json(_get(client, f"/api/runs/{document['run_id']}"))
+    assert served == {"run": document, "resumable": False}

@@ -195,7 +195,14 @@ class UiApp:
 
     def _run(self, request: Request, run_id: str) -> Response:
         document = self._document(run_id)
-        return _json({"run": document, "resumable": document.get("status") in RESUMABLE})
+        return _json({"run": document, "resumable": self._resumable(run_id, document)})
+
+    def _resumable(self, run_id: str, document: dict[str, Any]) -> bool:
+        """A failed or crashed run that keeps what `resume` needs (a run of the emulated Step
+        Functions keeps none: it is run again, not resumed)."""
+        if document.get("status") not in RESUMABLE:
+            return False
+        return self._store(lambda: self.stores.runs.resume_point(run_id)) is not None
 
     def _graph(self, request: Request, run_id: str) -> Response:
         self._document(run_id)
@@ -211,11 +218,10 @@ class UiApp:
         if not hmac.compare_digest(given.encode(), self.token.encode()):
             raise Forbidden("the page's token is missing or wrong: reload the page")
         document = self._document(run_id)
-        if document.get("status") not in RESUMABLE:
-            return _json(
-                {"error": f"run '{run_id}' is {document.get('status')}: only failed or crashed runs resume"},
-                409,
-            )
+        if not self._resumable(run_id, document):
+            status = document.get("status")
+            why = f"run '{run_id}' is {status}: only failed or crashed runs of the local engine resume"
+            return _json({"error": why}, 409)
 
         def running() -> bool:
             now = self._store(lambda: self.stores.runs.load(run_id))
