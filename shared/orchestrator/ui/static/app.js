@@ -163,7 +163,9 @@ function showRun() {
     ["User", doc.user || ""],
   ];
   $("run-facts").replaceChildren(
-    ...facts.flatMap(([name, value]) => [el("dt", { text: name }), el("dd", {}, value)]),
+    ...facts
+      .filter(([, value]) => value !== "")
+      .flatMap(([name, value]) => [el("dt", { text: name }), el("dd", {}, value)]),
   );
   const error = doc.error;
   $("run-error").hidden = !error;
