@@ -125,7 +125,7 @@ function listFiltersChanged() {
 // ---- a run's page ----------------------------------------------------------------------------
 
 function openRun(runId) {
-  view = { name: "run", runId, document: null, selected: null, open: new Set(), graphFor: null };
+  view = { name: "run", runId, document: null, text: null, selected: null, open: new Set(), graphFor: null };
   $("where").textContent = "run " + runId;
   $("graph").replaceChildren(el("p", { id: "graph-note", class: "note", text: "loading the graph…" }));
   $("timeline").replaceChildren();
@@ -138,17 +138,24 @@ function openRun(runId) {
 async function refreshRun(runId) {
   if (view.name !== "run" || view.runId !== runId) return;
   try {
-    const body = await getJson("/api/runs/" + encodeURIComponent(runId));
+    const response = await fetch("/api/runs/" + encodeURIComponent(runId));
+    const text = await response.text();
+    const body = JSON.parse(text);
+    if (!response.ok) throw new Error(body.error || response.statusText);
     if (view.name !== "run" || view.runId !== runId) return;
     problem("");
+    const changed = text !== view.text;
+    view.text = text;
     view.document = body.run;
     view.resumable = body.resumable;
     if (view.graphFor === null) loadGraph(runId);
-    showRun();
+    if (changed || view.document.status === "running") showRun(); // a running bar grows with the clock
   } catch (error) {
     problem("Cannot read run " + runId + ": " + error.message);
   }
-  timer = setTimeout(() => refreshRun(runId), POLL_MS);
+  // a finished run changes only if it is resumed (here or from a terminal): polled less often
+  const running = view.document && view.document.status === "running";
+  timer = setTimeout(() => refreshRun(runId), running ? POLL_MS : 3 * POLL_MS);
 }
 
 function showRun() {
