@@ -315,3 +315,11 @@ def test_a_run_on_the_emulated_step_functions_is_listed_and_shown(
     assert [(run["run_id"], run["status"]) for run in listed] == [(document["run_id"], "succeeded")]
     served = _json(_get(client, f"/api/runs/{document['run_id']}"))
     assert served == {"run": document, "resumable": False}
+
+
+def test_the_page_script_never_parses_data_as_html(client: Client) -> None:
+    # every value goes in with textContent or an attribute; the browser tests attack it too
+    script = _get(client, "/static/app.js").get_data(as_text=True)
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "Function("):
+        assert sink not in script, sink
+    assert 'parseFromString(body.svg, "image/svg+xml")' in script  # the graph: parsed as SVG only
