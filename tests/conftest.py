@@ -12,6 +12,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,90 @@ def every_state(definition: dict[str, Any]) -> dict[str, Any]:
         if "ItemProcessor" in state:
             found.update(every_state(state["ItemProcessor"]))
     return found
+
+
+SPEC_RECORD = ("status", "attempts", "error")
+"""A task record's keys of SPEC section 11 (the run document adds telemetry: docs/telemetry.md)."""
+
+
+def spec_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A task record without its telemetry fields."""
+    return {key: record[key] for key in SPEC_RECORD if key in record}
+
+
+def spec_tasks(document: dict[str, Any]) -> dict[str, Any]:
+    """A run document's task records without their telemetry fields."""
+    return {name: spec_record(record) for name, record in document["tasks"].items()}
+
+
+def _moment(value: str) -> float:
+    assert isinstance(value, str) and value.endswith("Z") and len(value) == 24, value
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def check_times(record: dict[str, Any], *, finished: bool = True) -> tuple[float, float | None] | None:
+    """Check a run document's (or task record's) telemetry times, recursively: each span ordered
+    (started <= ended, duration = ended - started), attempts in order, a container
+    covering what is inside it, nothing open once `finished`. Returns the span, if any."""
+    if record.get("started_at") is None:
+        assert record.get("ended_at") is None and record.get("duration") is None, record
+        return None
+    started = _moment(record["started_at"])
+    ended = None if record["ended_at"] is None else _moment(record["ended_at"])
+    assert ended is not None or not finished, record
+    if ended is not None:
+        assert started <= ended and abs(record["duration"] - (ended - started)) < 0.0015, record
+    previous = None
+    inner: list[dict[str, Any]] = list(record.get("attempt_log") or [])
+    for number, attempt in enumerate(inner, start=1):
+        assert attempt["attempt"] == number
+        span = check_times(attempt, finished=finished)
+        assert span is not None and span[0] >= started - 0.001
+        if previous is not None and not attempt["fallback"]:
+            # (not after the previous one's end: a child pipeline two groups run shares its records)
+            assert previous <= span[0] + 0.001
+        previous = span[0]
+    records = [r for child in record.get("children") or [] for r in child["tasks"].values()]
+    if "run_id" in record:
+        records = list(record["tasks"].values())
+    for nested in records:
+        span = check_times(nested, finished=finished)
+        if span is not None:
+            assert span[0] >= started - 0.001
+            if ended is not None and span[1] is not None:
+                assert span[1] <= ended + 0.001
+    return started, ended
+
+
+def agreed_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A task record as both engines must give it: its SPEC fields and its telemetry without
+    times (whether it has a span; each attempt's status, error, printed lines and LLM calls;
+    its inputs; its children, recursively)."""
+    found = {**spec_record(record), "spanned": record.get("started_at") is not None}
+    found["inputs"] = record.get("inputs")
+    found["attempt_log"] = [
+        {
+            **{key: attempt[key] for key in ("attempt", "fallback", "status", "error", "printed")},
+            "llm_calls": [
+                {key: call[key] for key in ("model", "tokens_in", "tokens_out")}
+                for call in attempt["llm_calls"]
+            ],
+        }
+        for attempt in record.get("attempt_log") or []
+    ]
+    if "children" in record:
+        found["children"] = [
+            {"key": child["key"], "tasks": {n: agreed_record(r) for n, r in child["tasks"].items()}}
+            for child in record["children"]
+        ]
+    return found
+
+
+def agreed_tasks(document: dict[str, Any]) -> dict[str, Any]:
+    """A run document's task records as both engines must give them (`agreed_record`), once
+    its times are checked (`check_times`)."""
+    check_times(document, finished=document["status"] != "running")
+    return {name: agreed_record(record) for name, record in document["tasks"].items()}
 
 
 def input_args(inputs: dict[str, Any]) -> list[str]:

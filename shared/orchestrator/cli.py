@@ -330,9 +330,12 @@ def command_runs(arguments: argparse.Namespace) -> int:
     from orchestrator.settings import load_settings
     from orchestrator.stores.factory import open_stores
 
-    runs = open_stores(load_settings(), "memory").runs
+    stores = open_stores(load_settings(), "memory")
+    runs = stores.runs
     if arguments.runs_command == "show":
-        document = runs.load(arguments.run_id)
+        from orchestrator.runtime.telemetry import live_document
+
+        document = live_document(stores, arguments.run_id)
         if document is None:
             print(f"no run '{arguments.run_id}': see 'orchestrator runs list'", file=sys.stderr)
             return EXIT_FAILED

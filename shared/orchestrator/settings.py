@@ -8,7 +8,7 @@
 | `OPENAI_API_KEY`, `OPENAI_BASE_URL` | the OpenAI-compatible endpoint used by `llm_task` |
 | `ORCHESTRATOR_SEARCH_URL`, `ORCHESTRATOR_SEARCH_API_KEY` | the JSON search endpoint of `web_search_task` |
 | `ORCHESTRATOR_MAX_THREADS` | worker threads of the embedded engine (default 256) |
-| `ORCHESTRATOR_STATE_TABLE` (`_CACHE_`, `_AUDIT_`, `_RUNS_`) | DynamoDB tables (on AWS) |
+| `ORCHESTRATOR_STATE_TABLE` (`_CACHE_`, `_AUDIT_`, `_RUNS_`, `_TELEMETRY_`) | DynamoDB tables (on AWS) |
 | `ORCHESTRATOR_REDIS_URL` | Redis server for `storage_backend: redis` (default `redis://127.0.0.1:6379/0`) |
 
 On AWS (`AwsSettings`, read by the Lambda functions and the triggers):
@@ -71,7 +71,8 @@ class Settings:
     search_api_key: str | None = None
     max_threads: int = 256
     redis_url: str = "redis://127.0.0.1:6379/0"
-    tables: dict[str, str] = field(default_factory=dict)  # state, cache, audit, runs -> DynamoDB table
+    # state, cache, audit, runs (and telemetry) -> DynamoDB table
+    tables: dict[str, str] = field(default_factory=dict)
 
     @property
     def on_aws(self) -> bool:
@@ -272,7 +273,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         redis_url=env.get("ORCHESTRATOR_REDIS_URL") or "redis://127.0.0.1:6379/0",
         tables={
             kind: env[f"ORCHESTRATOR_{kind.upper()}_TABLE"]
-            for kind in ("state", "cache", "audit", "runs")
+            for kind in ("state", "cache", "audit", "runs", "telemetry")
             if env.get(f"ORCHESTRATOR_{kind.upper()}_TABLE")
         },
     )

@@ -37,6 +37,7 @@ MANAGED = {
 STATE = {("dynamodb:GetItem", "StateTable"), ("dynamodb:PutItem", "StateTable")}
 CACHE = {("dynamodb:GetItem", "CacheTable"), ("dynamodb:PutItem", "CacheTable")}
 PAYLOADS = {("s3:GetObject", "bucket/payloads/*"), ("s3:PutObject", "bucket/payloads/*")}
+TELEMETRY = {("dynamodb:PutItem", "TelemetryTable")}  # (issue 14: each attempt's two items)
 START_RUNS = {
     ("states:StartExecution", "states:stateMachine:${AWS::StackName}-*"),
     ("states:DescribeExecution", "states:execution:${AWS::StackName}-*:*"),
@@ -46,14 +47,15 @@ EXPECTED = {
     "PythonTaskFunction": STATE
     | CACHE
     | PAYLOADS
+    | TELEMETRY
     | {
         ("dynamodb:PutItem", "AuditTable"),
         ("s3:GetObject", "bucket/uploads/*"),
         ("kms:Decrypt", "InputsKey"),
         ("secretsmanager:GetSecretValue", "secretsmanager:secret:orchestrator/database_password-??????"),
     },
-    "LlmTaskFunction": STATE | CACHE | PAYLOADS | {("kms:Decrypt", "InputsKey")},
-    "WebSearchTaskFunction": STATE | CACHE | PAYLOADS | {("kms:Decrypt", "InputsKey")},
+    "LlmTaskFunction": STATE | CACHE | PAYLOADS | TELEMETRY | {("kms:Decrypt", "InputsKey")},
+    "WebSearchTaskFunction": STATE | CACHE | PAYLOADS | TELEMETRY | {("kms:Decrypt", "InputsKey")},
     "DispatchFunction": STATE
     | PAYLOADS
     | {("kms:Decrypt", "InputsKey"), ("kms:GenerateDataKey", "InputsKey")},
@@ -62,6 +64,7 @@ EXPECTED = {
         ("dynamodb:GetItem", "RunsTable"),
         ("dynamodb:PutItem", "RunsTable"),
         ("dynamodb:Query", "RunsTable/index/by_owner"),
+        ("dynamodb:Query", "TelemetryTable"),
         ("s3:GetObject", "bucket/payloads/*"),
     },
     "UploadTriggerFunction": START_RUNS,
@@ -71,6 +74,10 @@ AUDIT_CONDITION = {
     "ForAllValues:StringEquals": {
         "dynamodb:Attributes": ["execution_id", "entry_id", "pipeline_id", "entry"]
     },
+    "StringEqualsIfExists": {"dynamodb:ReturnValues": "NONE"},
+}
+TELEMETRY_CONDITION = {
+    "ForAllValues:StringEquals": {"dynamodb:Attributes": ["run_id", "entry_id", "entry"]},
     "StringEqualsIfExists": {"dynamodb:ReturnValues": "NONE"},
 }
 WRITE_ONCE = {"Null": {"s3:if-none-match": "false"}}
@@ -168,6 +175,8 @@ def test_conditions_make_the_audit_log_append_only_and_payloads_write_once(
         for (action, resource), condition in grants(role).items():
             if resource == "AuditTable":
                 assert (action, condition) == ("dynamodb:PutItem", AUDIT_CONDITION), function
+            elif (action, resource) == ("dynamodb:PutItem", "TelemetryTable"):
+                assert condition == TELEMETRY_CONDITION, function
             elif action == "s3:PutObject":
                 assert condition == WRITE_ONCE, function
             else:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from conftest import CliResult
+from conftest import CliResult, agreed_tasks
 from orchestrator.aws.emulator import BUCKET, TABLE_ENV, emulated_aws
 from orchestrator.runtime import sandbox
 
@@ -56,7 +56,8 @@ tasks:
 
 
 def comparable(document: dict[str, Any]) -> dict[str, Any]:
-    return {key: document[key] for key in ("status", "outputs", "tasks", "result", "error")}
+    found = {key: document[key] for key in ("status", "outputs", "result", "error")}
+    return {**found, "tasks": agreed_tasks(document)}
 
 
 def endpoint_running() -> bool:

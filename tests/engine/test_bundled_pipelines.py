@@ -26,7 +26,7 @@ from urllib.parse import parse_qs
 import pytest
 import yaml
 
-from conftest import GUIDE_FIXTURES, PIPELINES, CliResult, input_args
+from conftest import GUIDE_FIXTURES, PIPELINES, CliResult, input_args, spec_tasks
 from fakes.fixtures import fake_openai, fake_search  # noqa: F401
 from fakes.servers import FakeOpenAIServer, FakeResponse, FakeSearchServer
 
@@ -348,7 +348,7 @@ def test_robust_pipeline_uses_the_enhancement_when_everything_works(cli: Cli, fa
     fakes.llm.reply = lambda body: f"{body['model']}: {user_prompt(body)}"
     document = run(cli, pipeline("hierarchical_error_handling"), critical_prompt="Status?")
     assert document["status"] == "succeeded"
-    assert document["tasks"] == {
+    assert spec_tasks(document) == {
         name: {"status": "succeeded", "attempts": 1, "error": None}
         for name in ("critical_task", "optional_enhancement", "recovery_task")
     }

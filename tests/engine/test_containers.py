@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import CliResult
+from conftest import CliResult, spec_record
 
 Cli = Callable[..., CliResult]
 Write = Callable[..., Path]
@@ -74,7 +74,7 @@ def test_for_loop_output_is_one_mapping_of_inner_outputs_per_item(cli: Cli, writ
         {"double": 4, "label": "item-2-4"},
         {"double": 6, "label": "item-3-6"},
     ]
-    assert document["tasks"]["loop"] == {"status": "succeeded", "attempts": 1, "error": None}
+    assert spec_record(document["tasks"]["loop"]) == {"status": "succeeded", "attempts": 1, "error": None}
 
 
 def test_for_loop_iterates_over_a_templated_list_from_an_earlier_task(
@@ -293,7 +293,7 @@ def test_parallel_group_output_and_children_addressable_by_name(cli: Cli, write_
     assert outputs["by_template"] == ["L", 2]
     assert outputs["by_context"] == [{"side": "L"}, {"left": {"side": "L"}, "right": 2}]
     for name in ("group", "left", "right"):
-        assert document["tasks"][name] == {"status": "succeeded", "attempts": 1, "error": None}
+        assert spec_record(document["tasks"][name]) == {"status": "succeeded", "attempts": 1, "error": None}
 
 
 def test_parallel_group_children_run_concurrently_up_to_max_concurrency(

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import CliResult
+from conftest import CliResult, spec_record
 from orchestrator.settings import load_settings
 from orchestrator.stores.factory import open_stores
 
@@ -373,7 +373,7 @@ def test_no_lost_updates_for_the_guides_read_modify_write(cli: Cli, write_pipeli
     assert code == 0, document
     assert document["outputs"]["final"] == 40
     assert sorted(entry["increment"] for entry in document["outputs"]["loop"]) == list(range(1, 41))
-    assert document["tasks"]["loop"] == {"status": "succeeded", "attempts": 1, "error": None}
+    assert spec_record(document["tasks"]["loop"]) == {"status": "succeeded", "attempts": 1, "error": None}
 
 
 def test_no_lost_updates_across_concurrent_runs(cli: Cli, write_pipeline: Write) -> None:

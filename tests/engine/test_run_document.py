@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CliResult
+from conftest import CliResult, spec_record, spec_tasks
 
 Cli = Callable[..., CliResult]
 Write = Callable[..., Path]
@@ -41,11 +41,17 @@ def test_document_has_exactly_the_spec_keys(cli: Cli, write_pipeline: Write) -> 
     code, document = run_json(cli, path)
     # THEN stdout is exactly the run document of SPEC section 11
     assert code == 0
-    assert set(document) == {"run_id", "pipeline", "status", "outputs", "tasks", "result", "error"}
+    assert set(document) == {"run_id", "pipeline", "status", "outputs", "tasks", "result", "error"} | {
+        "engine",
+        "user",
+        "started_at",
+        "ended_at",
+        "duration",
+    }  # (and the telemetry fields: docs/telemetry.md)
     assert document["pipeline"] == "doc_pipeline"
     assert document["status"] == "succeeded"
     assert document["outputs"] == {"first": {"n": 2}, "second": 42}
-    assert document["tasks"] == {
+    assert spec_tasks(document) == {
         "first": {"status": "succeeded", "attempts": 1, "error": None},
         "second": {"status": "succeeded", "attempts": 1, "error": None},
     }
@@ -173,7 +179,7 @@ def test_retries_until_success_and_counts_attempts(cli: Cli, write_pipeline: Wri
     code, document = run_json(cli, path)
     assert code == 0
     assert document["outputs"] == {"flaky": 3}
-    assert document["tasks"] == {"flaky": {"status": "succeeded", "attempts": 3, "error": None}}
+    assert spec_tasks(document) == {"flaky": {"status": "succeeded", "attempts": 3, "error": None}}
 
 
 def test_failure_after_last_retry_reports_task_type_message_attempts(cli: Cli, write_pipeline: Write) -> None:
@@ -223,7 +229,7 @@ def test_fallback_then_skip_then_degraded(cli: Cli, write_pipeline: Write) -> No
     assert code == 0
     assert document["status"] == "degraded"
     tasks = document["tasks"]
-    assert tasks["primary"] == {"status": "fallback", "attempts": 1, "error": None}  # type: ignore[index]
+    assert spec_record(tasks["primary"]) == {"status": "fallback", "attempts": 1, "error": None}  # type: ignore[index]
     assert tasks["optional"]["status"] == "skipped"  # type: ignore[index]
     assert tasks["degraded"]["status"] == "failed"  # type: ignore[index]
     assert tasks["degraded"]["error"] == {

@@ -153,7 +153,13 @@ def test_a_killed_run_shows_crashed_and_resume_finishes_it(
     assert crashed["status"] == "crashed"
     assert crashed["outputs"] == {"counted": 1}
     assert crashed["error"]["type"] == "ProcessDied"
-    assert set(crashed) == {"run_id", "pipeline", "status", "outputs", "tasks", "result", "error"}
+    assert set(crashed) == {"run_id", "pipeline", "status", "outputs", "tasks", "result", "error"} | {
+        "engine",
+        "user",
+        "started_at",
+        "ended_at",
+        "duration",
+    }  # (the telemetry fields: docs/telemetry.md)
     # AND resume finishes it without running the finished task again
     (tmp_path / "go").write_text("yes")
     resumed = _orchestrator("resume", run_id, "--json")

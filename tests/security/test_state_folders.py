@@ -203,7 +203,9 @@ STOPS: dict[str, set[str]] = {
     "database is garbage": STATEFUL,
     "database truncated to half": STATEFUL,
     "database truncated in its header": STATEFUL,
-    "database damaged inside": {"runs list", "audit"},  # rows they scan; SQLite sees no other damage
+    # rows they scan; a run stops too when the pages it writes (run records, telemetry) are among
+    # the damaged ones, which depends on the file's layout: SQLite sees no other damage
+    "database damaged inside": {"runs list", "audit", "run", "run --engine stepfunctions"},
     "database is zero bytes": set(),
     "database is a folder": STATEFUL,
     "database read-only": WRITERS,

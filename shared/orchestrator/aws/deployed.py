@@ -59,6 +59,10 @@ class TaskLocation:
     visible: frozenset[str] | None = None
     # the loops around `loop`, outermost first: their iterations' variables are seen too
     outer_loops: tuple[TaskBase, ...] = ()
+    # the names of `outer_loops` and `loop`, outermost first (the task's telemetry path)
+    loop_names: tuple[str, ...] = ()
+    # a generated task: the name of the dynamic_task_group that generated it
+    group: str | None = None
 
 
 def _index_nodes(body: Body, found: dict[tuple[str | int, ...], Node]) -> None:
@@ -138,6 +142,11 @@ def locate_task(pipeline_id: str, reference: str, settings: AwsSettings | None =
     owner: TaskBase = chain[-3] if fallback else task
     name = node.name if node is not None else (owner.name or f"task_{owner_parts[-1]}")
     enclosing = [item for item in chain[1:-1] if isinstance(item, ForLoop | WhileLoop) and item is not owner]
+    loop_names = tuple(
+        _node_name(loaded, parts[:index], item)
+        for index, item in enumerate(chain)
+        if 0 < index < len(chain) - 1 and isinstance(item, ForLoop | WhileLoop) and item is not owner
+    )
     return TaskLocation(
         plan=loaded.plan,
         task=task,
@@ -148,7 +157,14 @@ def locate_task(pipeline_id: str, reference: str, settings: AwsSettings | None =
         node=None if fallback else node,
         visible=_waited_for(loaded, owner_parts) if node is not None and node.computed_reads else None,
         outer_loops=tuple(enclosing[:-1]),
+        loop_names=loop_names,
     )
+
+
+def _node_name(loaded: _Loaded, parts: list[str | int], task: TaskBase) -> str:
+    """The name the plan gives the task at `parts` (an unnamed one has one made up)."""
+    node = loaded.nodes.get(tuple(parts))
+    return node.name if node is not None else (task.name or f"task_{parts[-1]}")
 
 
 def _waited_for(loaded: _Loaded, parts: list[str | int]) -> frozenset[str]:
@@ -187,8 +203,11 @@ def _inline_location(around: TaskLocation, spec: dict[str, Any], name: str | Non
     (node,) = body.nodes.values()
     loop = around.task if isinstance(around.task, ForLoop | WhileLoop) else around.loop
     outer = around.outer_loops
+    loop_names = around.loop_names
     if loop is not around.loop and around.loop is not None:
         outer = (*outer, around.loop)
+    if loop is around.task:
+        loop_names = (*loop_names, around.name)
     return TaskLocation(
         plan=around.plan,
         task=task,
@@ -198,6 +217,8 @@ def _inline_location(around: TaskLocation, spec: dict[str, Any], name: str | Non
         fallback=False,
         node=node,
         outer_loops=outer,
+        loop_names=loop_names,
+        group=around.name,
     )
 
 

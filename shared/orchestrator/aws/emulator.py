@@ -65,6 +65,7 @@ TABLE_ENV = {
     "CacheTable": "ORCHESTRATOR_CACHE_TABLE",
     "AuditTable": "ORCHESTRATOR_AUDIT_TABLE",
     "RunsTable": "ORCHESTRATOR_RUNS_TABLE",
+    "TelemetryTable": "ORCHESTRATOR_TELEMETRY_TABLE",
 }
 BUCKET = "orchestrator-emulated-payloads"
 
@@ -720,12 +721,15 @@ def run_execution(
     poll: float = 0.01,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     account: Path | None = None,
+    while_running: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Run a plan's state machine on the emulator; its status, output and history.
+    """Run a plan's state machine on the emulator; its status, output, history and telemetry
+    entries (`runtime.telemetry`).
 
     `build_input` is called inside the emulated account (sealing sensitive inputs needs its KMS);
     `on_event` hears each history event as the execution records it (on the emulator's thread);
-    `account` is the folder the emulated account's tables are kept in between runs.
+    `account` is the folder the emulated account's tables are kept in between runs;
+    `while_running` is called between two polls of the execution (in the emulated account).
     """
     import boto3
 
@@ -746,6 +750,8 @@ def run_execution(
             described = client.describe_execution(executionArn=started["executionArn"])
             if described["status"] != "RUNNING":
                 break
+            if while_running is not None:
+                while_running()
             time.sleep(poll)
         history: list[dict[str, Any]] = []
         for page in client.get_paginator("get_execution_history").paginate(
@@ -770,4 +776,19 @@ def run_execution(
 
         # the run's values kept in S3, for records read from its history (a failed group's children)
         payloads = Snapshot.read(BUCKET, f"payloads/{run_id}")
-        return {"status": described["status"], "output": output, "history": history, "payloads": payloads}
+        return {
+            "status": described["status"],
+            "output": output,
+            "history": history,
+            "payloads": payloads,
+            "telemetry": emulated_telemetry(run_id),
+        }
+
+
+def emulated_telemetry(run_id: str) -> list[dict[str, Any]]:
+    """The telemetry entries of a run in the emulated account's table (inside `emulated_aws`)."""
+    from orchestrator.settings import lambda_settings
+    from orchestrator.stores.dynamodb import DynamoTelemetryLog
+
+    table = lambda_settings().tables.get("telemetry")
+    return DynamoTelemetryLog(table).query(run_id) if table else []

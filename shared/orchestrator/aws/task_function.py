@@ -4,7 +4,8 @@ The handler decodes the event (`TaskEvent`), this module rebuilds the scope (`ta
 hands the task to the runtime (`orchestrator.runtime.task`): its cache entry, one attempt,
 the cache write (its condition is decided before, by the state machine or the dispatch
 function). Retries, the fallback task and `on_failure` belong to the state
-machine: one invocation is one attempt.
+machine: one invocation is one attempt, recorded in the run's telemetry as the engine records
+its attempts (`TaskRun.attempting`: two items, when it starts and when it ends).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator.aws.deployed import event_location
+from orchestrator.aws.deployed import TaskLocation, event_location
 from orchestrator.aws.events import DispatchError, DispatchEvent, TaskEvent, task_failure
 from orchestrator.aws.payloads import is_reference, offload, resolve
 from orchestrator.aws.task_scope import PreparedTask, prepare_task
@@ -29,6 +30,7 @@ from orchestrator.runtime.policy import effective_policy, task_timeout
 from orchestrator.runtime.sandbox import SANDBOX_GRACE, limits_for, run_sandboxed
 from orchestrator.runtime.task import PipelineAborted, TaskRun, attempt_leaf, carry_task, timeout_error
 from orchestrator.runtime.task_streams import task_streams
+from orchestrator.runtime.telemetry import GENERATED, TaskPlace, carrying, task_path
 from orchestrator.sealing.base import Sealer
 from orchestrator.settings import Settings, aws_settings, lambda_settings
 from orchestrator.spec.models import TaskBase
@@ -95,9 +97,9 @@ def _attempt(task: TaskBase, prepared: PreparedTask, services: Services) -> Any:
     leaf: Callable[[], Any]
     if limits is not None:
         backend = pipeline.state_management.storage_backend
-        leaf = functools.partial(run_sandboxed, task, name, scope, run, backend, inputs, limits)
+        leaf = carrying(functools.partial(run_sandboxed, task, name, scope, run, backend, inputs, limits))
     else:
-        leaf = functools.partial(run_leaf, task, name, scope, run, services, inputs)
+        leaf = carrying(functools.partial(run_leaf, task, name, scope, run, services, inputs))
     grace = SANDBOX_GRACE if limits is not None else 0.0
     # descriptors 1 and 2 are captured where one invocation has the process (Lambda); the
     # emulator runs containers as threads of the command, whose own pipe already holds them
@@ -165,6 +167,7 @@ def run_task_event(
         no_cache=event.run.no_cache,
         default_model=services.settings.default_model,
         redactor=redactor,
+        place=_place(event, location, prepared, stores),
     )
     bucket = aws_settings().payload_bucket
 
@@ -188,12 +191,24 @@ def run_task_event(
                 return _advanced(
                     event, {"status": early.status.value, "output": kept(early.output)}, stores, sealer
                 )
-        output = _attempt(location.task, prepared, services)
+        with run.attempting(location.task, fallback=location.fallback):
+            output = _attempt(location.task, prepared, services)
     except TaskError as error:
         raise task_failure(error, redactor) from None
     if not location.fallback:
         run.succeeded(output, 1)
     return _advanced(event, {"status": "succeeded", "output": kept(output)}, stores, sealer)
+
+
+def _place(event: TaskEvent, location: TaskLocation, prepared: PreparedTask, stores: Stores) -> TaskPlace:
+    """Where the attempt is recorded: under the top run, its child pipeline's id if it runs in
+    one, at the path the engine gives the task (`runtime.telemetry`: the loops' names and
+    indices come with the rebuilt scope; a generated task is keyed by its own name)."""
+    place = prepared.scope.place
+    if location.group is not None:
+        place = (*place, location.group, GENERATED)
+    pipeline_run = event.pipeline if event.pipeline != event.run.pipeline else ""
+    return TaskPlace(stores.telemetry, event.run.id, pipeline_run, task_path(place, location.name))
 
 
 def _advanced(

@@ -94,27 +94,33 @@ def _child_outputs(plan: Plan, outputs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _loop_scope(
-    top: Scope, loop: LoopModel, container: TaskBase | None, outer_loops: tuple[TaskBase, ...]
+    top: Scope,
+    loop: LoopModel,
+    container: TaskBase | None,
+    outer_loops: tuple[TaskBase, ...],
+    names: tuple[str, ...] = (),
 ) -> Scope:
     """The iteration's scope, inside those of the loops around it (`loop.outer`), as the
-    engine nests them; an item or state may have travelled as a reference to S3."""
+    engine nests them; an item or state may have travelled as a reference to S3. `names`:
+    the loops' names, outermost first, for the scope's place (`Scope.place`)."""
     iterations: list[LoopModel] = []  # innermost first
     found: LoopModel | None = loop
     while found is not None:
         iterations.append(found)
         found = found.outer
     containers = [container, *reversed(outer_loops)][: len(iterations)]  # innermost first
+    innermost_names = [*reversed(names), *[""] * len(iterations)]
     scope = top
-    for model, around in reversed(list(zip(iterations, containers, strict=False))):
-        scope = _one_iteration(scope, model, around)
+    for model, around, name in reversed(list(zip(iterations, containers, innermost_names, strict=False))):
+        scope = _one_iteration(scope, model, around, name)
     return scope
 
 
-def _one_iteration(scope: Scope, loop: LoopModel, container: TaskBase | None) -> Scope:
+def _one_iteration(scope: Scope, loop: LoopModel, container: TaskBase | None, name: str) -> Scope:
     item_variable = container.item_variable if isinstance(container, ForLoop) else loop.item_variable
     if isinstance(container, WhileLoop) or item_variable is None:
-        return while_scope(scope, loop.index, dict(resolve(loop.state) or {}))
-    return for_iteration(scope, item_variable, loop.index, resolve(loop.item))
+        return while_scope(scope, loop.index, dict(resolve(loop.state) or {}), name)
+    return for_iteration(scope, item_variable, loop.index, resolve(loop.item), name)
 
 
 def limit_of(event: EventBase, plan: Plan) -> int:
@@ -172,7 +178,8 @@ def prepare_task(
         outer = location.outer_loops
         if loop_container is not None and location.loop is not None:
             outer = (*outer, location.loop)  # a while_loop's own step: the loops around it
-        scope = _loop_scope(top, event.loop, container, outer)
+        names = location.loop_names if loop_container is None else ()
+        scope = _loop_scope(top, event.loop, container, outer, names)
         inner = _declared_names(getattr(container, "tasks", []))
     for name, value in outputs.items():
         if name not in inner:

@@ -61,6 +61,17 @@ from orchestrator.runtime.sandbox import SANDBOX_GRACE, Limits, limits_for, run_
 from orchestrator.runtime.scope import Scope
 from orchestrator.runtime.task import PipelineAborted, TaskRun, attempt_leaf, carry_task, timeout_error
 from orchestrator.runtime.task_streams import task_streams
+from orchestrator.runtime.telemetry import (
+    GENERATED,
+    TaskPlace,
+    carrying,
+    now,
+    parallel_children,
+    pipeline_children,
+    record_run_start,
+    task_path,
+    with_telemetry,
+)
 from orchestrator.settings import Settings
 from orchestrator.spec.loading import read_pipeline
 from orchestrator.spec.models import (
@@ -138,6 +149,7 @@ class _Shared:
     pipeline_stack: tuple[Path, ...] = ()
     degraded: list[str] = field(default_factory=list)
     child_plans: dict[Path, Plan] = field(default_factory=dict)  # planned once per run
+    root_run_id: str = ""  # the top run's id, under which telemetry is recorded
 
 
 async def _interrupted() -> Any:
@@ -377,6 +389,7 @@ class _Run:
         )
         self.group_children: dict[str, dict[str, TaskOutcome]] = {}
         self.reporter = _Reporter(self)
+        self.started = now()
         self._task_settings: dict[int, tuple[TaskBase, ErrorPolicy, float | None, Limits | None]] = {}
 
     def task_settings(self, task: TaskBase) -> tuple[ErrorPolicy, float | None, Limits | None]:
@@ -432,6 +445,12 @@ class _Run:
             no_cache=self.shared.options.no_cache,
             default_model=self.shared.services.settings.default_model,
             redactor=self.shared.redactor,
+            place=TaskPlace(
+                self.shared.options.stores.telemetry,
+                self.shared.root_run_id,
+                "" if self.top_level else self.info.pipeline_id,
+                task_path(scope.place, name),
+            ),
         )
 
         async def attempt(which: TaskBase) -> Any:
@@ -489,9 +508,13 @@ class _Run:
             inputs = dict(self.inputs)
             if limits is not None:
                 backend = self.pipeline.state_management.storage_backend
-                leaf = functools.partial(run_sandboxed, task, name, scope, self.info, backend, inputs, limits)
+                leaf = carrying(
+                    functools.partial(run_sandboxed, task, name, scope, self.info, backend, inputs, limits)
+                )
             else:
-                leaf = functools.partial(run_leaf, task, name, scope, self.info, self.shared.services, inputs)
+                leaf = carrying(
+                    functools.partial(run_leaf, task, name, scope, self.info, self.shared.services, inputs)
+                )
                 if timeout is None and self.shared.activity.alone(depth):
                     try:
                         return attempt_leaf(leaf, name)
@@ -502,15 +525,15 @@ class _Run:
         inner = depth + 1
         try:
             if isinstance(task, ForLoop):
-                return await self.for_loop(task, body or self.plan_inline(task.tasks), scope, inner)
+                return await self.for_loop(task, name, body or self.plan_inline(task.tasks), scope, inner)
             if isinstance(task, WhileLoop):
-                return await self.while_loop(task, body or self.plan_inline(task.tasks), scope, inner)
+                return await self.while_loop(task, name, body or self.plan_inline(task.tasks), scope, inner)
             if isinstance(task, ParallelGroup):
                 return await self.parallel_group(
                     task, name, body or self.plan_inline(task.tasks), scope, report, inner
                 )
             if isinstance(task, DynamicTaskGroup):
-                return await self.dynamic_group(task, scope, inner)
+                return await self.dynamic_group(task, name, scope, inner)
             if isinstance(task, PipelineGroup):
                 return await self.pipeline_group(task, scope, inner)
         except PipelineAborted as abort:
@@ -522,14 +545,14 @@ class _Run:
         return plan_tasks(tasks, self.plan.source.source)
 
     # containers ---------------------------------------------------------------------------
-    async def for_loop(self, task: ForLoop, body: Body, scope: Scope, depth: int) -> list[Any]:
+    async def for_loop(self, task: ForLoop, name: str, body: Body, scope: Scope, depth: int) -> list[Any]:
         items = for_loop_items(task, scope)
         results: list[Any] = [None] * len(items)
         positions = iter(range(len(items)))
 
         async def worker() -> None:
             for index in positions:
-                iteration = for_iteration(scope, task.item_variable, index, items[index])
+                iteration = for_iteration(scope, task.item_variable, index, items[index], name)
                 outcomes = await self.run_body(body, iteration, depth=depth)
                 outputs = {name: outcome.output for name, outcome in outcomes.items()}
                 results[index] = iteration_output(body.nodes, outputs)  # in file order
@@ -542,11 +565,13 @@ class _Run:
                 pending.cancel()
         return results
 
-    async def while_loop(self, task: WhileLoop, body: Body, scope: Scope, depth: int) -> dict[str, Any]:
+    async def while_loop(
+        self, task: WhileLoop, name: str, body: Body, scope: Scope, depth: int
+    ) -> dict[str, Any]:
         state: dict[str, Any] = {}
         last = list(body.nodes)[-1] if body.nodes else None
         iterations = 0
-        while (iteration := while_iteration(task, scope, iterations, state)) is not None:
+        while (iteration := while_iteration(task, scope, iterations, state, name)) is not None:
             outcomes = await self.run_body(body, iteration, depth=depth)
             iterations += 1
             state = while_state(outcomes[last].output if last else None)
@@ -571,10 +596,11 @@ class _Run:
                 scope.outputs[child] = outcome.output
         return {child: outcomes[child].output for child in body.nodes}  # in file order, as on AWS
 
-    async def dynamic_group(self, task: DynamicTaskGroup, scope: Scope, depth: int) -> list[Any]:
+    async def dynamic_group(self, task: DynamicTaskGroup, name: str, scope: Scope, depth: int) -> list[Any]:
         body = expand(task, scope, self.plan.source.source)
         names = list(body.nodes)
-        outcomes = await self.run_body(body, scope.child(), max_concurrency=task.max_concurrency, depth=depth)
+        inner = scope.child(place=(*scope.place, name, GENERATED))
+        outcomes = await self.run_body(body, inner, max_concurrency=task.max_concurrency, depth=depth)
         return [outcomes[name].output for name in names]
 
     def child_plan(self, path: Path) -> Plan:
@@ -604,6 +630,7 @@ class _Run:
                 (*stack, child_path(task, index, self.plan.path)),
                 self.shared.degraded,
                 self.shared.child_plans,
+                self.shared.root_run_id,
             )
             run = _Run(
                 child_plan, inputs, shared, f"{self.info.run_id}.{child_plan.pipeline_id}", top_level=False
@@ -622,6 +649,21 @@ class _Run:
         return outputs
 
     # the whole run ------------------------------------------------------------------------
+    def with_telemetry(self, document: dict[str, Any], ended: float | None = None) -> dict[str, Any]:
+        """The run's document with its telemetry fields (`runtime.telemetry`): those of a
+        `running` one when `ended` is None."""
+        started = self.started
+        entries = [] if ended is None else self.shared.options.stores.telemetry.query(self.info.run_id)
+        fields = {"engine": "local", "user": self.info.user_id}
+        return with_telemetry(
+            {**document, **fields},
+            entries,
+            run_started=started,
+            run_ended=ended,
+            pipeline_groups=pipeline_children(self.plan),
+            groups=parallel_children(self.pipeline.tasks),
+        )
+
     def top_scope(self) -> Scope:
         return run_scope(self.inputs, self.info.run_id, self.info.pipeline_id, self.info.started_at)
 
@@ -735,21 +777,30 @@ def run_plan(
         (plan.path.resolve(),),
     )
     run = _Run(plan, inputs, shared, options.run_id or new_run_id())
-    running = run_document(
-        run_id=run.info.run_id,
-        pipeline=plan.pipeline_id,
-        status=RunStatus.RUNNING,
-        outcomes={},
-        result=None,
-        error=None,
+    shared.root_run_id = run.info.run_id
+    running = run.with_telemetry(
+        run_document(
+            run_id=run.info.run_id,
+            pipeline=plan.pipeline_id,
+            status=RunStatus.RUNNING,
+            outcomes={},
+            result=None,
+            error=None,
+        )
     )
     # a resumed run keeps its resume record; a run another live process holds is refused here
     resume = _resume_record(plan, inputs, run.info.user_id, options) if completed is None else None
     try:
         options.stores.runs.save(running, resume=resume)
+        record_run_start(
+            options.stores.telemetry,
+            run.info.run_id,
+            list(run.flatten({})),
+            parallel_children(plan.pipeline.tasks),
+        )
         try:
             with task_streams(redactor):
-                document = asyncio.run(run.run(completed))
+                document = run.with_telemetry(asyncio.run(run.run(completed)), now())
             try:
                 options.stores.runs.save(document)
             except StateFolderError as unwritable:
@@ -817,8 +868,14 @@ def _record_stopped(run: _Run, stopped: BaseException) -> dict[str, Any]:
             error=error,
         )
         document = redacted_document(document, run.shared.redactor)
+        bare = document
         with contextlib.suppress(Exception):
+            document = run.with_telemetry(document, now())
+        try:
             runs.save(document)
+        except Exception:  # a full disk may still take it without its telemetry (`runs show` has it)
+            with contextlib.suppress(Exception):
+                runs.save(bare)
     return document
 
 

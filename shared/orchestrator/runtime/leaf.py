@@ -14,6 +14,7 @@ from orchestrator.runtime.python_task import run_script
 from orchestrator.runtime.redact import Redactor
 from orchestrator.runtime.scope import Scope
 from orchestrator.runtime.task_streams import TaskLog, writing_as
+from orchestrator.runtime.telemetry import current_recording
 from orchestrator.settings import Settings
 from orchestrator.spec.models import LLMTask, Pipeline, PythonTask, TaskBase, WebSearchTask
 from orchestrator.template import jinja
@@ -169,8 +170,11 @@ def run_leaf(
     """Run one attempt of a leaf task and return its output, redacted: what later tasks read,
     on either engine, is what the run document shows (a secret the task read, or a sensitive
     input, as `***`), since on AWS an output travels in the execution's state."""
+    recording = current_recording()
     if isinstance(task, PythonTask):
         script = render_task_script(task.script, scope)
+        if recording is not None:
+            recording.inputs({"script": script})
         context = Context(run, scope, name)
         log = TaskLog(name, run)
         try:
@@ -188,6 +192,8 @@ def run_leaf(
         from orchestrator.runtime.llm import LLMRequest, parse_llm_output
 
         fields = llm_request_fields(task, scope, services.settings.default_model)
+        if recording is not None:
+            recording.inputs(fields)
         output_type = fields.pop("output_type")
         text = services.llm_client().complete(LLMRequest(**fields))
         return run.redactor.value(parse_llm_output(text, output_type))
@@ -195,6 +201,8 @@ def run_leaf(
         from orchestrator.runtime.search import search_output
 
         query = str(render(task.query, scope))
+        if recording is not None:
+            recording.inputs({"query": query, "max_results": task.max_results})
         results = services.search_client().search(query, task.max_results)
         return run.redactor.value(search_output(query, results))
     raise TypeError(f"not a leaf task: {type(task).__name__}")

@@ -159,10 +159,15 @@ class OpenAIChatClient:
             if attempt:
                 retry_after = last.retry_after if last is not None else None
                 self._sleep(backoff_delay(attempt - 1, retry_after=retry_after, rng=self._rng))
+            started = time.perf_counter()
+            usage: tuple[int | None, int | None] = (None, None)
             try:
-                return self._send_once(client, upstream_model, request)
+                text, usage = self._send_once(client, upstream_model, request)
+                return text
             except _TransientFailure as failure:
                 last = failure
+            finally:
+                _record_call(request.model, usage, time.perf_counter() - started)
         where = _describe(request.model, upstream_model, client)
         reason = last.message if last is not None else "no attempt was made"
         raise TaskError(
@@ -217,7 +222,10 @@ class OpenAIChatClient:
                 self._clients[key] = client
             return client
 
-    def _send_once(self, client: openai.OpenAI, upstream_model: str, request: LLMRequest) -> str:
+    def _send_once(
+        self, client: openai.OpenAI, upstream_model: str, request: LLMRequest
+    ) -> tuple[str, tuple[int | None, int | None]]:
+        """The reply's text and its tokens in and out (None when the reply does not say)."""
         import openai
 
         messages: list[ChatCompletionMessageParam] = []
@@ -253,7 +261,26 @@ class OpenAIChatClient:
                 "LLMResponseError",
                 f"{where}: the reply has no text (finish_reason={choice.finish_reason!r})",
             )
-        return choice.message.content
+        usage = completion.usage
+        tokens = (
+            (_count(usage.prompt_tokens), _count(usage.completion_tokens))
+            if usage is not None
+            else (None, None)
+        )
+        return choice.message.content, tokens
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _record_call(model: str, usage: tuple[int | None, int | None], latency: float) -> None:
+    """One provider call in the attempt's telemetry, when it is recorded (`runtime.telemetry`)."""
+    from orchestrator.runtime.telemetry import current_recording
+
+    recording = current_recording()
+    if recording is not None:
+        recording.llm_call(model, usage[0], usage[1], latency)
 
 
 def _describe(model: str, upstream_model: str, client: openai.OpenAI) -> str:

@@ -35,10 +35,12 @@ def for_loop_items(task: ForLoop, scope: Scope) -> list[Any]:
     return loop_items(render(value, scope) if isinstance(value, str) else value)
 
 
-def for_iteration(scope: Scope, item_variable: str, index: int, item: Any) -> Scope:
-    """The scope of for_loop iteration `index`: the item under its variable, `loop_index`."""
+def for_iteration(scope: Scope, item_variable: str, index: int, item: Any, loop: str = "") -> Scope:
+    """The scope of for_loop iteration `index`: the item under its variable, `loop_index`
+    (`loop`: the loop's name, for the task path of the tasks inside)."""
     frame = LoopFrame(index, item_variable=item_variable, item=item)
-    return scope.child({item_variable: item, "loop_index": index}, loop=frame)
+    place = (*scope.place, loop, str(index))
+    return scope.child({item_variable: item, "loop_index": index}, loop=frame, place=place)
 
 
 def iteration_output(names: Iterable[str], outputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -53,18 +55,22 @@ def for_loop_output(iterations: Mapping[int, Any]) -> list[Any]:
     return [iterations[index] for index in sorted(iterations)]
 
 
-def while_scope(scope: Scope, index: int, state: dict[str, Any]) -> Scope:
-    """The scope of while_loop iteration `index`: `loop_state` and `loop_index`."""
+def while_scope(scope: Scope, index: int, state: dict[str, Any], loop: str = "") -> Scope:
+    """The scope of while_loop iteration `index`: `loop_state` and `loop_index` (`loop`: the
+    loop's name, for the task path of the tasks inside)."""
     frame = LoopFrame(index, state=state)
-    return scope.child({"loop_state": state, "loop_index": index}, loop=frame)
+    place = (*scope.place, loop, str(index))
+    return scope.child({"loop_state": state, "loop_index": index}, loop=frame, place=place)
 
 
-def while_iteration(task: WhileLoop, scope: Scope, index: int, state: dict[str, Any]) -> Scope | None:
+def while_iteration(
+    task: WhileLoop, scope: Scope, index: int, state: dict[str, Any], loop: str = ""
+) -> Scope | None:
     """One while_loop step, taken before each iteration: the scope of iteration `index` when
     the loop goes on (fewer than `max_iterations` done and its condition true), else None."""
     if index >= task.max_iterations:
         return None
-    iteration = while_scope(scope, index, state)
+    iteration = while_scope(scope, index, state, loop)
     return iteration if condition_holds(task.condition, iteration) else None
 
 

@@ -118,6 +118,7 @@ def run_sandboxed(
         stderr = stderr_file.read().decode("utf-8", errors="replace")
     reply = _read_messages(stdout, run.redactor)
     stderr = run.redactor.text(stderr)
+    _record_child(name, stderr, reply)
     if reply is None:
         raise _crash_error(name, process.returncode, stderr, limits)
     if stderr.strip():
@@ -130,6 +131,28 @@ def run_sandboxed(
     if error_type == "MemoryError" and limits.memory_bytes is not None:
         raise _memory_error(name, limits.memory_bytes)
     raise TaskError(error_type, str(reply.get("message", "")))  # retryable or not by its type
+
+
+def _record_child(name: str, stderr: str, reply: dict[str, Any] | None) -> None:
+    """What the child printed (its `[task] ` prefix taken off) and its LLM calls, in the
+    attempt's telemetry when it is recorded (`runtime.telemetry`)."""
+    from orchestrator.runtime.telemetry import current_recording
+
+    recording = current_recording()
+    if recording is None:
+        return
+    prefix = f"[{name}] "
+    lines = [line.removeprefix(prefix) for line in stderr.splitlines()]
+    if lines:
+        recording.printed("\n".join(lines))
+    for call in (reply or {}).get("llm_calls") or []:
+        if isinstance(call, dict):
+            recording.llm_call(
+                str(call.get("model")),
+                call.get("tokens_in"),
+                call.get("tokens_out"),
+                float(call.get("latency") or 0.0),
+            )
 
 
 def _request(
@@ -425,6 +448,7 @@ def _serve(request: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
     from orchestrator.runtime.leaf import Services, run_leaf
     from orchestrator.runtime.scope import LoopFrame, Scope
     from orchestrator.runtime.task_streams import task_streams
+    from orchestrator.runtime.telemetry import collected_calls
     from orchestrator.settings import lambda_settings
     from orchestrator.spec.models import TASK_TYPES
     from orchestrator.template.jinja import GLOBALS
@@ -450,14 +474,16 @@ def _serve(request: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
         frame = request["loop"]
         scope = Scope(request["values"], outer, loop=LoopFrame(**frame) if frame is not None else None)
         services = Services(settings)
+        calls: list[dict[str, Any]] = []
         try:
             # what the script prints becomes `[task] ...` lines, as in process; the parent
-            # redacts the rest of this process's stderr with the secrets it was sent
-            with task_streams(redactor, descriptors=False):
+            # redacts the rest of this process's stderr with the secrets it was sent, and
+            # records them and the LLM calls (`_record_child`) in the attempt's telemetry
+            with task_streams(redactor, descriptors=False), collected_calls(redactor, calls):
                 output = run_leaf(task, request["name"], scope, run, services, request["inputs"])
         finally:
             services.close()
-        return {"ok": True, "output": output}
+        return {"ok": True, "output": output, "llm_calls": calls}
     except StateConflictError as error:
         return {
             "ok": False,

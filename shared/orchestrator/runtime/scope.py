@@ -20,7 +20,7 @@ class LoopFrame:
 class Scope(Mapping[str, Any]):
     """A chain of frames read in place; Jinja evaluates against it without copying."""
 
-    __slots__ = ("_values", "loop", "outputs", "parent")
+    __slots__ = ("_values", "loop", "outputs", "parent", "place")
 
     def __init__(
         self,
@@ -28,14 +28,23 @@ class Scope(Mapping[str, Any]):
         parent: Scope | None = None,
         *,
         loop: LoopFrame | None = None,
+        place: tuple[str, ...] | None = None,
     ) -> None:
         self._values = values
         self.parent: Scope | None = parent
         self.loop: LoopFrame | None = loop if loop is not None else (parent.loop if parent else None)
         self.outputs: dict[str, Any] = {}
+        # the task path (`runtime.telemetry`) the tasks run in this scope are under
+        self.place: tuple[str, ...] = place if place is not None else (parent.place if parent else ())
 
-    def child(self, values: dict[str, Any] | None = None, *, loop: LoopFrame | None = None) -> Scope:
-        return Scope(values or {}, self, loop=loop)
+    def child(
+        self,
+        values: dict[str, Any] | None = None,
+        *,
+        loop: LoopFrame | None = None,
+        place: tuple[str, ...] | None = None,
+    ) -> Scope:
+        return Scope(values or {}, self, loop=loop, place=place)
 
     def __getitem__(self, key: str) -> Any:
         scope: Scope | None = self

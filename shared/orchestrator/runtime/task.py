@@ -19,6 +19,7 @@ On AWS the state machine carries the policy (its `Retry` and `Catch` come from t
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -27,10 +28,11 @@ from typing import Any
 from orchestrator.errors import OrchestratorError, TaskError
 from orchestrator.runtime.context import StateConflictError
 from orchestrator.runtime.documents import ErrorInfo, TaskOutcome, TaskStatus
-from orchestrator.runtime.leaf import cache_key, fallback_output
+from orchestrator.runtime.leaf import LEAF_TYPES, cache_key, fallback_output
 from orchestrator.runtime.policy import ErrorPolicy
 from orchestrator.runtime.redact import Redactor
 from orchestrator.runtime.scope import Scope
+from orchestrator.runtime.telemetry import TaskPlace, recorded_attempt
 from orchestrator.spec.models import Pipeline, TaskBase, WhileLoop
 from orchestrator.stores.base import CacheStore
 from orchestrator.template import jinja
@@ -100,6 +102,7 @@ class TaskRun:
         "no_cache",
         "pipeline",
         "pipeline_id",
+        "place",
         "policy",
         "reads",
         "redactor",
@@ -122,8 +125,10 @@ class TaskRun:
         no_cache: bool,
         default_model: str,
         redactor: Redactor,
+        place: TaskPlace | None = None,
     ) -> None:
         self.task = task
+        self.place = place
         self.name = name
         self.scope = scope
         self.pipeline = pipeline
@@ -159,6 +164,14 @@ class TaskRun:
             if hit:
                 return self._ended(TaskOutcome(TaskStatus.CACHED, value))
         return None
+
+    def attempting(self, task: TaskBase, *, fallback: bool) -> contextlib.AbstractContextManager[None]:
+        """Around one attempt of `task` (this task, or its `fallback` task): a leaf's attempt
+        is recorded in the run's telemetry (`runtime.telemetry`) when the run records it
+        (`place`). A container's attempts are not: its span is that of what runs inside it."""
+        if self.place is None or not isinstance(task, LEAF_TYPES):
+            return contextlib.nullcontext()
+        return recorded_attempt(self.place, self.redactor, fallback=fallback)
 
     def succeeded(self, output: Any, attempts: int) -> TaskOutcome:
         """An attempt gave `output`: written to the cache when the task is cached."""
@@ -207,7 +220,8 @@ async def carry_task(
     while True:
         attempts += 1
         try:
-            output = await attempt(run.task)
+            with run.attempting(run.task, fallback=False):
+                output = await attempt(run.task)
         except TaskError as error:
             delay = run.retry_delay(error, attempts)
             if delay is not None:
@@ -219,7 +233,8 @@ async def carry_task(
     fallback = run.policy.fallback
     if fallback is not None:
         try:
-            output = await attempt(fallback)
+            with run.attempting(fallback, fallback=True):
+                output = await attempt(fallback)
         except TaskError:
             pass
         else:

@@ -52,12 +52,16 @@ _PIPE_CAPACITY = 1 << 20  # Linux's largest default pipe size (/proc/sys/fs/pipe
 
 
 class TaskLog:
-    """A script's output as log lines on the real stderr: prefixed with the task, secrets masked."""
+    """A script's output as log lines on the real stderr: prefixed with the task, secrets
+    masked; the lines are also the attempt's printed lines in its telemetry, when recorded."""
 
     def __init__(self, name: str, run: RunInfo) -> None:
+        from orchestrator.runtime.telemetry import current_recording
+
         self._name = name
         self._redacted = StreamRedactor([run.redactor])
         self._partial = ""
+        self._recording = current_recording()
 
     def write(self, text: str) -> None:
         self._emit(self._redacted.feed(text), final=False)
@@ -71,6 +75,8 @@ class TaskLog:
             complete, newline, self._partial = complete + newline + self._partial, "\n", ""
         if not newline:
             return
+        if self._recording is not None:
+            self._recording.printed(complete)
         _write_to(real_stderr(), "".join(f"[{self._name}] {line}\n" for line in complete.split("\n")))
 
 

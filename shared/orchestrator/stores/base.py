@@ -4,7 +4,7 @@ and the run summary `RunStore.list` returns."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -122,6 +122,19 @@ def summary(document: dict[str, Any], started_at: str | None = None) -> dict[str
     return found if found["started_at"] or started_at is None else {**found, "started_at": started_at}
 
 
+class TelemetryLog(Protocol):
+    """Attempt entries of runs (`runtime.telemetry`), written while the runs go on.
+
+    `put` writes an entry of a run by its id, replacing one with the same id (an attempt is
+    put when it starts and again when it ends); `query` gives every entry of a run (its child
+    pipelines' included), in no particular order.
+    """
+
+    def put(self, run_id: str, entry_id: str, entry: dict[str, Any]) -> None: ...
+
+    def query(self, run_id: str) -> list[dict[str, Any]]: ...
+
+
 class Secrets(Protocol):
     """Named secret values; None when the secret does not exist."""
 
@@ -137,3 +150,11 @@ class Stores:
     audit: AuditLog
     runs: RunStore
     secrets: Secrets
+    telemetry: TelemetryLog = field(default_factory=lambda: _memory_telemetry())
+
+
+def _memory_telemetry() -> TelemetryLog:
+    """Where stores built without a telemetry log keep it: in memory, for the process."""
+    from orchestrator.stores.memory import MemoryTelemetryLog
+
+    return MemoryTelemetryLog()

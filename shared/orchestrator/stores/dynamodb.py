@@ -1,4 +1,5 @@
-"""DynamoDB stores: state with compare-and-set on a version attribute, cache, audit and runs.
+"""DynamoDB stores: state with compare-and-set on a version attribute, cache, audit, runs and
+run telemetry.
 
 Item shapes follow the tables in `infra/template.base.yaml`: every table has a TTL attribute
 `expires_at` (epoch seconds). DynamoDB deletes expired items lazily, so reads also check it.
@@ -239,6 +240,38 @@ class DynamoAuditLog:
         for page in self._client.get_paginator("scan").paginate(TableName=self._table):
             items += page["Items"]
         return items
+
+
+class DynamoTelemetryLog:
+    """Telemetry items `{run_id, entry_id, entry}` (`runtime.telemetry`), queried per run.
+
+    The task functions may only `PutItem` these three attributes, returning no old values; the
+    API function may only `Query` (`infra/template.base.yaml`). An attempt is two puts: when it
+    starts and, replacing it, when it ends."""
+
+    def __init__(self, table: str, client: DynamoDBClient | None = None) -> None:
+        self._table = table
+        self._client = _client(client)
+
+    def put(self, run_id: str, entry_id: str, entry: dict[str, Any]) -> None:
+        self._client.put_item(
+            TableName=self._table,
+            Item={
+                "run_id": {"S": run_id},
+                "entry_id": {"S": entry_id},
+                "entry": {"S": json.dumps(entry)},
+            },
+        )
+
+    def query(self, run_id: str) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = []
+        for page in self._client.get_paginator("query").paginate(
+            TableName=self._table,
+            KeyConditionExpression="run_id = :r",
+            ExpressionAttributeValues={":r": {"S": run_id}},
+        ):
+            entries += [json.loads(item["entry"]["S"]) for item in page["Items"]]
+        return entries
 
 
 class DynamoRunStore:

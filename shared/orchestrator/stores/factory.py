@@ -23,6 +23,7 @@ from orchestrator.stores.sqlite import (
     SqliteCacheStore,
     SqliteRunStore,
     SqliteStateStore,
+    SqliteTelemetryLog,
 )
 
 _DATABASES: dict[Path, Database] = {}
@@ -75,6 +76,7 @@ def open_stores(settings: Settings, backend: str = "database") -> Stores:
         audit=SqliteAuditLog(opened),
         runs=SqliteRunStore(opened),
         secrets=LocalSecrets(settings.home / "secrets.yaml"),
+        telemetry=SqliteTelemetryLog(opened),
     )
 
 
@@ -84,14 +86,18 @@ def _aws_stores(settings: Settings) -> Stores:
         DynamoCacheStore,
         DynamoRunStore,
         DynamoStateStore,
+        DynamoTelemetryLog,
     )
     from orchestrator.stores.secretsmanager import SecretsManagerSecrets
 
     tables = settings.tables
-    return Stores(
+    stores = Stores(
         state=DynamoStateStore(tables["state"]),
         cache=DynamoCacheStore(tables["cache"]),
         audit=DynamoAuditLog(tables["audit"]),
         runs=DynamoRunStore(tables["runs"]),
         secrets=SecretsManagerSecrets(),
     )
+    if "telemetry" in tables:  # (a stack deployed before issue 14 has none: kept in memory)
+        stores.telemetry = DynamoTelemetryLog(tables["telemetry"])
+    return stores

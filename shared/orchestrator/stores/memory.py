@@ -160,3 +160,19 @@ class MemoryRunStore:
                 if pipeline in (None, r.get("pipeline")) and status in (None, r.get("status"))
             ]
             return runs[offset : offset + limit]
+
+
+class MemoryTelemetryLog:
+    """Telemetry entries in a dict, by run and entry id."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, dict[str, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def put(self, run_id: str, entry_id: str, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self._runs.setdefault(run_id, {})[entry_id] = copy.deepcopy(entry)
+
+    def query(self, run_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(list(self._runs.get(run_id, {}).values()))

@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline, started_at);
 CREATE TABLE IF NOT EXISTS run_tasks (
     run_id TEXT NOT NULL, task TEXT NOT NULL, outcome TEXT NOT NULL, PRIMARY KEY (run_id, task));
+CREATE TABLE IF NOT EXISTS telemetry (
+    run_id TEXT NOT NULL, entry_id TEXT NOT NULL, entry TEXT NOT NULL, PRIMARY KEY (run_id, entry_id));
 """
 
 
@@ -521,10 +523,12 @@ class _CheckpointWriter:
     Whatever is queued while a batch is being written goes into the next one, so a task
     finishing does not wait for the disk, and many tasks finishing together cost one commit.
     A checkpoint is on disk a moment (a commit) after it was queued; `flush` waits for all.
+    (Telemetry entries are written the same way, with their own statement: `sql`.)
     """
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, sql: str = _CHECKPOINT) -> None:
         self._db = database
+        self._sql = sql
         self._queue: queue.SimpleQueue[tuple[str, str, str]] = queue.SimpleQueue()
         self._pending = 0
         self._error: BaseException | None = None
@@ -560,7 +564,7 @@ class _CheckpointWriter:
                 connection = self._db.connection()
                 connection.execute("BEGIN IMMEDIATE")
                 try:
-                    connection.executemany(_CHECKPOINT, batch)
+                    connection.executemany(self._sql, batch)
                     connection.execute("COMMIT")
                 except BaseException:
                     _roll_back(connection)
@@ -898,6 +902,36 @@ def _summary_field(document: dict[str, Any], column: str) -> Any:
     if column == "duration":
         return value if isinstance(value, int | float) and not isinstance(value, bool) else None
     return value if isinstance(value, str) else None
+
+
+_TELEMETRY = (
+    "INSERT INTO telemetry (run_id, entry_id, entry) VALUES (?, ?, ?) "
+    "ON CONFLICT (run_id, entry_id) DO UPDATE SET entry = excluded.entry"
+)
+
+
+class SqliteTelemetryLog:
+    """Telemetry entries (`runtime.telemetry`), one row each, by run and entry id, written
+    behind the run in batches (`_CheckpointWriter`): an attempt does not wait for the disk."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+        self._writer: _CheckpointWriter | None = None
+        self._writer_lock = threading.Lock()
+
+    def put(self, run_id: str, entry_id: str, entry: dict[str, Any]) -> None:
+        if self._writer is None:
+            with self._writer_lock:
+                if self._writer is None:
+                    self._writer = _CheckpointWriter(self._db, _TELEMETRY)
+                    _WRITERS.add(self._writer)
+        self._writer.put((run_id, entry_id, _dump(entry)))
+
+    def query(self, run_id: str) -> list[dict[str, Any]]:
+        if self._writer is not None:
+            self._writer.flush()
+        rows = self._db.execute("SELECT entry FROM telemetry WHERE run_id = ?", (run_id,)).fetchall()
+        return [self._db.loads(row[0], required=()) for row in rows]
 
 
 def _expiry(ttl: float | None) -> float | None:
