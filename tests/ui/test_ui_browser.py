@@ -127,32 +127,39 @@ def test_a_run_page_follows_the_run_live(
         expect(row).to_have_count(1)
         row.locator("a").click()
 
-        # THEN its page shows it running, with the graph drawn and nothing finished
+        # THEN its page shows it running: the first task running in graph and timeline, the
+        # second not started
         first = page.locator('#graph g.task[data-path="first"]')
-        first_row = page.locator('#timeline .row[data-path="first"]')
-        second_row = page.locator('#timeline .row[data-path="second"]')
         second = page.locator('#graph g.task[data-path="second"]')
+        first_bars = page.locator('#timeline .bar[data-task="first"]')
+        second_bars = page.locator('#timeline .bar[data-task="second"]')
         expect(page.locator("#run-status")).to_have_text("running")
-        expect(first).not_to_have_attribute("data-status", "succeeded")
-        expect(second).not_to_have_attribute("data-status", "succeeded")
-        expect(page.locator('#timeline .row[data-path="first"][data-status=succeeded]')).to_have_count(0)
+        expect(first).to_have_attribute("data-status", "running")
+        expect(second).to_have_attribute("data-status", "not_run")
+        expect(first_bars).to_have_count(1)
+        expect(first_bars).to_have_attribute("data-status", "running")
+        expect(second_bars).to_have_count(0)
 
-        # WHEN the first gate opens, THEN the first task turns succeeded in graph and timeline
+        # WHEN the first gate opens, THEN the first task succeeds and the second runs
         (gates / "one").touch()
         expect(first).to_have_attribute("data-status", "succeeded")
-        expect(first_row).to_have_attribute("data-status", "succeeded")
-        expect(second).not_to_have_attribute("data-status", "succeeded")
+        expect(first_bars).to_have_attribute("data-status", "succeeded")
+        expect(second).to_have_attribute("data-status", "running")
+        expect(second_bars).to_have_attribute("data-status", "running")
         expect(page.locator("#run-status")).to_have_text("running")
 
-        # WHEN the second opens, THEN the run ends succeeded, every box too
+        # WHEN the second opens, THEN the run ends succeeded, every box and bar too
         (gates / "two").touch()
         expect(page.locator("#run-status")).to_have_text("succeeded")
         expect(second).to_have_attribute("data-status", "succeeded")
-        expect(second_row).to_have_attribute("data-status", "succeeded")
+        expect(second_bars).to_have_attribute("data-status", "succeeded")
+        expect(page.locator('#timeline .row[data-path="second"]')).to_have_attribute(
+            "data-status", "succeeded"
+        )
 
         # AND a click on a task shows its output
         first.click()
-        expect(page.locator("#details section pre")).to_have_text("one")
+        expect(page.locator("#details section[data-section=output] pre")).to_have_text("one")
     finally:
         (gates / "one").touch()
         (gates / "two").touch()

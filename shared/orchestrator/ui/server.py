@@ -2,7 +2,8 @@
 
 Routes (a Werkzeug `Map`): `/` the page (with this server's token in a meta tag), `/static/..`
 its script and style, `GET /api/runs` run summaries (filters `status`, `pipeline`, `limit`,
-`offset`), `GET /api/runs/<id>` the run document as known now, `GET /api/runs/<id>/graph` the
+`offset`), `GET /api/runs/<id>` the run document as known now (`runtime.telemetry.live_document`:
+`runs show`'s, with the telemetry of a run still going on), `GET /api/runs/<id>/graph` the
 pipeline's graph (SVG text, or why there is none), `POST /api/runs/<id>/resume` starts
 `orchestrator resume` for a failed or crashed run as a detached child process.
 
@@ -42,6 +43,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.runtime.telemetry import live_document
 from orchestrator.stores.base import Stores
 
 HOST = "127.0.0.1"
@@ -188,7 +190,8 @@ class UiApp:
         return _json({"runs": runs, "limit": limit, "offset": offset})
 
     def _document(self, run_id: str) -> dict[str, Any]:
-        document = self._store(lambda: self.stores.runs.load(run_id))
+        """The run document as known now (`runs show`'s), with its telemetry while it runs."""
+        document = self._store(lambda: live_document(self.stores, run_id))
         if document is None:
             raise NotFound(f"no run '{run_id}'")
         return document

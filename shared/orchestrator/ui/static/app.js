@@ -455,7 +455,7 @@ function closeDetails() {
 
 function section(title, value) {
   if (value === null || value === undefined) return null;
-  return el("section", {}, el("h3", { text: title }), el("pre", { text: pretty(value) }));
+  return el("section", { "data-section": title.toLowerCase() }, el("h3", { text: title }), el("pre", { text: pretty(value) }));
 }
 
 function showDetails(path) {
