@@ -445,6 +445,18 @@ function select(path) {
   showTimeline();
 }
 
+// A task's inputs: one block per input (a script or a prompt shown as written), else as JSON.
+function inputsSection(inputs) {
+  if (inputs === null || inputs === undefined) return null;
+  if (typeof inputs !== "object" || Array.isArray(inputs)) return section("Inputs", inputs);
+  return el(
+    "section",
+    { "data-section": "inputs" },
+    el("h3", { text: "Inputs" }),
+    ...Object.entries(inputs).flatMap(([name, value]) => [el("h4", { text: name }), el("pre", { text: pretty(value) })]),
+  );
+}
+
 function closeDetails() {
   view.selected = null;
   $("details").hidden = true;
@@ -492,7 +504,7 @@ function showDetails(path) {
     el("h2", { text: path.join(" › ") }),
     el("p", {}, el("span", { class: "badge status-" + record.status, text: record.status }),
       " " + (record.attempts ?? (record.attempt_log || []).length) + " attempt(s) · " + seconds(record.duration)),
-    section("Inputs", record.inputs),
+    inputsSection(record.inputs),
     section("Output", output),
     record.error ? el("section", {}, el("h3", { text: "Error" }), el("p", { class: "error", text: errorText(record.error) })) : null,
     attempts.length ? el("section", {}, el("h3", { text: "Attempts" }), ...attempts) : null,
