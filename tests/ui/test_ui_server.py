@@ -313,6 +313,8 @@ def test_a_run_on_the_emulated_step_functions_is_listed_and_shown(
     document = result.document()
     listed = _json(_get(client, "/api/runs?pipeline=ok"))["runs"]
     assert [(run["run_id"], run["status"]) for run in listed] == [(document["run_id"], "succeeded")]
+    # saved once, when it ended: listed from when it started all the same
+    assert listed[0]["started_at"] == document["started_at"] and listed[0]["engine"] == "stepfunctions"
     served = _json(_get(client, f"/api/runs/{document['run_id']}"))
     assert served == {"run": document, "resumable": False}
 

@@ -33,6 +33,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote
@@ -775,7 +776,7 @@ class SqliteRunStore:
                 document["run_id"],
                 document["pipeline"],
                 document["status"],
-                now,
+                _epoch(document.get("started_at")) or now,  # kept from the first save
                 now,
                 _dump(document),
                 None if resume is None else _dump(resume),
@@ -893,6 +894,17 @@ class SqliteRunStore:
 
 
 _SUMMARY_SELECT = "run_id, pipeline, status, started_at, updated_at, ended_at, duration, engine, user"
+
+
+def _epoch(moment: Any) -> float | None:
+    """An ISO-8601 time of a document (a run saved once, when it ended, as on the emulated
+    Step Functions, started earlier than its row) as epoch seconds; None if it is not one."""
+    if not isinstance(moment, str):
+        return None
+    try:
+        return datetime.fromisoformat(moment).timestamp()
+    except ValueError:
+        return None
 
 
 def _summary_field(document: dict[str, Any], column: str) -> Any:
