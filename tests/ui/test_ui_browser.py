@@ -332,3 +332,49 @@ def test_the_timeline_shows_attempts_waits_iterations_and_details(page: Any, ui_
     expect(details).to_contain_text("iteration 1")
     page.locator('#timeline .row[data-path="ask"] a.task-name').click()
     expect(details).to_contain_text("gpt-x: 12 tokens in, 34 out")
+
+
+FAILS_ONCE = """
+name: flaky
+input_variables:
+  flag: {type: string}
+tasks:
+  - name: counted
+    type: python_task
+    script: |
+      return 1
+  - name: fails_once
+    type: python_task
+    depends_on: [counted]
+    script: |
+      import os
+      if not os.path.exists("{{ flag }}"):
+          open("{{ flag }}", "w").close()
+          raise RuntimeError("the first run fails")
+      return "done"
+"""
+
+
+def test_a_failed_run_is_resumed_from_its_page(
+    page: Any, ui_url: str, write_pipeline: Callable[..., Path], tmp_path: Path
+) -> None:
+    expect = playwright_api.expect
+    # GIVEN a run that failed
+    run = _start_run(write_pipeline(FAILS_ONCE, name="flaky"), "-i", f"flag={tmp_path / 'flag'}")
+    run.communicate(timeout=60)
+    assert run.returncode == 1
+
+    # WHEN its page's Resume button is pressed
+    page.goto(ui_url)
+    page.locator("#runs tbody tr[data-status=failed] a").click()
+    expect(page.locator("#run-status")).to_have_text("failed")
+    box = page.locator('#graph g.task[data-path="fails_once"]')
+    expect(box).to_have_attribute("data-status", "failed")
+    page.locator("#resume").click()
+
+    # THEN the page follows the resumed run to its end: the failed task succeeds
+    expect(page.locator("#run-status")).to_have_text("succeeded", timeout=30_000)
+    expect(box).to_have_attribute("data-status", "succeeded")
+    expect(page.locator("#resume")).to_be_hidden()
+    page.locator('#timeline .row[data-path="fails_once"] a.task-name').click()
+    expect(page.locator("#details section[data-section=output] pre")).to_have_text("done")
