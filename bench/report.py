@@ -12,6 +12,7 @@ from typing import Any
 
 import cloud_cost
 import state_size
+import ui_list
 from measure import Series
 
 N = 2000
@@ -25,6 +26,7 @@ TITLES = {
     "compile": "(e) Compile a generated 1,000-task pipeline",
     "cloud": "(f) Cloud cost per bundled pipeline",
     "state": "(g) Execution state size on Step Functions",
+    "ui": "(h) Web UI: the run list with 10,000 recorded runs",
 }
 README_SECTIONS = ("overhead", "scale", "dag", "compile")
 
@@ -431,6 +433,21 @@ largest state input or output, as JSON ({state["seconds"]:.0f} s in all).
 """
 
 
+def _ui(results: dict[str, Any]) -> str:
+    ui = results["ui"]
+    return f"""## {TITLES["ui"]}
+
+`orchestrator ui` on a state folder holding {ui["runs"]:,} finished runs (a real run document of
+`pipelines/demo.yaml`, {ui["document_bytes"]:,} bytes, saved under new ids over 20 pipelines and
+three statuses; the database is {ui["database_bytes"] / 1e6:.0f} MB), each query of the run list asked
+over HTTP as the page asks (`/api/runs?...`, 50 runs a page), timed from request to last byte, 30
+times after 3 untimed ones (`bench/ui_list.py`). The list reads the runs table's summary
+columns in rowid order, never a document.
+
+{ui_list.render(ui)}
+"""
+
+
 def _only(sections: list[str]) -> str:
     """The command that measures these sections alone."""
     return f"`bench/run.py --only {' '.join(sections)}`"
@@ -525,6 +542,7 @@ def render(results: dict[str, Any], optimisations: str) -> str:
         "compile": lambda: _compile(results)[0],
         "cloud": lambda: _cloud(results),
         "state": lambda: _state(results),
+        "ui": lambda: _ui(results),
     }
     return "\n".join(
         [

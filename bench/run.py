@@ -365,6 +365,26 @@ def section_state() -> dict[str, Any]:
     return {"runs": runs, "seconds": time.perf_counter() - started}
 
 
+# (h) the web UI's run list ------------------------------------------------------------------------
+
+
+def section_ui() -> dict[str, Any]:
+    """The run list of `orchestrator ui` over 10,000 runs: `ui_list.py` in its own process."""
+    work = WORK / "ui"
+    work.mkdir(parents=True, exist_ok=True)
+    output = work / "ui_list.json"
+    done = subprocess.run(
+        [PYTHON, str(BENCH / "ui_list.py"), "--json", str(output)],
+        cwd=work,
+        env=orchestrator_env(work / "orchestrator-home"),
+        stdout=sys.stderr,  # its table goes to the bench's log
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench/ui_list.py: exit status {done.returncode}")
+    measured: dict[str, Any] = json.loads(output.read_text(encoding="utf-8"))
+    return measured
+
+
 # main -------------------------------------------------------------------------------------------
 
 
@@ -389,6 +409,7 @@ def measure_sections(names: set[str]) -> dict[str, Any]:
         ("compile", "(e) compile", section_compile),
         ("cloud", "(f) cloud cost per bundled pipeline (emulated Step Functions)", section_cloud),
         ("state", "(g) execution state size (emulated Step Functions)", section_state),
+        ("ui", "(h) the web UI's run list over 10,000 runs", section_ui),
     ):
         if name in names:
             log(f"bench: {title}")

@@ -110,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     runs_commands = runs.add_subparsers(dest="runs_command", required=True)
     runs_list = runs_commands.add_parser("list", help="the most recent runs, newest first")
     runs_list.add_argument("--pipeline", help="only runs of this pipeline id")
+    runs_list.add_argument("--status", help="only runs with this status (running, crashed, failed, ...)")
     runs_list.add_argument("--limit", type=int, default=20)
     runs_list.add_argument("--json", action="store_true")
     runs_show = runs_commands.add_parser("show", help="a run's document (as run --json prints it)")
@@ -137,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     graph.add_argument("-o", "--output", type=Path, help="write the drawing here instead of stdout")
 
     commands.add_parser("schema", help="print the JSON Schema of pipeline files")
+
+    ui = commands.add_parser("ui", help="serve a web page of the recorded runs on 127.0.0.1")
+    ui.add_argument("--port", type=int, default=8765, help="the port (default 8765; 0: a free one)")
     return parser
 
 
@@ -369,13 +373,13 @@ def command_runs(arguments: argparse.Namespace) -> int:
             return EXIT_FAILED
         _print_json(document)
         return EXIT_OK
-    listed = runs.list(pipeline=arguments.pipeline, limit=arguments.limit)
+    listed = runs.list(pipeline=arguments.pipeline, status=arguments.status, limit=arguments.limit)
     if arguments.json:
         _print_json(listed)
         return EXIT_OK
-    for document in listed:
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(document["started_at"]))
-        print(f"{document['run_id']}  {started}  {document['status']:<9}  {document['pipeline']}")
+    for run in listed:
+        started = run["started_at"][:19].replace("T", " ")
+        print(f"{run['run_id']}  {started}  {run['status']:<9}  {run['pipeline']}")
     if not listed:
         print("no runs recorded yet", file=sys.stderr)
     return EXIT_OK
@@ -509,6 +513,27 @@ def command_schema(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def command_ui(arguments: argparse.Namespace) -> int:
+    from orchestrator.settings import load_settings
+    from orchestrator.stores.factory import open_stores
+    from orchestrator.ui.server import serve
+
+    stores = open_stores(load_settings(), "memory")
+
+    def ready(url: str) -> None:
+        print(f"serving the runs of this state folder on {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
+
+    try:
+        serve(stores, arguments.port, ready)
+    except OSError as error:
+        print(
+            f"cannot serve on 127.0.0.1:{arguments.port} ({error.strerror}): choose another --port",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    return EXIT_OK
+
+
 COMMANDS = {
     "validate": command_validate,
     "run": command_run,
@@ -519,6 +544,7 @@ COMMANDS = {
     "build": command_build,
     "graph": command_graph,
     "schema": command_schema,
+    "ui": command_ui,
 }
 
 

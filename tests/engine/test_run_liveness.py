@@ -120,7 +120,8 @@ def _started_slow_task(cli: Cli, tmp_path: Path) -> str:
         run = _only_run(cli)
         if run is None or not (tmp_path / "started").exists():
             return None
-        return str(run["run_id"]) if "counted" in run["tasks"] else None
+        run_id = str(run["run_id"])
+        return run_id if "counted" in _shown(cli, run_id)["tasks"] else None
 
     run_id: str = _poll(ready, "the slow task to start after `counted` was checkpointed")
     return run_id

@@ -1,9 +1,11 @@
-"""The store protocols every backend implements (memory now; SQLite, Redis, DynamoDB beside it)."""
+"""The store protocols every backend implements (memory now; SQLite, Redis, DynamoDB beside it),
+and the run summary `RunStore.list` returns."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 
@@ -87,11 +89,37 @@ class RunStore(Protocol):
 
     def load(self, run_id: str) -> dict[str, Any] | None: ...
 
-    def list(self, *, pipeline: str | None = None, limit: int = 50) -> list[dict[str, Any]]: ...
+    def list(
+        self,
+        *,
+        pipeline: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Summaries of the runs (of `pipeline`, with `status`), newest first, from `offset`:
+        `run_id`, `pipeline`, `status`, `started_at`, `ended_at`, `duration`, `engine`,
+        `user` (see `summary`), without loading whole documents where the store can."""
+        ...
 
     def checkpoint(self, run_id: str, task: str, outcome: dict[str, Any]) -> None: ...
 
     def resume_point(self, run_id: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]] | None: ...
+
+
+SUMMARY_KEYS = ("run_id", "pipeline", "status", "started_at", "ended_at", "duration", "engine", "user")
+
+
+def iso_time(seconds: float) -> str:
+    """An epoch time as ISO-8601 UTC with milliseconds, as run documents write times."""
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def summary(document: dict[str, Any], started_at: str | None = None) -> dict[str, Any]:
+    """A run's summary taken from its document (stores that keep no summary columns)."""
+    found = {key: document.get(key) for key in SUMMARY_KEYS}
+    return found if found["started_at"] or started_at is None else {**found, "started_at": started_at}
 
 
 class TelemetryLog(Protocol):

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import TaskError
-from orchestrator.stores.base import StateWrite, Versioned
+from orchestrator.stores.base import StateWrite, Versioned, iso_time, summary
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -310,15 +310,22 @@ class DynamoRunStore:
         ).get("Item")
         return None if item is None else dict(json.loads(item["document"]["S"]))
 
-    def list(self, *, pipeline: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        if pipeline is not None:
+    def list(
+        self,
+        *,
+        pipeline: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        if pipeline is not None and status is None:
             page = self._client.query(
                 TableName=self._table,
                 IndexName="by_pipeline",
                 KeyConditionExpression="pipeline = :p",
                 ExpressionAttributeValues={":p": {"S": pipeline}},
                 ScanIndexForward=False,
-                Limit=limit,
+                Limit=offset + limit,
             )
             items = page["Items"]
         else:
@@ -326,10 +333,11 @@ class DynamoRunStore:
                 i for i in self._client.scan(TableName=self._table)["Items"] if i["record"]["S"] == "document"
             ]
             items.sort(key=lambda i: float(i["started_at"]["N"]), reverse=True)
-        return [
-            dict(json.loads(i["document"]["S"]), started_at=float(i["started_at"]["N"]))
-            for i in items[:limit]
+        found = [
+            summary(json.loads(i["document"]["S"]), iso_time(float(i["started_at"]["N"]))) for i in items
         ]
+        found = [s for s in found if pipeline in (None, s["pipeline"]) and status in (None, s["status"])]
+        return found[offset : offset + limit]
 
     def checkpoint(self, run_id: str, task: str, outcome: dict[str, Any]) -> None:
         self._client.put_item(

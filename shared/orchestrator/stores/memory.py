@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from orchestrator.stores.base import StateWrite, Versioned
+from orchestrator.stores.base import StateWrite, Versioned, summary
 
 
 class MemoryStateStore:
@@ -145,10 +145,21 @@ class MemoryRunStore:
             found = self._runs.get(run_id)
             return copy.deepcopy(found) if found else None
 
-    def list(self, *, pipeline: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def list(
+        self,
+        *,
+        pipeline: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
         with self._lock:
-            runs = [r for r in self._runs.values() if pipeline in (None, r.get("pipeline"))]
-            return copy.deepcopy(runs[-limit:])
+            runs = [
+                summary(r)
+                for r in reversed(self._runs.values())
+                if pipeline in (None, r.get("pipeline")) and status in (None, r.get("status"))
+            ]
+            return runs[offset : offset + limit]
 
 
 class MemoryTelemetryLog:

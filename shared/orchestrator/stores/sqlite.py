@@ -33,12 +33,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote
 
 from orchestrator.errors import OrchestratorError, StateFolderError
-from orchestrator.stores.base import StateWrite, Versioned
+from orchestrator.stores.base import StateWrite, Versioned, iso_time
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (
@@ -80,6 +81,7 @@ class Database:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         _when_unlocked(lambda: self.connection().executescript(SCHEMA))
+        _when_unlocked(lambda: _add_run_summaries(self.connection()))
         try:
             _keep_private(path)
         except OSError as error:
@@ -354,6 +356,28 @@ def _when_unlocked(action: Callable[[], Any]) -> Any:
             if "locked" not in str(error) or time.monotonic() >= deadline:
                 raise
             time.sleep(0.005)
+
+
+# The summary of a run `RunStore.list` returns without reading documents, copied from the
+# document's fields on each save. Added to the runs table of a database made before them.
+_SUMMARY_COLUMNS = {"ended_at": "TEXT", "duration": "REAL", "engine": "TEXT", "user": "TEXT"}
+
+
+def _add_run_summaries(connection: sqlite3.Connection) -> None:
+    """Add the summary columns the runs table lacks. Another process may add one at the same
+    moment (then it is there); a database this user cannot write is left as it is, and its runs
+    are listed with empty summaries."""
+    present = {row[1] for row in connection.execute("PRAGMA table_info(runs)").fetchall()}
+    for column, kind in _SUMMARY_COLUMNS.items():
+        if column in present:
+            continue
+        try:
+            connection.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+        except StateFolderError:  # read-only: nothing is written, the reading commands still work
+            return
+        except sqlite3.OperationalError as error:
+            if "duplicate column" not in str(error):
+                raise
 
 
 def _dump(value: Any) -> str:
@@ -751,18 +775,21 @@ class SqliteRunStore:
         self._flush()
         now = time.time()
         self._db.execute(
-            "INSERT INTO runs (run_id, pipeline, status, started_at, updated_at, document, resume) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, "
+            "INSERT INTO runs (run_id, pipeline, status, started_at, updated_at, document, resume, "
+            "ended_at, duration, engine, user) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (run_id) DO UPDATE SET status = excluded.status, "
             "updated_at = excluded.updated_at, document = excluded.document, "
-            "resume = COALESCE(excluded.resume, runs.resume)",
+            "resume = COALESCE(excluded.resume, runs.resume), ended_at = excluded.ended_at, "
+            "duration = excluded.duration, engine = excluded.engine, user = excluded.user",
             (
                 document["run_id"],
                 document["pipeline"],
                 document["status"],
-                now,
+                _epoch(document.get("started_at")) or now,  # kept from the first save
                 now,
                 _dump(document),
                 None if resume is None else _dump(resume),
+                *(_summary_field(document, column) for column in _SUMMARY_COLUMNS),
             ),
         )
 
@@ -770,20 +797,63 @@ class SqliteRunStore:
         row = self._db.execute("SELECT document FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return None if row is None else self._as_seen(self._db.loads(row[0], required=_RUN_KEYS))
 
-    def list(self, *, pipeline: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def list(
+        self,
+        *,
+        pipeline: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Run summaries (see `RunStore.list`), newest first, read from columns, never from
+        documents. Newest is the order runs were first saved (the table's rowid, which an update
+        keeps): a walk of the table from its end, with no index to keep up on every save. A
+        `running` row whose process is gone is listed (and filtered) as `crashed`; those rows
+        are few, so the `running` and `crashed` filters read them all and page them here."""
+        live = status in {"running", "crashed"}
         rows = self._db.execute(
-            "SELECT document, started_at, updated_at FROM runs WHERE (? IS NULL OR pipeline = ?) "
-            "ORDER BY started_at DESC, run_id DESC LIMIT ?",
-            (pipeline, pipeline, limit),
+            f"SELECT {_SUMMARY_SELECT} FROM runs WHERE (? IS NULL OR pipeline = ?) "
+            "AND (? IS NULL OR status = ?) ORDER BY rowid DESC LIMIT ? OFFSET ?",
+            (
+                pipeline,
+                pipeline,
+                status,
+                "running" if live else status,
+                -1 if live else limit,
+                0 if live else offset,
+            ),
         ).fetchall()
-        return [
-            dict(
-                self._as_seen(self._db.loads(row[0], required=_RUN_KEYS)),
-                started_at=row[1],
-                updated_at=row[2],
-            )
-            for row in rows
-        ]
+        summaries = [self._summary(row) for row in rows]
+        if live:
+            summaries = [summary for summary in summaries if summary["status"] == status]
+            summaries = summaries[offset : offset + limit]
+        return summaries
+
+    def _summary(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        run_id, pipeline, status, started, updated, ended_at, duration, engine, user = row
+        if status == "running" and not self._locks.alive(run_id):
+            # the owner may have saved its final row, then let go, since the row was read
+            now = self._db.execute(
+                f"SELECT {_SUMMARY_SELECT} FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            if now is None or now[2] == "running":
+                status = "crashed"
+            else:
+                return self._summary(now)
+        if status not in {"running", "crashed"}:
+            # rows saved before the summaries were: the row's own times
+            ended_at = ended_at or iso_time(updated)
+            duration = round(updated - started, 3) if duration is None else duration
+        return {
+            "run_id": run_id,
+            "pipeline": pipeline,
+            "status": status,
+            "started_at": iso_time(started),
+            "ended_at": ended_at,
+            "duration": duration,
+            "engine": engine,
+            "user": user,
+        }
 
     def _as_seen(self, document: dict[str, Any]) -> dict[str, Any]:
         """The document as it is shown: a `running` one with the top-level tasks it has
@@ -835,6 +905,28 @@ class SqliteRunStore:
 TELEMETRY_LINGER = 0.25
 """Seconds a batch of telemetry entries waits for more before its commit (a live view lags
 that much at most)."""
+_SUMMARY_SELECT = "run_id, pipeline, status, started_at, updated_at, ended_at, duration, engine, user"
+
+
+def _epoch(moment: Any) -> float | None:
+    """An ISO-8601 time of a document (a run saved once, when it ended, as on the emulated
+    Step Functions, started earlier than its row) as epoch seconds; None if it is not one."""
+    if not isinstance(moment, str):
+        return None
+    try:
+        return datetime.fromisoformat(moment).timestamp()
+    except ValueError:
+        return None
+
+
+def _summary_field(document: dict[str, Any], column: str) -> Any:
+    """A summary column's value from the document's field of that name; None when the
+    document has none of the right type."""
+    value = document.get(column)
+    if column == "duration":
+        return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+    return value if isinstance(value, str) else None
+
 
 _TELEMETRY = (
     "INSERT INTO telemetry (run_id, entry_id, entry) VALUES (?, ?, ?) "
