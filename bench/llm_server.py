@@ -22,9 +22,7 @@ REPLY = json.dumps(
         "object": "chat.completion",
         "created": 0,
         "model": "bench",
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
-        ],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
     }
 ).encode()
@@ -54,9 +52,7 @@ async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, la
 
 
 async def serve(latency: float, port: int) -> None:
-    server = await asyncio.start_server(
-        lambda r, w: _answer(r, w, latency), "127.0.0.1", port, backlog=1024
-    )
+    server = await asyncio.start_server(lambda r, w: _answer(r, w, latency), "127.0.0.1", port, backlog=1024)
     bound = server.sockets[0].getsockname()[1]
     print(f"http://127.0.0.1:{bound}/v1", flush=True)
     async with server:

@@ -100,7 +100,9 @@ def _env(home: Path, base_url: str) -> dict[str, str]:
     return env
 
 
-def _timed(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, subprocess.CompletedProcess[str]]:
+def _timed(
+    command: list[str], env: dict[str, str], cwd: Path
+) -> tuple[float, subprocess.CompletedProcess[str]]:
     started = time.perf_counter()
     done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -203,7 +205,7 @@ def render(results: dict[str, Any]) -> str:
         "| cold process | median wall |",
         "|---|---|",
         f"| `python -c pass` | {cold['pass']:.3f} s |",
-        f"| `python -c \"import openai\"` | {cold['openai']:.3f} s |",
+        f'| `python -c "import openai"` | {cold["openai"]:.3f} s |',
         f"| `python -m orchestrator run one_llm.yaml --json` | {cold['run']:.3f} s |",
         "",
         "| largest top-level imports of the run (`-X importtime`, cumulative) | time |",
