@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import cloud_cost
+import llm_speed
 import state_size
 import ui_list
 from measure import Series
@@ -27,6 +28,7 @@ TITLES = {
     "cloud": "(f) Cloud cost per bundled pipeline",
     "state": "(g) Execution state size on Step Functions",
     "ui": "(h) Web UI: the run list with 10,000 recorded runs",
+    "llm": "(i) LLM pipelines: cold start and 1,000 concurrent LLM calls",
 }
 README_SECTIONS = ("overhead", "scale", "dag", "compile")
 
@@ -448,6 +450,29 @@ columns in rowid order, never a document.
 """
 
 
+def _llm(results: dict[str, Any]) -> str:
+    llm = results["llm"]
+    openai_import = llm["cold"]["medians"]["openai"]
+    return f"""## {TITLES["llm"]}
+
+Against a local OpenAI-compatible server in a process of its own (`bench/llm_server.py`: one
+asyncio loop, keep-alive connections, a fixed latency per request), measured by
+`bench/llm_speed.py` ({llm["seconds"]:.0f} s in all). Cold start: `python -m orchestrator run
+FILE --json` of one `llm_task` (latency 0), median of {llm["reps"]} fresh processes after one
+warm-up. The for_loop: 1,000 iterations of one `llm_task` at 100 ms per request, run phase
+measured inside the process (`bench/child.py run`), median of {max(3, llm["reps"] // 2)} processes,
+against the ideal calls x latency / max_concurrency.
+
+{llm_speed.render(llm)}
+
+Where the time goes: `import openai` alone takes {openai_import:.2f} s of the 0.6 s budget (its
+package imports every API type it has, about 2,600 pydantic classes), and a request through the
+`openai` client costs about 1.2 ms of CPU in the process (the engine's own share of an
+iteration is about 0.2 ms), so 1,000 calls need about 2 s of one core whatever the
+concurrency: see `bench/OPTIMISATIONS.md`.
+"""
+
+
 def _only(sections: list[str]) -> str:
     """The command that measures these sections alone."""
     return f"`bench/run.py --only {' '.join(sections)}`"
@@ -543,6 +568,7 @@ def render(results: dict[str, Any], optimisations: str) -> str:
         "cloud": lambda: _cloud(results),
         "state": lambda: _state(results),
         "ui": lambda: _ui(results),
+        "llm": lambda: _llm(results),
     }
     return "\n".join(
         [

@@ -2,8 +2,8 @@
 
 Every number comes from fresh processes, run several times (BENCH_REPS, default 3) and
 reduced to medians; Orchestrator and Prefect runs are interleaved so that a noisy neighbour
-hurts both alike. The cloud cost (f) and the execution state size (g) come last, each in a
-process of its own. See bench/RESULTS.md for what is measured and how.
+hurts both alike. The cloud cost (f), the execution state size (g) and the LLM pipelines (h) come last, each
+in a process of its own. See bench/RESULTS.md for what is measured and how.
 
     .venv/bin/python bench/run.py                    # every section (what `make bench` runs)
     .venv/bin/python bench/run.py --only cloud       # measure (f) again, keep the other sections
@@ -385,6 +385,29 @@ def section_ui() -> dict[str, Any]:
     return measured
 
 
+# (i) LLM pipelines: cold start and a concurrent for_loop of LLM calls ---------------------------
+
+
+def section_llm() -> dict[str, Any]:
+    """A one-llm_task pipeline from a cold process and 1,000 LLM calls in a for_loop, against a
+    local server with a fixed latency: `llm_speed.py` in its own process."""
+    work = WORK / "llm"
+    work.mkdir(parents=True, exist_ok=True)
+    output = work / "llm_speed.json"
+    started = time.perf_counter()
+    done = subprocess.run(
+        [PYTHON, str(BENCH / "llm_speed.py"), "--json", str(output)],
+        cwd=work,
+        env=orchestrator_env(work / "orchestrator-home"),
+        stdout=sys.stderr,  # its tables go to the bench's log
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench/llm_speed.py: exit status {done.returncode}")
+    results: dict[str, Any] = json.loads(output.read_text(encoding="utf-8"))
+    results["seconds"] = time.perf_counter() - started
+    return results
+
+
 # main -------------------------------------------------------------------------------------------
 
 
@@ -410,6 +433,7 @@ def measure_sections(names: set[str]) -> dict[str, Any]:
         ("cloud", "(f) cloud cost per bundled pipeline (emulated Step Functions)", section_cloud),
         ("state", "(g) execution state size (emulated Step Functions)", section_state),
         ("ui", "(h) the web UI's run list over 10,000 runs", section_ui),
+        ("llm", "(i) LLM pipelines: cold start and a concurrent for_loop of LLM calls", section_llm),
     ):
         if name in names:
             log(f"bench: {title}")

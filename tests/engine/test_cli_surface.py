@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import subprocess
@@ -10,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from conftest import PIPELINES, REPO, CliResult
+from fakes.fixtures import fake_openai  # noqa: F401
+from fakes.servers import FakeOpenAIServer
 
 Cli = Callable[..., CliResult]
 
@@ -96,20 +99,66 @@ def test_graph_mermaid_and_dot(cli: Cli, write_pipeline: Callable[..., Path]) ->
     assert 'shape="diamond"' in dot.stdout
 
 
-def test_a_python_only_run_imports_no_heavy_library() -> None:
-    # WHEN a python-only pipeline runs in a fresh interpreter
+# What no run of these pipelines needs: the AWS SDK and its mocks,
+# JSON Schema validation (only `output_schema` needs it), Redis, and for a run with no
+# `llm_task` the openai client and its HTTP stack (issue 15: a fast start).
+_NEVER = ("boto3", "botocore", "moto", "aws_lambda_powertools", "jsonschema", "redis", "aiohttp")
+_LLM_STACK = ("openai", "httpx", "httpx2", "httpcore", "httpcore2")
+_ONE_LLM_TASK = """name: one_llm
+tasks:
+  - name: ask
+    type: llm_task
+    model: gpt-4o-mini
+    prompt: "Say ok"
+"""
+
+
+def _imported_by_run(path: Path, environment: dict[str, str]) -> set[str]:
+    """The top-level packages `python -m orchestrator run PATH` has imported when it exits
+    (`exit_past_threads` is the last thing the command does: it may end the process at once)."""
     code = (
-        "import sys\n"
-        "from orchestrator.cli import main\n"
-        f"code = main(['run', {str(PIPELINES / 'demo.yaml')!r}, '--json'])\n"
-        "names = ('boto3', 'botocore', 'openai', 'httpx')\n"
-        "heavy = sorted(m for m in names if m in sys.modules)\n"
-        "print('HEAVY', heavy, file=sys.stderr)\n"
-        "sys.exit(code)\n"
+        "import runpy, sys\n"
+        "from orchestrator.engine import leftovers\n"
+        "exit_past_threads = leftovers.exit_past_threads\n"
+        "def report(code):\n"
+        "    print('IMPORTED', *sorted({m.split('.')[0] for m in sys.modules}), file=sys.stderr)\n"
+        "    exit_past_threads(code)\n"
+        "leftovers.exit_past_threads = report\n"
+        f"sys.argv = ['orchestrator', 'run', {str(path)!r}, '--json']\n"
+        "runpy.run_module('orchestrator', run_name='__main__', alter_sys=True)\n"
     )
     process = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False, env=environment
     )
-    # THEN neither boto3 nor the openai client was imported
     assert process.returncode == 0, process.stderr
-    assert "HEAVY []" in process.stderr
+    assert json.loads(process.stdout)["status"] == "succeeded"
+    line = next(line for line in process.stderr.splitlines() if line.startswith("IMPORTED "))
+    return set(line.split()[1:])
+
+
+def test_a_python_only_run_imports_no_heavy_library(tmp_path: Path) -> None:
+    # WHEN a python-only pipeline runs through the CLI in a fresh interpreter
+    environment = dict(os.environ, ORCHESTRATOR_HOME=str(tmp_path / "home"))
+    modules = _imported_by_run(PIPELINES / "demo.yaml", environment)
+    # THEN the check sees what the run imports, and nothing it does not need was imported
+    assert {"orchestrator", "yaml"} <= modules
+    assert sorted(modules & {*_NEVER, *_LLM_STACK}) == []
+
+
+def test_an_llm_run_imports_the_openai_client_and_nothing_heavier(
+    tmp_path: Path,
+    fake_openai: FakeOpenAIServer,  # noqa: F811
+) -> None:
+    # GIVEN a pipeline of one llm_task and a local OpenAI-compatible server
+    path = tmp_path / "one_llm.yaml"
+    path.write_text(_ONE_LLM_TASK, encoding="utf-8")
+    environment = dict(
+        os.environ, ORCHESTRATOR_HOME=str(tmp_path / "home"), OPENAI_BASE_URL=fake_openai.base_url
+    )
+    environment.pop("OPENAI_API_KEY", None)
+    # WHEN it runs through the CLI in a fresh interpreter
+    modules = _imported_by_run(path, environment)
+    # THEN it sent its one request with the openai client, and imported none of the rest
+    assert fake_openai.request_count == 1
+    assert "openai" in modules
+    assert sorted(modules & set(_NEVER)) == []
