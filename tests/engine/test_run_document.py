@@ -44,6 +44,7 @@ def test_document_has_exactly_the_spec_keys(cli: Cli, write_pipeline: Write) -> 
     assert set(document) == {"run_id", "pipeline", "status", "outputs", "tasks", "result", "error"} | {
         "engine",
         "user",
+        "pipeline_file",
         "started_at",
         "ended_at",
         "duration",

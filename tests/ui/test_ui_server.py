@@ -305,7 +305,7 @@ class _listening:
 
 
 @pytest.mark.slow
-def test_a_run_on_the_emulated_step_functions_is_listed_and_shown(
+def test_a_run_on_the_emulated_step_functions_is_listed_shown_and_drawn(
     client: Client, cli: Callable[..., CliResult], write_pipeline: Callable[..., Path]
 ) -> None:
     result = cli("run", write_pipeline(OK, name="ok"), "--json", "--engine", "stepfunctions")
@@ -317,6 +317,9 @@ def test_a_run_on_the_emulated_step_functions_is_listed_and_shown(
     assert listed[0]["started_at"] == document["started_at"] and listed[0]["engine"] == "stepfunctions"
     served = _json(_get(client, f"/api/runs/{document['run_id']}"))
     assert served == {"run": document, "resumable": False}
+    # and its graph is drawn from the file it ran, as for a run of the embedded engine
+    graph = _json(_get(client, f"/api/runs/{document['run_id']}/graph"))
+    assert graph["svg"] is not None and 'data-task="' in graph["svg"], graph
 
 
 def test_the_page_script_never_parses_data_as_html(client: Client) -> None:

@@ -81,7 +81,7 @@ def run_plan_on_stepfunctions(plan: Plan, inputs: dict[str, Any], options: RunOp
     redactor = Redactor()
     for name in plan.pipeline.sensitive_inputs() & set(inputs):
         redactor.add(inputs[name])
-    fields = {"engine": "stepfunctions", "user": run["user_id"]}
+    fields = {"engine": "stepfunctions", "user": run["user_id"], "pipeline_file": str(plan.path.resolve())}
     running = run_document(
         run_id=run_id,
         pipeline=plan.pipeline_id,

@@ -654,7 +654,11 @@ class _Run:
         `running` one when `ended` is None."""
         started = self.started
         entries = [] if ended is None else self.shared.options.stores.telemetry.query(self.info.run_id)
-        fields = {"engine": "local", "user": self.info.user_id}
+        fields = {
+            "engine": "local",
+            "user": self.info.user_id,
+            "pipeline_file": str(self.plan.path.resolve()),
+        }
         return with_telemetry(
             {**document, **fields},
             entries,

@@ -208,9 +208,12 @@ class UiApp:
         return self._store(lambda: self.stores.runs.resume_point(run_id)) is not None
 
     def _graph(self, request: Request, run_id: str) -> Response:
-        self._document(run_id)
-        point = self._store(lambda: self.stores.runs.resume_point(run_id))
-        path = point[0].get("pipeline_path") if point is not None else None
+        """The run's pipeline drawn from its file (the document's `pipeline_file`; a run saved
+        before that field, from its resume record), as the file is now."""
+        path = self._document(run_id).get("pipeline_file")
+        if not isinstance(path, str):
+            point = self._store(lambda: self.stores.runs.resume_point(run_id))
+            path = point[0].get("pipeline_path") if point is not None else None
         if not isinstance(path, str):
             return _json({"svg": None, "reason": "this run keeps no pipeline file to draw"})
         return _json(pipeline_graph(Path(path)))
