@@ -362,12 +362,13 @@ def command_runs(arguments: argparse.Namespace) -> int:
     from orchestrator.settings import load_settings
     from orchestrator.stores.factory import open_stores
 
-    stores = open_stores(load_settings(), "memory")
+    settings = load_settings()
+    stores = open_stores(settings, "memory")
     runs = stores.runs
     if arguments.runs_command == "show":
         from orchestrator.runtime.telemetry import live_document
 
-        document = live_document(stores, arguments.run_id)
+        document = live_document(stores, arguments.run_id, settings.prices)
         if document is None:
             print(f"no run '{arguments.run_id}': see 'orchestrator runs list'", file=sys.stderr)
             return EXIT_FAILED

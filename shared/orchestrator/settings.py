@@ -51,6 +51,15 @@ from orchestrator.errors import ConfigError
 
 
 @dataclass(frozen=True)
+class ModelPrice:
+    """What one model costs, in US dollars per million tokens sent (`input_per_million`) and
+    received (`output_per_million`): config `llm.models.<name>.price`."""
+
+    input_per_million: float
+    output_per_million: float
+
+
+@dataclass(frozen=True)
 class ModelRoute:
     """Where one model's requests go: its own endpoint, key and upstream model name; and
     whether it takes a JSON Schema as `response_format` (config `structured_output: true`),
@@ -60,6 +69,7 @@ class ModelRoute:
     api_key: str | None = None
     model: str | None = None
     structured_output: bool = False
+    price: ModelPrice | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,11 @@ class Settings:
     record_file: Path | None = None  # every LLM and search exchange is written here (`runtime.exchanges`)
     replay_file: Path | None = None  # ... or answered from here, with no network
 
+    @property
+    def prices(self) -> dict[str, ModelPrice]:
+        """The price of each model the config prices, by the name tasks give it."""
+        return {name: route.price for name, route in self.model_routes.items() if route.price is not None}
+
     def route_for(self, model: str) -> ModelRoute:
         """The endpoint, key and upstream name for `model`, falling back to the defaults."""
         route = self.model_routes.get(model, ModelRoute())
@@ -94,6 +109,7 @@ class Settings:
             api_key=route.api_key or self.openai_api_key,
             model=route.model or model,
             structured_output=route.structured_output,
+            price=route.price,
         )
 
 
@@ -119,7 +135,15 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 
 
 # The keys a config file may hold: a misspelt key is an error, not a setting silently ignored.
-_ROUTE_KEYS = {"base_url": str, "api_key": str, "api_key_env": str, "model": str, "structured_output": bool}
+_ROUTE_KEYS = {
+    "base_url": str,
+    "api_key": str,
+    "api_key_env": str,
+    "model": str,
+    "structured_output": bool,
+    "price": dict,
+}
+_PRICE_KEYS = ("input_per_million", "output_per_million")
 _CONFIG_KEYS: dict[str, dict[str, Any]] = {
     "llm": {"default_model": str, "base_url": str, "api_key": str, "models": dict},
     "search": {"url": str, "api_key": str, "api_key_env": str},
@@ -134,6 +158,8 @@ def _check_config_keys(config: dict[str, Any], path: Path) -> None:
     for name, route in ((config.get("llm") or {}).get("models") or {}).items():
         if isinstance(route, dict):
             _check_section(route, _ROUTE_KEYS, f"llm.models.{name}.", path)
+            if route.get("price") is not None:
+                _check_price(route["price"], f"llm.models.{name}.price", path)
 
 
 def _check_section(section: dict[str, Any], keys: dict[str, Any], prefix: str, path: Path) -> None:
@@ -145,6 +171,19 @@ def _check_section(section: dict[str, Any], keys: dict[str, Any], prefix: str, p
         if value is not None and not isinstance(value, keys[key]):
             kind = {dict: "a mapping", bool: "true or false"}.get(keys[key], "a string")
             raise ConfigError(f"{path}: '{prefix}{key}' must be {kind}, got {value!r}")
+
+
+def _check_price(price: dict[str, Any], place: str, path: Path) -> None:
+    """A price names both rates, each a number of US dollars per million tokens, not negative."""
+    _check_section(price, {key: object for key in _PRICE_KEYS}, f"{place}.", path)
+    example = "input_per_million: 0.15, output_per_million: 0.6"
+    for key in _PRICE_KEYS:
+        value = price.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+            raise ConfigError(
+                f"{path}: '{place}.{key}' must be a number of US dollars per million tokens, 0 or more, "
+                f"got {value!r} (for example {{{example}}})"
+            )
 
 
 def _model_routes(config: dict[str, Any], env: dict[str, str], path: Path) -> dict[str, ModelRoute]:
@@ -163,8 +202,15 @@ def _model_routes(config: dict[str, Any], env: dict[str, str], path: Path) -> di
             api_key=key,
             model=entry.get("model"),
             structured_output=bool(entry.get("structured_output")),
+            price=_price(entry.get("price")),
         )
     return routes
+
+
+def _price(price: dict[str, Any] | None) -> ModelPrice | None:
+    if price is None:
+        return None
+    return ModelPrice(float(price["input_per_million"]), float(price["output_per_million"]))
 
 
 def _config_file(env: Mapping[str, str], home: Path) -> tuple[Path | None, bool]:

@@ -128,6 +128,7 @@ def run_plan_on_stepfunctions(plan: Plan, inputs: dict[str, Any], options: RunOp
         run_ended=now(),
         pipeline_groups=pipeline_children(plan),
         groups=parallel_children(plan.pipeline.tasks),
+        prices=options.settings.prices,
     )
     progress.finish(document)
     options.stores.runs.save(document)
@@ -197,4 +198,8 @@ def _record_stopped(
     with contextlib.suppress(Exception):
         entries = options.stores.telemetry.query(running["run_id"])
         crashed = {**running, "status": RunStatus.CRASHED.value, "error": error}
-        options.stores.runs.save(with_telemetry(crashed, entries, run_started=started, run_ended=now()))
+        options.stores.runs.save(
+            with_telemetry(
+                crashed, entries, run_started=started, run_ended=now(), prices=options.settings.prices
+            )
+        )

@@ -666,6 +666,7 @@ class _Run:
             run_ended=ended,
             pipeline_groups=pipeline_children(self.plan),
             groups=parallel_children(self.pipeline.tasks),
+            prices=self.shared.options.settings.prices,
         )
 
     def top_scope(self) -> Scope:

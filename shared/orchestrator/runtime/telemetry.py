@@ -18,7 +18,10 @@ tasks are recorded under the top run with `pipeline_run` set to the child pipeli
 Assembling. `with_telemetry` turns a run document and its entries into the added fields
 (docs/telemetry.md): spans, `attempt_log`, `inputs`, and `children` of containers, whose
 spans are those of what is inside (containers have no attempts of their own: on AWS they are
-Map and Parallel states). `live_document` does the same for a run still going on.
+Map and Parallel states), and `usage`: tokens and cost of each LLM call, task and the run, from
+the model prices of the config the caller passes (`Settings.prices`: cost is worked out where
+the document is assembled, never where the call is made). `live_document` does the same for a
+run still going on.
 
 Nothing unredacted enters an entry: lines and errors are redacted as they come, inputs
 before they are stored, and everything again with the run's redactor when it is written.
@@ -27,6 +30,7 @@ before they are stored, and everything again with the run's redactor when it is 
 from __future__ import annotations
 
 import functools
+import math
 import re
 import threading
 import time
@@ -46,6 +50,7 @@ from orchestrator.spec.models import ForLoop, ParallelGroup, PipelineGroup, Task
 if TYPE_CHECKING:
     from orchestrator.plan import Plan
     from orchestrator.runtime.redact import Redactor
+    from orchestrator.settings import ModelPrice
     from orchestrator.stores.base import Stores, TelemetryLog
 
 PRINTED_LINES = 200
@@ -478,6 +483,7 @@ def with_telemetry(
     run_ended: float | None = None,
     pipeline_groups: Mapping[str, list[str]] | None = None,
     groups: Mapping[str, list[str]] | None = None,
+    prices: Mapping[str, ModelPrice] | None = None,
 ) -> dict[str, Any]:
     """The run document with its added fields (docs/telemetry.md) from the run's entries.
 
@@ -485,7 +491,8 @@ def with_telemetry(
     the document has, or the entries'); a run that is not `running` closes the attempts left
     open. `pipeline_groups`: the child pipelines each top-level pipeline_group ran, in order,
     whose tasks become its children. `groups`: the pipeline's `parallel_children` (else the
-    run's own entry's), whose spans are those of their children."""
+    run's own entry's), whose spans are those of their children. `prices`: each model's price
+    (`Settings.prices`), from which the `usage` fields' costs come."""
     finished = document.get("status") != "running"
     started = run_started if run_started is not None else _parse_iso(document.get("started_at"))
     ended = run_ended if run_ended is not None else _parse_iso(document.get("ended_at"))
@@ -535,13 +542,94 @@ def with_telemetry(
             updated["status"] = "running" if running else "cancelled"
         tasks[name] = updated
     _group_spans(tasks, groups)
+    total = _Usage()
+    for name, record in tasks.items():
+        if isinstance(record, dict):
+            tasks[name], usage = _with_usage(record, prices or {})
+            total.add(usage)
     return {
         **document,
         "started_at": iso(started),
         "ended_at": iso(ended) if finished else None,
         "duration": seconds(started, ended) if finished else None,
+        "usage": total.fields(),
         "tasks": tasks,
     }
+
+
+COST_DIGITS = 10
+"""Costs are shown rounded to 1e-10 US dollars; sums are taken before rounding."""
+
+
+class _Usage:
+    """Tokens and cost summed over LLM calls. The cost is unknown (`null`) when no call was
+    to a priced model, or when a call to a priced model did not report its tokens."""
+
+    __slots__ = ("cost", "priced", "tokens_in", "tokens_out", "unknown")
+
+    def __init__(self) -> None:
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self.cost: list[float] = []
+        self.priced = False
+        self.unknown = False
+
+    def call(self, call: dict[str, Any], prices: Mapping[str, ModelPrice]) -> float | None:
+        """Count one call; its cost (None when its model has no price or its tokens are not known)."""
+        tokens_in, tokens_out = _count(call.get("tokens_in")), _count(call.get("tokens_out"))
+        self.tokens_in += tokens_in or 0
+        self.tokens_out += tokens_out or 0
+        price = prices.get(str(call.get("model")))
+        if price is None:
+            return None
+        self.priced = True
+        if tokens_in is None or tokens_out is None:
+            self.unknown = True
+            return None
+        cost = (tokens_in * price.input_per_million + tokens_out * price.output_per_million) / 1_000_000
+        self.cost.append(cost)
+        return cost
+
+    def add(self, other: _Usage) -> None:
+        self.tokens_in += other.tokens_in
+        self.tokens_out += other.tokens_out
+        self.cost += other.cost
+        self.priced = self.priced or other.priced
+        self.unknown = self.unknown or other.unknown
+
+    def fields(self) -> dict[str, Any]:
+        known = self.priced and not self.unknown
+        cost = round(math.fsum(self.cost), COST_DIGITS) if known else None
+        return {"tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "cost_usd": cost}
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _with_usage(record: dict[str, Any], prices: Mapping[str, ModelPrice]) -> tuple[dict[str, Any], _Usage]:
+    """A task record with `usage` (its attempts' calls and its children's), each LLM call with
+    `cost_usd`; new dicts throughout (the entries stay as they were read)."""
+    usage = _Usage()
+    log = []
+    for attempt in record.get("attempt_log") or []:
+        calls = []
+        for call in attempt.get("llm_calls") or []:
+            cost = usage.call(call, prices)
+            calls.append({**call, "cost_usd": None if cost is None else round(cost, COST_DIGITS)})
+        log.append({**attempt, "llm_calls": calls})
+    updated = {**record, "attempt_log": log}
+    if isinstance(record.get("children"), list):
+        children = []
+        for child in record["children"]:
+            inner = {}
+            for name, task in (child.get("tasks") or {}).items():
+                inner[name], child_usage = _with_usage(task, prices)
+                usage.add(child_usage)
+            children.append({**child, "tasks": inner})
+        updated["children"] = children
+    updated["usage"] = usage.fields()
+    return updated, usage
 
 
 def _pipeline_tasks(nodes: dict[str, _Node], run_ended: float | None) -> dict[str, Any]:
@@ -585,10 +673,13 @@ def _parse_iso(value: Any) -> float | None:
         return None
 
 
-def live_document(stores: Stores, run_id: str) -> dict[str, Any] | None:
+def live_document(
+    stores: Stores, run_id: str, prices: Mapping[str, ModelPrice] | None = None
+) -> dict[str, Any] | None:
     """The run document as known now, with the added fields, for a finished run or one still
     going on (`status: running`; tasks with an attempt under way `running`, tasks not started
-    `not_run`). None when there is no such run. Everything in it has been redacted."""
+    `not_run`). None when there is no such run. Everything in it has been redacted. `prices`:
+    as for `with_telemetry` (a finished run's document has the costs it was saved with)."""
     document = stores.runs.load(run_id)
     if document is None:
         return None
@@ -596,4 +687,4 @@ def live_document(stores: Stores, run_id: str) -> dict[str, Any] | None:
         iter((document.get("tasks") or {}).values()), {}
     ):
         return document  # assembled when it ended
-    return with_telemetry(document, stores.telemetry.query(run_id))
+    return with_telemetry(document, stores.telemetry.query(run_id), prices=prices)
