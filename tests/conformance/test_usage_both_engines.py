@@ -1,0 +1,149 @@
+"""Issue 15, "Usage and cost", on both engines: through the CLI (`orchestrator run FILE --json`
+and `orchestrator runs show RUN_ID`, with `--engine local` and `--engine stepfunctions`), against
+the fake OpenAI server answering with known token counts, with model prices in the config file:
+each LLM call, task and the run carry the same tokens and cost on both engines, summed over a
+for_loop's iterations; a model without a price counts tokens but no cost, and a reply that does
+not tell its tokens leaves the cost unknown (`null`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import CliResult
+from fakes.servers import FakeOpenAIServer, FakeResponse
+
+pytestmark = pytest.mark.slow
+Cli = Callable[..., CliResult]
+
+PRICES = {
+    "priced": {"price": {"input_per_million": 2.5, "output_per_million": 10}},
+    "silent": {"price": {"input_per_million": 1, "output_per_million": 1}},
+}
+USAGE = {"priced": (1000, 200), "unpriced": (40, 7)}  # "silent" replies tell no tokens
+PIPELINE = """
+name: usage
+tasks:
+  - name: summaries
+    type: for_loop
+    iterate_over: [1, 2, 3]
+    tasks:
+      - name: ask
+        type: llm_task
+        model: priced
+        prompt: "Summarise item {{ item }}"
+  - name: local
+    type: llm_task
+    model: unpriced
+    prompt: Say hello
+"""
+
+
+def reply(body: dict[str, Any]) -> FakeResponse:
+    """A completion with the model's token counts (none for `silent`)."""
+    completion: dict[str, Any] = {
+        "id": "chatcmpl-usage",
+        "object": "chat.completion",
+        "created": 0,
+        "model": body["model"],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+    }
+    if body["model"] in USAGE:
+        tokens_in, tokens_out = USAGE[body["model"]]
+        completion["usage"] = {
+            "prompt_tokens": tokens_in,
+            "completion_tokens": tokens_out,
+            "total_tokens": tokens_in + tokens_out,
+        }
+    return FakeResponse(json_body=completion)
+
+
+@pytest.fixture
+def llm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    with FakeOpenAIServer(reply) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({"llm": {"models": PRICES}}), encoding="utf-8")
+        monkeypatch.setenv("ORCHESTRATOR_CONFIG", str(config))
+        yield server
+
+
+def run_and_show(cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, path: Path) -> dict[str, Any]:
+    """Each engine's run document, checked to be what `runs show` prints for it."""
+    documents = {}
+    for engine in ("local", "stepfunctions"):
+        monkeypatch.setenv("ORCHESTRATOR_HOME", str(tmp_path / engine))
+        result = cli("run", path, "--json", "--engine", engine)
+        assert result.code == 0, f"{engine}: {result.stderr}"
+        document = result.document()
+        shown = cli("runs", "show", document["run_id"])
+        assert shown.code == 0, shown.stderr
+        assert json.loads(shown.stdout)["usage"] == document["usage"], engine
+        assert json.loads(shown.stdout)["tasks"] == document["tasks"], engine
+        documents[engine] = document
+    return documents
+
+
+def calls(record: dict[str, Any]) -> list[dict[str, Any]]:
+    return [call for attempt in record["attempt_log"] for call in attempt["llm_calls"]]
+
+
+def test_tokens_and_cost_sum_over_a_loop_and_a_model_without_a_price_on_both_engines(
+    cli: Cli, llm: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # GIVEN a loop of three calls to a priced model, then one call to a model without a price
+    path = tmp_path / "usage.yaml"
+    path.write_text(PIPELINE, encoding="utf-8")
+    # WHEN it runs on each engine
+    documents = run_and_show(cli, monkeypatch, tmp_path, path)
+    # THEN each priced call costs 1000 * 2.5 / 1e6 + 200 * 10 / 1e6 = 0.0045 USD ...
+    for engine, document in documents.items():
+        loop = document["tasks"]["summaries"]
+        for child in loop["children"]:
+            (call,) = calls(child["tasks"]["ask"])
+            assert (call["tokens_in"], call["tokens_out"]) == (1000, 200), engine
+            assert call["cost_usd"] == pytest.approx(0.0045), engine
+            assert child["tasks"]["ask"]["usage"]["cost_usd"] == pytest.approx(0.0045), engine
+        # ... the loop sums its three iterations ...
+        assert len(loop["children"]) == 3, engine
+        assert loop["usage"]["tokens_in"] == 3000, engine
+        assert loop["usage"]["tokens_out"] == 600, engine
+        assert loop["usage"]["cost_usd"] == pytest.approx(0.0135), engine
+        # ... the model without a price counts its tokens, at no known cost ...
+        (call,) = calls(document["tasks"]["local"])
+        assert call["cost_usd"] is None, engine
+        assert document["tasks"]["local"]["usage"] == {"tokens_in": 40, "tokens_out": 7, "cost_usd": None}
+        # ... and the run sums every task
+        assert document["usage"]["tokens_in"] == 3040, engine
+        assert document["usage"]["tokens_out"] == 607, engine
+        assert document["usage"]["cost_usd"] == pytest.approx(0.0135), engine
+    assert documents["local"]["usage"] == documents["stepfunctions"]["usage"]
+    assert llm.request_count == 8
+
+
+def test_a_reply_without_usage_leaves_the_cost_unknown_on_both_engines(
+    cli: Cli, llm: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # GIVEN a priced model whose reply does not tell its tokens, after one that does
+    path = tmp_path / "silent.yaml"
+    path.write_text(
+        "name: silent\ntasks:\n"
+        "  - {name: first, type: llm_task, model: priced, prompt: Hi}\n"
+        "  - {name: quiet, type: llm_task, model: silent, prompt: Hi}\n",
+        encoding="utf-8",
+    )
+    # WHEN it runs on each engine
+    documents = run_and_show(cli, monkeypatch, tmp_path, path)
+    # THEN its call and task have no tokens and no cost, and the run's cost is unknown too
+    for engine, document in documents.items():
+        (call,) = calls(document["tasks"]["quiet"])
+        assert call["tokens_in"] is None and call["cost_usd"] is None, engine
+        assert document["tasks"]["quiet"]["usage"] == {"tokens_in": 0, "tokens_out": 0, "cost_usd": None}
+        assert document["tasks"]["first"]["usage"]["cost_usd"] == pytest.approx(0.0045), engine
+        assert document["usage"] == {"tokens_in": 1000, "tokens_out": 200, "cost_usd": None}, engine
