@@ -92,10 +92,13 @@ def check_times(record: dict[str, Any], *, finished: bool = True) -> tuple[float
     return started, ended
 
 
+CALL_CONTENT = ("tokens_in", "tokens_out", "cost_usd")
+
+
 def agreed_record(record: dict[str, Any], *, content: bool = True) -> dict[str, Any]:
     """A task record as both engines must give it: its SPEC fields and its telemetry without
-    times (whether it has a span; each attempt's status, error, printed lines and LLM calls;
-    its inputs; its children, recursively). Without `content`, what a task computed (inputs,
+    times (whether it has a span; each attempt's status, error, printed lines and LLM calls,
+    with their costs; its inputs; its children, recursively). Without `content`, what a task computed (inputs,
     printed lines, tokens) is left out: for pipelines that depend on chance or the clock.
     A task `cancelled` by the run's end is its SPEC fields alone: how far it had got is a
     matter of scheduling, on either engine."""
@@ -108,7 +111,7 @@ def agreed_record(record: dict[str, Any], *, content: bool = True) -> dict[str, 
         {
             **{key: attempt[key] for key in kept},
             "llm_calls": [
-                {key: call[key] for key in ("model", *(("tokens_in", "tokens_out") if content else ()))}
+                {key: call[key] for key in ("model", *(CALL_CONTENT if content else ()))}
                 for call in attempt["llm_calls"]
             ],
         }

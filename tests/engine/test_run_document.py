@@ -48,6 +48,7 @@ def test_document_has_exactly_the_spec_keys(cli: Cli, write_pipeline: Write) -> 
         "started_at",
         "ended_at",
         "duration",
+        "usage",
     }  # (and the telemetry fields: docs/telemetry.md)
     assert document["pipeline"] == "doc_pipeline"
     assert document["status"] == "succeeded"
