@@ -3,7 +3,8 @@ and `orchestrator runs show RUN_ID`, with `--engine local` and `--engine stepfun
 the fake OpenAI server answering with known token counts, with model prices in the config file:
 each LLM call, task and the run carry the same tokens and cost on both engines, summed over a
 for_loop's iterations; a model without a price counts tokens but no cost, and a reply that does
-not tell its tokens leaves the cost unknown (`null`)."""
+not tell its tokens leaves the cost unknown (`null`). The run's end writes its usage to the
+audit log (`orchestrator audit --run RUN_ID`)."""
 
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ def llm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
 
 
 def run_and_show(cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, path: Path) -> dict[str, Any]:
-    """Each engine's run document, checked to be what `runs show` prints for it."""
+    """Each engine's run document, checked to be what `runs show` prints for it, with its usage
+    in the audit log."""
     documents = {}
     for engine in ("local", "stepfunctions"):
         monkeypatch.setenv("ORCHESTRATOR_HOME", str(tmp_path / engine))
@@ -86,6 +88,13 @@ def run_and_show(cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, path
         assert shown.code == 0, shown.stderr
         assert json.loads(shown.stdout)["usage"] == document["usage"], engine
         assert json.loads(shown.stdout)["tasks"] == document["tasks"], engine
+        # the audit log has the run's usage, and each top-level task's that called a model
+        audit = cli("audit", "--run", document["run_id"])
+        (entry,) = [json.loads(line) for line in audit.stdout.splitlines()]
+        assert entry["event"] == "llm_usage" and entry["execution_id"] == document["run_id"], engine
+        assert (entry["pipeline_id"], entry["status"]) == (document["pipeline"], "succeeded"), engine
+        assert entry["usage"] == document["usage"], engine
+        assert entry["tasks"] == {name: record["usage"] for name, record in document["tasks"].items()}
         documents[engine] = document
     return documents
 
@@ -112,13 +121,19 @@ def test_tokens_and_cost_sum_over_a_loop_and_a_model_without_a_price_on_both_eng
             assert child["tasks"]["ask"]["usage"]["cost_usd"] == pytest.approx(0.0045), engine
         # ... the loop sums its three iterations ...
         assert len(loop["children"]) == 3, engine
+        assert loop["usage"]["llm_calls"] == 3, engine
         assert loop["usage"]["tokens_in"] == 3000, engine
         assert loop["usage"]["tokens_out"] == 600, engine
         assert loop["usage"]["cost_usd"] == pytest.approx(0.0135), engine
         # ... the model without a price counts its tokens, at no known cost ...
         (call,) = calls(document["tasks"]["local"])
         assert call["cost_usd"] is None, engine
-        assert document["tasks"]["local"]["usage"] == {"tokens_in": 40, "tokens_out": 7, "cost_usd": None}
+        assert document["tasks"]["local"]["usage"] == {
+            "llm_calls": 1,
+            "tokens_in": 40,
+            "tokens_out": 7,
+            "cost_usd": None,
+        }
         # ... and the run sums every task
         assert document["usage"]["tokens_in"] == 3040, engine
         assert document["usage"]["tokens_out"] == 607, engine
@@ -144,6 +159,16 @@ def test_a_reply_without_usage_leaves_the_cost_unknown_on_both_engines(
     for engine, document in documents.items():
         (call,) = calls(document["tasks"]["quiet"])
         assert call["tokens_in"] is None and call["cost_usd"] is None, engine
-        assert document["tasks"]["quiet"]["usage"] == {"tokens_in": 0, "tokens_out": 0, "cost_usd": None}
+        assert document["tasks"]["quiet"]["usage"] == {
+            "llm_calls": 1,
+            "tokens_in": 0,
+            "tokens_out": 0,
+            "cost_usd": None,
+        }
         assert document["tasks"]["first"]["usage"]["cost_usd"] == pytest.approx(0.0045), engine
-        assert document["usage"] == {"tokens_in": 1000, "tokens_out": 200, "cost_usd": None}, engine
+        assert document["usage"] == {
+            "llm_calls": 2,
+            "tokens_in": 1000,
+            "tokens_out": 200,
+            "cost_usd": None,
+        }, engine

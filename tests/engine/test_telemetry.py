@@ -406,7 +406,7 @@ def test_a_run_going_on_shows_its_running_attempt_and_a_killed_one_none(
             "duration": None,
             "inputs": None,
             "attempt_log": [],
-            "usage": {"tokens_in": 0, "tokens_out": 0, "cost_usd": None},
+            "usage": {"llm_calls": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": None},
         }
     finally:
         # WHEN its process is killed

@@ -17,8 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.errors import ConfigError
-from orchestrator.runtime.telemetry import with_telemetry
+from orchestrator.runtime.telemetry import record_usage, with_telemetry
 from orchestrator.settings import ModelPrice, load_settings
+from orchestrator.stores.memory import MemoryAuditLog
 
 RUN_START = 1_700_000_000.0
 MODELS = ["priced", "cheap", "unpriced"]
@@ -79,6 +80,7 @@ def expected_usage(calls: list[dict[str, Any]], prices: dict[str, ModelPrice]) -
     costs = [exact_cost(call, prices) for call in priced]
     known = bool(priced) and all(cost is not None for cost in costs)
     return {
+        "llm_calls": len(calls),
         "tokens_in": sum(call["tokens_in"] or 0 for call in calls),
         "tokens_out": sum(call["tokens_out"] or 0 for call in calls),
         "cost_usd": math.fsum(c for c in costs if c is not None) if known else None,
@@ -95,6 +97,7 @@ def walk(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def same(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert got["llm_calls"] == want["llm_calls"]
     assert got["tokens_in"] == want["tokens_in"]
     assert got["tokens_out"] == want["tokens_out"]
     if want["cost_usd"] is None:
@@ -130,7 +133,7 @@ def test_every_usage_is_the_sum_of_the_calls_under_it(
     same(document["usage"], expected_usage(every_call, prices))
 
 
-def test_a_run_without_llm_calls_or_prices_counts_tokens_and_no_cost() -> None:
+def test_a_run_without_prices_counts_tokens_and_no_cost_and_audits_its_usage() -> None:
     entry = {
         "id": "1",
         "pipeline_run": "",
@@ -141,10 +144,26 @@ def test_a_run_without_llm_calls_or_prices_counts_tokens_and_no_cost() -> None:
         "llm_calls": [{"model": "m", "tokens_in": 10, "tokens_out": 3, "latency": 0.2}],
     }
     document = with_telemetry({"status": "succeeded", "tasks": {"quiet": {"status": "succeeded"}}}, [entry])
-    assert document["usage"] == {"tokens_in": 10, "tokens_out": 3, "cost_usd": None}
-    assert document["tasks"]["quiet"]["usage"] == {"tokens_in": 0, "tokens_out": 0, "cost_usd": None}
+    assert document["usage"] == {"llm_calls": 1, "tokens_in": 10, "tokens_out": 3, "cost_usd": None}
+    assert document["tasks"]["quiet"]["usage"] == {
+        "llm_calls": 0,
+        "tokens_in": 0,
+        "tokens_out": 0,
+        "cost_usd": None,
+    }
     assert document["tasks"]["ask"]["attempt_log"][0]["llm_calls"][0]["cost_usd"] is None
     assert "cost_usd" not in entry["llm_calls"][0]  # the entries read are left as they were
+    # the run's usage goes to the audit log, with that of the tasks that called a model ...
+    audit = MemoryAuditLog()
+    record_usage(audit, {**document, "pipeline": "p", "run_id": "r", "user": "ada"})
+    (written,) = audit.query(run="r")
+    assert (written["event"], written["pipeline_id"], written["user_id"]) == ("llm_usage", "p", "ada")
+    assert written["usage"] == document["usage"]
+    assert written["tasks"] == {"ask": document["usage"]}
+    # ... but only for a run that called one
+    quiet = with_telemetry({"status": "succeeded", "tasks": {"quiet": {"status": "succeeded"}}}, [])
+    record_usage(audit, {**quiet, "pipeline": "p", "run_id": "q", "user": "ada"})
+    assert audit.query(run="q") == []
 
 
 def settings_from(tmp_path: Path, text: str) -> dict[str, ModelPrice]:

@@ -39,6 +39,7 @@ from orchestrator.runtime.telemetry import (
     parallel_children,
     pipeline_children,
     record_run_start,
+    record_usage,
     with_telemetry,
 )
 from orchestrator.settings import exchange_environment
@@ -131,6 +132,7 @@ def run_plan_on_stepfunctions(plan: Plan, inputs: dict[str, Any], options: RunOp
         prices=options.settings.prices,
     )
     progress.finish(document)
+    record_usage(options.stores.audit, document)
     options.stores.runs.save(document)
     return document
 
@@ -198,8 +200,8 @@ def _record_stopped(
     with contextlib.suppress(Exception):
         entries = options.stores.telemetry.query(running["run_id"])
         crashed = {**running, "status": RunStatus.CRASHED.value, "error": error}
-        options.stores.runs.save(
-            with_telemetry(
-                crashed, entries, run_started=started, run_ended=now(), prices=options.settings.prices
-            )
+        crashed = with_telemetry(
+            crashed, entries, run_started=started, run_ended=now(), prices=options.settings.prices
         )
+        record_usage(options.stores.audit, crashed)
+        options.stores.runs.save(crashed)

@@ -69,6 +69,7 @@ from orchestrator.runtime.telemetry import (
     parallel_children,
     pipeline_children,
     record_run_start,
+    record_usage,
     task_path,
     with_telemetry,
 )
@@ -807,6 +808,7 @@ def run_plan(
             with task_streams(redactor):
                 document = run.with_telemetry(asyncio.run(run.run(completed)), now())
             try:
+                record_usage(options.stores.audit, document)
                 options.stores.runs.save(document)
             except StateFolderError as unwritable:
                 document = _record_unsaved(run, document, unwritable)
@@ -876,6 +878,7 @@ def _record_stopped(run: _Run, stopped: BaseException) -> dict[str, Any]:
         bare = document
         with contextlib.suppress(Exception):
             document = run.with_telemetry(document, now())
+            record_usage(run.shared.options.stores.audit, document)
         try:
             runs.save(document)
         except Exception:  # a full disk may still take it without its telemetry (`runs show` has it)

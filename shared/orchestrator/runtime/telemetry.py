@@ -20,8 +20,8 @@ Assembling. `with_telemetry` turns a run document and its entries into the added
 spans are those of what is inside (containers have no attempts of their own: on AWS they are
 Map and Parallel states), and `usage`: tokens and cost of each LLM call, task and the run, from
 the model prices of the config the caller passes (`Settings.prices`: cost is worked out where
-the document is assembled, never where the call is made). `live_document` does the same for a
-run still going on.
+the document is assembled, never where the call is made); `record_usage` writes a run's usage
+to the audit log as it ends. `live_document` does the same for a run still going on.
 
 Nothing unredacted enters an entry: lines and errors are redacted as they come, inputs
 before they are stored, and everything again with the run's redactor when it is written.
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from orchestrator.plan import Plan
     from orchestrator.runtime.redact import Redactor
     from orchestrator.settings import ModelPrice
-    from orchestrator.stores.base import Stores, TelemetryLog
+    from orchestrator.stores.base import AuditLog, Stores, TelemetryLog
 
 PRINTED_LINES = 200
 """The most printed lines an attempt keeps: its last ones."""
@@ -565,9 +565,10 @@ class _Usage:
     """Tokens and cost summed over LLM calls. The cost is unknown (`null`) when no call was
     to a priced model, or when a call to a priced model did not report its tokens."""
 
-    __slots__ = ("cost", "priced", "tokens_in", "tokens_out", "unknown")
+    __slots__ = ("calls", "cost", "priced", "tokens_in", "tokens_out", "unknown")
 
     def __init__(self) -> None:
+        self.calls = 0
         self.tokens_in = 0
         self.tokens_out = 0
         self.cost: list[float] = []
@@ -577,6 +578,7 @@ class _Usage:
     def call(self, call: dict[str, Any], prices: Mapping[str, ModelPrice]) -> float | None:
         """Count one call; its cost (None when its model has no price or its tokens are not known)."""
         tokens_in, tokens_out = _count(call.get("tokens_in")), _count(call.get("tokens_out"))
+        self.calls += 1
         self.tokens_in += tokens_in or 0
         self.tokens_out += tokens_out or 0
         price = prices.get(str(call.get("model")))
@@ -591,6 +593,7 @@ class _Usage:
         return cost
 
     def add(self, other: _Usage) -> None:
+        self.calls += other.calls
         self.tokens_in += other.tokens_in
         self.tokens_out += other.tokens_out
         self.cost += other.cost
@@ -600,7 +603,41 @@ class _Usage:
     def fields(self) -> dict[str, Any]:
         known = self.priced and not self.unknown
         cost = round(math.fsum(self.cost), COST_DIGITS) if known else None
-        return {"tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "cost_usd": cost}
+        return {
+            "llm_calls": self.calls,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "cost_usd": cost,
+        }
+
+
+USAGE_EVENT = "llm_usage"
+
+
+def record_usage(audit: AuditLog, document: dict[str, Any]) -> None:
+    """Write the usage of a run that has ended to the audit log, if it called an LLM: one entry
+    with the run's `usage` and that of each top-level task that called one (docs/telemetry.md)."""
+    usage = document.get("usage") or {}
+    if not usage.get("llm_calls"):
+        return
+    tasks = {
+        name: record["usage"]
+        for name, record in (document.get("tasks") or {}).items()
+        if isinstance(record, dict) and (record.get("usage") or {}).get("llm_calls")
+    }
+    audit.append(
+        {
+            "pipeline_id": document.get("pipeline"),
+            "execution_id": document.get("run_id"),
+            "task": None,
+            "user_id": document.get("user"),
+            "logged_at": datetime.now(UTC).isoformat(),
+            "event": USAGE_EVENT,
+            "status": document.get("status"),
+            "usage": usage,
+            "tasks": tasks,
+        }
+    )
 
 
 def _count(value: Any) -> int | None:
