@@ -1,22 +1,23 @@
 """Issue 15, "Usage and cost", on both engines: through the CLI (`orchestrator run FILE --json`
 and `orchestrator runs show RUN_ID`, with `--engine local` and `--engine stepfunctions`), against
-the fake OpenAI server answering with known token counts, with model prices in the config file:
-each LLM call, task and the run carry the same tokens and cost on both engines, summed over a
-for_loop's iterations; a model without a price counts tokens but no cost, and a reply that does
-not tell its tokens leaves the cost unknown (`null`). The run's end writes its usage to the
-audit log (`orchestrator audit --run RUN_ID`)."""
+the fake OpenAI server answering with known token counts, with model prices in the config file
+(the docs' example, docs/language.md "Usage and cost"): each LLM call, task and the run carry
+the same tokens and cost on both engines, summed over a for_loop's iterations; a model without
+a price counts tokens but no cost, and a reply that does not tell its tokens leaves the cost
+unknown (`null`). The run's end writes its usage to the audit log (`orchestrator audit`)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from conftest import CliResult
+from conftest import REPO, CliResult
 from fakes.servers import FakeOpenAIServer, FakeResponse
 
 pytestmark = pytest.mark.slow
@@ -26,23 +27,18 @@ PRICES = {
     "priced": {"price": {"input_per_million": 2.5, "output_per_million": 10}},
     "silent": {"price": {"input_per_million": 1, "output_per_million": 1}},
 }
-USAGE = {"priced": (1000, 200), "unpriced": (40, 7)}  # "silent" replies tell no tokens
-PIPELINE = """
-name: usage
-tasks:
-  - name: summaries
-    type: for_loop
-    iterate_over: [1, 2, 3]
-    tasks:
-      - name: ask
-        type: llm_task
-        model: priced
-        prompt: "Summarise item {{ item }}"
-  - name: local
-    type: llm_task
-    model: unpriced
-    prompt: Say hello
-"""
+# tokens in and out of each upstream model's replies ("silent" replies tell none)
+USAGE = {"priced": (1000, 200), "gpt-4o-mini": (120, 30), "llama3.2": (400, 60)}
+
+
+def docs_example() -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """The config, pipeline and run document excerpt of docs/language.md, "Usage and cost"."""
+    text = (REPO / "docs" / "language.md").read_text(encoding="utf-8")
+    section = text[text.index("#### Usage and cost") :]
+    section = section[: section.index("\n### ")]
+    config, pipeline = re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)
+    (shown,) = re.findall(r"```json\n(.*?)```", section, re.DOTALL)
+    return yaml.safe_load(config), pipeline, json.loads(shown)
 
 
 def reply(body: dict[str, Any]) -> FakeResponse:
@@ -65,14 +61,22 @@ def reply(body: dict[str, Any]) -> FakeResponse:
 
 
 @pytest.fixture
-def llm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+def llm(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAIServer]:
     with FakeOpenAIServer(reply) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
-        config = tmp_path / "config.yaml"
-        config.write_text(yaml.safe_dump({"llm": {"models": PRICES}}), encoding="utf-8")
-        monkeypatch.setenv("ORCHESTRATOR_CONFIG", str(config))
+        monkeypatch.delenv("ORCHESTRATOR_DEFAULT_MODEL", raising=False)
         yield server
+
+
+def configure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, config: dict[str, Any], url: str) -> None:
+    """`config` as the config file, every model route sent to the fake server."""
+    for route in config["llm"]["models"].values():
+        if "base_url" in route:
+            route["base_url"] = url
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    monkeypatch.setenv("ORCHESTRATOR_CONFIG", str(path))
 
 
 def run_and_show(cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, path: Path) -> dict[str, Any]:
@@ -103,48 +107,40 @@ def calls(record: dict[str, Any]) -> list[dict[str, Any]]:
     return [call for attempt in record["attempt_log"] for call in attempt["llm_calls"]]
 
 
-def test_tokens_and_cost_sum_over_a_loop_and_a_model_without_a_price_on_both_engines(
+def test_the_docs_example_sums_tokens_and_cost_over_a_loop_on_both_engines(
     cli: Cli, llm: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # GIVEN a loop of three calls to a priced model, then one call to a model without a price
-    path = tmp_path / "usage.yaml"
-    path.write_text(PIPELINE, encoding="utf-8")
+    # GIVEN the documented config (one priced model, one without a price) and pipeline (a loop
+    # of three calls to the priced model, then one call to the other)
+    config, pipeline, shown = docs_example()
+    configure(monkeypatch, tmp_path, config, llm.base_url)
+    path = tmp_path / "reviews.yaml"
+    path.write_text(pipeline, encoding="utf-8")
     # WHEN it runs on each engine
     documents = run_and_show(cli, monkeypatch, tmp_path, path)
-    # THEN each priced call costs 1000 * 2.5 / 1e6 + 200 * 10 / 1e6 = 0.0045 USD ...
+    # THEN each priced call costs 120 * 0.15 / 1e6 + 30 * 0.6 / 1e6 = 0.000036 USD ...
     for engine, document in documents.items():
-        loop = document["tasks"]["summaries"]
-        for child in loop["children"]:
-            (call,) = calls(child["tasks"]["ask"])
-            assert (call["tokens_in"], call["tokens_out"]) == (1000, 200), engine
-            assert call["cost_usd"] == pytest.approx(0.0045), engine
-            assert child["tasks"]["ask"]["usage"]["cost_usd"] == pytest.approx(0.0045), engine
-        # ... the loop sums its three iterations ...
+        loop = document["tasks"]["reviews"]
         assert len(loop["children"]) == 3, engine
-        assert loop["usage"]["llm_calls"] == 3, engine
-        assert loop["usage"]["tokens_in"] == 3000, engine
-        assert loop["usage"]["tokens_out"] == 600, engine
-        assert loop["usage"]["cost_usd"] == pytest.approx(0.0135), engine
-        # ... the model without a price counts its tokens, at no known cost ...
-        (call,) = calls(document["tasks"]["local"])
-        assert call["cost_usd"] is None, engine
-        assert document["tasks"]["local"]["usage"] == {
-            "llm_calls": 1,
-            "tokens_in": 40,
-            "tokens_out": 7,
-            "cost_usd": None,
-        }
-        # ... and the run sums every task
-        assert document["usage"]["tokens_in"] == 3040, engine
-        assert document["usage"]["tokens_out"] == 607, engine
-        assert document["usage"]["cost_usd"] == pytest.approx(0.0135), engine
-    assert documents["local"]["usage"] == documents["stepfunctions"]["usage"]
+        for child in loop["children"]:
+            (call,) = calls(child["tasks"]["review"])
+            assert (call["tokens_in"], call["tokens_out"]) == (120, 30), engine
+            assert call["cost_usd"] == pytest.approx(0.000036), engine
+            assert child["tasks"]["review"]["usage"]["cost_usd"] == pytest.approx(0.000036), engine
+        # ... the model without a price counts its tokens at no cost ...
+        (call,) = calls(document["tasks"]["digest"])
+        assert (call["tokens_in"], call["cost_usd"]) == (400, None), engine
+        # ... and the loop, the tasks and the run are as the docs show them
+        assert document["usage"] == shown["usage"], engine
+        for name, record in shown["tasks"].items():
+            assert document["tasks"][name]["usage"] == record["usage"], engine
     assert llm.request_count == 8
 
 
 def test_a_reply_without_usage_leaves_the_cost_unknown_on_both_engines(
     cli: Cli, llm: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    configure(monkeypatch, tmp_path, {"llm": {"models": PRICES}}, llm.base_url)
     # GIVEN a priced model whose reply does not tell its tokens, after one that does
     path = tmp_path / "silent.yaml"
     path.write_text(

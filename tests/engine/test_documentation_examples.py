@@ -9,7 +9,7 @@ A block is classified by its top-level keys:
   `degraded`.
 - `llm:` or `search:` -> a config file. It must load through `load_settings` (as the file
   named by `ORCHESTRATOR_CONFIG`; the loader refuses unknown keys) and configure what it
-  says (default model, endpoint, model routes, search URL).
+  says (default model, endpoint, model routes and prices, search URL).
   A comment above it (`<!-- example: local-llm-config -->`) is a label other tests find it
   by; this test ignores it.
 - anything else fails, so no example goes unchecked. Write other snippets as ```text,
@@ -47,7 +47,7 @@ from typing import Any, Protocol
 import pytest
 import yaml
 
-from orchestrator.settings import load_settings
+from orchestrator.settings import ModelPrice, load_settings
 
 
 class CliResult(Protocol):
@@ -352,6 +352,8 @@ def check_config(
     assert set(settings.model_routes) == {str(name) for name in llm.get("models") or {}}
     for name, route in (llm.get("models") or {}).items():
         assert settings.model_routes[str(name)].base_url == (route or {}).get("base_url")
+        price = (route or {}).get("price")
+        assert settings.model_routes[str(name)].price == (ModelPrice(**price) if price else None)
     assert settings.search_url == search.get("url")
 
 
