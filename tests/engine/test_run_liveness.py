@@ -156,9 +156,11 @@ def test_a_killed_run_shows_crashed_and_resume_finishes_it(
     assert set(crashed) == {"run_id", "pipeline", "status", "outputs", "tasks", "result", "error"} | {
         "engine",
         "user",
+        "pipeline_file",
         "started_at",
         "ended_at",
         "duration",
+        "usage",
     }  # (the telemetry fields: docs/telemetry.md)
     # AND resume finishes it without running the finished task again
     (tmp_path / "go").write_text("yes")
