@@ -2,8 +2,8 @@
 
 Every number comes from fresh processes, run several times (BENCH_REPS, default 3) and
 reduced to medians; Orchestrator and Prefect runs are interleaved so that a noisy neighbour
-hurts both alike. The cloud cost (f), the execution state size (g) and the LLM pipelines (h) come last, each
-in a process of its own. See bench/RESULTS.md for what is measured and how.
+hurts both alike. The cloud cost (f), the execution state size (g), the UI's run list (h) and the
+LLM pipelines (i) come last, each in a process of its own. See bench/RESULTS.md for what is measured and how.
 
     .venv/bin/python bench/run.py                    # every section (what `make bench` runs)
     .venv/bin/python bench/run.py --only cloud       # measure (f) again, keep the other sections
