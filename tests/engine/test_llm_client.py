@@ -56,7 +56,7 @@ def test_request_carries_model_messages_parameters_and_key(
     )
     # WHEN the client sends a full request
     with OpenAIChatClient(served_by(fake_openai, tmp_path)) as client:
-        reply = client.complete(request)
+        reply = client.complete(request).text
     # THEN the reply is the text and the request carries every field
     assert reply == "Paris"
     sent = fake_openai.last_request
@@ -73,7 +73,7 @@ def test_request_carries_model_messages_parameters_and_key(
 
 def test_unset_fields_are_not_sent(fake_openai: FakeOpenAIServer, tmp_path: Path) -> None:
     with OpenAIChatClient(served_by(fake_openai, tmp_path)) as client:
-        reply = client.complete(LLMRequest(model="m", prompt="echo me"))
+        reply = client.complete(LLMRequest(model="m", prompt="echo me")).text
     assert reply == "echo me"  # the fake's default reply echoes the prompt
     body = fake_openai.last_request.json
     assert body["messages"] == [{"role": "user", "content": "echo me"}]
@@ -106,8 +106,8 @@ def test_model_routed_in_config_file_goes_to_its_own_endpoint(
         )
         # WHEN both models are asked
         with OpenAIChatClient(settings) as client:
-            routed = client.complete(LLMRequest(model="claude-3", prompt="hi"))
-            default = client.complete(LLMRequest(model="gpt-4o-mini", prompt="hi"))
+            routed = client.complete(LLMRequest(model="claude-3", prompt="hi")).text
+            default = client.complete(LLMRequest(model="gpt-4o-mini", prompt="hi")).text
         # THEN each went to its own server with its own key and upstream name
         assert (routed, default) == ("from second", "hi")
         assert second.request_count == 1
@@ -141,7 +141,7 @@ def test_one_openai_client_per_endpoint_shared_by_threads(
     with OpenAIChatClient(served_by(fake_openai, tmp_path)) as client:
 
         def ask(number: int) -> None:
-            replies.append(client.complete(LLMRequest(model=f"model-{number % 2}", prompt="x")))
+            replies.append(client.complete(LLMRequest(model=f"model-{number % 2}", prompt="x")).text)
 
         threads = [threading.Thread(target=ask, args=(number,)) for number in range(8)]
         for thread in threads:
@@ -216,7 +216,7 @@ def test_a_timeout_is_one_transient_request(fake_openai: FakeOpenAIServer, tmp_p
         assert "timeout" in caught.value.message
         assert fake_openai.request_count == 1
         # AND the next call (the task's next attempt) is answered
-        assert client.complete(LLMRequest(model="m", prompt="p")) == "in time"
+        assert client.complete(LLMRequest(model="m", prompt="p")).text == "in time"
     assert fake_openai.request_count == 2
 
 

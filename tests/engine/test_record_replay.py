@@ -36,7 +36,7 @@ from orchestrator.runtime.exchanges import (
     exchange_key,
     read_exchanges,
 )
-from orchestrator.runtime.llm import LLMRequest
+from orchestrator.runtime.llm import LLMReply, LLMRequest
 from orchestrator.runtime.redact import Redactor
 from orchestrator.runtime.search import SearchResult
 from orchestrator.settings import load_settings
@@ -316,9 +316,9 @@ class _Model:
         self.answer = answer
         self.calls = 0
 
-    def complete(self, request: LLMRequest) -> str:
+    def complete(self, request: LLMRequest) -> LLMReply:
         self.calls += 1
-        return self.answer(request)
+        return LLMReply(self.answer(request), 3, 2)
 
 
 def _never() -> Any:
@@ -377,7 +377,7 @@ def test_no_secret_reaches_the_record_file_and_it_replays_with_another(
         )
         with pytest.raises(TaskError, match="refused about \\*\\*\\*") as refused:
             RecordingSearchClient(replay, _never).search(f"about {OTHER_SECRET}", 3)
-    assert answer == f"you said {prompt} key=***"
+    assert answer.text == f"you said {prompt} key=***"
     assert refused.value.error_type == "SearchRequestError"
 
 
@@ -390,10 +390,10 @@ def test_equal_requests_are_answered_in_recorded_order_then_miss(tmp_path: Path)
         ExchangeBook(path, "record", fresh=True), lambda: _Model(lambda _: next(replies))
     )
     request = LLMRequest(model="m", prompt="same", temperature=0.7)
-    assert [recorder.complete(request), recorder.complete(request)] == ["first", "second"]
+    assert [recorder.complete(request).text, recorder.complete(request).text] == ["first", "second"]
     replayer = RecordingLLMClient(ExchangeBook(path, "replay"), _never)
     with acting_for("ask", Redactor()):
-        assert [replayer.complete(request), replayer.complete(request)] == ["first", "second"]
+        assert [replayer.complete(request).text, replayer.complete(request).text] == ["first", "second"]
         with pytest.raises(TaskError) as miss:
             replayer.complete(request)
     assert miss.value.error_type == "ReplayMiss" and not miss.value.retryable
@@ -476,8 +476,8 @@ def test_a_repair_loops_calls_replay_each_to_its_own_recorded_answer(tmp_path: P
         response_schema=schema,
         turns=(("assistant", "not json"), ("user", "that was not JSON")),
     )
-    assert [recorder.complete(first), recorder.complete(repair)] == ["not json", '{"n": 1}']
+    assert [recorder.complete(first).text, recorder.complete(repair).text] == ["not json", '{"n": 1}']
     replayer = RecordingLLMClient(ExchangeBook(path, "replay"), _never)
     with acting_for("ask", Redactor()):
-        assert replayer.complete(repair) == '{"n": 1}'
-        assert replayer.complete(first) == "not json"
+        assert replayer.complete(repair).text == '{"n": 1}'
+        assert replayer.complete(first).text == "not json"

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from orchestrator.errors import TaskError
-from orchestrator.runtime.llm import LLMRequest, complete_with_schema
+from orchestrator.runtime.llm import LLMReply, LLMRequest, complete_with_schema
 from orchestrator.spec.output_schema import schema_problem, validation_problem
 
 PROPERTY = settings(
@@ -30,9 +30,9 @@ class Scripted:
     replies: list[str]
     requests: list[LLMRequest] = field(default_factory=list)
 
-    def complete(self, request: LLMRequest) -> str:
+    def complete(self, request: LLMRequest) -> LLMReply:
         self.requests.append(request)
-        return self.replies[len(self.requests) - 1]
+        return LLMReply(self.replies[len(self.requests) - 1])
 
 
 TYPES = st.sampled_from(["string", "integer", "number", "boolean", "null", "array", "object"])

@@ -3,7 +3,9 @@ from it with no network (`orchestrator run --record FILE` / `--replay FILE`).
 
 The file is JSON lines, one exchange a line, readable and diff-friendly: a header line, then
 ``{"kind", "key", "seq", "task", "request", "reply"}`` (or ``"error": {"type", "message"}``
-instead of ``"reply"`` for a call that failed, so a failing run replays the same way). When
+instead of ``"reply"`` for a call that failed, so a failing run replays the same way); an LLM
+reply also keeps the ``"usage"`` the provider reported (``{"tokens_in", "tokens_out"}``), so a
+replayed run counts the same tokens, costs and budgets as the recorded one. When
 the run ends its lines are sorted (by kind, task, key, seq) so recording the same run twice
 gives the same file whatever order concurrent tasks answered in.
 
@@ -43,7 +45,7 @@ from orchestrator.errors import ConfigError, TaskError
 from orchestrator.runtime.redact import Redactor
 
 if TYPE_CHECKING:
-    from orchestrator.runtime.llm import LLMClient, LLMRequest
+    from orchestrator.runtime.llm import LLMClient, LLMReply, LLMRequest
     from orchestrator.runtime.search import SearchClient, SearchResult
     from orchestrator.settings import Settings
 
@@ -122,8 +124,11 @@ class ExchangeBook:
         elif fresh or not _holds_anything(path):
             self._append([HEADER], truncate=True)
 
-    def exchange(self, kind: str, request: dict[str, Any], call: Callable[[], Any]) -> Any:
-        """The answer to `request` (JSON), from the file or from `call()` (then written)."""
+    def exchange(
+        self, kind: str, request: dict[str, Any], call: Callable[[], tuple[Any, dict[str, Any]]]
+    ) -> tuple[Any, dict[str, Any]]:
+        """The answer to `request` (JSON) and what the exchange keeps beside it (an LLM reply's
+        ``usage``), from the file or from `call()` (then written)."""
         caller = _caller()
         shown = caller.redactor.value({name: value for name, value in request.items() if value is not None})
         key = exchange_key(kind, shown)
@@ -134,15 +139,17 @@ class ExchangeBook:
             return self._replayed(kind, key, seq, shown, caller.task)
         entry: dict[str, Any] = {"kind": kind, "task": caller.task, "seq": seq, "request": shown}
         try:
-            answer = call()
+            answer, beside = call()
         except TaskError as error:
             message = caller.redactor.text(error.message)
             self._append([{**entry, "error": {"type": error.error_type, "message": message}, "key": key}])
             raise
-        self._append([{**entry, "reply": caller.redactor.value(answer), "key": key}])
-        return answer
+        self._append([{**entry, "reply": caller.redactor.value(answer), **beside, "key": key}])
+        return answer, beside
 
-    def _replayed(self, kind: str, key: str, seq: int, shown: dict[str, Any], task: str | None) -> Any:
+    def _replayed(
+        self, kind: str, key: str, seq: int, shown: dict[str, Any], task: str | None
+    ) -> tuple[Any, dict[str, Any]]:
         answers = self._answers.get(key, [])
         if seq >= len(answers):
             where = f"task '{task}': " if task else ""
@@ -156,7 +163,7 @@ class ExchangeBook:
         entry = answers[seq]
         if "error" in entry:
             raise TaskError(str(entry["error"]["type"]), str(entry["error"]["message"]))
-        return entry["reply"]
+        return entry["reply"], {name: entry[name] for name in _BESIDE if name in entry}
 
     def _append(self, entries: list[dict[str, Any]], *, truncate: bool = False) -> None:
         with self._lock:
@@ -251,9 +258,25 @@ def _entry_problem(entry: Any) -> str | None:
         return "the 'reply' of an LLM call must be text"
     elif entry["kind"] == "search" and not _search_results(entry["reply"]):
         return 'the \'reply\' of a search must be a list of {"title", "url", "snippet"} texts'
+    if "usage" in entry and not _usage(entry["usage"]):
+        return '\'usage\' must be {"tokens_in": count or null, "tokens_out": count or null}'
     if entry["key"] != exchange_key(entry["kind"], entry["request"]):
         return "its 'key' is not the digest of its 'request' (was the request edited by hand?)"
     return None
+
+
+_BESIDE = ("usage",)
+
+
+def _usage(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and set(value) == {"tokens_in", "tokens_out"}
+        and all(
+            count is None or (isinstance(count, int) and not isinstance(count, bool) and count >= 0)
+            for count in value.values()
+        )
+    )
 
 
 def _search_results(reply: Any) -> bool:
@@ -335,15 +358,20 @@ class RecordingLLMClient:
         self._client: LLMClient | None = None
         self._lock = threading.Lock()
 
-    def complete(self, request: LLMRequest) -> str:
+    def complete(self, request: LLMRequest) -> LLMReply:
+        from orchestrator.runtime.llm import LLMReply
+
         fields = dataclasses.asdict(request)
         if not request.turns:  # only a repair loop's calls have turns: earlier files stay valid
             del fields["turns"]
 
-        def send() -> str:
-            return self._inner().complete(request)
+        def send() -> tuple[str, dict[str, Any]]:
+            reply = self._inner().complete(request)
+            return reply.text, {"usage": {"tokens_in": reply.tokens_in, "tokens_out": reply.tokens_out}}
 
-        return str(self._book.exchange("llm", fields, send))
+        text, beside = self._book.exchange("llm", fields, send)
+        usage = beside.get("usage") or {}
+        return LLMReply(str(text), usage.get("tokens_in"), usage.get("tokens_out"))
 
     def _inner(self) -> LLMClient:
         with self._lock:
@@ -371,13 +399,13 @@ class RecordingSearchClient:
     def search(self, query: str, max_results: int) -> list[SearchResult]:
         from orchestrator.runtime.search import SearchResult
 
-        def send() -> list[dict[str, str]]:
+        def send() -> tuple[list[dict[str, str]], dict[str, Any]]:
             with self._lock:
                 if self._client is None:
                     self._client = self._make()
                 client = self._client
-            return [dataclasses.asdict(result) for result in client.search(query, max_results)]
+            return [dataclasses.asdict(result) for result in client.search(query, max_results)], {}
 
         request = {"query": query, "max_results": max_results}
-        answer = self._book.exchange("search", request, send)
+        answer, _ = self._book.exchange("search", request, send)
         return [SearchResult(**item) for item in answer]

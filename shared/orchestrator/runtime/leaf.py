@@ -178,7 +178,7 @@ def _llm_output(task: LLMTask, scope: Scope, services: Services, recording: Reco
     """One attempt of an LLM task: its reply as its output_type, or the repair loop's value
     matching its output_schema (up to 1 + schema_retries calls); its rendered request is the
     attempt's inputs in the run's telemetry."""
-    from orchestrator.runtime.llm import LLMRequest, complete_with_schema, parse_llm_output
+    from orchestrator.runtime.llm import LLMRequest, complete_with_schema, metered_call, parse_llm_output
 
     fields = llm_request_fields(task, scope, services.settings.default_model)
     if recording is not None:
@@ -188,7 +188,7 @@ def _llm_output(task: LLMTask, scope: Scope, services: Services, recording: Reco
     request = LLMRequest(**fields)
     client = services.llm_client()
     if schema is None:
-        return parse_llm_output(client.complete(request), output_type)
+        return parse_llm_output(metered_call(client, request).text, output_type)
     if not isinstance(schema, dict):  # a file path is read in when the pipeline is loaded
         raise TaskError("InvalidTaskSpec", f"output_schema must be a JSON Schema here, got {schema!r}")
     structured = services.settings.route_for(request.model).structured_output

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LLMClient",
+    "LLMReply",
     "LLMRequest",
     "OpenAIChatClient",
     "complete_with_schema",
@@ -69,12 +70,40 @@ class LLMRequest:
     response_schema: Mapping[str, Any] | None = None
 
 
-class LLMClient(Protocol):
-    """Anything that can answer an `LLMRequest` with the reply text."""
+@dataclass(frozen=True)
+class LLMReply:
+    """What one call to a model answered: the reply's text and the tokens in and out that the
+    provider reported (None when it did not say)."""
 
-    def complete(self, request: LLMRequest) -> str:
+    text: str
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+
+
+class LLMClient(Protocol):
+    """Anything that can answer an `LLMRequest`: one call to the model."""
+
+    def complete(self, request: LLMRequest) -> LLMReply:
         """Return the model's reply, or raise `TaskError`."""
         ...
+
+
+def metered_call(client: LLMClient, request: LLMRequest) -> LLMReply:
+    """`client.complete(request)`, entered in the attempt's telemetry (model, tokens, latency)
+    when it is recorded (`runtime.telemetry`), whether it answered or failed: the one place a
+    call to a model is counted, whatever client (real, recorded or replayed) answered it."""
+    from orchestrator.runtime.telemetry import current_recording
+
+    started = time.perf_counter()
+    reply: LLMReply | None = None
+    try:
+        reply = client.complete(request)
+        return reply
+    finally:
+        recording = current_recording()
+        if recording is not None:
+            tokens = (None, None) if reply is None else (reply.tokens_in, reply.tokens_out)
+            recording.llm_call(request.model, tokens[0], tokens[1], time.perf_counter() - started)
 
 
 # -- transient answers, shared with the search client ----------------------------------------
@@ -133,18 +162,11 @@ class OpenAIChatClient:
         self._clients: dict[tuple[str, str], openai.OpenAI] = {}
         self._lock = threading.Lock()
 
-    def complete(self, request: LLMRequest) -> str:
-        """Send `request` to the model's endpoint, once, and return the reply text."""
+    def complete(self, request: LLMRequest) -> LLMReply:
+        """Send `request` to the model's endpoint, once, and return its reply."""
         route = self._settings.route_for(request.model)
         client = self._client_for(request.model, route)
-        upstream_model = route.model or request.model
-        started = time.perf_counter()
-        usage: tuple[int | None, int | None] = (None, None)
-        try:
-            text, usage = self._send_once(client, upstream_model, request)
-            return text
-        finally:
-            _record_call(request.model, usage, time.perf_counter() - started)
+        return self._send_once(client, route.model or request.model, request)
 
     def close(self) -> None:
         """Close every cached `openai` client; the next request builds new ones."""
@@ -193,10 +215,7 @@ class OpenAIChatClient:
                 self._clients[key] = client
             return client
 
-    def _send_once(
-        self, client: openai.OpenAI, upstream_model: str, request: LLMRequest
-    ) -> tuple[str, tuple[int | None, int | None]]:
-        """The reply's text and its tokens in and out (None when the reply does not say)."""
+    def _send_once(self, client: openai.OpenAI, upstream_model: str, request: LLMRequest) -> LLMReply:
         import openai
 
         messages: list[ChatCompletionMessageParam] = []
@@ -236,25 +255,13 @@ class OpenAIChatClient:
                 f"{where}: the reply has no text (finish_reason={choice.finish_reason!r})",
             )
         usage = completion.usage
-        tokens = (
-            (_count(usage.prompt_tokens), _count(usage.completion_tokens))
-            if usage is not None
-            else (None, None)
-        )
-        return choice.message.content, tokens
+        if usage is None:
+            return LLMReply(choice.message.content)
+        return LLMReply(choice.message.content, _count(usage.prompt_tokens), _count(usage.completion_tokens))
 
 
 def _count(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _record_call(model: str, usage: tuple[int | None, int | None], latency: float) -> None:
-    """One provider call in the attempt's telemetry, when it is recorded (`runtime.telemetry`)."""
-    from orchestrator.runtime.telemetry import current_recording
-
-    recording = current_recording()
-    if recording is not None:
-        recording.llm_call(model, usage[0], usage[1], latency)
 
 
 def _turn_messages(request: LLMRequest) -> list[ChatCompletionMessageParam]:
@@ -466,7 +473,7 @@ def complete_with_schema(
         request = replace(request, prompt=request.prompt + _schema_instruction(schema))
     problem: str | None = None
     for _ in range(retries + 1):
-        text = client.complete(request)
+        text = metered_call(client, request).text
         value, problem = _reply_problem(text, schema)
         if problem is None:
             return value
