@@ -67,6 +67,17 @@ ERROR_TYPES: Mapping[str, ErrorType] = _registry(
         "(record it again with `run --record FILE`)",
     ),
     ErrorType(
+        "BudgetExceeded",
+        False,
+        "a `budget` covering the task cannot take its next LLM call (what it may cost is reserved "
+        "before the call); the call was not made",
+    ),
+    ErrorType(
+        "BudgetUnpriced",
+        False,
+        "a `budget` with `max_cost_usd` covers a call to a model the config file gives no price",
+    ),
+    ErrorType(
         "SearchConfigurationError",
         False,
         "no search endpoint is configured, or it is not an http(s) URL",

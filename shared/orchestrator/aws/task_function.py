@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator.aws.deployed import TaskLocation, event_location
+from orchestrator.aws.deployed import TaskLocation, event_location, load_plan
 from orchestrator.aws.events import DispatchError, DispatchEvent, TaskEvent, task_failure
 from orchestrator.aws.payloads import is_reference, offload, resolve
 from orchestrator.aws.task_scope import PreparedTask, prepare_task
@@ -177,6 +177,7 @@ def run_task_event(
         default_model=services.settings.default_model,
         redactor=redactor,
         place=_place(event, location, prepared, stores),
+        top=None if event.pipeline == event.run.pipeline else load_plan(event.run.pipeline).pipeline,
     )
     bucket = aws_settings().payload_bucket
 

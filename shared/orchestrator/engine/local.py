@@ -79,6 +79,7 @@ from orchestrator.spec.models import (
     DynamicTaskGroup,
     ForLoop,
     ParallelGroup,
+    Pipeline,
     PipelineGroup,
     TaskBase,
     WhileLoop,
@@ -151,6 +152,7 @@ class _Shared:
     degraded: list[str] = field(default_factory=list)
     child_plans: dict[Path, Plan] = field(default_factory=dict)  # planned once per run
     root_run_id: str = ""  # the top run's id, under which telemetry is recorded
+    top: Pipeline | None = None  # the top pipeline, in the runs of its child pipelines
 
 
 async def _interrupted() -> Any:
@@ -452,6 +454,7 @@ class _Run:
                 "" if self.top_level else self.info.pipeline_id,
                 task_path(scope.place, name),
             ),
+            top=self.shared.top,
         )
 
         async def attempt(which: TaskBase) -> Any:
@@ -632,6 +635,7 @@ class _Run:
                 self.shared.degraded,
                 self.shared.child_plans,
                 self.shared.root_run_id,
+                self.shared.top or self.pipeline,
             )
             run = _Run(
                 child_plan, inputs, shared, f"{self.info.run_id}.{child_plan.pipeline_id}", top_level=False

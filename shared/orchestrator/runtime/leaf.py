@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import TaskError, TemplateError
+from orchestrator.runtime.budget import metering
 from orchestrator.runtime.context import Context, RunInfo, stored_key
 from orchestrator.runtime.exchanges import acting_for
 from orchestrator.runtime.python_task import run_script
@@ -225,7 +226,7 @@ def run_leaf(
             log.close()
         return run.redactor.value(_check_json(output, name))
     if isinstance(task, LLMTask):
-        with acting_for(name, run.redactor):
+        with acting_for(name, run.redactor), metering(run.stores.state, services.settings.prices):
             return run.redactor.value(_llm_output(task, scope, services, recording))
     if isinstance(task, WebSearchTask):
         from orchestrator.runtime.search import search_output

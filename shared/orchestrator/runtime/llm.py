@@ -91,9 +91,13 @@ class LLMClient(Protocol):
 def metered_call(client: LLMClient, request: LLMRequest) -> LLMReply:
     """`client.complete(request)`, entered in the attempt's telemetry (model, tokens, latency)
     when it is recorded (`runtime.telemetry`), whether it answered or failed: the one place a
-    call to a model is counted, whatever client (real, recorded or replayed) answered it."""
+    call to a model is counted, whatever client (real, recorded or replayed) answered it; and
+    in the budgets covering it (`runtime.budget`), which may refuse it before it is made."""
+    from orchestrator.runtime.budget import current_meter
     from orchestrator.runtime.telemetry import current_recording
 
+    meter = current_meter()
+    hold = None if meter is None else meter.reserve(request)  # may refuse: then no call is made
     started = time.perf_counter()
     reply: LLMReply | None = None
     try:
@@ -104,6 +108,8 @@ def metered_call(client: LLMClient, request: LLMRequest) -> LLMReply:
         if recording is not None:
             tokens = (None, None) if reply is None else (reply.tokens_in, reply.tokens_out)
             recording.llm_call(request.model, tokens[0], tokens[1], time.perf_counter() - started)
+        if hold is not None:
+            hold.settle(reply)
 
 
 # -- transient answers, shared with the search client ----------------------------------------

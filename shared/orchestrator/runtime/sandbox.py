@@ -166,6 +166,8 @@ def _request(
     inputs: dict[str, Any],
     limits: Limits,
 ) -> bytes:
+    from orchestrator.runtime.budget import current_covering
+
     outputs = _visible_outputs(scope)
     loop = scope.loop
     frame = None
@@ -197,6 +199,7 @@ def _request(
         "inputs": inputs,
         # what the parent already redacts, so the child's audit entries are redacted the same way
         "known_secrets": run.redactor.known(),
+        "budgets": None if (covering := current_covering()) is None else covering.as_dict(),
     }
     return json.dumps(request, default=str).encode("utf-8")
 
@@ -446,6 +449,7 @@ def _stores_on_use(settings: Settings, backend: str) -> Stores:
 
 def _serve(request: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
     """Rebuild the task's world, run it, and describe the outcome."""
+    from orchestrator.runtime.budget import Covering, covered
     from orchestrator.runtime.context import RunInfo, StateConflictError
     from orchestrator.runtime.leaf import Services, run_leaf
     from orchestrator.runtime.scope import LoopFrame, Scope
@@ -481,7 +485,12 @@ def _serve(request: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
             # what the script prints becomes `[task] ...` lines, as in process; the parent
             # redacts the rest of this process's stderr with the secrets it was sent, and
             # records them and the LLM calls (`_record_child`) in the attempt's telemetry
-            with task_streams(redactor, descriptors=False), collected_calls(redactor, calls):
+            budgets = request["budgets"]
+            with (
+                task_streams(redactor, descriptors=False),
+                collected_calls(redactor, calls),
+                covered(None if budgets is None else Covering.from_dict(budgets)),
+            ):
                 output = run_leaf(task, request["name"], scope, run, services, request["inputs"])
         finally:
             services.close()

@@ -25,10 +25,11 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from orchestrator.errors import OrchestratorError, TaskError
+from orchestrator.runtime.budget import covered, covering
 from orchestrator.runtime.context import StateConflictError
 from orchestrator.runtime.documents import ErrorInfo, TaskOutcome, TaskStatus
 from orchestrator.runtime.leaf import LEAF_TYPES, cache_key, fallback_output
@@ -94,6 +95,14 @@ def failure_outcome(
     return TaskOutcome(status, output, attempts, error)
 
 
+@contextlib.contextmanager
+def _both(
+    first: contextlib.AbstractContextManager[None], second: contextlib.AbstractContextManager[None]
+) -> Iterator[None]:
+    with first, second:
+        yield
+
+
 class TaskRun:
     """One task on its way to an outcome: the steps around its attempts (see the module)."""
 
@@ -112,6 +121,7 @@ class TaskRun:
         "scope",
         "started",
         "task",
+        "top",
     )
 
     def __init__(
@@ -129,8 +139,10 @@ class TaskRun:
         default_model: str,
         redactor: Redactor,
         place: TaskPlace | None = None,
+        top: Pipeline | None = None,
     ) -> None:
         self.task = task
+        self.top = top  # the top pipeline, when this task runs in a child pipeline
         self.place = place
         self.name = name
         self.scope = scope
@@ -171,10 +183,12 @@ class TaskRun:
     def attempting(self, task: TaskBase, *, fallback: bool) -> contextlib.AbstractContextManager[None]:
         """Around one attempt of `task` (this task, or its `fallback` task): a leaf's attempt
         is recorded in the run's telemetry (`runtime.telemetry`) when the run records it
-        (`place`). A container's attempts are not: its span is that of what runs inside it."""
+        (`place`), and its calls are counted in the budgets covering it (`runtime.budget`).
+        A container's attempts are not: its span is that of what runs inside it."""
         if self.place is None or not isinstance(task, LEAF_TYPES):
             return contextlib.nullcontext()
-        return recorded_attempt(self.place, self.redactor, fallback=fallback)
+        budgets = covering(task, self.place, self.pipeline, self.top, fallback=fallback)
+        return _both(covered(budgets), recorded_attempt(self.place, self.redactor, fallback=fallback))
 
     def succeeded(self, output: Any, attempts: int) -> TaskOutcome:
         """An attempt gave `output`: written to the cache when the task is cached."""

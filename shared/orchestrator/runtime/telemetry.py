@@ -38,7 +38,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, copy_context
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -264,19 +264,17 @@ def collected_calls(redactor: Redactor, calls: list[dict[str, Any]]) -> Iterator
 
 
 def carrying(function: Callable[[], T]) -> Callable[[], T]:
-    """`function` made to run as the current attempt wherever it runs (a worker thread)."""
+    """`function` made to run as the current attempt wherever it runs (a worker thread), with
+    the attempt's context (its recording, the budgets covering it: `runtime.budget`)."""
     recording = _CURRENT.get()
     if recording is None:
         return function
+    context = copy_context()
 
     @functools.wraps(function)
     def carried() -> T:
         recording.start()
-        token = _CURRENT.set(recording)
-        try:
-            return function()
-        finally:
-            _CURRENT.reset(token)
+        return context.run(function)
 
     return carried
 

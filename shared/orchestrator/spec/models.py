@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TASK_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 InputType = Literal["string", "integer", "float", "number", "boolean", "array", "object"]
@@ -104,6 +104,20 @@ class Triggers(StrictModel):
     api: bool = True
 
 
+class Budget(StrictModel):
+    """The most tokens (in and out together) and US dollars the LLM calls a budget covers may
+    spend (`runtime.budget`): at least one of them."""
+
+    max_tokens: Annotated[int, Field(gt=0)] | None = None
+    max_cost_usd: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _limits_something(self) -> Budget:
+        if self.max_tokens is None and self.max_cost_usd is None:
+            raise ValueError("a budget needs max_tokens, max_cost_usd or both, like {max_tokens: 20000}")
+        return self
+
+
 class TaskErrorHandling(StrictModel):
     retry_count: Annotated[int, Field(ge=0)] | None = None
     retry_delay: Seconds | None = None
@@ -124,6 +138,7 @@ class TaskBase(StrictModel):
     cache_strategy: Literal["prompt_hash", "content_hash", "input_hash"] | None = None
     resource_limits: ResourceLimits | None = None
     timeout: Annotated[float, Field(gt=0)] | None = None
+    budget: Budget | None = None
 
 
 class PythonTask(TaskBase):
@@ -161,7 +176,29 @@ class WebSearchTask(TaskBase):
     max_results: Annotated[int, Field(gt=0, le=100)] = 5
 
 
-class ForLoop(TaskBase):
+def _holds_pipeline_group(tasks: list[Any]) -> bool:
+    return any(
+        isinstance(task, PipelineGroup) or _holds_pipeline_group(getattr(task, "tasks", None) or [])
+        for task in tasks
+        if isinstance(task, TaskBase)
+    )
+
+
+class _BudgetedContainer(TaskBase):
+    """A container whose `budget` covers the tasks inside it, which a child pipeline cannot be
+    under: its tasks are budgeted by its own file's `budget` and the top pipeline's."""
+
+    @model_validator(mode="after")
+    def _budget_covers_its_tasks(self) -> _BudgetedContainer:
+        if self.budget is not None and _holds_pipeline_group(getattr(self, "tasks", [])):
+            raise ValueError(
+                "a budget cannot cover the child pipelines of a pipeline_group inside this task: "
+                "put `budget:` in the child pipeline files, or on the pipeline"
+            )
+        return self
+
+
+class ForLoop(_BudgetedContainer):
     type: Literal["for_loop"]
     iterate_over: str | list[Any]
     item_variable: Annotated[str, Field(pattern=TASK_NAME_PATTERN)] = "item"
@@ -169,14 +206,14 @@ class ForLoop(TaskBase):
     max_concurrency: Annotated[int, Field(ge=1)] = 1
 
 
-class WhileLoop(TaskBase):
+class WhileLoop(_BudgetedContainer):
     type: Literal["while_loop"]
     condition: str | bool  # the loop condition, checked before every iteration
     max_iterations: Annotated[int, Field(ge=1)]
     tasks: list[Task]
 
 
-class ParallelGroup(TaskBase):
+class ParallelGroup(_BudgetedContainer):
     type: Literal["parallel_group"]
     tasks: list[Task]
     max_concurrency: Annotated[int, Field(ge=1)] | None = None
@@ -198,6 +235,15 @@ class PipelineGroup(TaskBase):
     type: Literal["pipeline_group"]
     mode: Literal["parallel", "sequential"] = "parallel"
     pipelines: list[ChildPipeline]
+
+    @model_validator(mode="after")
+    def _no_budget(self) -> PipelineGroup:
+        if self.budget is not None:
+            raise ValueError(
+                "a pipeline_group cannot have a budget (its child pipelines run under their own): "
+                "put `budget:` in the child pipeline files, or on the pipeline"
+            )
+        return self
 
 
 Task = Annotated[
@@ -241,6 +287,7 @@ class Pipeline(StrictModel):
     dependencies: list[str] = Field(default_factory=list)
     triggers: Triggers = Field(default_factory=Triggers)
     outputs: dict[str, Any] | None = None
+    budget: Budget | None = None
     workflow_type: Literal["STANDARD", "EXPRESS"] = "STANDARD"
 
     def sensitive_inputs(self) -> set[str]:
