@@ -1,12 +1,13 @@
 """Issue 15, budgets: `budget: {max_tokens, max_cost_usd}` on a pipeline or a task stops LLM calls
 once spent, through the CLI against the fake OpenAI server.
 
-A pipeline budget stops the third call of a chain (in a sandboxed child process) with
-`BudgetExceeded`, through the task's policy, and the same document comes from the emulated Step
-Functions; a for_loop of 30 iterations, 10 at a time, never spends past its pipeline's budget
-nor makes more calls than it allows; a task budget inside a loop covers the repair calls of
-each iteration separately; a fallback catches `BudgetExceeded`; a cost budget needs priced
-models; a replayed run is refused the same call; `validate` names every mistake's place.
+A pipeline budget stops the third call of a chain with `BudgetExceeded`, through the task's
+policy, in a sandboxed child process too, and the same document comes from the emulated Step
+Functions; a resumed run keeps what it spent; a for_loop of 30 iterations, 10 at a time, never
+spends past its pipeline's budget nor makes more calls than it allows; a task budget inside a
+loop covers the repair calls of each iteration separately; a fallback catches
+`BudgetExceeded`; a cost budget needs priced models; a replayed run is refused the same call;
+`validate` names every mistake's place.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ CHAIN = """
         prompt: "say hi"
         max_tokens: 10
         depends_on: [two]
-        resource_limits: {memory_limit: 1GB}
         error_handling:
           retry_count: 2
           retry_delay: 0
@@ -44,6 +44,10 @@ CHAIN = """
 """
 """Each call reserves 20 tokens ("say hi": 2 + 8 for its message, 10 for the reply) and spends 4
 (the fake server counts words): the third finds 8 spent, and 8 + 20 > 25."""
+SANDBOXED = CHAIN.replace(
+    "depends_on: [two]", "depends_on: [two]\n        resource_limits: {memory_limit: 1GB}"
+)
+"""The chain with its third task in a sandboxed child process, which the budgets reach too."""
 
 
 @pytest.fixture
@@ -85,12 +89,12 @@ def test_a_pipeline_budget_stops_the_third_call_of_a_chain(
 
 
 @pytest.mark.slow
-def test_the_emulated_step_functions_give_the_same_document(
+def test_a_sandboxed_task_is_refused_the_same_on_the_emulated_step_functions(
     run_on_both_engines: Callable[..., dict[str, CliResult]], write_pipeline: Write, llm: FakeOpenAIServer
 ) -> None:
-    results = run_on_both_engines(write_pipeline(CHAIN))
+    results = run_on_both_engines(write_pipeline(SANDBOXED))
     local, aws = (results[engine].document() for engine in ("local", "stepfunctions"))
-    assert aws["tasks"]["three"]["error"]["type"] == "BudgetExceeded"
+    assert "resource_limits" in SANDBOXED and local["tasks"]["three"]["error"]["type"] == "BudgetExceeded"
     assert agreed_tasks(aws) == agreed_tasks(local)
     assert len(llm.requests) == 4
 
@@ -300,3 +304,17 @@ def test_validate_names_the_place_of_every_budget_mistake(cli: Cli, write_pipeli
     assert len(lines) == len(expected)
     for line, start in zip(lines, expected, strict=True):
         assert line.startswith(f"{path}{start}"), line
+
+
+def test_a_resumed_run_keeps_what_it_spent(cli: Cli, write_pipeline: Write, llm: FakeOpenAIServer) -> None:
+    # GIVEN a run that failed when its budget refused the third call
+    aborting = CHAIN.replace("on_failure: continue_with_degraded_service", "on_failure: abort_pipeline")
+    failed = run(cli, write_pipeline(aborting))
+    assert failed["status"] == "failed" and failed["error"]["type"] == "BudgetExceeded"
+    # WHEN it is resumed
+    result = cli("resume", failed["run_id"], "--json")
+    # THEN the budget still holds what the first two calls spent, and refuses the third again
+    resumed = result.document()
+    assert resumed["run_id"] == failed["run_id"] and resumed["status"] == "failed"
+    assert "has 8 tokens spent" in resumed["tasks"]["three"]["error"]["message"]
+    assert len(llm.requests) == 2
