@@ -318,3 +318,49 @@ def test_a_resumed_run_keeps_what_it_spent(cli: Cli, write_pipeline: Write, llm:
     assert resumed["run_id"] == failed["run_id"] and resumed["status"] == "failed"
     assert "has 8 tokens spent" in resumed["tasks"]["three"]["error"]["message"]
     assert len(llm.requests) == 2
+
+
+@pytest.mark.slow
+def test_the_top_budget_covers_child_pipelines_and_a_group_s_its_tasks_on_both_engines(
+    run_on_both_engines: Callable[..., dict[str, CliResult]], write_pipeline: Write, llm: FakeOpenAIServer
+) -> None:
+    # GIVEN a child pipeline of three calls under its parent's budget of 25 (the third does not
+    # fit), and beside it a parallel group whose budget cannot take its task's one call
+    kid = CHAIN.replace("name: chain", "name: kid").replace("max_tokens: 25}", "max_tokens: 1000}")
+    write_pipeline(
+        kid.replace("on_failure: continue_with_degraded_service", "on_failure: abort_pipeline"), "kid"
+    )
+    path = write_pipeline(
+        """
+        name: parent
+        budget: {max_tokens: 25}
+        tasks:
+          - name: kids
+            type: pipeline_group
+            pipelines: [{pipeline: kid.yaml}]
+            error_handling: {on_failure: continue_with_degraded_service}
+          - name: side
+            type: parallel_group
+            budget: {max_tokens: 19}
+            tasks:
+              - name: lone
+                type: llm_task
+                prompt: "say hi"
+                max_tokens: 10
+                error_handling: {on_failure: continue_with_degraded_service}
+        """,
+        "parent",
+    )
+    results = run_on_both_engines(path)
+    # THEN on both engines the child's third call is refused by the parent's budget, the
+    # group's task by the group's, and the documents agree
+    local, aws = (results[engine].document() for engine in ("local", "stepfunctions"))
+    for document in (local, aws):
+        assert document["tasks"]["kids"]["error"]["type"] == "ChildPipelineFailed"
+        assert (
+            "BudgetExceeded: the budget of pipeline 'parent' (max_tokens 25) has 8"
+            in (document["tasks"]["kids"]["error"]["message"])
+        )
+        assert "the budget of task 'side' (max_tokens 19)" in document["tasks"]["lone"]["error"]["message"]
+    assert agreed_tasks(aws) == agreed_tasks(local)
+    assert len(llm.requests) == 4

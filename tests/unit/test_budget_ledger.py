@@ -202,6 +202,12 @@ NESTED = Pipeline.model_validate(
             },
             {"name": "gen", "type": "dynamic_task_group", "tasks": "{{ [] }}", "budget": {"max_tokens": 6}},
             {"name": "plain", "type": "llm_task", "prompt": "p"},
+            {
+                "name": "side",
+                "type": "parallel_group",
+                "budget": {"max_tokens": 7},
+                "tasks": [{"name": "beside", "type": "llm_task", "prompt": "p"}],
+            },
         ],
     }
 )
@@ -230,6 +236,10 @@ def test_the_budgets_covering_a_call_are_found_from_its_task_path() -> None:
     fallback = plain.model_copy(update={"budget": NESTED.budget})
     keys = [c.key for c in covering(fallback, place("plain"), NESTED, None, fallback=True).covers]  # type: ignore[union-attr]
     assert keys == ["pipeline", "task//plain/fallback"]
+    # a parallel group takes no part of its tasks' paths
+    beside = NESTED.tasks[3].tasks[0]  # type: ignore[union-attr]
+    keys = [c.key for c in covering(beside, place("beside"), NESTED, None, fallback=False).covers]  # type: ignore[union-attr]
+    assert keys == ["pipeline", "task//side"]
     # in a child pipeline: the top pipeline's budget, then the child's own
     child = Pipeline.model_validate({"name": "c", "budget": {"max_tokens": 9}, "tasks": [plain.model_dump()]})
     keys = [c.key for c in covering(plain, place("plain", child="c"), child, NESTED, fallback=False).covers]  # type: ignore[union-attr]

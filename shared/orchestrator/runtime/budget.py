@@ -117,12 +117,12 @@ def _containers(
     outermost first, each with its own path (`done`: the path so far). A parallel group takes
     no part of a path (its tasks are placed beside it); a loop adds its name and the key of the
     iteration; a dynamic_task_group's generated tasks are not in the file."""
-    if len(path) <= 1:
+    if not path:
         return []
     for task in tasks:
         if isinstance(task, ParallelGroup) and _names(task.tasks, path[0]):
             return [(task, (*done, str(task.name))), *_containers(task.tasks, path, done)]
-        if task.name != path[0]:
+        if task.name != path[0] or len(path) == 1:  # not on the way, or the leaf itself
             continue
         here = (*done, path[0])
         if isinstance(task, ForLoop | WhileLoop):
@@ -259,10 +259,11 @@ class Meter:
 
     def _change(self, delta: tuple[int, float], *, check: bool, unset_reply: bool = False) -> None:
         """Add `delta` to every budget covering the call, atomically; with `check`, a delta that
-        one of them cannot take raises ``BudgetExceeded`` and changes nothing."""
+        one of them cannot take raises ``BudgetExceeded`` naming the innermost such budget (the
+        one the task itself is sure to meet) and changes nothing."""
         for tries in range(CAS_TRIES):
             writes: list[StateWrite] = []
-            for cover in self._covering.covers:
+            for cover in reversed(self._covering.covers):
                 found = self._state.read(self._namespace, cover.key)
                 tokens, cost = _spent(found.value)
                 if check:
