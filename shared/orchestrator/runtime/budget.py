@@ -110,6 +110,30 @@ def _cover(budget: Budget | None, key: list[str], owner: str) -> list[Cover]:
     return [Cover("/".join(key), owner, budget.max_tokens, budget.max_cost_usd)]
 
 
+_Index = dict[str, tuple[TaskBase, tuple[ParallelGroup, ...]]]
+_INDEXES: dict[int, tuple[Sequence[Any], _Index]] = {}
+_INDEXES_KEPT = 256
+
+
+def _index(tasks: Sequence[Any]) -> _Index:
+    """The tasks of a list by name, the children of its parallel groups included, each with the
+    groups it is in (outermost first); worked out once per list (a run looks up every leaf)."""
+    found = _INDEXES.get(id(tasks))
+    if found is not None and found[0] is tasks:
+        return found[1]
+    index: _Index = {}
+    for task in tasks:
+        if task.name is not None:
+            index[task.name] = (task, ())
+        if isinstance(task, ParallelGroup):
+            for name, (inner, groups) in _index(task.tasks).items():
+                index[name] = (inner, (task, *groups))
+    if len(_INDEXES) >= _INDEXES_KEPT:
+        _INDEXES.clear()
+    _INDEXES[id(tasks)] = (tasks, index)
+    return index
+
+
 def _containers(
     tasks: Sequence[Any], path: tuple[str, ...], done: tuple[str, ...]
 ) -> list[tuple[TaskBase, tuple[str, ...]]]:
@@ -117,25 +141,17 @@ def _containers(
     outermost first, each with its own path (`done`: the path so far). A parallel group takes
     no part of a path (its tasks are placed beside it); a loop adds its name and the key of the
     iteration; a dynamic_task_group's generated tasks are not in the file."""
-    if not path:
+    found = _index(tasks).get(path[0]) if path else None
+    if found is None:
         return []
-    for task in tasks:
-        if isinstance(task, ParallelGroup) and _names(task.tasks, path[0]):
-            return [(task, (*done, str(task.name))), *_containers(task.tasks, path, done)]
-        if task.name != path[0] or len(path) == 1:  # not on the way, or the leaf itself
-            continue
-        here = (*done, path[0])
-        if isinstance(task, ForLoop | WhileLoop):
-            return [(task, here), *_containers(task.tasks, path[2:], (*here, path[1]))]
-        return [(task, here)] if isinstance(task, DynamicTaskGroup) else []
-    return []
-
-
-def _names(tasks: Sequence[Any], name: str) -> bool:
-    """Whether a task called `name` is among `tasks`, or in the parallel groups among them."""
-    return any(
-        task.name == name or (isinstance(task, ParallelGroup) and _names(task.tasks, name)) for task in tasks
-    )
+    task, groups = found
+    chain: list[tuple[TaskBase, tuple[str, ...]]] = [(group, (*done, str(group.name))) for group in groups]
+    here = (*done, path[0])
+    if len(path) > 1 and isinstance(task, ForLoop | WhileLoop):
+        chain += [(task, here), *_containers(task.tasks, path[2:], (*here, path[1]))]
+    elif len(path) > 1 and isinstance(task, DynamicTaskGroup):
+        chain.append((task, here))
+    return chain
 
 
 def covering(
