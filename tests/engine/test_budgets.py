@@ -364,3 +364,20 @@ def test_the_top_budget_covers_child_pipelines_and_a_group_s_its_tasks_on_both_e
         assert "the budget of task 'side' (max_tokens 19)" in document["tasks"]["lone"]["error"]["message"]
     assert agreed_tasks(aws) == agreed_tasks(local)
     assert len(llm.requests) == 4
+
+
+def test_a_child_pipeline_that_includes_others_cannot_have_a_budget(cli: Cli, write_pipeline: Write) -> None:
+    write_pipeline("name: leaf\ntasks:\n  - {name: x, type: python_task, script: return 1}\n", "leaf")
+    middle = write_pipeline(
+        "name: middle\nbudget: {max_tokens: 100}\ntasks:\n"
+        "  - {name: g, type: pipeline_group, pipelines: [{pipeline: leaf.yaml}]}\n",
+        "middle",
+    )
+    top = write_pipeline(
+        "name: top\ntasks:\n  - {name: g, type: pipeline_group, pipelines: [{pipeline: middle.yaml}]}\n",
+        "top",
+    )
+    assert cli("validate", middle).code == 0  # as the top pipeline, its budget covers everything
+    result = cli("validate", top)
+    assert result.code == 1
+    assert result.stderr.startswith(f"{middle}:2:9: a child pipeline's budget cannot cover the pipelines it")

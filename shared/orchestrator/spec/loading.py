@@ -217,6 +217,16 @@ def read_pipeline(path: Path) -> PipelineSource:
         if found is None:
             children[child] = None
             continue
+        grandchildren = list(included_paths(found.pipeline, child))
+        if found.pipeline.budget is not None and grandchildren:
+            children[child] = PipelineValidationError([found.source.diagnostic(("budget",), _NESTED_BUDGET)])
+            continue
         children[child] = PipelineSource(found.pipeline, found.source, found.path, children)
-        pending.extend(included_paths(found.pipeline, child))
+        pending.extend(grandchildren)
     return root
+
+
+_NESTED_BUDGET = (
+    "a child pipeline's budget cannot cover the pipelines it includes in turn (their tasks only "
+    "know the top pipeline and their own): put `budget:` in those files, or on the top pipeline"
+)
