@@ -1,10 +1,12 @@
 """Issue 15: the budget ledger (`runtime.budget`): reservations from many threads never take a
-budget past its limit, settling and releasing add up, and which budgets cover a call."""
+budget past its limit, on every state store (memory, SQLite, Redis, DynamoDB), settling and
+releasing add up, and which budgets cover a call."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -25,7 +27,9 @@ from orchestrator.runtime.llm import LLMReply, LLMRequest
 from orchestrator.runtime.telemetry import TaskPlace
 from orchestrator.settings import ModelPrice
 from orchestrator.spec.models import Pipeline
+from orchestrator.stores.dynamodb import DynamoStateStore
 from orchestrator.stores.memory import MemoryStateStore, MemoryTelemetryLog
+from orchestrator.stores.redis import RedisStateStore
 from orchestrator.stores.sqlite import Database, SqliteStateStore
 
 PRICES = {"m": ModelPrice(input_per_million=2.0, output_per_million=8.0)}
@@ -37,12 +41,12 @@ def request_of(tokens_in: int, tokens_out: int, model: str = "m") -> LLMRequest:
     return LLMRequest(model=model, prompt="x" * chars, max_tokens=tokens_out)
 
 
-def spent(state: MemoryStateStore | SqliteStateStore, key: str = "pipeline") -> dict[str, float]:
+def spent(state: Any, key: str = "pipeline") -> dict[str, float]:
     value = state.read("budget:run1", key).value
     return value or {"tokens": 0, "cost_usd": 0.0}
 
 
-def meter(state: MemoryStateStore | SqliteStateStore, *covers: Cover) -> Meter:
+def meter(state: Any, *covers: Cover) -> Meter:
     return Meter(state, Covering("run1", covers), PRICES)
 
 
@@ -108,13 +112,29 @@ def test_concurrent_reservations_never_take_a_budget_past_its_limit(
     assert all(sum(reserved) + want > limit for want in refused)
 
 
-def test_sqlite_ledger_is_shared_by_threads_with_their_own_connections(tmp_path: Path) -> None:
-    state = SqliteStateStore(Database(tmp_path / "state.db"))
-    ledger = meter(state, Cover("pipeline", "pipeline 'p'", 30 * 20, None))
+def _state_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if backend == "sqlite":
+        return SqliteStateStore(Database(tmp_path / "state.db"))
+    if backend == "redis":
+        import redis
+
+        client = redis.Redis.from_url(request.getfixturevalue("redis_server"))
+        return RedisStateStore(client, prefix=f"budget-test-{tmp_path.name}")
+    tables = request.getfixturevalue("dynamodb_tables")
+    return DynamoStateStore(tables["StateTable"], tables["client"])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis", pytest.param("dynamodb", marks=pytest.mark.slow)])
+def test_every_store_s_ledger_is_shared_by_threads(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # GIVEN 4 threads making 5 calls each, of 20 tokens, under a budget of 300
+    state = _state_store(backend, request, tmp_path)
+    ledger = meter(state, Cover("pipeline", "pipeline 'p'", 15 * 20, None))
     outcomes: list[bool] = []
 
     def worker() -> None:
-        for _ in range(10):
+        for _ in range(5):
             try:
                 hold = ledger.reserve(request_of(10, 10))
             except TaskError:
@@ -123,12 +143,13 @@ def test_sqlite_ledger_is_shared_by_threads_with_their_own_connections(tmp_path:
             hold.settle(LLMReply("ok", 10, 10))
             outcomes.append(True)
 
-    pool = [threading.Thread(target=worker) for _ in range(6)]
+    pool = [threading.Thread(target=worker) for _ in range(4)]
     for thread in pool:
         thread.start()
     for thread in pool:
         thread.join()
-    assert outcomes.count(True) == 30 and spent(state)["tokens"] == 600
+    # THEN exactly 15 were made, through the store's compare-and-set
+    assert outcomes.count(True) == 15 and spent(state)["tokens"] == 300
 
 
 def test_settling_replaces_the_estimate_and_a_failed_call_gives_it_back() -> None:
