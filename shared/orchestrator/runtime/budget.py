@@ -270,10 +270,10 @@ class Meter:
                     )
         tokens_in, tokens_out = estimate(request)
         want = (tokens_in + tokens_out, _cost(price, tokens_in, tokens_out))
-        self._change(want, check=True, unset_reply=request.max_tokens is None)
+        self.adjust(want, check=True, unset_reply=request.max_tokens is None)
         return Hold(self, price, want)
 
-    def _change(self, delta: tuple[int, float], *, check: bool, unset_reply: bool = False) -> None:
+    def adjust(self, delta: tuple[int, float], *, check: bool, unset_reply: bool = False) -> None:
         """Add `delta` to every budget covering the call, atomically; with `check`, a delta that
         one of them cannot take raises ``BudgetExceeded`` naming the innermost such budget (the
         one the task itself is sure to meet) and changes nothing."""
@@ -313,4 +313,4 @@ class Hold:
             used = (reply.tokens_in + reply.tokens_out, _cost(self._price, reply.tokens_in, reply.tokens_out))
         delta = (used[0] - self._reserved[0], used[1] - self._reserved[1])
         if delta != (0, 0.0):
-            self._meter._change(delta, check=False)
+            self._meter.adjust(delta, check=False)
