@@ -42,12 +42,13 @@ class Services:
             if self.llm is None:
                 from orchestrator.runtime.exchanges import RecordingLLMClient, book_for
                 from orchestrator.runtime.llm import OpenAIChatClient
+                from orchestrator.runtime.rate_limit import rate_limited
+
+                def real() -> LLMClient:  # a replayed call takes no rate-limit slot
+                    return rate_limited(OpenAIChatClient(self.settings), self.settings)
 
                 book = book_for(self.settings)
-                if book is None:
-                    self.llm = OpenAIChatClient(self.settings)
-                else:
-                    self.llm = RecordingLLMClient(book, lambda: OpenAIChatClient(self.settings))
+                self.llm = real() if book is None else RecordingLLMClient(book, real)
             return self.llm
 
     def close(self) -> None:
