@@ -81,6 +81,9 @@ STEP = 0.05
 KEPT = 60.0
 """Seconds a model's schedule is kept after the last time it holds (its entry's TTL)."""
 
+TOLD = 0.01
+"""Seconds of waiting for a slot from which the attempt's telemetry tells the wait."""
+
 TRIES = 200
 """Compare-and-sets a call tries before it gives up on a slot as `LLMRateLimited`."""
 
@@ -227,10 +230,13 @@ class RateLimitedClient:
         rates = Rates(route.requests_per_minute, route.tokens_per_minute)
         if not rates.limited:
             return self._client.complete(request)
+        prepare = getattr(self._client, "prepare", None)
+        if prepare is not None:  # what the client does once (imports) is not done in the slot
+            prepare(request.model)
         limiter = self._opened()
         estimate = estimated_tokens(request)
         waited = limiter.wait_until(limiter.reserve(request.model, rates, estimate))
-        if waited > 0:
+        if waited >= TOLD:
             _tell_waited(request.model, rates, waited)
         reply = self._client.complete(request)
         if reply.tokens_in is not None and reply.tokens_out is not None:
