@@ -3,8 +3,9 @@ example (docs/language.md "Rate limits": twelve concurrent llm_task iterations u
 `requests_per_minute: 600`) reaches the server one call every 0.1 s at least, on the embedded
 engine and on the emulated Step Functions (DynamoDB); two runs started at once in two
 processes share the limit; `tokens_per_minute` spaces calls by the tokens the server reports;
-a call whose slot is too far fails with `LLMRateLimited`; a replayed run takes no slot; a
-wrong rate in the config file is an error naming the file and key.
+a call whose slot is further than a minute, or than its task's timeout leaves, fails with
+`LLMRateLimited` at once; a replayed run takes no slot; a wrong rate in the config file is an
+error naming the file and key.
 
 Spacing is checked as a lower bound between the server's arrival times, less `TOLERANCE` for
 what happens between a call's start and its arrival (never an upper bound on time)."""
@@ -196,6 +197,7 @@ def usage_reply(tokens_in: int, tokens_out: int) -> Callable[[Any], FakeResponse
     return reply
 
 
+@pytest.mark.slow
 def test_calls_are_spaced_by_the_tokens_the_server_reports(
     cli: Cli,
     write_pipeline: Callable[..., Path],
@@ -206,6 +208,7 @@ def test_calls_are_spaced_by_the_tokens_the_server_reports(
     # each call reserves about 3 tokens (0.03 s at 100 tokens a second) but uses 25 (0.25 s)
     fake_openai.reply = usage_reply(20, 5)
     configure(tmp_path, monkeypatch, fake_openai, {"m": {"tokens_per_minute": 6000}})
+    warm_up(cli, write_pipeline)
     path = write_pipeline(
         """
         name: tokens
@@ -224,7 +227,7 @@ def test_calls_are_spaced_by_the_tokens_the_server_reports(
     result = cli("run", path, "--json")
     assert result.code == 0, result.stderr
     assert result.document()["usage"]["tokens_in"] == 80
-    assert_spaced(arrivals(fake_openai), 0.25)
+    assert_spaced(arrivals(fake_openai, skip=1), 0.25)
 
 
 def test_a_slot_too_far_away_fails_the_call_with_llm_rate_limited_and_a_replay_takes_none(
@@ -267,6 +270,28 @@ def test_a_slot_too_far_away_fails_the_call_with_llm_rate_limited_and_a_replay_t
         "requests_per_minute: 0.5" in error["message"]
         and "more than the 60s a call waits" in error["message"]
     )
+
+
+def test_a_task_takes_no_slot_past_its_timeout(
+    cli: Cli,
+    write_pipeline: Callable[..., Path],
+    fake_openai: FakeOpenAIServer,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    configure(tmp_path, monkeypatch, fake_openai, {"m": {"requests_per_minute": 6}})  # every 10 s
+    path = write_pipeline(
+        """
+        name: hurried
+        tasks:
+          - {name: first, type: llm_task, model: m, prompt: one}
+          - {name: second, type: llm_task, model: m, prompt: two, timeout: 5, depends_on: [first]}
+        """
+    )
+    result = cli("run", path, "--json")
+    assert result.code != 0 and fake_openai.request_count == 1
+    error = result.document()["tasks"]["second"]["error"]
+    assert error["type"] == "LLMRateLimited" and "what the task's timeout (5s) leaves" in error["message"]
 
 
 def test_a_wrong_rate_in_the_config_is_an_error_naming_file_and_key(

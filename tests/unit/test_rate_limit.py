@@ -8,6 +8,8 @@ are checked when the config is loaded."""
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from orchestrator.runtime.rate_limit import (
     Rates,
     estimated_tokens,
     rate_limited,
+    within,
 )
 from orchestrator.settings import ModelRoute, Settings, load_settings
 from orchestrator.stores.memory import MemoryStateStore
@@ -61,7 +64,7 @@ def arrivals(clock: Clock, offsets: list[float]) -> list[float]:
     return [clock.now + total for total in itertools.accumulate(offsets)]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(gaps, per_minute)
 def test_calls_start_no_closer_than_the_request_rate_and_never_wait_needlessly(
     offsets: list[float], rpm: float
@@ -81,7 +84,7 @@ def test_calls_start_no_closer_than_the_request_rate_and_never_wait_needlessly(
         assert later - first <= rpm / 60 * (starts[later] - starts[first]) + EPSILON
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     st.lists(
         st.tuples(st.floats(min_value=0, max_value=5, allow_nan=False), st.integers(0, 50_000)),
@@ -110,7 +113,7 @@ def test_tokens_started_in_any_window_stay_within_the_token_rate(
             assert later - first <= rpm / 60 * (starts[later] - starts[first]) + EPSILON
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     st.lists(
         st.tuples(
@@ -164,6 +167,9 @@ def test_a_call_that_used_less_than_its_estimate_gives_the_rest_back() -> None:
     assert limits.reserve("m", rates, 10) == clock.now
     limits.adjust("m", rates, 50)  # it used 50 more than it reserved: 6 s later in all
     assert limits.reserve("m", rates, 0) == pytest.approx(clock.now + 6)
+    clock.now += 60
+    limits.adjust("m", rates, 30)  # more tokens reported once the model is free: paid from now
+    assert limits.reserve("m", rates, 0) == pytest.approx(clock.now + 3)
 
 
 def test_a_slot_further_than_the_longest_wait_fails_the_call_and_takes_nothing() -> None:
@@ -181,6 +187,65 @@ def test_a_slot_further_than_the_longest_wait_fails_the_call_and_takes_nothing()
     assert store.read(NAMESPACE, "m") == before
     clock.now += 6
     assert limits.reserve("m", rates, 0) == pytest.approx(clock.now + 4)
+
+
+def test_no_slot_is_taken_past_the_attempts_timeout() -> None:
+    clock = Clock()
+    store = MemoryStateStore()
+    limits = limiter(clock, store)
+    rates = Rates(requests_per_minute=6)  # one call every 10 s
+    with within(5, clock):
+        assert limits.reserve("m", rates, 0) == clock.now
+        before = store.read(NAMESPACE, "m")
+        clock.now += 2  # the next slot is 8 s away, 3 s of the timeout are left
+        with pytest.raises(TaskError) as raised:
+            limits.reserve("m", rates, 0)
+    assert raised.value.error_type == "LLMRateLimited" and raised.value.retry_after == pytest.approx(8)
+    assert "more than what the task's timeout (5s) leaves" in raised.value.message
+    assert store.read(NAMESPACE, "m") == before
+    with within(8.5, clock):
+        assert limits.reserve("m", rates, 0) == pytest.approx(clock.now + 8)
+    assert limits.reserve("m", rates, 0) == pytest.approx(clock.now + 18)  # no timeout outside
+
+
+class SlowToRead:
+    """A state store that answers a read after a pause, so that callers interleave."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def read(self, namespace: str, key: str) -> Any:
+        found = self._store.read(namespace, key)
+        time.sleep(0.002)
+        return found
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_threads_taking_slots_at_once_each_get_their_own(backend: str, tmp_path: Path) -> None:
+    """Sixteen threads at the same instant, each slow between its read and its write: the
+    compare-and-set gives each a slot of its own, one interval after another, none lost or
+    given twice."""
+    from orchestrator.stores.factory import shared_state
+
+    store = MemoryStateStore() if backend == "memory" else shared_state(Settings(home=tmp_path))
+    clock = Clock()
+    limits = RateLimiter(SlowToRead(store), clock=clock, sleep=clock.sleep)
+    barrier = threading.Barrier(16)
+    starts: list[float] = []
+
+    def take() -> None:
+        barrier.wait()
+        starts.append(limits.reserve("m", Rates(requests_per_minute=60), 0))
+
+    threads = [threading.Thread(target=take) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(starts) == [pytest.approx(clock.now + slot) for slot in range(16)]
 
 
 def test_models_have_schedules_of_their_own() -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.errors import TaskError, TemplateError
 from orchestrator.runtime.context import Context, RunInfo, stored_key
 from orchestrator.runtime.exchanges import acting_for
+from orchestrator.runtime.policy import task_timeout
 from orchestrator.runtime.python_task import run_script
 from orchestrator.runtime.redact import Redactor
 from orchestrator.runtime.scope import Scope
@@ -226,7 +227,9 @@ def run_leaf(
             log.close()
         return run.redactor.value(_check_json(output, name))
     if isinstance(task, LLMTask):
-        with acting_for(name, run.redactor):
+        from orchestrator.runtime.rate_limit import within
+
+        with acting_for(name, run.redactor), within(task_timeout(task)):  # no slot past the timeout
             return run.redactor.value(_llm_output(task, scope, services, recording))
     if isinstance(task, WebSearchTask):
         from orchestrator.runtime.search import search_output

@@ -22,15 +22,16 @@ schedule it holds.
 Tokens are not known before a call: a call reserves an estimate (its text at
 `CHARS_PER_TOKEN` characters a token, plus its `max_tokens`, else `REPLY_TOKENS`), and when
 the reply reports its tokens the schedule moves by the difference: later for a call that
-used more, earlier for one that used less (the model is then free sooner, but never before
-the present: capacity is given back for what is to come, not for what has passed). A call
-that fails keeps its estimate.
+used more (from now, if the model is free by then), earlier for one that used less (the
+model is then free sooner, but never before the present: capacity is given back for what is
+to come, not for what has passed). A call that fails keeps its estimate.
 
-The wait ends with the attempt: it sleeps in steps of `STEP` seconds, so an attempt stopped
-by its task's timeout or by its run ending (`runtime.attempt`: the exception arrives when a
-sleep returns, or the sandboxed child is killed) stops waiting at once. A slot more than
-`MAX_WAIT` seconds away is not taken: the attempt fails with `LLMRateLimited`, carrying the
-wait as its ``Retry-After``, and the task's `error_handling` decides (as after a 429).
+The wait ends with the attempt: a slot further away than `MAX_WAIT` seconds, or than the
+attempt's timeout leaves (`within`, which `run_leaf` puts around an LLM task's calls), is
+not taken: the call fails with `LLMRateLimited` at once, carrying the wait as its
+``Retry-After``, and the task's `error_handling` decides (as after a 429). A wait sleeps in
+steps of `STEP` seconds, so an attempt stopped meanwhile (its run ending: `runtime.attempt`,
+whose exception arrives when a sleep returns; a sandboxed child is killed) stops waiting.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +64,7 @@ __all__ = [
     "Rates",
     "estimated_tokens",
     "rate_limited",
+    "within",
 ]
 
 NAMESPACE = "orchestrator:llm-rate-limits"
@@ -86,6 +90,21 @@ TOLD = 0.01
 
 TRIES = 200
 """Compare-and-sets a call tries before it gives up on a slot as `LLMRateLimited`."""
+
+
+_DEADLINE: ContextVar[tuple[float, float] | None] = ContextVar("rate_limit_deadline", default=None)
+"""The timeout of the attempt making calls, and when it ends (`within`)."""
+
+
+@contextmanager
+def within(timeout: float | None, clock: Callable[[], float] = time.time) -> Iterator[None]:
+    """Calls made in the block take no slot further than `timeout` seconds from now (the
+    attempt's timeout; None: only `MAX_WAIT` holds): they fail with `LLMRateLimited` instead."""
+    token = _DEADLINE.set(None if timeout is None else (timeout, clock() + timeout))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
 
 
 @dataclass(frozen=True)
@@ -148,8 +167,12 @@ class RateLimiter:
             )
             limits = {rate: (cost, per_minute) for rate, cost, per_minute in costs if per_minute is not None}
             start = max([now, *(_free_at(found.value, rate) for rate in limits)])
+            deadline = _DEADLINE.get()
             if start - now > self._max_wait:
-                raise self._too_long(model, rates, start - now)
+                raise self._too_long(model, rates, start - now, f"the {self._max_wait:g}s a call waits")
+            if deadline is not None and start > deadline[1]:
+                left = f"what the task's timeout ({deadline[0]:g}s) leaves"
+                raise self._too_long(model, rates, start - now, left)
             state = {
                 rate: max(start, _free_at(found.value, rate)) + 60.0 * cost / per_minute
                 for rate, (cost, per_minute) in limits.items()
@@ -164,9 +187,12 @@ class RateLimiter:
         )
 
     def adjust(self, model: str, rates: Rates, tokens: float) -> None:
-        """Move the model's token schedule by `tokens` more (or fewer) than were reserved. A
-        free time moved into the past frees the model now, no more: `reserve` starts no call
-        before now, so capacity that went unused in the past is never given back."""
+        """Move the model's token schedule by `tokens` more (or fewer) than were reserved.
+
+        More tokens are paid for from now when the model is free by now: the lull before the
+        reply came was no lull, the call was using them. Fewer tokens move the free time
+        earlier; moved into the past it frees the model now, no more (`reserve` starts no
+        call before now: capacity that went unused in the past is never given back)."""
         if rates.tokens_per_minute is None or tokens == 0:
             return
         shift = 60.0 * tokens / rates.tokens_per_minute
@@ -174,7 +200,7 @@ class RateLimiter:
             now = self._clock()
             found = self._store.read(NAMESPACE, model)
             free_at = _free_at(found.value, "tokens")
-            moved = free_at + shift
+            moved = (max(free_at, now) if shift > 0 else free_at) + shift
             if free_at <= now and moved <= now:
                 return  # a free time in the past holds nothing back: nothing to move
             state = dict(found.value) if isinstance(found.value, dict) else {}
@@ -196,11 +222,11 @@ class RateLimiter:
         ttl = max(0.0, last - now) + KEPT
         return self._store.compare_and_set(NAMESPACE, model, state, version, ttl=ttl)
 
-    def _too_long(self, model: str, rates: Rates, wait: float) -> TaskError:
+    def _too_long(self, model: str, rates: Rates, wait: float, limit: str) -> TaskError:
         return TaskError(
             "LLMRateLimited",
             f"model {model!r}: the next slot under its rate limits ({_describe(rates)}) is "
-            f"{wait:.1f}s away, more than the {self._max_wait:g}s a call waits",
+            f"{wait:.1f}s away, more than {limit}",
             retry_after=wait,
         )
 
