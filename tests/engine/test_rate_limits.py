@@ -42,7 +42,7 @@ def docs_example() -> tuple[dict[str, Any], str]:
     """The config and pipeline of docs/language.md, "Rate limits"."""
     text = (REPO / "docs" / "language.md").read_text(encoding="utf-8")
     section = text[text.index("#### Rate limits") :]
-    section = section[: section.index("\n### ")]
+    section = section[: section.index("\n#### ")]
     config, pipeline = re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)
     return yaml.safe_load(config), pipeline
 

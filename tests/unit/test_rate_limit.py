@@ -248,6 +248,16 @@ def test_threads_taking_slots_at_once_each_get_their_own(backend: str, tmp_path:
     assert sorted(starts) == [pytest.approx(clock.now + slot) for slot in range(16)]
 
 
+def test_a_caller_configured_without_a_rate_keeps_the_schedule_of_those_that_have_it() -> None:
+    clock = Clock()
+    store = MemoryStateStore()
+    limits = limiter(clock, store)
+    assert limits.reserve("m", Rates(tokens_per_minute=600), 100) == clock.now  # free at +10 s
+    assert limits.reserve("m", Rates(requests_per_minute=60), 100) == clock.now  # tokens not limited here
+    assert store.read(NAMESPACE, "m").value == {"tokens": clock.now + 10, "requests": clock.now + 1}
+    assert limits.reserve("m", Rates(tokens_per_minute=600), 0) == clock.now + 10
+
+
 def test_models_have_schedules_of_their_own() -> None:
     clock = Clock()
     limits = limiter(clock)

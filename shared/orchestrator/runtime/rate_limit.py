@@ -157,7 +157,8 @@ class RateLimiter:
 
     def reserve(self, model: str, rates: Rates, tokens: float) -> float:
         """Take the model's next slot for one call of `tokens` and return when it starts
-        (never before now); `LLMRateLimited` if that is more than `max_wait` away."""
+        (never before now); `LLMRateLimited`, taking nothing, if that is more than `max_wait`
+        away or past the deadline of `within`."""
         for _ in range(TRIES):
             now = self._clock()
             found = self._store.read(NAMESPACE, model)
@@ -170,13 +171,14 @@ class RateLimiter:
             deadline = _DEADLINE.get()
             if start - now > self._max_wait:
                 raise self._too_long(model, rates, start - now, f"the {self._max_wait:g}s a call waits")
-            if deadline is not None and start > deadline[1]:
+            if deadline is not None and start > max(now, deadline[1]):
                 left = f"what the task's timeout ({deadline[0]:g}s) leaves"
                 raise self._too_long(model, rates, start - now, left)
-            state = {
-                rate: max(start, _free_at(found.value, rate)) + 60.0 * cost / per_minute
+            state = dict(found.value) if isinstance(found.value, dict) else {}  # others' limits kept
+            state.update(
+                (rate, max(start, _free_at(found.value, rate)) + 60.0 * cost / per_minute)
                 for rate, (cost, per_minute) in limits.items()
-            }
+            )
             if self._put(model, state, found.version, now) is not None:
                 return start
             time.sleep(random.uniform(0, 0.002))  # another caller took a slot meanwhile
