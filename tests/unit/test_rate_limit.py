@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.errors import ConfigError, TaskError
+from orchestrator.runtime.attempt import Attempt, AttemptStopped
 from orchestrator.runtime.llm import LLMReply, LLMRequest
 from orchestrator.runtime.rate_limit import (
     CHARS_PER_TOKEN,
@@ -274,6 +275,32 @@ def test_a_wait_sleeps_in_short_steps_so_a_stopped_attempt_stops_waiting() -> No
     assert clock.steps and max(clock.steps) <= STEP
     clock.steps.clear()
     assert limits.wait_until(clock.now - 5) == 0 and clock.steps == []
+
+
+def test_a_stopped_attempt_stops_waiting_for_its_slot() -> None:
+    """An attempt stopped (its run ended) while it waits for a slot a quarter of an hour away
+    ends with `AttemptStopped`, as it would in a call (else this test outlives its timeout)."""
+    limits = RateLimiter(MemoryStateStore())
+    attempt = Attempt()
+    waiting = threading.Event()
+    ended: list[BaseException] = []
+
+    def wait() -> None:
+        waiting.set()
+        limits.wait_until(time.time() + 900)
+
+    def run() -> None:
+        try:
+            attempt.run(wait)
+        except BaseException as error:
+            ended.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    waiting.wait()
+    attempt.stop()
+    thread.join()
+    assert [type(error) for error in ended] == [AttemptStopped]
 
 
 def test_the_estimate_counts_the_text_and_the_reply() -> None:

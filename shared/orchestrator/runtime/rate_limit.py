@@ -36,6 +36,7 @@ whose exception arrives when a sleep returns; a sandboxed child is killed) stops
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -48,6 +49,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import TaskError
+from orchestrator.runtime.attempt import current_attempt
 from orchestrator.runtime.llm import LLMClient, LLMReply, LLMRequest
 from orchestrator.settings import Settings
 
@@ -220,9 +222,13 @@ class RateLimiter:
         return max(0.0, self._clock() - began)
 
     def _put(self, model: str, state: dict[str, Any], version: int, now: float) -> int | None:
+        """The compare-and-set of a schedule, as one of the attempt's writes: none once it is
+        stopped, and a stop never lands in the middle of one (`Attempt.writing`)."""
         last = max((value for value in state.values() if isinstance(value, int | float)), default=now)
         ttl = max(0.0, last - now) + KEPT
-        return self._store.compare_and_set(NAMESPACE, model, state, version, ttl=ttl)
+        attempt = current_attempt()
+        with attempt.writing() if attempt is not None else contextlib.nullcontext():
+            return self._store.compare_and_set(NAMESPACE, model, state, version, ttl=ttl)
 
     def _too_long(self, model: str, rates: Rates, wait: float, limit: str) -> TaskError:
         return TaskError(
