@@ -110,8 +110,8 @@ ERROR_TYPES: Mapping[str, ErrorType] = _registry(
     ErrorType(
         "LLMRateLimited",
         True,
-        "the LLM endpoint answered 429 (too many requests); the next attempt waits at least its "
-        "`Retry-After`",
+        "the LLM endpoint answered 429 (too many requests), or the model's rate-limit slot was "
+        "too far away; the next attempt waits at least its `Retry-After`",
     ),
     ErrorType(
         "LLMTransientError",

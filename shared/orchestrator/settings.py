@@ -63,13 +63,17 @@ class ModelPrice:
 class ModelRoute:
     """Where one model's requests go: its own endpoint, key and upstream model name; and
     whether it takes a JSON Schema as `response_format` (config `structured_output: true`),
-    which an `llm_task` with an `output_schema` then sends."""
+    which an `llm_task` with an `output_schema` then sends; and the rates its calls are held to
+    on this machine or AWS account (`requests_per_minute`, `tokens_per_minute`:
+    `runtime.rate_limit`)."""
 
     base_url: str | None = None
     api_key: str | None = None
     model: str | None = None
     structured_output: bool = False
     price: ModelPrice | None = None
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,8 @@ class Settings:
             model=route.model or model,
             structured_output=route.structured_output,
             price=route.price,
+            requests_per_minute=route.requests_per_minute,
+            tokens_per_minute=route.tokens_per_minute,
         )
 
 
@@ -142,7 +148,10 @@ _ROUTE_KEYS = {
     "model": str,
     "structured_output": bool,
     "price": dict,
+    "requests_per_minute": object,
+    "tokens_per_minute": object,
 }
+_RATE_KEYS = {"requests_per_minute": "requests", "tokens_per_minute": "tokens (sent and received)"}
 _PRICE_KEYS = ("input_per_million", "output_per_million")
 _CONFIG_KEYS: dict[str, dict[str, Any]] = {
     "llm": {"default_model": str, "base_url": str, "api_key": str, "models": dict},
@@ -160,6 +169,8 @@ def _check_config_keys(config: dict[str, Any], path: Path) -> None:
             _check_section(route, _ROUTE_KEYS, f"llm.models.{name}.", path)
             if route.get("price") is not None:
                 _check_price(route["price"], f"llm.models.{name}.price", path)
+            for key, unit in _RATE_KEYS.items():
+                _check_rate(route.get(key), f"llm.models.{name}.{key}", unit, path)
 
 
 def _check_section(section: dict[str, Any], keys: dict[str, Any], prefix: str, path: Path) -> None:
@@ -186,6 +197,18 @@ def _check_price(price: dict[str, Any], place: str, path: Path) -> None:
             )
 
 
+def _check_rate(value: object, place: str, unit: str, path: Path) -> None:
+    """A rate limit, when given, is a number of `unit` per minute above 0."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        key = place.rsplit(".", 1)[1]
+        raise ConfigError(
+            f"{path}: '{place}' must be a number of {unit} per minute above 0, got {value!r} "
+            f"(for example {key}: 500); remove it for no limit"
+        )
+
+
 def _model_routes(config: dict[str, Any], env: dict[str, str], path: Path) -> dict[str, ModelRoute]:
     routes: dict[str, ModelRoute] = {}
     models = (config.get("llm") or {}).get("models") or {}
@@ -203,8 +226,14 @@ def _model_routes(config: dict[str, Any], env: dict[str, str], path: Path) -> di
             model=entry.get("model"),
             structured_output=bool(entry.get("structured_output")),
             price=_price(entry.get("price")),
+            requests_per_minute=_rate(entry.get("requests_per_minute")),
+            tokens_per_minute=_rate(entry.get("tokens_per_minute")),
         )
     return routes
+
+
+def _rate(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _price(price: dict[str, Any] | None) -> ModelPrice | None:

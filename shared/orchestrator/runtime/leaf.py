@@ -12,6 +12,7 @@ from orchestrator.errors import TaskError, TemplateError
 from orchestrator.runtime.budget import metering
 from orchestrator.runtime.context import Context, RunInfo, stored_key
 from orchestrator.runtime.exchanges import acting_for
+from orchestrator.runtime.policy import task_timeout
 from orchestrator.runtime.python_task import run_script
 from orchestrator.runtime.redact import Redactor
 from orchestrator.runtime.scope import Scope
@@ -43,12 +44,13 @@ class Services:
             if self.llm is None:
                 from orchestrator.runtime.exchanges import RecordingLLMClient, book_for
                 from orchestrator.runtime.llm import OpenAIChatClient
+                from orchestrator.runtime.rate_limit import rate_limited
+
+                def real() -> LLMClient:  # a replayed call takes no rate-limit slot
+                    return rate_limited(OpenAIChatClient(self.settings), self.settings)
 
                 book = book_for(self.settings)
-                if book is None:
-                    self.llm = OpenAIChatClient(self.settings)
-                else:
-                    self.llm = RecordingLLMClient(book, lambda: OpenAIChatClient(self.settings))
+                self.llm = real() if book is None else RecordingLLMClient(book, real)
             return self.llm
 
     def close(self) -> None:
@@ -226,7 +228,14 @@ def run_leaf(
             log.close()
         return run.redactor.value(_check_json(output, name))
     if isinstance(task, LLMTask):
-        with acting_for(name, run.redactor), metering(run.stores.state, services.settings.prices):
+        from orchestrator.runtime.rate_limit import within
+
+        # the run's budgets meter every call; no rate-limit slot is taken past the timeout
+        with (
+            acting_for(name, run.redactor),
+            metering(run.stores.state, services.settings.prices),
+            within(task_timeout(task)),
+        ):
             return run.redactor.value(_llm_output(task, scope, services, recording))
     if isinstance(task, WebSearchTask):
         from orchestrator.runtime.search import search_output

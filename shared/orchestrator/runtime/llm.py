@@ -174,6 +174,12 @@ class OpenAIChatClient:
         client = self._client_for(request.model, route)
         return self._send_once(client, route.model or request.model, request)
 
+    def prepare(self, model: str) -> None:
+        """Build the client of `model`'s endpoint now (the first imports `openai`, and its chat
+        resources on first use), so that a call that waited for its rate-limit slot is sent
+        when the slot comes (`runtime.rate_limit`)."""
+        _ = self._client_for(model, self._settings.route_for(model)).chat.completions
+
     def close(self) -> None:
         """Close every cached `openai` client; the next request builds new ones."""
         with self._lock:

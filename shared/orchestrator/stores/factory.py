@@ -80,6 +80,17 @@ def open_stores(settings: Settings, backend: str = "database") -> Stores:
     )
 
 
+def shared_state(settings: Settings) -> StateStore:
+    """The state store every run of this machine (its state folder's SQLite file), or of the
+    AWS account (the DynamoDB state table), shares whatever its pipeline's backend: where
+    limits that hold across runs keep their counts (`runtime.rate_limit`)."""
+    if settings.on_aws:
+        from orchestrator.stores.dynamodb import DynamoStateStore
+
+        return DynamoStateStore(settings.tables["state"])
+    return SqliteStateStore(database(settings))
+
+
 def _aws_stores(settings: Settings) -> Stores:
     from orchestrator.stores.dynamodb import (
         DynamoAuditLog,
