@@ -60,7 +60,6 @@ def project(tmp_path: Path) -> Path:
     shutil.copy(REPO / "infra" / "template.base.yaml", root / "infra" / "template.base.yaml")
     (root / "pipelines").mkdir()
     (root / "pipelines" / "asking.yaml").write_text(ASKING, encoding="utf-8")
-    (root / "shared").mkdir()
     return root
 
 
