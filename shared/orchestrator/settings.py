@@ -445,7 +445,7 @@ def read_deploy_config(path: Path) -> DeployKeys:
                 raise ConfigError(
                     f"{path}: '{place}.{literal}' {why}; keep the key in Secrets Manager as "
                     f"orchestrator/NAME and write '{place}.api_key_secret: NAME' instead "
-                    '(docs/aws.md, "Model keys and routes")'
+                    '(docs/aws.md, "Model keys, routes and prices")'
                 )
         if section.get("api_key_secret"):
             (search if place == "search" else llm).add(str(section["api_key_secret"]))

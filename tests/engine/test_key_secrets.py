@@ -46,6 +46,12 @@ def _routed(fake: FakeOpenAIServer, secret: str = "openai-prod") -> dict[str, ob
     }
 
 
+def _secrets_file(home: Path, secrets: dict[str, str]) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "secrets.yaml").write_text(yaml.safe_dump(secrets), encoding="utf-8")
+    (home / "secrets.yaml").chmod(0o600)
+
+
 @pytest.mark.slow  # (a run on the emulated AWS)
 def test_one_config_sends_the_secrets_key_on_both_engines(
     run_on_both_engines: Callable[..., dict[str, CliResult]],
@@ -54,9 +60,10 @@ def test_one_config_sends_the_secrets_key_on_both_engines(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # GIVEN a config naming the model's key by secret, and the secret on this machine
+    # GIVEN a config naming the model's key by secret, and the secret in the state folder's file
     _config(tmp_path, monkeypatch, _routed(fake_openai))
-    monkeypatch.setenv("ORCHESTRATOR_SECRET_OPENAI_PROD", KEY)
+    for engine in ("local", "stepfunctions"):  # (each engine's run has a state folder of its own)
+        _secrets_file(tmp_path / engine, {"openai-prod": KEY})
     fake_openai.reply = lambda body: "hello there friend"
 
     # WHEN the pipeline runs on the embedded engine and on the emulated Step Functions
@@ -71,7 +78,7 @@ def test_one_config_sends_the_secrets_key_on_both_engines(
         assert KEY not in result.stdout + result.stderr, engine
 
 
-def test_the_key_may_come_from_the_secrets_file(
+def test_the_key_may_come_from_the_environment(
     cli: Callable[..., CliResult],
     write_pipeline: Callable[..., Path],
     fake_openai: FakeOpenAIServer,  # noqa: F811
@@ -79,12 +86,10 @@ def test_the_key_may_come_from_the_secrets_file(
     monkeypatch: pytest.MonkeyPatch,
     _isolated_home: Path,
 ) -> None:
-    # GIVEN the secret in the state folder's secrets file, not in the environment
+    # GIVEN the secret in the environment, which wins over the secrets file
     _config(tmp_path, monkeypatch, _routed(fake_openai))
-    _isolated_home.mkdir(parents=True, exist_ok=True)
-    secrets = _isolated_home / "secrets.yaml"
-    secrets.write_text(yaml.safe_dump({"openai-prod": KEY}), encoding="utf-8")
-    secrets.chmod(0o600)
+    _secrets_file(_isolated_home, {"openai-prod": "sk-an-older-key-in-the-file"})
+    monkeypatch.setenv("ORCHESTRATOR_SECRET_OPENAI_PROD", KEY)
 
     # WHEN the pipeline runs  THEN the request carried it, and the document does not
     result = cli("run", write_pipeline(PIPELINE), "--json")
