@@ -79,6 +79,7 @@ def _secret_arn(name: str) -> str:
     return f"{prefix}orchestrator/{name}-??????"
 
 
+@pytest.mark.slow  # (five builds)
 def test_build_ships_the_deploy_config_and_lets_only_the_key_readers_read_its_secrets(
     project: Path, cli: Callable[..., CliResult]
 ) -> None:

@@ -4,9 +4,9 @@ The key is read when the first request that needs it is sent, not when settings 
 that never calls the model needs no key, and a replayed run none at all): on AWS
 (`Settings.on_aws`) from Secrets Manager, the secret `orchestrator/NAME`, through the same
 store as a script's `context.get_secret` (`stores.secretsmanager`: Powertools, cached for five
-minutes, so a rotated key is picked up); elsewhere from the local secrets of the state folder
-(`ORCHESTRATOR_SECRET_<NAME>`, then `secrets.yaml`). One store serves the process, so the key
-is fetched once per container, not per request. So one config file works in both places.
+minutes, so a rotated key is picked up; the store is kept, so the key is fetched once per
+container, not per request); elsewhere from the local secrets of the state folder
+(`ORCHESTRATOR_SECRET_<NAME>`, then `secrets.yaml`). So one config file works in both places.
 
 Every key a request carries, whatever its source, is handed to the run's redactor (the one
 `exchanges.acting_for` names for the task making the call): a provider that echoes the key in
@@ -30,7 +30,9 @@ from orchestrator.stores.secretsmanager import SECRET_PREFIX, SecretsManagerSecr
 
 __all__ = ["llm_route", "search_key"]
 
-_STORES: dict[tuple[bool, Path], Secrets] = {}
+# One Secrets Manager store (and its cache) per state folder: one for a Lambda container's life
+# (its folder is /tmp/.orchestrator), one for each emulated account's.
+_AWS_STORES: dict[Path, Secrets] = {}
 _LOCK = threading.Lock()
 
 
@@ -75,11 +77,12 @@ def _read(settings: Settings, name: str, what: str, error_type: str) -> str:
 
 
 def _store(settings: Settings) -> Secrets:
-    """The process's secrets store for these settings: Secrets Manager on AWS, else local."""
-    where = (settings.on_aws, settings.home.resolve())
+    """Secrets Manager on AWS (kept, so its cache serves every request), else the local
+    secrets, read afresh (an edited secrets file is used at the next request)."""
+    if not settings.on_aws:
+        return LocalSecrets(settings.home / "secrets.yaml")
     with _LOCK:
-        store = _STORES.get(where)
+        store = _AWS_STORES.get(settings.home)
         if store is None:
-            local = LocalSecrets(settings.home / "secrets.yaml")
-            store = _STORES[where] = SecretsManagerSecrets() if settings.on_aws else local
+            store = _AWS_STORES[settings.home] = SecretsManagerSecrets()
         return store
