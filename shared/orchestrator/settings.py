@@ -35,7 +35,7 @@ than this machine (loopback) or the provider's default; such a file is refused w
 A key may be named by secret, `api_key_secret: NAME` (on `llm`, `search` or a model route):
 the key is then the secret NAME, read when the first request needs it (`runtime.provider_keys`)
 from Secrets Manager (`orchestrator/NAME`) on AWS, else from the local secrets. A deploy config
-(`infra/config.yaml`, `deploy_config_secrets`) names its keys only that way: the deployed code
+(`infra/config.yaml`, `read_deploy_config`) names its keys only that way: the deployed code
 has no environment of the user's and must hold no key.
 """
 
