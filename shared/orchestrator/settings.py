@@ -29,7 +29,14 @@ in the working folder (`./orchestrator.yaml`, or `./.orchestrator/config.yaml` w
 models and searches anywhere except that it cannot send a key taken from the environment
 (`OPENAI_API_KEY`, `ORCHESTRATOR_SEARCH_API_KEY`, an `api_key_env` variable) to a host other
 than this machine (loopback) or the provider's default; such a file is refused when loaded
-(`_check_project_config`).
+(`_check_project_config`). The same holds for a key the file names by secret
+(`api_key_secret`), which would come from your secrets.
+
+A key may be named by secret, `api_key_secret: NAME` (on `llm`, `search` or a model route):
+the key is then the secret NAME, read when the first request needs it (`runtime.provider_keys`)
+from Secrets Manager (`orchestrator/NAME`) on AWS, else from the local secrets. A deploy config
+(`infra/config.yaml`, `read_deploy_config`) names its keys only that way: the deployed code
+has no environment of the user's and must hold no key.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import difflib
 import ipaddress
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -74,6 +82,7 @@ class ModelRoute:
     price: ModelPrice | None = None
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
+    api_key_secret: str | None = None  # the key is this secret (`runtime.provider_keys`)
 
 
 @dataclass(frozen=True)
@@ -84,9 +93,11 @@ class Settings:
     default_model: str = "gpt-4o-mini"
     openai_base_url: str | None = None
     openai_api_key: str | None = None
+    openai_api_key_secret: str | None = None
     model_routes: dict[str, ModelRoute] = field(default_factory=dict)
     search_url: str | None = None
     search_api_key: str | None = None
+    search_api_key_secret: str | None = None
     max_threads: int = 256
     redis_url: str = "redis://127.0.0.1:6379/0"
     # state, cache, audit, runs (and telemetry) -> DynamoDB table
@@ -106,16 +117,25 @@ class Settings:
         return {name: route.price for name, route in self.model_routes.items() if route.price is not None}
 
     def route_for(self, model: str) -> ModelRoute:
-        """The endpoint, key and upstream name for `model`, falling back to the defaults."""
+        """The endpoint, key and upstream name for `model`, falling back to the defaults. The
+        key is the route's own (a key, else the secret naming it), else the default one (a key,
+        else `llm.api_key_secret`): at most one of `api_key` and `api_key_secret` is set, and a
+        secret is read by `runtime.provider_keys.llm_route`, never here."""
         route = self.model_routes.get(model, ModelRoute())
+        if route.api_key or route.api_key_secret:
+            key, secret = route.api_key, None if route.api_key else route.api_key_secret
+        else:
+            key = self.openai_api_key
+            secret = None if key else self.openai_api_key_secret
         return ModelRoute(
             base_url=route.base_url or self.openai_base_url,
-            api_key=route.api_key or self.openai_api_key,
+            api_key=key,
             model=route.model or model,
             structured_output=route.structured_output,
             price=route.price,
             requests_per_minute=route.requests_per_minute,
             tokens_per_minute=route.tokens_per_minute,
+            api_key_secret=secret,
         )
 
 
@@ -145,6 +165,7 @@ _ROUTE_KEYS = {
     "base_url": str,
     "api_key": str,
     "api_key_env": str,
+    "api_key_secret": str,
     "model": str,
     "structured_output": bool,
     "price": dict,
@@ -154,9 +175,12 @@ _ROUTE_KEYS = {
 _RATE_KEYS = {"requests_per_minute": "requests", "tokens_per_minute": "tokens (sent and received)"}
 _PRICE_KEYS = ("input_per_million", "output_per_million")
 _CONFIG_KEYS: dict[str, dict[str, Any]] = {
-    "llm": {"default_model": str, "base_url": str, "api_key": str, "models": dict},
-    "search": {"url": str, "api_key": str, "api_key_env": str},
+    "llm": {"default_model": str, "base_url": str, "api_key": str, "api_key_secret": str, "models": dict},
+    "search": {"url": str, "api_key": str, "api_key_env": str, "api_key_secret": str},
 }
+_KEY_SOURCES = ("api_key", "api_key_env", "api_key_secret")
+# Secrets Manager's characters for a secret's name (`orchestrator/` is put before it).
+_SECRET_NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,256}")
 
 
 def _check_config_keys(config: dict[str, Any], path: Path) -> None:
@@ -171,6 +195,39 @@ def _check_config_keys(config: dict[str, Any], path: Path) -> None:
                 _check_price(route["price"], f"llm.models.{name}.price", path)
             for key, unit in _RATE_KEYS.items():
                 _check_rate(route.get(key), f"llm.models.{name}.{key}", unit, path)
+    for place, entry in _key_places(config):
+        _check_key_source(entry, place, path)
+
+
+def _key_places(config: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each place of a config that may name a key, by its dotted name: `llm`, its model routes
+    and `search` (those that are mappings; `_check_config_keys` refuses the others)."""
+    llm = config.get("llm")
+    if isinstance(llm, dict):
+        yield "llm", llm
+        models = llm.get("models")
+        for name, route in models.items() if isinstance(models, dict) else ():
+            if isinstance(route, dict):
+                yield f"llm.models.{name}", route
+    if isinstance(config.get("search"), dict):
+        yield "search", config["search"]
+
+
+def _check_key_source(section: dict[str, Any], place: str, path: Path) -> None:
+    """A key named by secret is named by nothing else, and by a name Secrets Manager allows."""
+    secret = section.get("api_key_secret")
+    if secret is None:
+        return
+    others = [key for key in _KEY_SOURCES[:2] if section.get(key) is not None]
+    if others:
+        raise ConfigError(
+            f"{path}: '{place}' gives its key both as api_key_secret and as {' and '.join(others)}; keep one"
+        )
+    if not _SECRET_NAME.fullmatch(secret):
+        raise ConfigError(
+            f"{path}: '{place}.api_key_secret' must name a secret: letters, digits and /_+=.@- only, "
+            f"got {secret!r}"
+        )
 
 
 def _check_section(section: dict[str, Any], keys: dict[str, Any], prefix: str, path: Path) -> None:
@@ -228,6 +285,7 @@ def _model_routes(config: dict[str, Any], env: dict[str, str], path: Path) -> di
             price=_price(entry.get("price")),
             requests_per_minute=_rate(entry.get("requests_per_minute")),
             tokens_per_minute=_rate(entry.get("tokens_per_minute")),
+            api_key_secret=entry.get("api_key_secret"),
         )
     return routes
 
@@ -270,13 +328,21 @@ def _is_file(path: Path) -> bool:
         ) from None
 
 
+def _secret_source(section: Mapping[str, Any]) -> str | None:
+    secret = section.get("api_key_secret")
+    return f"secret '{secret}'" if secret else None
+
+
 def _env_key_sends(config: dict[str, Any], env: Mapping[str, str]) -> Iterator[tuple[str, str, str]]:
-    """Each place the config file's own URLs would be sent a key from the environment, as
-    (the setting naming the URL, the URL, the variable holding the key). Mirrors the precedence
-    of `load_settings` and `Settings.route_for`: the environment's URLs win over the file's."""
+    """Each place the config file's own URLs would be sent a key from the environment or from
+    the secrets, as (the setting naming the URL, the URL, the variable holding the key or
+    "secret 'NAME'"). Mirrors the precedence of `load_settings` and `Settings.route_for`: the
+    environment's URLs win over the file's."""
     llm = config.get("llm") or {}
     llm_url = None if env.get("OPENAI_BASE_URL") else llm.get("base_url")
     llm_variable = "OPENAI_API_KEY" if env.get("OPENAI_API_KEY") else None
+    if llm_variable is None and not llm.get("api_key"):
+        llm_variable = _secret_source(llm)
     if llm_url and llm_variable:
         yield "llm.base_url", llm_url, llm_variable
     for name, entry in (llm.get("models") or {}).items():
@@ -292,6 +358,8 @@ def _env_key_sends(config: dict[str, Any], env: Mapping[str, str]) -> Iterator[t
             variable = None
         elif entry.get("api_key_env") and env.get(str(entry["api_key_env"])):
             variable = str(entry["api_key_env"])
+        elif entry.get("api_key_secret"):
+            variable = _secret_source(entry)
         if url and variable:
             yield setting, url, variable
     search = config.get("search") or {}
@@ -301,6 +369,8 @@ def _env_key_sends(config: dict[str, Any], env: Mapping[str, str]) -> Iterator[t
         search_variable = "ORCHESTRATOR_SEARCH_API_KEY"
     elif not search.get("api_key") and search.get("api_key_env") and env.get(str(search["api_key_env"])):
         search_variable = str(search["api_key_env"])
+    elif not search.get("api_key"):
+        search_variable = _secret_source(search)
     if search_url and search_variable:
         yield "search.url", search_url, search_variable
 
@@ -319,16 +389,17 @@ def _on_this_machine(url: str) -> bool:
 
 def _check_project_config(config: dict[str, Any], path: Path, env: Mapping[str, str]) -> None:
     """Refuse a project config (found in the working folder) that would send a key from the
-    environment to a host of its choosing other than this machine."""
-    for setting, url, variable in _env_key_sends(config, env):
+    environment or the secrets to a host of its choosing other than this machine."""
+    for setting, url, source in _env_key_sends(config, env):
         if not _on_this_machine(url):
             host = urlsplit(url).hostname or url
+            fix = "take out its api_key_secret" if source.startswith("secret ") else f"unset {source}"
             raise ConfigError(
-                f"{path}: '{setting}' would send your {variable} to {host}, and a config file found in "
-                "the working folder may not choose where a key from your environment goes; put this "
-                "setting in your own config ($ORCHESTRATOR_HOME/config.yaml with ORCHESTRATOR_HOME set, "
-                f"or a file named by ORCHESTRATOR_CONFIG; ORCHESTRATOR_CONFIG={path} trusts this one), "
-                f"or unset {variable}"
+                f"{path}: '{setting}' would send your {source} to {host}, and a config file found in "
+                "the working folder may not choose where a key from your environment or secrets goes; "
+                "put this setting in your own config ($ORCHESTRATOR_HOME/config.yaml with "
+                f"ORCHESTRATOR_HOME set, or a file named by ORCHESTRATOR_CONFIG; ORCHESTRATOR_CONFIG={path} "
+                f"trusts this one), or {fix}"
             )
 
 
@@ -347,6 +418,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     search_key = env.get("ORCHESTRATOR_SEARCH_API_KEY") or search.get("api_key")
     if search_key is None and search.get("api_key_env"):
         search_key = env.get(str(search["api_key_env"]))
+    openai_key = env.get("OPENAI_API_KEY") or llm.get("api_key")
     record, replay = env.get(RECORD_VARIABLE), env.get(REPLAY_VARIABLE)
     if record and replay:
         raise ConfigError(
@@ -357,10 +429,12 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         home=home,
         default_model=env.get("ORCHESTRATOR_DEFAULT_MODEL") or llm.get("default_model") or "gpt-4o-mini",
         openai_base_url=env.get("OPENAI_BASE_URL") or llm.get("base_url"),
-        openai_api_key=env.get("OPENAI_API_KEY") or llm.get("api_key"),
+        openai_api_key=openai_key,
+        openai_api_key_secret=None if openai_key else llm.get("api_key_secret"),
         model_routes=_model_routes(config, env, config_path or Path("config")),
         search_url=env.get("ORCHESTRATOR_SEARCH_URL") or search.get("url"),
         search_api_key=search_key,
+        search_api_key_secret=None if search_key else search.get("api_key_secret"),
         max_threads=int(env.get("ORCHESTRATOR_MAX_THREADS") or 256),
         redis_url=env.get("ORCHESTRATOR_REDIS_URL") or "redis://127.0.0.1:6379/0",
         tables={
@@ -371,6 +445,40 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         record_file=Path(record).absolute() if record else None,
         replay_file=Path(replay).absolute() if replay else None,
     )
+
+
+@dataclass(frozen=True)
+class DeployKeys:
+    """The secrets a deploy config names as keys: of `llm` and its model routes (read by the
+    llm_task function) and of `search` (read by the web_search_task function), sorted."""
+
+    llm: tuple[str, ...] = ()
+    search: tuple[str, ...] = ()
+
+
+def read_deploy_config(path: Path) -> DeployKeys:
+    """Check a deploy config (`infra/config.yaml`) as the deployed functions will read it, and
+    refuse a key written in it (`api_key`: the key would ship in the code) or taken from an
+    environment variable (`api_key_env`: the functions have none of the user's); the secrets
+    it names instead (`api_key_secret`)."""
+    config = _read_config_file(path)
+    _model_routes(config, {}, path)
+    llm: set[str] = set()
+    search: set[str] = set()
+    for place, section in _key_places(config):
+        for literal, why in (
+            ("api_key", "would put the key in the deployed code"),
+            ("api_key_env", "names an environment variable, which the deployed functions do not have"),
+        ):
+            if section.get(literal) is not None:
+                raise ConfigError(
+                    f"{path}: '{place}.{literal}' {why}; keep the key in Secrets Manager as "
+                    f"orchestrator/NAME and write '{place}.api_key_secret: NAME' instead "
+                    '(docs/aws.md, "Model keys, routes and prices")'
+                )
+        if section.get("api_key_secret"):
+            (search if place == "search" else llm).add(str(section["api_key_secret"]))
+    return DeployKeys(llm=tuple(sorted(llm)), search=tuple(sorted(search)))
 
 
 RECORD_VARIABLE = "ORCHESTRATOR_RECORD"

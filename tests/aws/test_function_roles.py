@@ -54,7 +54,15 @@ EXPECTED = {
         ("kms:Decrypt", "InputsKey"),
         ("secretsmanager:GetSecretValue", "secretsmanager:secret:orchestrator/database_password-??????"),
     },
-    "LlmTaskFunction": STATE | CACHE | PAYLOADS | TELEMETRY | {("kms:Decrypt", "InputsKey")},
+    "LlmTaskFunction": STATE
+    | CACHE
+    | PAYLOADS
+    | TELEMETRY
+    | {
+        ("kms:Decrypt", "InputsKey"),
+        # the model key infra/config.yaml names (`api_key_secret`), and no other secret
+        ("secretsmanager:GetSecretValue", "secretsmanager:secret:orchestrator/openai-api-key-??????"),
+    },
     "WebSearchTaskFunction": STATE | CACHE | PAYLOADS | TELEMETRY | {("kms:Decrypt", "InputsKey")},
     "DispatchFunction": STATE
     | PAYLOADS

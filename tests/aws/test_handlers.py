@@ -470,6 +470,7 @@ def test_get_run_returns_its_status(handler: Handler, event: Event, state_machin
         "error": None,
         "engine": "stepfunctions",
         "duration": None,
+        "usage": {"llm_calls": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": None},
         "telemetry": {},
     }
     assert handler("api", api_get(event, "demo-20200101T000000-deadbeef"))["statusCode"] == 404

@@ -526,7 +526,11 @@ def test_clashing_logical_ids_are_an_error(project: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cfn_lint_passes_on_a_template_with_schedules(project: Path) -> None:
+def test_cfn_lint_passes_on_a_template_with_schedules_and_a_deploy_config(project: Path) -> None:
+    deploy_config = (
+        "llm:\n  api_key_secret: a\n  models: {m: {api_key_secret: b}}\nsearch: {api_key_secret: c}\n"
+    )
+    (project / "infra" / "config.yaml").write_text(deploy_config, encoding="utf-8")
     build_app(project)
     result = cfn_lint(project)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -593,6 +597,10 @@ def test_sam_build_succeeds_and_the_layer_carries_package_and_pipelines(tmp_path
     layer = build_dir / "RuntimeLayer" / "python"
     assert (layer / "orchestrator" / "__init__.py").is_file()
     assert (layer / "pipelines" / "demo.yaml").is_file()
+    # the deploy config, where the functions' ORCHESTRATOR_CONFIG looks for it
+    assert (layer / "deploy_config.yaml").read_bytes() == (
+        REPO / "shared" / "deploy_config.yaml"
+    ).read_bytes()
     assert (layer / "pydantic").is_dir() and (layer / "aws_lambda_powertools").is_dir()
     for name in FUNCTIONS:
         assert (build_dir / name / "app.py").is_file(), f"{name} was not built"

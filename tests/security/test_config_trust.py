@@ -243,6 +243,8 @@ def _configs(draw: st.DrawFn) -> dict[str, Any]:
             entry["api_key_env"] = draw(VARIABLES)
         if draw(st.integers(0, 4)) == 0:
             entry["api_key"] = "the-project-key"
+        if draw(st.integers(0, 3)) == 0:
+            entry["api_key_secret"] = "a-secret-of-yours"
         return entry
 
     llm: dict[str, Any] = {}
@@ -250,12 +252,16 @@ def _configs(draw: st.DrawFn) -> dict[str, Any]:
         llm["base_url"] = url
     if draw(st.integers(0, 4)) == 0:
         llm["api_key"] = "the-project-key"
+    elif draw(st.integers(0, 3)) == 0:
+        llm["api_key_secret"] = "a-secret-of-yours"
     llm["models"] = {name: route() for name in draw(st.sets(st.sampled_from(["gpt-4", "claude-3", "local"])))}
     search: dict[str, Any] = {}
     if url := draw(URLS):
         search["url"] = url
     if draw(st.booleans()):
         search["api_key_env"] = draw(VARIABLES)
+    elif draw(st.integers(0, 3)) == 0:
+        search["api_key_secret"] = "a-secret-of-yours"
     return {"llm": llm, "search": search}
 
 
@@ -288,11 +294,13 @@ def test_a_key_from_the_environment_only_goes_where_the_user_said(
         assert not any(secret in str(refused) for secret in secrets)
         return
 
-    # THEN every route that carries a key of the environment goes to the provider's default
-    # host, to this machine, or to the URL the user set in the environment
+    # THEN every route that carries a key of the environment, or one of the user's secrets
+    # (`api_key_secret`), goes to the provider's default host, to this machine, or to the URL
+    # the user set in the environment
     for model in ["gpt-4", "claude-3", "local", "unrouted"]:
         route = loaded.route_for(model)
-        if route.api_key in secrets and route.base_url is not None:
+        if (route.api_key in secrets or route.api_key_secret) and route.base_url is not None:
             assert _on_this_machine(route.base_url) or route.base_url == env.get("OPENAI_BASE_URL"), route
-    if loaded.search_api_key in secrets and loaded.search_url is not None:
+    search_key = loaded.search_api_key in secrets or loaded.search_api_key_secret
+    if search_key and loaded.search_url is not None:
         assert _on_this_machine(loaded.search_url) or loaded.search_url == env.get("ORCHESTRATOR_SEARCH_URL")

@@ -696,12 +696,21 @@ def _create_resources(root: Path) -> dict[str, str]:
 
 
 def _copy_secrets(client: Any) -> None:
-    """The secrets this machine has locally become Secrets Manager secrets `orchestrator/<name>`."""
+    """The secrets this machine has locally (the state folder's secrets file, and the
+    environment's `ORCHESTRATOR_SECRET_<NAME>`, which wins as it does locally) become Secrets
+    Manager secrets `orchestrator/<name>`: a script's `get_secret` and a key's `api_key_secret`
+    find the same values as on the embedded engine."""
+    from orchestrator.settings import load_settings
+    from orchestrator.stores.secrets_local import LocalSecrets
+
+    secrets = LocalSecrets(load_settings().home / "secrets.yaml").in_file()
     for variable, value in os.environ.items():
         if variable.startswith("ORCHESTRATOR_SECRET_"):
             name = variable.removeprefix("ORCHESTRATOR_SECRET_").lower()
-            for candidate in {name, name.replace("_", "-")}:
-                client.create_secret(Name=f"orchestrator/{candidate}", SecretString=value)
+            secrets.update(dict.fromkeys({name, name.replace("_", "-")}, value))
+    for name, value in secrets.items():
+        if re.fullmatch(r"[A-Za-z0-9/_+=.@-]+", name):  # (no other name can be a secret's on AWS)
+            client.create_secret(Name=f"orchestrator/{name}", SecretString=value)
 
 
 def substitute(definition: dict[str, Any], arns: dict[str, str]) -> str:

@@ -7,7 +7,10 @@ EventBridge Scheduler schedule per `triggers.schedule` entry, the trigger functi
 `ORCHESTRATOR_STATE_MACHINES` map, and a variant of a task function for each size the tasks'
 `resource_limits` and timeouts ask for (`aws.functions`: which function runs which task),
 and the python task function's permission to read exactly the secrets the pipelines name
-(`secrets_policy`). Everything here is pure: the caller (`aws.build`) reads and writes the files.
+(`secrets_policy`). With a deploy config (`infra/config.yaml`, shipped in the layer) every
+function's `ORCHESTRATOR_CONFIG` names it, and the llm_task and web_search_task functions may
+read exactly the secrets it names as their keys (`add_deploy_config`). Everything here is
+pure: the caller (`aws.build`) reads and writes the files.
 
 CloudFormation's short-form tags (`!Ref`, `!GetAtt`, `!Sub`, `!If`, ...) are kept as small
 classes, so the written `template.yaml` reads like a hand-written one and a test can inspect
@@ -53,8 +56,8 @@ SUBSTITUTED_FUNCTIONS = ("PythonTaskFunction", "LlmTaskFunction", "WebSearchTask
 # Functions that start executions; they get `ORCHESTRATOR_STATE_MACHINES` (pipeline id -> ARN).
 TRIGGER_FUNCTIONS = ("ApiFunction", "UploadTriggerFunction", "ScheduleTriggerFunction")
 STATE_MACHINES_VARIABLE = "ORCHESTRATOR_STATE_MACHINES"
-# Lambda allows 4 KB of environment per function; the global variables take about 600 bytes.
-STATE_MACHINES_BUDGET = 3400
+# Lambda allows 4 KB of environment per function; the global variables take about 650 bytes.
+STATE_MACHINES_BUDGET = 3350
 # For that estimate: an ARN in the longest commercial region, under a 24-character stack name.
 _ARN_ESTIMATE = len("arn:aws:states:ap-southeast-2:123456789012:stateMachine:") + 24 + 1
 SCHEDULE_TARGET = "ScheduleTriggerFunction"
@@ -63,7 +66,11 @@ STATE_MACHINE_LOG_GROUP = "StateMachineLogGroup"
 STATE_MACHINE_LOGGING_POLICY = "StateMachineLoggingPolicy"
 LOG_LEVEL_PARAMETER = "StateMachineLogLevel"
 PAYLOAD_BUCKET_ID = "PayloadBucket"
-SCRIPT_FUNCTION = "PythonTaskFunction"  # where user scripts run, the only reader of secrets
+SCRIPT_FUNCTION = "PythonTaskFunction"  # where user scripts run, the only reader of their secrets
+# Who reads the keys a deploy config names by secret: the model routes' and the search endpoint's.
+LLM_FUNCTION = "LlmTaskFunction"
+SEARCH_FUNCTION = "WebSearchTaskFunction"
+CONFIG_VARIABLE = "ORCHESTRATOR_CONFIG"
 SECRET_PREFIX = "orchestrator/"  # stores/secretsmanager.py: `get_secret("x")` reads `orchestrator/x`
 # `context.get_secret("name")` with a literal name; Secrets Manager names are [A-Za-z0-9/_+=.@-].
 _SECRET_CALL = re.compile(r"""get_secret\(\s*(['"])([A-Za-z0-9/_+=.@-]+)\1\s*\)""")
@@ -380,14 +387,14 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-def secrets_policy(names: Sequence[str]) -> dict[str, Any]:
+def secrets_policy(names: Sequence[str], sid: str = "ReadNamedSecrets") -> dict[str, Any]:
     """`secretsmanager:GetSecretValue` on exactly the named secrets (`orchestrator/<name>`; the
     `-??????` is the random suffix Secrets Manager gives every secret's ARN)."""
     arn = "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:"
     return {
         "Statement": [
             {
-                "Sid": "ReadNamedSecrets",
+                "Sid": sid,
                 "Effect": "Allow",
                 "Action": "secretsmanager:GetSecretValue",
                 "Resource": [Sub(f"{arn}{SECRET_PREFIX}{name}-??????") for name in names],
@@ -402,6 +409,26 @@ def _add_secrets_policy(resources: dict[str, Any], names: Sequence[str]) -> None
         _function_properties(resources, SCRIPT_FUNCTION).setdefault("Policies", []).append(
             secrets_policy(names)
         )
+
+
+def add_deploy_config(
+    template: dict[str, Any], config_file: str, llm_secrets: Sequence[str], search_secrets: Sequence[str]
+) -> None:
+    """Every function reads the deploy config at `config_file` (a global `ORCHESTRATOR_CONFIG`);
+    the llm_task function (and its variants, which share its role) may read the secrets
+    `llm_secrets`, the web_search_task function `search_secrets`, and no other function either."""
+    function_globals = template.setdefault("Globals", {}).setdefault("Function", {})
+    variables = function_globals.setdefault("Environment", {}).setdefault("Variables", {})
+    variables[CONFIG_VARIABLE] = config_file
+    resources = template.setdefault("Resources", {})
+    for function, names in ((LLM_FUNCTION, llm_secrets), (SEARCH_FUNCTION, search_secrets)):
+        if names:
+            properties = _function_properties(resources, function)
+            # a new list: the base template's functions may share one (a YAML alias)
+            properties["Policies"] = [
+                *properties.get("Policies", []),
+                secrets_policy(names, "ReadProviderKeys"),
+            ]
 
 
 def schedule(pipeline_id: str, entry: Schedule) -> dict[str, Any]:
@@ -527,6 +554,10 @@ def build_template(
     base: Mapping[str, Any],
     plans: Sequence[Plan],
     definitions: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    config_file: str | None = None,
+    llm_secrets: Sequence[str] = (),
+    search_secrets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The whole SAM template: `base` plus the state machines and schedules of `plans`.
 
@@ -541,10 +572,15 @@ def build_template(
     definitions:
         Compiled ASL by pipeline id, to grant each state machine only the functions it
         calls; a pipeline without one may invoke all of them.
+    config_file, llm_secrets, search_secrets:
+        Where the functions find the deploy config, and the secrets it names as the keys of
+        the model routes and of the search endpoint (`add_deploy_config`); no config, none.
     """
     template = copy.deepcopy(dict(base))
     resources: dict[str, Any] = template.setdefault("Resources", {})
     outputs: dict[str, Any] = template.setdefault("Outputs", {})
+    if config_file is not None:
+        add_deploy_config(template, config_file, llm_secrets, search_secrets)
     _size_functions(resources, generated_task_sizes(plans))
     _add_secrets_policy(resources, secret_names(plans))
     variants = function_variants(plans)

@@ -522,9 +522,11 @@ def _telemetry_log() -> TelemetryLog | None:
 def _with_telemetry(
     view: dict[str, Any], described: Mapping[str, Any], log: TelemetryLog | None
 ) -> dict[str, Any]:
-    """The run view with its telemetry: `duration`, and under `telemetry` each task's span,
-    inputs, attempts and children, as the run document has them (docs/telemetry.md)."""
+    """The run view with its telemetry: `duration`, `usage`, and under `telemetry` each task's
+    span, inputs, attempts, children and usage, as the run document has them (docs/telemetry.md),
+    costs from the prices of the deploy config."""
     from orchestrator.runtime.telemetry import parallel_children, pipeline_children, with_telemetry
+    from orchestrator.settings import lambda_settings
 
     entries = log.query(view["run_id"]) if log is not None else []
     tasks = {name: {"status": status} for name, status in (view["tasks"] or {}).items()}
@@ -545,13 +547,20 @@ def _with_telemetry(
         run_ended=stopped.timestamp() if isinstance(stopped, datetime) else None,
         pipeline_groups=children,
         groups=groups,
+        prices=lambda_settings().prices,
     )
-    fields = ("started_at", "ended_at", "duration", "inputs", "attempt_log", "children")
+    fields = ("started_at", "ended_at", "duration", "inputs", "attempt_log", "children", "usage")
     telemetry = {
         name: {key: record[key] for key in fields if key in record}
         for name, record in document["tasks"].items()
     }
-    return {**view, "engine": "stepfunctions", "duration": document["duration"], "telemetry": telemetry}
+    return {
+        **view,
+        "engine": "stepfunctions",
+        "duration": document["duration"],
+        "usage": document["usage"],
+        "telemetry": telemetry,
+    }
 
 
 def _timestamp(value: Any) -> float | None:

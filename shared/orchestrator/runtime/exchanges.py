@@ -57,6 +57,7 @@ __all__ = [
     "RecordingSearchClient",
     "acting_for",
     "book_for",
+    "caller_redactor",
     "exchange_key",
     "opened",
     "read_exchanges",
@@ -91,6 +92,11 @@ def acting_for(task: str, redactor: Redactor) -> Iterator[None]:
 
 def _caller() -> _Caller:
     return _CALLER.get() or _Caller(None, Redactor())
+
+
+def caller_redactor() -> Redactor:
+    """The redactor of the run whose task makes the exchange (`acting_for`), else a new one."""
+    return _caller().redactor
 
 
 def exchange_key(kind: str, request: dict[str, Any]) -> str:

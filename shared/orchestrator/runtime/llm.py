@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from orchestrator.errors import TaskError
+from orchestrator.runtime.provider_keys import llm_route
 from orchestrator.settings import ModelRoute, Settings
 
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ class OpenAIChatClient:
 
     def complete(self, request: LLMRequest) -> LLMReply:
         """Send `request` to the model's endpoint, once, and return its reply."""
-        route = self._settings.route_for(request.model)
+        route = llm_route(self._settings, request.model)  # its key read from its secret, if named
         client = self._client_for(request.model, route)
         return self._send_once(client, route.model or request.model, request)
 

@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from orchestrator.errors import TaskError
 from orchestrator.runtime.llm import is_transient_status, parse_retry_after, transient_error
+from orchestrator.runtime.provider_keys import search_key
 from orchestrator.settings import Settings
 
 __all__ = ["HttpJsonSearchClient", "SearchClient", "SearchResult", "search_output"]
@@ -65,7 +66,7 @@ class HttpJsonSearchClient:
     Parameters
     ----------
     settings:
-        ``search_url`` and ``search_api_key``.
+        ``search_url`` and the key (``search_api_key``, or the secret ``search_api_key_secret``).
     timeout:
         Seconds for the request; defaults to ``settings.llm_timeout``.
     """
@@ -102,8 +103,9 @@ class HttpJsonSearchClient:
         params += [("q", query), ("max_results", str(max_results))]
         full_url = urlunsplit(parts._replace(query=urlencode(params)))
         headers = {"Accept": "application/json", "User-Agent": "orchestrator"}
-        if self._settings.search_api_key:
-            headers["Authorization"] = f"Bearer {self._settings.search_api_key}"
+        key = search_key(self._settings)  # read from its secret, if named
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
         return urllib.request.Request(full_url, headers=headers, method="GET")
 
     def _fetch_once(self, request: urllib.request.Request) -> bytes:

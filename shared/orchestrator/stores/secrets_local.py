@@ -24,6 +24,10 @@ class LocalSecrets:
             return self._environ[variable]
         return self._file_secrets().get(name)
 
+    def in_file(self) -> dict[str, str]:
+        """The secrets of the secrets file, by name (those of the environment are not listed)."""
+        return dict(self._file_secrets())
+
     def _file_secrets(self) -> dict[str, str]:
         if self._from_file is None:
             self._from_file = {}
