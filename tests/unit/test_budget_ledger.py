@@ -13,17 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.errors import TaskError
-from orchestrator.runtime.budget import (
+from orchestrator.runtime.budget import Cover, Covering, Meter, covering
+from orchestrator.runtime.llm import (
     CHARS_PER_TOKEN,
     DEFAULT_REPLY_TOKENS,
     MESSAGE_TOKENS,
-    Cover,
-    Covering,
-    Meter,
-    covering,
-    estimate,
+    LLMReply,
+    LLMRequest,
+    estimated_usage,
 )
-from orchestrator.runtime.llm import LLMReply, LLMRequest
 from orchestrator.runtime.telemetry import TaskPlace
 from orchestrator.settings import ModelPrice
 from orchestrator.spec.models import Pipeline
@@ -53,10 +51,16 @@ def meter(state: Any, *covers: Cover) -> Meter:
 PIPELINE = Cover("pipeline", "pipeline 'p'", 1000, None)
 
 
-def test_the_estimate_counts_every_message_and_the_reply_it_may_get() -> None:
+def test_the_estimate_counts_every_message_the_schema_and_the_reply_it_may_get() -> None:
     request = LLMRequest(model="m", prompt="a" * 30, system="b" * 7, turns=(("assistant", "c" * 2),))
-    assert estimate(request) == (-(-39 // CHARS_PER_TOKEN) + 3 * MESSAGE_TOKENS, DEFAULT_REPLY_TOKENS)
-    assert estimate(request_of(20, 5)) == (20, 5)
+    assert estimated_usage(request) == (-(-39 // CHARS_PER_TOKEN) + 3 * MESSAGE_TOKENS, DEFAULT_REPLY_TOKENS)
+    assert estimated_usage(request_of(20, 5)) == (20, 5)
+    schema = {"type": "object"}
+    with_schema = LLMRequest(model="m", prompt="a" * 30, response_schema=schema, max_tokens=0)
+    assert estimated_usage(with_schema) == (
+        -(-(30 + len('{"type": "object"}')) // CHARS_PER_TOKEN) + MESSAGE_TOKENS,
+        0,
+    )
 
 
 @settings(max_examples=25, deadline=None)

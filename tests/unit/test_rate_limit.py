@@ -21,14 +21,11 @@ from orchestrator.errors import ConfigError, TaskError
 from orchestrator.runtime.attempt import Attempt, AttemptStopped
 from orchestrator.runtime.llm import LLMReply, LLMRequest
 from orchestrator.runtime.rate_limit import (
-    CHARS_PER_TOKEN,
     NAMESPACE,
-    REPLY_TOKENS,
     STEP,
     RateLimitedClient,
     RateLimiter,
     Rates,
-    estimated_tokens,
     rate_limited,
     within,
 )
@@ -301,12 +298,6 @@ def test_a_stopped_attempt_stops_waiting_for_its_slot() -> None:
     attempt.stop()
     thread.join()
     assert [type(error) for error in ended] == [AttemptStopped]
-
-
-def test_the_estimate_counts_the_text_and_the_reply() -> None:
-    request = LLMRequest(model="m", prompt="p" * 40, system="s" * 8, turns=(("assistant", "a" * 4),))
-    assert estimated_tokens(request) == 52 // CHARS_PER_TOKEN + REPLY_TOKENS
-    assert estimated_tokens(LLMRequest(model="m", prompt="", max_tokens=7)) == 7
 
 
 class Answering:

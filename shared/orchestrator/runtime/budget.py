@@ -22,17 +22,15 @@ if one of them cannot take it, the call is not made and the attempt fails with
 ``BudgetExceeded`` (not retried; the task's fallback and `on_failure` still apply). After the
 call the estimate is replaced by what the provider reported (`Hold.settle`: the estimate is
 kept if it reported nothing); a call that failed gives its reservation back. The estimate is
-the prompt's characters (system, prompt and repair turns) divided by `CHARS_PER_TOKEN`, plus
-`MESSAGE_TOKENS` for each message, plus the request's `max_tokens` (or `DEFAULT_REPLY_TOKENS`
-when the task sets none). Calls running together can take a budget past its limit only by what
-their replies used beyond their estimates. Costs come from the model's price in the config
-(`Settings.prices`); a cost budget over a call to a model without a price fails the call
-(``BudgetUnpriced``) rather than letting it through uncounted.
+`runtime.llm.estimated_usage`: the request's text at about three characters a token, plus
+its `max_tokens` (1,024 when the task sets none). Calls running together can take a budget
+past its limit only by what their replies used beyond their estimates. Costs come from the
+model's price in the config (`Settings.prices`); a cost budget over a call to a model without a
+price fails the call (``BudgetUnpriced``) rather than letting it through uncounted.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -59,12 +57,6 @@ if TYPE_CHECKING:
     from orchestrator.settings import ModelPrice
     from orchestrator.stores.base import StateStore
 
-CHARS_PER_TOKEN = 3
-"""Characters of a prompt counted as one token in a call's estimate."""
-MESSAGE_TOKENS = 8
-"""Tokens added to an estimate for each message of the request."""
-DEFAULT_REPLY_TOKENS = 1024
-"""The reply tokens an estimate reserves for a task that sets no `max_tokens`."""
 LEDGER_TTL = 30 * 24 * 3600.0
 """How long a run's budget ledger is kept after its last change (a resumed run keeps it)."""
 CAS_TRIES = 200
@@ -208,15 +200,6 @@ def current_meter() -> Meter | None:
     return _METER.get()
 
 
-def estimate(request: LLMRequest) -> tuple[int, int]:
-    """The tokens in and out a call is reserved before it is made (see the module)."""
-    texts = [request.prompt, *(text for _, text in request.turns)]
-    if request.system is not None:
-        texts.append(request.system)
-    tokens_in = math.ceil(sum(len(text) for text in texts) / CHARS_PER_TOKEN) + MESSAGE_TOKENS * len(texts)
-    return tokens_in, request.max_tokens or DEFAULT_REPLY_TOKENS
-
-
 def _cost(price: ModelPrice | None, tokens_in: int, tokens_out: int) -> float:
     if price is None:
         return 0.0
@@ -259,6 +242,8 @@ class Meter:
     def reserve(self, request: LLMRequest) -> Hold:
         """Reserve the estimate of `request` in every budget covering it, or raise `TaskError`
         (``BudgetExceeded``, ``BudgetUnpriced``) without reserving anything."""
+        from orchestrator.runtime.llm import estimated_usage
+
         price = self._prices.get(request.model)
         if price is None:
             for cover in self._covering.covers:
@@ -268,7 +253,7 @@ class Meter:
                         f"the budget of {cover.owner} has a max_cost_usd, but model '{request.model}' has no "
                         f"price: add llm.models.{request.model}.price to the config file",
                     )
-        tokens_in, tokens_out = estimate(request)
+        tokens_in, tokens_out = estimated_usage(request)
         want = (tokens_in + tokens_out, _cost(price, tokens_in, tokens_out))
         self.adjust(want, check=True, unset_reply=request.max_tokens is None)
         return Hold(self, price, want)

@@ -41,6 +41,7 @@ __all__ = [
     "LLMRequest",
     "OpenAIChatClient",
     "complete_with_schema",
+    "estimated_usage",
     "is_transient_status",
     "parse_llm_output",
     "parse_retry_after",
@@ -87,6 +88,30 @@ class LLMClient(Protocol):
     def complete(self, request: LLMRequest) -> LLMReply:
         """Return the model's reply, or raise `TaskError`."""
         ...
+
+
+CHARS_PER_TOKEN = 3
+"""Characters of a request's text counted as one token of its estimate (on the high side)."""
+MESSAGE_TOKENS = 8
+"""Tokens added to an estimate for each message of the request."""
+DEFAULT_REPLY_TOKENS = 1024
+"""The reply tokens an estimate counts for a request that sets no `max_tokens`."""
+
+
+def estimated_usage(request: LLMRequest) -> tuple[int, int]:
+    """The tokens in and out a request is reckoned to take before it is sent, the one estimate
+    that budgets reserve (`runtime.budget`) and rate limits schedule (`runtime.rate_limit`)
+    until the reply reports its own: its text (system, prompt, a repair loop's turns and the
+    response schema) at `CHARS_PER_TOKEN` characters a token plus `MESSAGE_TOKENS` a message,
+    and its `max_tokens`, else `DEFAULT_REPLY_TOKENS`."""
+    texts = [request.prompt, *(text for _, text in request.turns)]
+    if request.system is not None:
+        texts.append(request.system)
+    characters = sum(len(text) for text in texts)
+    if request.response_schema is not None:
+        characters += len(json.dumps(request.response_schema))
+    tokens_in = math.ceil(characters / CHARS_PER_TOKEN) + MESSAGE_TOKENS * len(texts)
+    return tokens_in, DEFAULT_REPLY_TOKENS if request.max_tokens is None else request.max_tokens
 
 
 def metered_call(client: LLMClient, request: LLMRequest) -> LLMReply:

@@ -19,8 +19,8 @@ another caller took one meanwhile (`StateStore.compare_and_set`: every backend d
 atomically across threads, processes and machines); the entry lives until a minute after the
 schedule it holds.
 
-Tokens are not known before a call: a call reserves an estimate (its text at
-`CHARS_PER_TOKEN` characters a token, plus its `max_tokens`, else `REPLY_TOKENS`), and when
+Tokens are not known before a call: a call reserves an estimate (`runtime.llm.estimated_usage`,
+which budgets reserve too: its text, plus its `max_tokens` or 1,024), and when
 the reply reports its tokens the schedule moves by the difference: later for a call that
 used more (from now, if the model is free by then), earlier for one that used less (the
 model is then free sooner, but never before the present: capacity is given back for what is
@@ -37,8 +37,6 @@ whose exception arrives when a sleep returns; a sandboxed child is killed) stops
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import random
 import threading
 import time
@@ -50,21 +48,18 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import TaskError
 from orchestrator.runtime.attempt import current_attempt
-from orchestrator.runtime.llm import LLMClient, LLMReply, LLMRequest
+from orchestrator.runtime.llm import LLMClient, LLMReply, LLMRequest, estimated_usage
 from orchestrator.settings import Settings
 
 if TYPE_CHECKING:
     from orchestrator.stores.base import StateStore
 
 __all__ = [
-    "CHARS_PER_TOKEN",
     "MAX_WAIT",
     "NAMESPACE",
-    "REPLY_TOKENS",
     "RateLimitedClient",
     "RateLimiter",
     "Rates",
-    "estimated_tokens",
     "rate_limited",
     "within",
 ]
@@ -74,12 +69,6 @@ NAMESPACE = "orchestrator:llm-rate-limits"
 
 MAX_WAIT = 60.0
 """Seconds a call may wait for its slot; a later slot fails the attempt with `LLMRateLimited`."""
-
-REPLY_TOKENS = 500
-"""Tokens reserved for the reply of a request without `max_tokens`, until it reports its own."""
-
-CHARS_PER_TOKEN = 4
-"""Characters of a request's text counted as one token of its estimate."""
 
 STEP = 0.05
 """Seconds of one sleep of a wait: how soon a stopped attempt stops waiting."""
@@ -119,16 +108,6 @@ class Rates:
     @property
     def limited(self) -> bool:
         return self.requests_per_minute is not None or self.tokens_per_minute is not None
-
-
-def estimated_tokens(request: LLMRequest) -> int:
-    """What a request is reckoned to cost before it is sent: its text at `CHARS_PER_TOKEN`
-    characters a token (prompt, system, turns, schema), plus its `max_tokens` or `REPLY_TOKENS`."""
-    text = len(request.prompt) + len(request.system or "") + sum(len(turn) for _, turn in request.turns)
-    if request.response_schema is not None:
-        text += len(json.dumps(request.response_schema))
-    reply = request.max_tokens if request.max_tokens is not None else REPLY_TOKENS
-    return math.ceil(text / CHARS_PER_TOKEN) + reply
 
 
 def _free_at(state: Any, rate: str) -> float:
@@ -268,7 +247,7 @@ class RateLimitedClient:
         if prepare is not None:  # what the client does once (imports) is not done in the slot
             prepare(request.model)
         limiter = self._opened()
-        estimate = estimated_tokens(request)
+        estimate = sum(estimated_usage(request))
         waited = limiter.wait_until(limiter.reserve(request.model, rates, estimate))
         if waited >= TOLD:
             _tell_waited(request.model, rates, waited)
