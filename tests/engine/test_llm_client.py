@@ -15,7 +15,7 @@ from fakes.servers import FakeOpenAIServer, FakeResponse
 from orchestrator.errors import TaskError
 from orchestrator.runtime.llm import (
     LLMRequest,
-    OpenAIChatClient,
+    ChatCompletionsClient,
     parse_llm_output,
     parse_retry_after,
 )
@@ -55,7 +55,7 @@ def test_request_carries_model_messages_parameters_and_key(
         max_tokens=5,
     )
     # WHEN the client sends a full request
-    with OpenAIChatClient(served_by(fake_openai, tmp_path)) as client:
+    with ChatCompletionsClient(served_by(fake_openai, tmp_path)) as client:
         reply = client.complete(request).text
     # THEN the reply is the text and the request carries every field
     assert reply == "Paris"
@@ -72,7 +72,7 @@ def test_request_carries_model_messages_parameters_and_key(
 
 
 def test_unset_fields_are_not_sent(fake_openai: FakeOpenAIServer, tmp_path: Path) -> None:
-    with OpenAIChatClient(served_by(fake_openai, tmp_path)) as client:
+    with ChatCompletionsClient(served_by(fake_openai, tmp_path)) as client:
         reply = client.complete(LLMRequest(model="m", prompt="echo me")).text
     assert reply == "echo me"  # the fake's default reply echoes the prompt
     body = fake_openai.last_request.json
@@ -105,7 +105,7 @@ def test_model_routed_in_config_file_goes_to_its_own_endpoint(
             CLAUDE_KEY="sk-claude",
         )
         # WHEN both models are asked
-        with OpenAIChatClient(settings) as client:
+        with ChatCompletionsClient(settings) as client:
             routed = client.complete(LLMRequest(model="claude-3", prompt="hi")).text
             default = client.complete(LLMRequest(model="gpt-4o-mini", prompt="hi")).text
         # THEN each went to its own server with its own key and upstream name
@@ -120,13 +120,13 @@ def test_model_routed_in_config_file_goes_to_its_own_endpoint(
 
 def test_local_server_without_key_gets_placeholder_key(fake_openai: FakeOpenAIServer, tmp_path: Path) -> None:
     settings = make_settings(tmp_path, OPENAI_BASE_URL=fake_openai.base_url)
-    with OpenAIChatClient(settings) as client:
+    with ChatCompletionsClient(settings) as client:
         client.complete(LLMRequest(model="llama3", prompt="hi"))
     assert fake_openai.last_request.headers["authorization"] == "Bearer not-needed"
 
 
 def test_neither_key_nor_url_is_a_configuration_error(tmp_path: Path) -> None:
-    with OpenAIChatClient(make_settings(tmp_path)) as client, pytest.raises(TaskError) as caught:
+    with ChatCompletionsClient(make_settings(tmp_path)) as client, pytest.raises(TaskError) as caught:
         client.complete(LLMRequest(model="gpt-4o-mini", prompt="hi"))
     assert caught.value.error_type == "LLMConfigurationError"
     assert caught.value.retryable is False
@@ -138,7 +138,7 @@ def test_one_openai_client_per_endpoint_shared_by_threads(
     fake_openai: FakeOpenAIServer, tmp_path: Path
 ) -> None:
     replies: list[str] = []
-    with OpenAIChatClient(served_by(fake_openai, tmp_path)) as client:
+    with ChatCompletionsClient(served_by(fake_openai, tmp_path)) as client:
 
         def ask(number: int) -> None:
             replies.append(client.complete(LLMRequest(model=f"model-{number % 2}", prompt="x")).text)
@@ -178,7 +178,10 @@ def test_a_transient_answer_fails_after_one_request_with_its_retry_after(
     # GIVEN a server that answers once with a transient error, then would reply
     fake_openai.enqueue(answer, "never reached")
     # WHEN the client asks
-    with OpenAIChatClient(served_by(fake_openai, tmp_path)) as client, pytest.raises(TaskError) as caught:
+    with (
+        ChatCompletionsClient(served_by(fake_openai, tmp_path)) as client,
+        pytest.raises(TaskError) as caught,
+    ):
         client.complete(LLMRequest(model="m", prompt="p"))
     # THEN it made exactly one request: retrying is the task policy's job, told the Retry-After
     assert fake_openai.request_count == 1
@@ -195,7 +198,10 @@ def test_client_errors_are_not_retried(
     fake_openai: FakeOpenAIServer, tmp_path: Path, status: int, message: str
 ) -> None:
     fake_openai.enqueue(FakeResponse(status=status, message=message), "never reached")
-    with OpenAIChatClient(served_by(fake_openai, tmp_path)) as client, pytest.raises(TaskError) as caught:
+    with (
+        ChatCompletionsClient(served_by(fake_openai, tmp_path)) as client,
+        pytest.raises(TaskError) as caught,
+    ):
         client.complete(LLMRequest(model="m", prompt="p"))
     assert caught.value.error_type == "LLMRequestError"
     assert caught.value.retryable is False
@@ -208,7 +214,7 @@ def test_a_timeout_is_one_transient_request(fake_openai: FakeOpenAIServer, tmp_p
     # GIVEN a first answer slower than the timeout, then a prompt one
     fake_openai.enqueue(FakeResponse(delay=5.0, text="too late"), "in time")
     settings = served_by(fake_openai, tmp_path, llm_timeout=0.05)
-    with OpenAIChatClient(settings) as client:
+    with ChatCompletionsClient(settings) as client:
         # WHEN the client asks  THEN the slow request fails the call, and is not sent again
         with pytest.raises(TaskError) as caught:
             client.complete(LLMRequest(model="m", prompt="p"))
@@ -224,7 +230,7 @@ def test_connection_refused_is_transient(tmp_path: Path) -> None:
     with FakeOpenAIServer() as server:
         base_url = server.base_url  # a port nobody listens on once the server stops
     settings = make_settings(tmp_path, OPENAI_BASE_URL=base_url)
-    with OpenAIChatClient(settings) as client, pytest.raises(TaskError) as caught:
+    with ChatCompletionsClient(settings) as client, pytest.raises(TaskError) as caught:
         client.complete(LLMRequest(model="m", prompt="p"))
     assert caught.value.error_type == "LLMTransientError"
     assert caught.value.retry_after is None
@@ -250,7 +256,7 @@ def test_reply_without_text_is_a_response_error(fake_openai: FakeOpenAIServer, t
         )
     )
     with (
-        OpenAIChatClient(served_by(fake_openai, tmp_path)) as c,
+        ChatCompletionsClient(served_by(fake_openai, tmp_path)) as c,
         pytest.raises(TaskError) as caught,
     ):
         c.complete(LLMRequest(model="m", prompt="p"))

@@ -41,13 +41,13 @@ class Services:
         with self._lock:
             if self.llm is None:
                 from orchestrator.runtime.exchanges import RecordingLLMClient, book_for
-                from orchestrator.runtime.llm import OpenAIChatClient
+                from orchestrator.runtime.llm import ChatCompletionsClient
 
                 book = book_for(self.settings)
                 if book is None:
-                    self.llm = OpenAIChatClient(self.settings)
+                    self.llm = ChatCompletionsClient(self.settings)
                 else:
-                    self.llm = RecordingLLMClient(book, lambda: OpenAIChatClient(self.settings))
+                    self.llm = RecordingLLMClient(book, lambda: ChatCompletionsClient(self.settings))
             return self.llm
 
     def close(self) -> None:
