@@ -1,15 +1,17 @@
 """How fast LLM pipelines start and how close a concurrent `for_loop` of LLM calls comes to ideal.
 
-Against a local OpenAI-compatible server with a fixed latency (`bench/llm_server.py`, a
-process of its own):
+Section (i) of `make bench`. Against a local OpenAI-compatible server with a fixed latency
+(`bench/llm_server.py`, a process of its own), through the client `llm_task` uses
+(`ChatCompletionsClient`, over `httpx2`):
 
 - **cold start**: `python -m orchestrator run one_llm.yaml --json` (one `llm_task`, server
   latency 0) in fresh processes, median wall time; beside it `python -c pass`,
-  `python -c "import openai"`, and the largest top-level imports of the run under
-  `python -X importtime` (cumulative, which importtime inflates by its own cost);
+  `python -c "import httpx2"` (the client's HTTP stack), and the largest top-level imports of
+  the run under `python -X importtime` (cumulative, which importtime inflates by its own cost);
 - **for_loop**: 1,000 iterations of one `llm_task` at 100 ms per call with `max_concurrency` 20
   and 100, run phase measured inside the process (`bench/child.py run`), against the ideal
-  calls x latency / concurrency.
+  calls x latency / concurrency; the targets (issue 15, fast start) are for 20, 100 is for
+  information.
 
 `make bench` runs it too (`bench/run.py --only llm` for this section alone).
 
@@ -24,6 +26,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -42,6 +45,7 @@ LATENCY = 0.1
 CONCURRENCY = (20, 100)
 TARGET_COLD = 0.6
 TARGET_LOOP = 1.15
+TARGET_CONCURRENCY = 20  # the issue's target is for 20; 100 is measured for information
 
 ONE_LLM = """name: "bench one llm_task"
 tasks:
@@ -100,12 +104,20 @@ def _env(home: Path, base_url: str) -> dict[str, str]:
     return env
 
 
+def _cpu_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _timed(
-    command: list[str], env: dict[str, str], cwd: Path
+    command: list[str], env: dict[str, str], cwd: Path, cpu: list[float] | None = None
 ) -> tuple[float, subprocess.CompletedProcess[str]]:
-    started = time.perf_counter()
+    """Run `command`; its wall time, and its CPU time (user + system) appended to `cpu`."""
+    started, cpu_before = time.perf_counter(), _cpu_of_children()
     done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - started
+    if cpu is not None:
+        cpu.append(_cpu_of_children() - cpu_before)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
     return seconds, done
@@ -124,20 +136,26 @@ def measure_cold(work: Path) -> dict[str, Any]:
     file = work / "one_llm.yaml"
     file.write_text(ONE_LLM, encoding="utf-8")
     run = [PYTHON, "-m", "orchestrator", "run", str(file), "--json"]
-    walls: dict[str, list[float]] = {"run": [], "pass": [], "openai": []}
+    walls: dict[str, list[float]] = {"run": [], "pass": [], "httpx2": []}
+    cpu: list[float] = []  # of the run: steadier than its wall time on a busy machine
     with llm_server(0.0) as url:
         env = _env(work / "home", url)
         _timed(run, env, work)  # warm-up: the state database and byte-code caches
         for _ in range(REPS):
-            seconds, done = _timed(run, env, work)
+            seconds, done = _timed(run, env, work, cpu)
             if json.loads(done.stdout)["status"] != "succeeded":
                 raise RuntimeError(f"the one-llm_task run failed: {done.stdout[:2000]}")
             walls["run"].append(seconds)
             walls["pass"].append(_timed([PYTHON, "-c", "pass"], env, work)[0])
-            walls["openai"].append(_timed([PYTHON, "-c", "import openai"], env, work)[0])
+            walls["httpx2"].append(_timed([PYTHON, "-c", "import httpx2"], env, work)[0])
         _, traced = _timed([PYTHON, "-X", "importtime", *run[1:]], env, work)
     medians = {name: statistics.median(values) for name, values in walls.items()}
-    return {"medians": medians, "walls": walls, "imports": _top_imports(traced.stderr)}
+    return {
+        "medians": medians,
+        "walls": walls,
+        "cpu": statistics.median(cpu),
+        "imports": _top_imports(traced.stderr),
+    }
 
 
 def measure_loops(work: Path) -> list[dict[str, Any]]:
@@ -149,8 +167,9 @@ def measure_loops(work: Path) -> list[dict[str, Any]]:
             file.write_text(loop_yaml(CALLS, concurrency), encoding="utf-8")
             runs: list[float] = []
             walls: list[float] = []
+            cpu: list[float] = []
             for _ in range(max(3, REPS // 2)):
-                wall, done = _timed([PYTHON, str(BENCH / "child.py"), "run", str(file)], env, work)
+                wall, done = _timed([PYTHON, str(BENCH / "child.py"), "run", str(file)], env, work, cpu)
                 line = json.loads(done.stdout.strip().splitlines()[-1])
                 if line["status"] != "succeeded" or line["result"] != {"count": CALLS, "last": "ok"}:
                     raise RuntimeError(f"for_loop at {concurrency}: {line}")
@@ -166,6 +185,7 @@ def measure_loops(work: Path) -> list[dict[str, Any]]:
                     "wall": statistics.median(walls),
                     "ratio": run / ideal,
                     "runs": runs,
+                    "cpu": statistics.median(cpu),
                 }
             )
     return loops
@@ -174,9 +194,9 @@ def measure_loops(work: Path) -> list[dict[str, Any]]:
 def measure_all() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-llm-") as directory:
         work = Path(directory)
-        print("  (h) cold start of a one-llm_task pipeline", file=sys.stderr, flush=True)
+        print("  (i) cold start of a one-llm_task pipeline", file=sys.stderr, flush=True)
         cold = measure_cold(work)
-        print("  (h) for_loop of 1,000 LLM calls", file=sys.stderr, flush=True)
+        print("  (i) for_loop of 1,000 LLM calls", file=sys.stderr, flush=True)
         loops = measure_loops(work)
     return {"cold": cold, "loops": loops, "reps": REPS, "load": os.getloadavg()}
 
@@ -195,27 +215,31 @@ def render(results: dict[str, Any]) -> str:
         f"| < {TARGET_COLD} s | {_met(cold['run'] < TARGET_COLD)} |",
     ]
     for loop in results["loops"]:
+        targeted = loop["concurrency"] == TARGET_CONCURRENCY
         lines.append(
             f"| for_loop of {CALLS:,} calls at {LATENCY * 1000:.0f} ms, max_concurrency "
             f"{loop['concurrency']}: run phase {loop['run']:.2f} s, ideal {loop['ideal']:.2f} s "
-            f"| {loop['ratio']:.2f}x | ≤ {TARGET_LOOP}x | {_met(loop['ratio'] <= TARGET_LOOP)} |"
+            f"| {loop['ratio']:.2f}x "
+            + (f"| ≤ {TARGET_LOOP}x | {_met(loop['ratio'] <= TARGET_LOOP)} |" if targeted else "| - | - |")
         )
     lines += [
         "",
         "| cold process | median wall |",
         "|---|---|",
         f"| `python -c pass` | {cold['pass']:.3f} s |",
-        f'| `python -c "import openai"` | {cold["openai"]:.3f} s |',
-        f"| `python -m orchestrator run one_llm.yaml --json` | {cold['run']:.3f} s |",
+        f'| `python -c "import httpx2"` | {cold["httpx2"]:.3f} s |',
+        f"| `python -m orchestrator run one_llm.yaml --json` | {cold['run']:.3f} s "
+        f"(CPU {results['cold']['cpu']:.3f} s) |",
         "",
         "| largest top-level imports of the run (`-X importtime`, cumulative) | time |",
         "|---|---|",
         *(f"| `{name}` | {us / 1000:.0f} ms |" for name, us in results["cold"]["imports"]),
         "",
-        "| for_loop | process wall | run phase (median) | ideal | ratio |",
-        "|---|---|---|---|---|",
+        "| for_loop | process wall | process CPU | run phase (median) | ideal | ratio |",
+        "|---|---|---|---|---|---|",
         *(
-            f"| max_concurrency {loop['concurrency']} | {loop['wall']:.2f} s | {loop['run']:.2f} s "
+            f"| max_concurrency {loop['concurrency']} | {loop['wall']:.2f} s | {loop['cpu']:.2f} s "
+            f"| {loop['run']:.2f} s "
             f"| {loop['ideal']:.2f} s | {loop['ratio']:.2f}x |"
             for loop in results["loops"]
         ),

@@ -119,7 +119,7 @@ ERROR_TYPES: Mapping[str, ErrorType] = _registry(
         "the LLM endpoint timed out, was unreachable or answered 408 or 5xx (the next attempt "
         "waits at least its `Retry-After`)",
     ),
-    ErrorType("LLMResponseError", True, "the LLM reply has no choices or no text"),
+    ErrorType("LLMResponseError", True, "the LLM reply is not a chat completion or has no text"),
     ErrorType("OutputParseError", True, "the LLM reply does not read as the task's `output_type`"),
     ErrorType(
         "OutputValidationError",

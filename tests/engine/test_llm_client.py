@@ -1,9 +1,15 @@
-"""The OpenAI chat client against a real local fake server, and the parsing of replies."""
+"""The chat completions client against real local servers (plain, TLS, behind a proxy), and the
+parsing of replies. `test_llm_client_reference.py` holds it to the `openai` client it replaced."""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import ipaddress
+import socket
+import ssl
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +20,8 @@ from fakes.fixtures import fake_openai
 from fakes.servers import FakeOpenAIServer, FakeResponse
 from orchestrator.errors import TaskError
 from orchestrator.runtime.llm import (
+    ChatCompletionsClient,
     LLMRequest,
-    OpenAIChatClient,
     parse_llm_output,
     parse_retry_after,
 )
@@ -55,7 +61,7 @@ def test_request_carries_model_messages_parameters_and_key(
         max_tokens=5,
     )
     # WHEN the client sends a full request
-    with OpenAIChatClient(served_by(fake_openai, tmp_path)) as client:
+    with ChatCompletionsClient(served_by(fake_openai, tmp_path)) as client:
         reply = client.complete(request).text
     # THEN the reply is the text and the request carries every field
     assert reply == "Paris"
@@ -72,7 +78,7 @@ def test_request_carries_model_messages_parameters_and_key(
 
 
 def test_unset_fields_are_not_sent(fake_openai: FakeOpenAIServer, tmp_path: Path) -> None:
-    with OpenAIChatClient(served_by(fake_openai, tmp_path)) as client:
+    with ChatCompletionsClient(served_by(fake_openai, tmp_path)) as client:
         reply = client.complete(LLMRequest(model="m", prompt="echo me")).text
     assert reply == "echo me"  # the fake's default reply echoes the prompt
     body = fake_openai.last_request.json
@@ -105,7 +111,7 @@ def test_model_routed_in_config_file_goes_to_its_own_endpoint(
             CLAUDE_KEY="sk-claude",
         )
         # WHEN both models are asked
-        with OpenAIChatClient(settings) as client:
+        with ChatCompletionsClient(settings) as client:
             routed = client.complete(LLMRequest(model="claude-3", prompt="hi")).text
             default = client.complete(LLMRequest(model="gpt-4o-mini", prompt="hi")).text
         # THEN each went to its own server with its own key and upstream name
@@ -120,13 +126,13 @@ def test_model_routed_in_config_file_goes_to_its_own_endpoint(
 
 def test_local_server_without_key_gets_placeholder_key(fake_openai: FakeOpenAIServer, tmp_path: Path) -> None:
     settings = make_settings(tmp_path, OPENAI_BASE_URL=fake_openai.base_url)
-    with OpenAIChatClient(settings) as client:
+    with ChatCompletionsClient(settings) as client:
         client.complete(LLMRequest(model="llama3", prompt="hi"))
     assert fake_openai.last_request.headers["authorization"] == "Bearer not-needed"
 
 
 def test_neither_key_nor_url_is_a_configuration_error(tmp_path: Path) -> None:
-    with OpenAIChatClient(make_settings(tmp_path)) as client, pytest.raises(TaskError) as caught:
+    with ChatCompletionsClient(make_settings(tmp_path)) as client, pytest.raises(TaskError) as caught:
         client.complete(LLMRequest(model="gpt-4o-mini", prompt="hi"))
     assert caught.value.error_type == "LLMConfigurationError"
     assert caught.value.retryable is False
@@ -138,7 +144,7 @@ def test_one_openai_client_per_endpoint_shared_by_threads(
     fake_openai: FakeOpenAIServer, tmp_path: Path
 ) -> None:
     replies: list[str] = []
-    with OpenAIChatClient(served_by(fake_openai, tmp_path)) as client:
+    with ChatCompletionsClient(served_by(fake_openai, tmp_path)) as client:
 
         def ask(number: int) -> None:
             replies.append(client.complete(LLMRequest(model=f"model-{number % 2}", prompt="x")).text)
@@ -178,7 +184,10 @@ def test_a_transient_answer_fails_after_one_request_with_its_retry_after(
     # GIVEN a server that answers once with a transient error, then would reply
     fake_openai.enqueue(answer, "never reached")
     # WHEN the client asks
-    with OpenAIChatClient(served_by(fake_openai, tmp_path)) as client, pytest.raises(TaskError) as caught:
+    with (
+        ChatCompletionsClient(served_by(fake_openai, tmp_path)) as client,
+        pytest.raises(TaskError) as caught,
+    ):
         client.complete(LLMRequest(model="m", prompt="p"))
     # THEN it made exactly one request: retrying is the task policy's job, told the Retry-After
     assert fake_openai.request_count == 1
@@ -195,7 +204,10 @@ def test_client_errors_are_not_retried(
     fake_openai: FakeOpenAIServer, tmp_path: Path, status: int, message: str
 ) -> None:
     fake_openai.enqueue(FakeResponse(status=status, message=message), "never reached")
-    with OpenAIChatClient(served_by(fake_openai, tmp_path)) as client, pytest.raises(TaskError) as caught:
+    with (
+        ChatCompletionsClient(served_by(fake_openai, tmp_path)) as client,
+        pytest.raises(TaskError) as caught,
+    ):
         client.complete(LLMRequest(model="m", prompt="p"))
     assert caught.value.error_type == "LLMRequestError"
     assert caught.value.retryable is False
@@ -208,7 +220,7 @@ def test_a_timeout_is_one_transient_request(fake_openai: FakeOpenAIServer, tmp_p
     # GIVEN a first answer slower than the timeout, then a prompt one
     fake_openai.enqueue(FakeResponse(delay=5.0, text="too late"), "in time")
     settings = served_by(fake_openai, tmp_path, llm_timeout=0.05)
-    with OpenAIChatClient(settings) as client:
+    with ChatCompletionsClient(settings) as client:
         # WHEN the client asks  THEN the slow request fails the call, and is not sent again
         with pytest.raises(TaskError) as caught:
             client.complete(LLMRequest(model="m", prompt="p"))
@@ -224,7 +236,7 @@ def test_connection_refused_is_transient(tmp_path: Path) -> None:
     with FakeOpenAIServer() as server:
         base_url = server.base_url  # a port nobody listens on once the server stops
     settings = make_settings(tmp_path, OPENAI_BASE_URL=base_url)
-    with OpenAIChatClient(settings) as client, pytest.raises(TaskError) as caught:
+    with ChatCompletionsClient(settings) as client, pytest.raises(TaskError) as caught:
         client.complete(LLMRequest(model="m", prompt="p"))
     assert caught.value.error_type == "LLMTransientError"
     assert caught.value.retry_after is None
@@ -250,12 +262,203 @@ def test_reply_without_text_is_a_response_error(fake_openai: FakeOpenAIServer, t
         )
     )
     with (
-        OpenAIChatClient(served_by(fake_openai, tmp_path)) as c,
+        ChatCompletionsClient(served_by(fake_openai, tmp_path)) as c,
         pytest.raises(TaskError) as caught,
     ):
         c.complete(LLMRequest(model="m", prompt="p"))
     assert caught.value.error_type == "LLMResponseError"
     assert "length" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (FakeResponse(raw_body=b"<html>busy</html>"), "not JSON"),
+        (FakeResponse(raw_body=b""), "not JSON"),
+        (FakeResponse(json_body=["a", "list"]), "not a JSON object"),
+        (FakeResponse(json_body={"id": "x"}), "no choices"),
+        (FakeResponse(json_body={"choices": []}), "no choices"),
+        (FakeResponse(json_body={"choices": "ok"}), "no choices"),
+        (FakeResponse(json_body={"choices": ["ok"]}), "no text"),
+        (FakeResponse(json_body={"choices": [{"message": "ok"}]}), "no text"),
+        (FakeResponse(json_body={"choices": [{"message": {"content": 42}}]}), "no text"),
+    ],
+)
+def test_a_reply_that_is_not_a_chat_completion_is_a_response_error(
+    fake_openai: FakeOpenAIServer, tmp_path: Path, answer: FakeResponse, problem: str
+) -> None:
+    fake_openai.enqueue(answer)
+    with (
+        ChatCompletionsClient(served_by(fake_openai, tmp_path)) as client,
+        pytest.raises(TaskError) as caught,
+    ):
+        client.complete(LLMRequest(model="m", prompt="p"))
+    assert caught.value.error_type == "LLMResponseError"
+    assert caught.value.retryable is True
+    assert problem in caught.value.message
+    assert fake_openai.request_count == 1
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [None, "many", {"prompt_tokens": "5", "completion_tokens": True}, {"prompt_tokens": 5}],
+)
+def test_usage_the_provider_does_not_give_as_whole_numbers_is_unknown(
+    fake_openai: FakeOpenAIServer, tmp_path: Path, usage: Any
+) -> None:
+    choice = {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+    fake_openai.enqueue(FakeResponse(json_body={"choices": [choice], "usage": usage}))
+    with ChatCompletionsClient(served_by(fake_openai, tmp_path)) as client:
+        reply = client.complete(LLMRequest(model="m", prompt="p"))
+    expected_in = 5 if isinstance(usage, dict) and usage.get("prompt_tokens") == 5 else None
+    assert (reply.text, reply.tokens_in, reply.tokens_out) == ("ok", expected_in, None)
+
+
+@pytest.mark.parametrize("base_url", ["ftp://models.example/v1", "127.0.0.1:8000/v1", "http://"])
+def test_an_endpoint_that_is_not_an_http_url_is_a_configuration_error(tmp_path: Path, base_url: str) -> None:
+    settings = make_settings(tmp_path, OPENAI_BASE_URL=base_url)
+    with ChatCompletionsClient(settings) as client, pytest.raises(TaskError) as caught:
+        client.complete(LLMRequest(model="m", prompt="p"))
+    assert caught.value.error_type == "LLMConfigurationError"
+    assert base_url in caught.value.message
+    assert "OPENAI_BASE_URL" in caught.value.message
+
+
+def test_a_request_that_is_not_json_is_a_request_error(fake_openai: FakeOpenAIServer, tmp_path: Path) -> None:
+    # GIVEN a schema holding a NaN (YAML's .nan), which JSON cannot carry
+    request = LLMRequest(model="m", prompt="p", response_schema={"maximum": float("nan")})
+    with (
+        ChatCompletionsClient(served_by(fake_openai, tmp_path)) as client,
+        pytest.raises(TaskError) as caught,
+    ):
+        client.complete(request)
+    assert caught.value.error_type == "LLMRequestError"
+    assert fake_openai.request_count == 0
+
+
+# -- the network: proxies and TLS from the standard environment -----------------------------
+
+
+def test_requests_go_through_the_proxy_the_environment_names(
+    fake_openai: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN an endpoint on a host that does not resolve, and HTTP_PROXY naming a server that
+    # answers (the fake serves the absolute-form request a proxy receives)
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", fake_openai.root_url)
+    settings = make_settings(tmp_path, OPENAI_BASE_URL="http://llm.invalid/v1", OPENAI_API_KEY="sk-proxied")
+    # WHEN the client asks  THEN the request went to the proxy, for the endpoint, with the key
+    with ChatCompletionsClient(settings) as client:
+        assert client.complete(LLMRequest(model="m", prompt="via proxy")).text == "via proxy"
+    assert fake_openai.last_request.headers["host"] == "llm.invalid"
+    assert fake_openai.last_request.headers["authorization"] == "Bearer sk-proxied"
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that no system trusts, and its key (PEM files)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "orchestrator test")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[str, Path, list[bytes]]]:
+    """An HTTPS chat endpoint on 127.0.0.1 with a self-signed certificate: its base URL, the
+    certificate, and the requests it read (each answered "secure", then the connection closed)."""
+    cert_file, key_file = _self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    received: list[bytes] = []
+    stop = threading.Event()
+    body = b'{"choices": [{"message": {"role": "assistant", "content": "secure"}}]}'
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except TimeoutError:
+                continue
+            raw.settimeout(5)
+            try:
+                with context.wrap_socket(raw, server_side=True) as connection:
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        data += connection.recv(65536)
+                    head, _, rest = data.partition(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    while len(rest) < length:  # read it all: closing with unread bytes resets
+                        rest += connection.recv(65536)
+                    received.append(data)
+                    connection.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                    )
+            except (ssl.SSLError, OSError):
+                raw.close()  # the client refused the certificate
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}/v1", cert_file, received
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+def test_a_certificate_nobody_vouches_for_is_refused(
+    tls_server: tuple[str, Path, list[bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base_url, _, received = tls_server
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    settings = make_settings(tmp_path, OPENAI_BASE_URL=base_url, OPENAI_API_KEY="sk-secret")
+    with ChatCompletionsClient(settings) as client, pytest.raises(TaskError) as caught:
+        client.complete(LLMRequest(model="m", prompt="p"))
+    # THEN nothing, the key least of all, was sent to the server that could not prove who it is
+    assert caught.value.error_type == "LLMTransientError"
+    assert "certificate" in caught.value.message.lower()
+    assert received == []
+
+
+def test_a_certificate_the_environment_trusts_is_accepted(
+    tls_server: tuple[str, Path, list[bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base_url, cert_file, received = tls_server
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    with ChatCompletionsClient(make_settings(tmp_path, OPENAI_BASE_URL=base_url)) as client:
+        assert client.complete(LLMRequest(model="m", prompt="p")).text == "secure"
+    assert len(received) == 1 and received[0].startswith(b"POST /v1/chat/completions HTTP/1.1")
 
 
 # -- Retry-After ----------------------------------------------------------------------

@@ -43,11 +43,11 @@ class Services:
         with self._lock:
             if self.llm is None:
                 from orchestrator.runtime.exchanges import RecordingLLMClient, book_for
-                from orchestrator.runtime.llm import OpenAIChatClient
+                from orchestrator.runtime.llm import ChatCompletionsClient
                 from orchestrator.runtime.rate_limit import rate_limited
 
                 def real() -> LLMClient:  # a replayed call takes no rate-limit slot
-                    return rate_limited(OpenAIChatClient(self.settings), self.settings)
+                    return rate_limited(ChatCompletionsClient(self.settings), self.settings)
 
                 book = book_for(self.settings)
                 self.llm = real() if book is None else RecordingLLMClient(book, real)

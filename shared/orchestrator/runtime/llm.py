@@ -1,17 +1,19 @@
 """The LLM client of `llm_task`: one chat request to an OpenAI-compatible endpoint, one typed reply.
 
-`OpenAIChatClient` sends a request through the real `openai` package to the endpoint that
+`ChatCompletionsClient` sends a request to the chat completions endpoint that
 `Settings.route_for` names for the model (so one pipeline can mix OpenAI, a local server and
-any other OpenAI-compatible provider), once: one `complete` is one call to the provider, and
-every failure is a `TaskError` whose `error_type` says whether the task's `error_handling` may
-try again (a 429 is `LLMRateLimited`, a timeout, connection failure, 408 or 5xx
+any other OpenAI-compatible provider), once: one `complete` is one HTTP request, and every
+failure is a `TaskError` whose `error_type` says whether the task's `error_handling` may try
+again (a 429 is `LLMRateLimited`, a timeout, connection failure, 408 or 5xx
 `LLMTransientError`, carrying the server's ``Retry-After`` for the policy to honour).
 `parse_llm_output` turns the reply text into the task's `output_type`; `complete_with_schema`
 asks until a reply matches the task's `output_schema`, sending each reply that does not back
 with what is wrong with it (the repair loop).
 
-`openai` is imported only when the first request is sent: importing it takes about a second,
-which every CLI command would otherwise pay.
+The client speaks HTTP with `httpx2` (the transport of the `openai` package, without its API
+types: importing `openai` takes 0.5-0.9 s and a request through it about 1.2 ms of CPU, against
+0.07 s and 0.4 ms; `bench/OPTIMISATIONS.md`), imported only when the first request is sent,
+so a run without an `llm_task` never loads an HTTP stack.
 """
 
 from __future__ import annotations
@@ -27,19 +29,19 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from orchestrator import __version__
 from orchestrator.errors import TaskError
 from orchestrator.runtime.provider_keys import llm_route
 from orchestrator.settings import ModelRoute, Settings
 
 if TYPE_CHECKING:
-    import openai
-    from openai.types.chat import ChatCompletionMessageParam
+    import httpx2
 
 __all__ = [
+    "ChatCompletionsClient",
     "LLMClient",
     "LLMReply",
     "LLMRequest",
-    "OpenAIChatClient",
     "complete_with_schema",
     "estimated_usage",
     "is_transient_status",
@@ -51,7 +53,8 @@ __all__ = [
 OUTPUT_TYPES = ("text", "number", "integer", "boolean", "json")
 
 _DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
-_KEY_FOR_LOCAL_SERVERS = "not-needed"
+_KEY_FOR_LOCAL_SERVERS = "not-needed"  # local servers need none; many insist on the header
+_USER_AGENT = f"orchestrator/{__version__}"
 
 
 @dataclass(frozen=True)
@@ -171,11 +174,12 @@ def transient_error(error_type: str, where: str, detail: str, retry_after: float
     return TaskError(error_type, f"{where}: {detail}{asked}", retry_after=retry_after)
 
 
-# -- the OpenAI client ------------------------------------------------------------------------
+# -- the chat completions client --------------------------------------------------------------
 
 
-class OpenAIChatClient:
-    """`LLMClient` over the `openai` package's chat completions API.
+class ChatCompletionsClient:
+    """`LLMClient` over the OpenAI chat completions API (``POST {base_url}/chat/completions``),
+    spoken with `httpx2`.
 
     Parameters
     ----------
@@ -183,38 +187,49 @@ class OpenAIChatClient:
         Endpoints, keys and per-model routes (`Settings.route_for`) and the timeout of a
         request (`llm_timeout`).
 
-    One `openai.OpenAI` client is built per (base URL, key) on first use and shared by all
-    threads; its own retries are off: a retry is another attempt of the task, under its
-    `error_handling` (`runtime.task`). Call `close()` (or use the object as a context
-    manager) to release the clients' connections.
+    One `httpx2.Client` (a pool of keep-alive connections) is built per (base URL, key) on
+    first use and shared by all threads. It verifies TLS certificates and takes proxies and CA
+    bundles from the standard environment variables (``HTTPS_PROXY``, ``NO_PROXY``,
+    ``SSL_CERT_FILE``, ...), as the `openai` package's client does, and follows redirects as
+    it does too (the key is not sent on to another host). It never retries: a retry is another
+    attempt of the task, under its `error_handling` (`runtime.task`). Call `close()` (or use
+    the object as a context manager) to release the connections.
     """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._clients: dict[tuple[str, str], openai.OpenAI] = {}
+        self._clients: dict[tuple[str, str], httpx2.Client] = {}
         self._lock = threading.Lock()
 
     def complete(self, request: LLMRequest) -> LLMReply:
         """Send `request` to the model's endpoint, once, and return its reply."""
         route = llm_route(self._settings, request.model)  # its key read from its secret, if named
-        client = self._client_for(request.model, route)
-        return self._send_once(client, route.model or request.model, request)
+        base_url, api_key = _endpoint(request.model, route)
+        upstream_model = route.model or request.model
+        named = (
+            repr(request.model)
+            if request.model == upstream_model
+            else f"{request.model!r} (upstream {upstream_model!r})"
+        )
+        where = f"model {named} at {base_url}"
+        body = _encode(where, _request_body(upstream_model, request))
+        return self._send_once(self._client_for(base_url, api_key), where, body)
 
     def prepare(self, model: str) -> None:
-        """Build the client of `model`'s endpoint now (the first imports `openai`, and its chat
-        resources on first use), so that a call that waited for its rate-limit slot is sent
-        when the slot comes (`runtime.rate_limit`)."""
-        _ = self._client_for(model, self._settings.route_for(model)).chat.completions
+        """Build the pooled client of `model`'s endpoint now (the first imports `httpx2` and
+        reads the key's secret, if one is named), so that a call that waited for its rate-limit
+        slot is sent when the slot comes (`runtime.rate_limit`)."""
+        self._client_for(*_endpoint(model, llm_route(self._settings, model)))
 
     def close(self) -> None:
-        """Close every cached `openai` client; the next request builds new ones."""
+        """Close every pooled client; the next request builds new ones."""
         with self._lock:
             clients = list(self._clients.values())
             self._clients.clear()
         for client in clients:
             client.close()
 
-    def __enter__(self) -> OpenAIChatClient:
+    def __enter__(self) -> ChatCompletionsClient:
         return self
 
     def __exit__(
@@ -225,110 +240,139 @@ class OpenAIChatClient:
     ) -> None:
         self.close()
 
-    def _client_for(self, model: str, route: ModelRoute) -> openai.OpenAI:
-        if route.api_key:
-            api_key = route.api_key
-        elif route.base_url:
-            api_key = _KEY_FOR_LOCAL_SERVERS  # local servers need none; the client insists
-        else:
-            raise TaskError(
-                "LLMConfigurationError",
-                f"no endpoint is configured for model {model!r}: set OPENAI_API_KEY or "
-                "OPENAI_BASE_URL, or route the model in the config file (llm.models)",
-            )
-        # Always explicit, so the process environment cannot override what Settings resolved.
-        base_url = route.base_url or _DEFAULT_OPENAI_URL
+    def _client_for(self, base_url: str, api_key: str) -> httpx2.Client:
         key = (base_url, api_key)
         with self._lock:
             client = self._clients.get(key)
             if client is None:
-                import openai
+                import httpx2
 
-                client = openai.OpenAI(
-                    api_key=api_key,
+                client = httpx2.Client(
                     base_url=base_url,
+                    headers={
+                        "Accept": "application/json",
+                        "Content-Type": "application/json",
+                        "User-Agent": _USER_AGENT,
+                        "Authorization": f"Bearer {api_key}",
+                    },
                     timeout=self._settings.llm_timeout,
-                    max_retries=0,
+                    limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100),
+                    follow_redirects=True,
+                    verify=True,
+                    trust_env=True,
                 )
                 self._clients[key] = client
             return client
 
-    def _send_once(self, client: openai.OpenAI, upstream_model: str, request: LLMRequest) -> LLMReply:
-        import openai
+    def _send_once(self, client: httpx2.Client, where: str, body: bytes) -> LLMReply:
+        import httpx2
 
-        messages: list[ChatCompletionMessageParam] = []
-        if request.system is not None:
-            messages.append({"role": "system", "content": request.system})
-        messages.append({"role": "user", "content": request.prompt})
-        messages.extend(_turn_messages(request))
-        where = _describe(request.model, upstream_model, client)
         try:
-            completion = client.chat.completions.create(
-                model=upstream_model,
-                messages=messages,
-                temperature=openai.omit if request.temperature is None else request.temperature,
-                max_tokens=openai.omit if request.max_tokens is None else request.max_tokens,
-                response_format=_response_format(request.response_schema),
-            )
-        except openai.APIStatusError as error:
-            status = error.status_code
-            detail = f"HTTP {status}: {_server_message(error)}"
-            if is_transient_status(status):
-                error_type = "LLMRateLimited" if status == 429 else "LLMTransientError"
-                raise transient_error(error_type, where, detail, _retry_after(error)) from None
-            raise TaskError("LLMRequestError", f"{where}: {detail}") from None
-        except openai.APITimeoutError:
+            response = client.post("chat/completions", content=body)
+        except httpx2.TimeoutException:
             message = f"{where}: no answer within {self._settings.llm_timeout:g}s (timeout)"
             raise TaskError("LLMTransientError", message) from None
-        except openai.APIConnectionError as error:
+        except httpx2.HTTPError as error:
             raise TaskError("LLMTransientError", f"{where}: connection failed: {_cause(error)}") from None
-        except openai.OpenAIError as error:
-            raise TaskError("LLMRequestError", f"{where}: {error}") from None
-        if not completion.choices:
-            raise TaskError("LLMResponseError", f"{where}: the reply has no choices")
-        choice = completion.choices[0]
-        if choice.message.content is None:
-            raise TaskError(
-                "LLMResponseError",
-                f"{where}: the reply has no text (finish_reason={choice.finish_reason!r})",
-            )
-        usage = completion.usage
-        if usage is None:
-            return LLMReply(choice.message.content)
-        return LLMReply(choice.message.content, _count(usage.prompt_tokens), _count(usage.completion_tokens))
+        status = response.status_code
+        if not 200 <= status < 300:
+            detail = f"HTTP {status}: {_server_message(response)}"
+            if is_transient_status(status):
+                error_type = "LLMRateLimited" if status == 429 else "LLMTransientError"
+                raise transient_error(error_type, where, detail, _retry_after(response.headers)) from None
+            raise TaskError("LLMRequestError", f"{where}: {detail}")
+        return _read_reply(where, response.content)
+
+
+def _endpoint(model: str, route: ModelRoute) -> tuple[str, str]:
+    """The base URL and key of `model`'s requests: OpenAI's own URL when none is set (always
+    explicit, so nothing but `Settings` decides), a placeholder key for a local server that
+    needs none (many insist on the header)."""
+    if route.api_key:
+        api_key = route.api_key
+    elif route.base_url:
+        api_key = _KEY_FOR_LOCAL_SERVERS
+    else:
+        raise TaskError(
+            "LLMConfigurationError",
+            f"no endpoint is configured for model {model!r}: set OPENAI_API_KEY or "
+            "OPENAI_BASE_URL, or route the model in the config file (llm.models)",
+        )
+    base_url = route.base_url or _DEFAULT_OPENAI_URL
+    scheme, _, rest = base_url.partition("://")
+    if scheme.lower() not in ("http", "https") or not rest.strip("/"):
+        raise TaskError(
+            "LLMConfigurationError",
+            f"the endpoint of model {model!r} is not an http(s) URL: {base_url!r}; fix "
+            "OPENAI_BASE_URL, or llm.base_url / llm.models.<name>.base_url in the config file",
+        )
+    return base_url.rstrip("/") + "/", api_key
+
+
+def _request_body(upstream_model: str, request: LLMRequest) -> dict[str, Any]:
+    """The JSON body of a chat completion request; unset parameters are not sent."""
+    messages: list[dict[str, str]] = []
+    if request.system is not None:
+        messages.append({"role": "system", "content": request.system})
+    messages.append({"role": "user", "content": request.prompt})
+    messages.extend({"role": role, "content": content} for role, content in request.turns)
+    body: dict[str, Any] = {"messages": messages, "model": upstream_model}
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    if request.response_schema is not None:
+        body["response_format"] = _response_format(request.response_schema)
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    return body
+
+
+def _response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The `response_format` of structured output: the schema, not strict (OpenAI's strict mode
+    accepts only a subset of JSON Schema); the reply is validated here either way."""
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": dict(schema), "strict": False}}
+
+
+def _encode(where: str, body: dict[str, Any]) -> bytes:
+    """`body` as UTF-8 JSON, as the `openai` package writes it (no NaN or infinity)."""
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError as error:
+        raise TaskError("LLMRequestError", f"{where}: the request cannot be sent as JSON: {error}") from None
+
+
+def _read_reply(where: str, content: bytes) -> LLMReply:
+    """The text and token counts of a chat completion; `LLMResponseError` when the reply is
+    not one or has no text."""
+    try:
+        reply = json.loads(content)
+    except ValueError:
+        shown = content[:200].decode("utf-8", errors="replace")
+        raise TaskError("LLMResponseError", f"{where}: the reply is not JSON: {shown!r}") from None
+    if not isinstance(reply, dict):
+        raise TaskError("LLMResponseError", f"{where}: the reply is not a JSON object")
+    choices = reply.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise TaskError("LLMResponseError", f"{where}: the reply has no choices")
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    message = choice.get("message")
+    text = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(text, str):
+        raise TaskError(
+            "LLMResponseError",
+            f"{where}: the reply has no text (finish_reason={choice.get('finish_reason')!r})",
+        )
+    usage = reply.get("usage")
+    if not isinstance(usage, dict):
+        return LLMReply(text)
+    return LLMReply(text, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
 
 
 def _count(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _turn_messages(request: LLMRequest) -> list[ChatCompletionMessageParam]:
-    return [
-        {"role": "assistant", "content": content}
-        if role == "assistant"
-        else {"role": "user", "content": content}
-        for role, content in request.turns
-    ]
-
-
-def _response_format(schema: Mapping[str, Any] | None) -> Any:
-    """The `response_format` of structured output: the schema, not strict (OpenAI's strict mode
-    accepts only a subset of JSON Schema); the reply is validated here either way."""
-    import openai
-
-    if schema is None:
-        return openai.omit
-    return {"type": "json_schema", "json_schema": {"name": "output", "schema": dict(schema), "strict": False}}
-
-
-def _describe(model: str, upstream_model: str, client: openai.OpenAI) -> str:
-    named = repr(model) if model == upstream_model else f"{model!r} (upstream {upstream_model!r})"
-    return f"model {named} at {client.base_url}"
-
-
-def _retry_after(error: openai.APIStatusError) -> float | None:
+def _retry_after(headers: Mapping[str, str]) -> float | None:
     """The wait a transient answer asks for: OpenAI's ``retry-after-ms``, else ``Retry-After``."""
-    headers = error.response.headers
     try:
         seconds = float(headers.get("retry-after-ms") or "nan") / 1000
     except ValueError:
@@ -338,18 +382,25 @@ def _retry_after(error: openai.APIStatusError) -> float | None:
     return parse_retry_after(headers.get("retry-after"))
 
 
-def _server_message(error: openai.APIStatusError) -> str:
-    body = error.body
-    if isinstance(body, Mapping) and isinstance(body.get("message"), str):
+def _server_message(response: httpx2.Response) -> str:
+    """What an error answer says: its JSON ``error.message`` (OpenAI's shape) or ``message``,
+    else its text (at most 500 characters), else its status code."""
+    text = response.content.decode("utf-8", errors="replace").strip()
+    try:
+        body: Any = json.loads(text)
+    except ValueError:
+        body = text
+    if isinstance(body, dict):
+        body = body.get("error", body)
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
         return str(body["message"])
     if isinstance(body, str) and body.strip():
         return body.strip()[:500]
-    return error.message
+    return f"Error code: {response.status_code}"
 
 
 def _cause(error: BaseException) -> str:
-    cause = error.__cause__ or error.__context__
-    return f"{error} ({cause})" if cause is not None and str(cause) else str(error)
+    return str(error) or type(error).__name__
 
 
 # -- parsing replies --------------------------------------------------------------------------
