@@ -290,11 +290,12 @@ def dynamodb_tables(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]
     from moto import mock_aws
 
     from orchestrator.aws.emulator import table_definitions
+    from orchestrator.aws.moto_fixes import atomic_dynamodb_writes
 
     credentials = {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_DEFAULT_REGION": "us-east-1"}
     for key, value in credentials.items():
         monkeypatch.setenv(key, value)
-    with mock_aws():
+    with mock_aws(), atomic_dynamodb_writes():
         client = boto3.client("dynamodb")
         names = {}
         for logical_id, arguments in table_definitions(REPO / "template.yaml").items():

@@ -136,6 +136,34 @@ def state_store(request: pytest.FixtureRequest, tmp_path: Path) -> StateStore:
     return store
 
 
+def test_compare_and_sets_from_many_threads_count_exactly_on_every_store(state_store: StateStore) -> None:
+    """Threads sharing one store (the embedded engine's, the emulated Lambdas' DynamoDB) lose
+    no increment: a compare-and-set is atomic, also on moto (`atomic_dynamodb_writes`)."""
+    import threading
+
+    def add(times: int) -> None:
+        for _ in range(times):
+            while True:
+                found = state_store.read("run:threads", "n")
+                if state_store.compare_and_set("run:threads", "n", (found.value or 0) + 1, found.version):
+                    break
+
+    # GIVEN 8 threads each adding 1, 15 times, to one key by read then compare-and-set, taking
+    # turns on the GIL as often as it lets them (so a check and its write are easily split)
+    threads = [threading.Thread(target=add, args=(15,)) for _ in range(8)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    # THEN the key counts every one of them
+    assert state_store.read("run:threads", "n").value == 120
+
+
 def test_a_commit_with_one_stale_version_writes_nothing(state_store: StateStore) -> None:
     # GIVEN two keys read at their versions, and one of them changed by another writer since
     state_store.write("ns", "a", 1)

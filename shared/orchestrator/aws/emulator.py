@@ -47,7 +47,7 @@ import yaml
 
 from orchestrator.aws.asl import FUNCTION_PLACEHOLDERS, PAYLOAD_BUCKET, compile_pipeline
 from orchestrator.aws.emulated_account import kept_in
-from orchestrator.aws.moto_fixes import aws_json_paths, result_writer_files
+from orchestrator.aws.moto_fixes import atomic_dynamodb_writes, aws_json_paths, result_writer_files
 from orchestrator.errors import OrchestratorError
 from orchestrator.plan import Plan
 from orchestrator.runtime.sandbox import child_environment_hook
@@ -360,6 +360,7 @@ def emulated_aws(root: Path | None = None, account: Path | None = None) -> Itera
             mock_aws(config={"stepfunctions": {"execute_state_machine": True}}),
             aws_json_paths(),
             result_writer_files(),
+            atomic_dynamodb_writes(),
         ):
             arns = _create_resources(root)
             tables = {logical_id: os.environ[variable] for logical_id, variable in TABLE_ENV.items()}

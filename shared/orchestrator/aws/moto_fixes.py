@@ -8,12 +8,17 @@
   moto's reading.
 - **A Distributed Map's `ResultWriter`** writes its results to S3 as AWS does (moto writes an
   empty manifest): `result_writer_files`.
+- **A conditional write of DynamoDB is atomic** as on AWS: moto checks a condition and then
+  writes with nothing between them held, so two threads (the emulated Lambdas, or a test's
+  writers) could both pass the same compare-and-set: `atomic_dynamodb_writes`.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -122,3 +127,33 @@ def result_writer_files() -> Iterator[None]:
         yield
     finally:
         evaluator._handle_put_object = saved  # type: ignore[method-assign]
+
+
+_DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
+"""The methods of moto's DynamoDB backend that check a condition before they write."""
+
+
+@contextmanager
+def atomic_dynamodb_writes() -> Iterator[None]:
+    """Inside: each conditional write of moto's DynamoDB (its check and its write) holds one
+    lock, so compare-and-sets from many threads count exactly, as DynamoDB's do."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    lock = threading.RLock()
+    saved = {name: getattr(DynamoDBBackend, name) for name in _DYNAMODB_WRITES}
+
+    def holding(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def held(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                return method(*args, **kwargs)
+
+        return held
+
+    for name, method in saved.items():
+        setattr(DynamoDBBackend, name, holding(method))
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(DynamoDBBackend, name, method)
