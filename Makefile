@@ -37,11 +37,11 @@ sam-tools: $(SAM_STAMP) ## install aws-sam-cli into .venv-sam for the sam valida
 demo: $(STAMP) ## run the bundled offline demo pipeline on the embedded engine
 	$(BIN)/orchestrator run pipelines/demo.yaml -i topic=serverless
 
-test: lint $(NODE_STAMP) $(SAM_STAMP) ## the gate CI runs: lint, mypy --strict, then the whole test suite
-	$(BIN)/pytest -q
+test: lint $(NODE_STAMP) $(SAM_STAMP) ## the gate CI runs: lint, mypy --strict, then the whole test suite, a worker per core
+	$(BIN)/pytest -q -n auto
 
 test-fast: $(STAMP) $(NODE_STAMP) ## run the tests not marked slow
-	$(BIN)/pytest -q -m 'not slow'
+	$(BIN)/pytest -q -n auto -m 'not slow'
 
 lint: $(STAMP) ## ruff (rules and format) and mypy --strict on the package and the handlers
 	$(BIN)/ruff check shared tests functions bench
