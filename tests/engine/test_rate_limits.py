@@ -205,7 +205,7 @@ def test_calls_are_spaced_by_the_tokens_the_server_reports(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # each call reserves about 3 tokens (0.03 s at 100 tokens a second) but uses 25 (0.25 s)
+    # each call reserves about 10 tokens (0.1 s at 100 tokens a second) but uses 25 (0.25 s)
     fake_openai.reply = usage_reply(20, 5)
     configure(tmp_path, monkeypatch, fake_openai, {"m": {"tokens_per_minute": 6000}})
     warm_up(cli, write_pipeline)
