@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +22,16 @@ import pytest
 from orchestrator.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the commands the tests start take Ctrl-C, however the tests were started: a process
+    started in the background by a shell without job control (as some CI runners start their
+    steps) ignores SIGINT, and its children inherit that, so `run` and `ui` would not stop."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 # The user guide's 16 YAML blocks, verbatim, one file each (named as their pipelines/ version).
 GUIDE_FIXTURES = sorted((REPO / "tests" / "fixtures" / "guide").glob("*.yaml"))
 PIPELINES = REPO / "pipelines"
