@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import gc
 import ipaddress
 import socket
 import ssl
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -547,3 +549,51 @@ def test_parse_error_quotes_at_most_200_characters() -> None:
 def test_unknown_output_type_is_a_bug() -> None:
     with pytest.raises(ValueError, match="output_type"):
         parse_llm_output("1", "float")
+
+
+@pytest.fixture
+def keep_alive_server() -> Iterator[str]:
+    """A chat endpoint that keeps connections open between requests (HTTP/1.1), as providers
+    do, unlike the fake server: its base URL."""
+    import http.server
+
+    body = b'{"choices": [{"message": {"role": "assistant", "content": "kept"}}]}'
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_client_nobody_closed_closes_its_connections_when_it_is_collected(
+    keep_alive_server: str, tmp_path: Path
+) -> None:
+    """A warm Lambda keeps its client for the container's life and never closes it: when such a
+    client goes, its kept-alive connection must not be left to the garbage collector (an
+    unclosed socket, a ResourceWarning in whatever runs next)."""
+    client = ChatCompletionsClient(make_settings(tmp_path, OPENAI_BASE_URL=keep_alive_server))
+    assert client.complete(LLMRequest(model="m", prompt="keep the connection")).text == "kept"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del client
+        gc.collect()
+    assert [str(warning.message) for warning in caught if warning.category is ResourceWarning] == []

@@ -18,6 +18,7 @@ so a run without an `llm_task` never loads an HTTP stack.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import math
@@ -228,6 +229,13 @@ class ChatCompletionsClient:
             self._clients.clear()
         for client in clients:
             client.close()
+
+    def __del__(self) -> None:
+        """Close the pooled connections of a client nobody closed (a warm Lambda's, kept for
+        the container's life), as the `openai` package's client does, rather than leave
+        their sockets to the garbage collector."""
+        with contextlib.suppress(Exception):  # the interpreter may be shutting down
+            self.close()
 
     def __enter__(self) -> ChatCompletionsClient:
         return self
