@@ -102,6 +102,22 @@ def _cover(budget: Budget | None, key: list[str], owner: str) -> list[Cover]:
     return [Cover("/".join(key), owner, budget.max_tokens, budget.max_cost_usd)]
 
 
+_BUDGETED: dict[int, tuple[Pipeline, bool]] = {}
+
+
+def _budgeted(pipeline: Pipeline) -> bool:
+    """Whether the pipeline or any task in it has a budget (worked out once per pipeline, so a
+    run with no budget pays nothing per attempt); a budget is the only `budget` object of its
+    JSON, as a script's text holding the word has its quotes escaped."""
+    known = _BUDGETED.get(id(pipeline))
+    if known is None or known[0] is not pipeline:
+        if len(_BUDGETED) >= _INDEXES_KEPT:
+            _BUDGETED.clear()
+        known = (pipeline, '"budget":{' in pipeline.model_dump_json(exclude_none=True))
+        _BUDGETED[id(pipeline)] = known
+    return known[1]
+
+
 _Index = dict[str, tuple[TaskBase, tuple[ParallelGroup, ...]]]
 _INDEXES: dict[int, tuple[Sequence[Any], _Index]] = {}
 _INDEXES_KEPT = 256
@@ -152,6 +168,8 @@ def covering(
     """The budgets covering an attempt of the task at `place` (`task`: it, or its fallback
     task), outermost first, in `pipeline`, run as a child pipeline of `top` (None: it is the
     top pipeline); None when there are none."""
+    if task.budget is None and not _budgeted(pipeline) and (top is None or not _budgeted(top)):
+        return None
     run = place.pipeline_run
     covers: list[Cover] = []
     if top is not None:

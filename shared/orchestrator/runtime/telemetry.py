@@ -30,6 +30,7 @@ before they are stored, and everything again with the run's redactor when it is 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import re
 import threading
@@ -68,6 +69,9 @@ CUT = " [...]"
 T = TypeVar("T")
 
 _CURRENT: ContextVar[Recording | None] = ContextVar("orchestrator_attempt_recording", default=None)
+_PROCESS = uuid.uuid4().hex[:12]
+"""This process's part of an entry id: entries of one run come from many processes (Lambdas)."""
+_ENTRIES = itertools.count()
 
 
 def now() -> float:
@@ -139,7 +143,7 @@ class Recording:
         self._inputs: Any = None
         self._ended = False
         self._started = False
-        self.entry_id = f"{now():.6f}-{uuid.uuid4().hex[:12]}"
+        self.entry_id = f"{now():.6f}-{_PROCESS}-{next(_ENTRIES):x}"
         self.started_at = now()
         self.fallback = fallback
 

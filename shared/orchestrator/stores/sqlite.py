@@ -527,21 +527,27 @@ class _CheckpointWriter:
 
     Telemetry entries are written the same way, with their own statement (`sql`), and a batch
     waits `linger` seconds for more (unless a `flush` asks for it): many commits would take
-    room in the write-ahead log that a run's own record may need on a nearly full disk.
+    room in the write-ahead log that a run's own record may need on a nearly full disk. With
+    `latest`, rows are replaced by key (their first two columns) and queued as values: a batch
+    writes each key's last one only, encoded on this thread (an attempt that started and ended
+    within a batch is one row, encoded once).
     """
 
-    def __init__(self, database: Database, sql: str = _CHECKPOINT, linger: float = 0.0) -> None:
+    def __init__(
+        self, database: Database, sql: str = _CHECKPOINT, linger: float = 0.0, *, latest: bool = False
+    ) -> None:
         self._db = database
         self._sql = sql
         self._linger = linger
+        self._latest = latest
         self._hurry = threading.Event()
-        self._queue: queue.SimpleQueue[tuple[str, str, str]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[str, str, Any]] = queue.SimpleQueue()
         self._pending = 0
         self._error: BaseException | None = None
         self._idle = threading.Condition()
         threading.Thread(target=self._write, daemon=True, name="orchestrator-checkpoints").start()
 
-    def put(self, row: tuple[str, str, str]) -> None:
+    def put(self, row: tuple[str, str, Any]) -> None:
         """Queue a row; a write that failed is raised by `flush`, never here: a task finishing
         is not where a full disk can be reported (the run document is)."""
         with self._idle:
@@ -570,11 +576,15 @@ class _CheckpointWriter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            rows = batch
+            if self._latest:
+                last = {(row[0], row[1]): row[2] for row in batch}
+                rows = [(run, key, _dump(value)) for (run, key), value in last.items()]
             try:
                 connection = self._db.connection()
                 connection.execute("BEGIN IMMEDIATE")
                 try:
-                    connection.executemany(self._sql, batch)
+                    connection.executemany(self._sql, rows)
                     connection.execute("COMMIT")
                 except BaseException:
                     _roll_back(connection)
@@ -947,9 +957,9 @@ class SqliteTelemetryLog:
         if self._writer is None:
             with self._writer_lock:
                 if self._writer is None:
-                    self._writer = _CheckpointWriter(self._db, _TELEMETRY, TELEMETRY_LINGER)
+                    self._writer = _CheckpointWriter(self._db, _TELEMETRY, TELEMETRY_LINGER, latest=True)
                     _WRITERS.add(self._writer)
-        self._writer.put((run_id, entry_id, _dump(entry)))
+        self._writer.put((run_id, entry_id, entry))  # encoded behind the run: never changed once put
 
     def query(self, run_id: str) -> list[dict[str, Any]]:
         if self._writer is not None:
