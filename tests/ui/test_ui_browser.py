@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from fakes.pipelines import FAILS_ONCE
+
 pytestmark = pytest.mark.slow
 
 try:
@@ -337,27 +339,6 @@ def test_the_timeline_shows_attempts_waits_iterations_and_details(page: Any, ui_
     expect(details).to_contain_text("iteration 1")
     page.locator('#timeline .row[data-path="ask"] a.task-name').click()
     expect(details).to_contain_text("gpt-x: 12 tokens in, 34 out")
-
-
-FAILS_ONCE = """
-name: flaky
-input_variables:
-  flag: {type: string}
-tasks:
-  - name: counted
-    type: python_task
-    script: |
-      return 1
-  - name: fails_once
-    type: python_task
-    depends_on: [counted]
-    script: |
-      import os
-      if not os.path.exists("{{ flag }}"):
-          open("{{ flag }}", "w").close()
-          raise RuntimeError("the first run fails")
-      return "done"
-"""
 
 
 def test_a_failed_run_is_resumed_from_its_page(

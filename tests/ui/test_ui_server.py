@@ -19,6 +19,7 @@ import pytest
 from werkzeug.test import Client, TestResponse
 
 from conftest import CliResult
+from fakes.pipelines import FAILS_ONCE
 from orchestrator.settings import load_settings
 from orchestrator.stores.factory import open_stores
 from orchestrator.ui.server import TOKEN_HEADER, UiApp
@@ -33,25 +34,6 @@ tasks:
     type: python_task
     script: |
       return {"n": 1}
-"""
-FAILS_ONCE = """
-name: flaky
-input_variables:
-  flag: {type: string}
-tasks:
-  - name: counted
-    type: python_task
-    script: |
-      return 1
-  - name: fails_once
-    type: python_task
-    depends_on: [counted]
-    script: |
-      import os
-      if not os.path.exists("{{ flag }}"):
-          open("{{ flag }}", "w").close()
-          raise RuntimeError("the first run fails")
-      return "done"
 """
 
 

@@ -106,9 +106,10 @@ _BUDGETED: dict[int, tuple[Pipeline, bool]] = {}
 
 
 def _budgeted(pipeline: Pipeline) -> bool:
-    """Whether the pipeline or any task in it has a budget (worked out once per pipeline, so a
-    run with no budget pays nothing per attempt); a budget is the only `budget` object of its
-    JSON, as a script's text holding the word has its quotes escaped."""
+    """Whether the pipeline or any task in it may have a budget (worked out once per pipeline,
+    so a run with no budget pays nothing per attempt): its JSON holds a `budget` object. Text
+    holding the word has its quotes escaped; another mapping so named (an input's default)
+    only makes `covering` look."""
     known = _BUDGETED.get(id(pipeline))
     if known is None or known[0] is not pipeline:
         if len(_BUDGETED) >= _INDEXES_KEPT:
