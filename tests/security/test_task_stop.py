@@ -8,6 +8,7 @@ cache still changes.
 
 from __future__ import annotations
 
+import gc
 import threading
 from pathlib import Path
 
@@ -103,9 +104,16 @@ def test_a_late_stop_never_lands_in_the_next_job_of_the_thread() -> None:
             except AttemptStopped:
                 outcomes.append("LEAKED")
 
-    worker = threading.Thread(target=jobs)
-    worker.start()
-    worker.join(60)
+    # (with no garbage-collector callbacks: hypothesis, imported by other tests of this
+    # process, installs one, and a stop arriving while it runs would be lost inside it)
+    callbacks = list(gc.callbacks)
+    gc.callbacks.clear()
+    try:
+        worker = threading.Thread(target=jobs)
+        worker.start()
+        worker.join(60)
+    finally:
+        gc.callbacks.extend(callbacks)
     # THEN a stop only ever ended its own attempt
     assert not worker.is_alive()
     assert "LEAKED" not in outcomes

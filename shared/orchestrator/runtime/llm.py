@@ -18,7 +18,6 @@ so a run without an `llm_task` never loads an HTTP stack.
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import json
 import math
@@ -234,8 +233,10 @@ class ChatCompletionsClient:
         """Close the pooled connections of a client nobody closed (a warm Lambda's, kept for
         the container's life), as the `openai` package's client does, rather than leave
         their sockets to the garbage collector."""
-        with contextlib.suppress(Exception):  # the interpreter may be shutting down
+        try:  # noqa: SIM105 - at interpreter exit module globals (contextlib) may be gone
             self.close()
+        except Exception:
+            pass
 
     def __enter__(self) -> ChatCompletionsClient:
         return self
